@@ -1,0 +1,42 @@
+"""The `tfpurify` command: a thin click layer over the library.
+
+Library errors (`tfpurify.errors.TfpurifyError`) become one line on stderr and exit status 1;
+anything else is a bug and keeps its traceback.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the CLI
+
+import click  # noqa: E402
+
+from cli.data import data  # noqa: E402
+from cli.eval import eval_command  # noqa: E402
+from cli.train import train  # noqa: E402
+from tfpurify.errors import TfpurifyError  # noqa: E402
+
+
+class _OneLineErrors(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TfpurifyError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tfpurify")
+def cli():
+    """tfpurify: train, evaluate, tune and export defenses against adversarial examples.
+
+    Fashion-MNIST is the default data set. Every robustness number is printed with its threat model.
+    """
+
+
+cli.add_command(data)
+cli.add_command(train)
+cli.add_command(eval_command)
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,32 @@
+"""tfpurify: GAN- and autoencoder-based defenses against adversarial examples (TF2 / Keras)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfpurify",
+    version="0.1.0",
+    description="Train, evaluate (white-box adaptive), tune and export GAN/autoencoder defenses "
+                "against adversarial examples for TF2/Keras image classifiers.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tfpurify", "tfpurify.*", "cli", "cli.*"]),
+    python_requires=">=3.9,<3.12",  # TensorFlow 2.15 supports CPython 3.9-3.11
+    install_requires=[
+        "tensorflow-cpu==2.15.1",
+        "tensorflow-addons==0.23.0",
+        "cleverhans==4.0.0",
+        "keras-tuner==1.4.7",
+        "click>=8.1",
+        "numpy<2",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "scipy>=1.10",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]==2.15.1"],
+        "dev": ["pytest>=7", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+        "bench": ["adversarial-robustness-toolbox>=1.17"],
+        "svhn": ["tensorflow-datasets>=4.9,<4.10"],
+    },
+    entry_points={"console_scripts": ["tfpurify = cli.main:cli"]},
+)

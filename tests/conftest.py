@@ -1,0 +1,50 @@
+"""Shared fixtures: no network, seeded randomness, one briefly trained cnn for the whole session."""
+
+import os
+
+os.environ["TFPURIFY_OFFLINE"] = "1"  # tests never download anything
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfpurify import classifiers, data  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    tf.keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(scope="session")
+def fmnist_test():
+    """The first 256 Fashion-MNIST test images (real data, small slice)."""
+    return data.load_dataset("fashion_mnist", "test", limit=256)
+
+
+@pytest.fixture(scope="session")
+def cnn_run(tmp_path_factory):
+    """A cnn classifier run folder trained for 2 epochs on 3000 Fashion-MNIST images."""
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    config = classifiers.ClassifierConfig(arch="cnn", epochs=2, limit=3000, batch_size=64)
+    classifiers.train_classifier(config, out, verbose=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cnn(cnn_run):
+    model, _ = classifiers.load_classifier(cnn_run)
+    return model
+
+
+@pytest.fixture(scope="session")
+def cnn_clean_accuracy(cnn, fmnist_test):
+    x, y = fmnist_test
+    acc = classifiers.accuracy(cnn, x, y)
+    assert acc > 0.6, f"the session classifier should train well above chance, got {acc}"
+    return acc
+
+
+def pytest_configure(config):
+    np.set_printoptions(precision=4)

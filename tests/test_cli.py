@@ -1,0 +1,96 @@
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _one_line_error(result, match):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and match in lines[0], lines
+
+
+def test_help_lists_commands(runner):
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("data", "train", "eval"):
+        assert command in result.output
+
+
+def test_data_info(runner):
+    result = runner.invoke(cli, ["data", "info", "fashion_mnist", "--limit", "200"])
+    assert result.exit_code == 0, result.output
+    assert "train: x (200, 28, 28, 1) float32 in [0.0, 1.0]" in result.output
+
+
+def test_train_then_eval_writes_report(runner, tmp_path):
+    out = tmp_path / "cnn"
+    result = runner.invoke(cli, ["train", "classifier", "--arch", "cnn", "--epochs", "1",
+                                 "--limit", "1000", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "classifier.weights.h5").exists()
+    report = tmp_path / "report.md"
+    result = runner.invoke(cli, ["eval", str(out), "--attacks", "fgsm,pgd", "--eps", "0.1",
+                                 "--nb-iter", "5", "--limit", "64", "--no-sanity-checks",
+                                 "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "| none | pgd | 0.1 |" in result.output
+    d = json.loads(report.with_suffix(".json").read_text())
+    accs = {r["attack"]: r["accuracy"] for r in d["rows"]}
+    assert accs["pgd"] < accs["none"]
+    assert report.with_suffix(".png").exists()
+
+
+def test_eval_missing_run_folder(runner, tmp_path):
+    _one_line_error(runner.invoke(cli, ["eval", str(tmp_path / "nope")]), "does not exist")
+
+
+def test_eval_unknown_attack(runner, cnn_run):
+    _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "fgsm,deepfool"]), "unknown attack")
+
+
+@pytest.mark.parametrize("eps,match", [("1.5", "larger than the pixel range"), ("-0.1", "eps must be"),
+                                       ("abc", "not a number")])
+def test_eval_eps_out_of_range(runner, cnn_run, eps, match):
+    _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--eps", eps]), match)
+
+
+def test_eval_unknown_threat_model(runner, cnn_run):
+    _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--threat-model", "blackbox"]), "unknown threat model")
+
+
+def test_unreadable_data(runner, cnn_run, tmp_path, monkeypatch):
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).write_bytes(b"garbage")
+    monkeypatch.setenv("TFPURIFY_DATA_DIR", str(tmp_path / "data"))
+    _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--limit", "8"]), "not a readable gzip")
+
+
+def test_unavailable_dataset(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    _one_line_error(runner.invoke(cli, ["data", "info", "cifar10"]), "cifar-10-batches-py")
+
+
+def test_unknown_dataset_and_arch_on_train(runner, tmp_path):
+    _one_line_error(runner.invoke(cli, ["train", "classifier", "--dataset", "imagenet", "--out", str(tmp_path)]),
+                    "unknown dataset")
+    _one_line_error(runner.invoke(cli, ["train", "classifier", "--arch", "vgg", "--out", str(tmp_path)]),
+                    "unknown architecture")
+
+
+def test_eval_run_without_weights(runner, cnn_run, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(cnn_run, broken)
+    (broken / "classifier.weights.h5").unlink()
+    _one_line_error(runner.invoke(cli, ["eval", str(broken)]), "no trained weights")

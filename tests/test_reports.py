@@ -1,0 +1,33 @@
+import json
+
+import numpy as np
+
+from tfpurify import evaluation, reports
+
+
+def _report():
+    report = evaluation.RobustnessReport(
+        n_examples=3, seed=0, clean_accuracy=2 / 3, clean_correct=np.array([1, 1, 0], bool),
+        classifier="cnn", dataset="fashion_mnist", x_sample=np.random.rand(3, 28, 28, 1),
+        y_sample=np.array([0, 1, 2]), clean_pred_sample=np.array([0, 1, 1]))
+    report.results.append(evaluation.AttackResult(
+        "none", "pgd", 0.1, {"nb_iter": 40, "eps_iter": 0.025}, 1 / 3, 1.0,
+        np.array([1, 0, 0], bool), np.random.rand(3, 28, 28, 1), np.array([0, 3, 3])))
+    report.warnings.append("[none] sanity check 3 failed: test")
+    return report
+
+
+def test_markdown_names_threat_model_and_shows_warnings():
+    md = reports.to_markdown(_report())
+    assert "| threat model | attack | eps | accuracy |" in md
+    assert "| none | pgd | 0.1 | 33.3 % | nb_iter=40, eps_iter=0.025 |" in md
+    assert "| none | **worst case** | 0.1 | 33.3 % |" in md
+    assert "WARNING: [none] sanity check 3 failed" in md
+
+
+def test_write_report_writes_json_markdown_and_png(tmp_path):
+    paths = reports.write_report(_report(), tmp_path / "r" / "report.md", class_names=[str(i) for i in range(10)])
+    d = json.loads(paths["json"].read_text())
+    assert d["n_examples"] == 3 and d["rows"][0]["attack"] == "none"
+    assert paths["grid"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".")], "temporary files left"

@@ -1,0 +1,225 @@
+"""Reference target classifiers (all return logits) and their training runs.
+
+A classifier run folder holds `config.json` (a `ClassifierConfig`), `classifier.weights.h5`,
+`history.csv` and, while training, `backup/` (Keras `BackupAndRestore`), so a killed run resumes
+where its last finished epoch left off when started again with the same folder.
+"""
+
+import dataclasses
+import pathlib
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from tfpurify import data as data_lib
+from tfpurify.errors import InputValidationError, RunFolderError
+from tfpurify.runs import read_config, save_weights_atomic, write_config
+
+__all__ = [
+    "ARCHITECTURES",
+    "ClassifierConfig",
+    "build_classifier",
+    "train_classifier",
+    "load_classifier",
+    "accuracy",
+    "predict_logits",
+]
+
+keras = tf.keras
+layers = tf.keras.layers
+
+
+def _cnn(input_shape, num_classes):
+    """The Madry et al. MNIST-challenge CNN."""
+    inputs = keras.Input(input_shape)
+    h = layers.Conv2D(32, 5, padding="same", activation="relu")(inputs)
+    h = layers.MaxPooling2D(2)(h)
+    h = layers.Conv2D(64, 5, padding="same", activation="relu")(h)
+    h = layers.MaxPooling2D(2)(h)
+    h = layers.Flatten()(h)
+    h = layers.Dense(1024, activation="relu")(h)
+    return keras.Model(inputs, layers.Dense(num_classes)(h), name="cnn")
+
+
+def _lenet5(input_shape, num_classes):
+    inputs = keras.Input(input_shape)
+    h = layers.Conv2D(6, 5, padding="same", activation="relu")(inputs)
+    h = layers.AveragePooling2D(2)(h)
+    h = layers.Conv2D(16, 5, activation="relu")(h)
+    h = layers.AveragePooling2D(2)(h)
+    h = layers.Flatten()(h)
+    h = layers.Dense(120, activation="relu")(h)
+    h = layers.Dense(84, activation="relu")(h)
+    return keras.Model(inputs, layers.Dense(num_classes)(h), name="lenet5")
+
+
+def _mlp(input_shape, num_classes):
+    """Fully connected, like AAA's model C."""
+    inputs = keras.Input(input_shape)
+    h = layers.Flatten()(inputs)
+    for units in (512, 256):
+        h = layers.Dense(units, activation="relu")(h)
+        h = layers.Dropout(0.2)(h)
+    return keras.Model(inputs, layers.Dense(num_classes)(h), name="mlp")
+
+
+def _resnet20(input_shape, num_classes):
+    """He et al.'s ResNet-20 for 32x32 colour images (works on any size)."""
+
+    def block(h, filters, stride):
+        shortcut = h
+        h = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False)(h)
+        h = layers.BatchNormalization()(h)
+        h = layers.ReLU()(h)
+        h = layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
+        h = layers.BatchNormalization()(h)
+        if stride != 1 or shortcut.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, stride, use_bias=False)(shortcut)
+            shortcut = layers.BatchNormalization()(shortcut)
+        return layers.ReLU()(layers.add([h, shortcut]))
+
+    inputs = keras.Input(input_shape)
+    h = layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+    h = layers.ReLU()(layers.BatchNormalization()(h))
+    for stage, filters in enumerate((16, 32, 64)):
+        for i in range(3):
+            h = block(h, filters, 2 if stage > 0 and i == 0 else 1)
+    h = layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, layers.Dense(num_classes)(h), name="resnet20")
+
+
+ARCHITECTURES = {"cnn": _cnn, "lenet5": _lenet5, "mlp": _mlp, "resnet20": _resnet20}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything needed to rebuild and retrain a reference classifier."""
+
+    arch: str = "cnn"
+    dataset: str = "fashion_mnist"
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.1
+    limit: int = None
+    seed: int = 0
+    patience: int = 3
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise InputValidationError(
+                f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        data_lib.dataset_info(self.dataset)
+        for field in ("epochs", "batch_size", "patience"):
+            if int(getattr(self, field)) < 1:
+                raise InputValidationError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.learning_rate <= 0:
+            raise InputValidationError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    @property
+    def input_shape(self):
+        return data_lib.dataset_info(self.dataset).input_shape
+
+    @property
+    def num_classes(self):
+        return data_lib.dataset_info(self.dataset).num_classes
+
+    def to_dict(self):
+        return {"kind": "classifier", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def build_classifier(arch="cnn", input_shape=(28, 28, 1), num_classes=10):
+    """Builds an uncompiled reference classifier that returns logits."""
+    if arch not in ARCHITECTURES:
+        raise InputValidationError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](tuple(input_shape), num_classes)
+
+
+def train_classifier(config, out_dir, callbacks=(), verbose=1):
+    """Trains a reference classifier with Keras `fit` and writes its run folder.
+
+    Validation data come from the training split only. EarlyStopping watches validation loss and
+    keeps the best weights; BackupAndRestore makes a killed run resume from its last epoch.
+
+    Args:
+      config: a `ClassifierConfig`.
+      out_dir: the run folder to write (created; an existing unfinished run there resumes).
+      callbacks: extra Keras callbacks.
+      verbose: Keras progress-bar verbosity.
+
+    Returns:
+      (model, history dict)
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    existing = out_dir / "config.json"
+    if existing.is_file():
+        previous = read_config(out_dir)
+        if previous != config.to_dict() and (out_dir / "backup").exists():
+            raise RunFolderError(
+                f"{out_dir} holds an unfinished run with a different config; use another --out")
+    write_config(out_dir, config.to_dict())
+    tf.keras.utils.set_random_seed(config.seed)
+
+    x, y = data_lib.load_dataset(config.dataset, "train", limit=config.limit)
+    (x_train, y_train), (x_val, y_val) = data_lib.train_val_split(x, y, config.val_fraction, config.seed)
+    model = build_classifier(config.arch, config.input_shape, config.num_classes)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = model.fit(
+        data_lib.to_tf_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed),
+        validation_data=data_lib.to_tf_dataset(x_val, y_val, config.batch_size),
+        epochs=config.epochs,
+        callbacks=[
+            keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
+            keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
+            keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+            *callbacks,
+        ],
+        verbose=verbose,
+    )
+    save_weights_atomic(model, out_dir / "classifier.weights.h5")
+    shutil.rmtree(out_dir / "backup", ignore_errors=True)
+    return model, history.history
+
+
+def load_classifier(run_dir):
+    """Rebuilds a classifier from its run folder's config and restores its weights.
+
+    Returns:
+      (model, ClassifierConfig)
+    """
+    run_dir = pathlib.Path(run_dir)
+    cfg = read_config(run_dir)
+    if cfg.get("kind") != "classifier":
+        raise RunFolderError(f"{run_dir} holds a {cfg.get('kind')!r} run, not a classifier")
+    config = ClassifierConfig.from_dict(cfg)
+    weights = run_dir / "classifier.weights.h5"
+    if not weights.is_file():
+        raise RunFolderError(f"{run_dir} has no trained weights (training unfinished?)")
+    model = build_classifier(config.arch, config.input_shape, config.num_classes)
+    try:
+        model.load_weights(str(weights))
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{weights}: cannot be loaded ({e})") from None
+    return model, config
+
+
+def predict_logits(model_fn, x, batch_size=256):
+    """Runs `model_fn` over `x` in batches and returns numpy logits."""
+    outs = [np.asarray(model_fn(tf.constant(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+def accuracy(model_fn, x, y, batch_size=256):
+    """Top-1 accuracy of a logits callable on (x, y)."""
+    return float(np.mean(np.argmax(predict_logits(model_fn, x, batch_size), axis=1) == y))

@@ -1,0 +1,316 @@
+"""Robustness evaluation: clean accuracy, accuracy per attack and threat model, worst case.
+
+Rules (../shared/EVALUATION.md): every number names its threat model; an example counts as
+robust under an attack only if it is classified correctly both clean and under that attack; the
+worst case is the mean over examples of the per-example minimum over every attack of a threat
+model at one eps; sanity checks 1-3 run with every gradient (white-box) evaluation and failures
+become warnings in the report, never hidden.
+"""
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from tfpurify import attacks as attacks_lib
+from tfpurify.classifiers import predict_logits
+from tfpurify.data import validate_images
+from tfpurify.errors import AttackConfigError, InputValidationError
+
+__all__ = [
+    "THREAT_MODELS",
+    "AttackSpec",
+    "AttackResult",
+    "RobustnessReport",
+    "make_attack_specs",
+    "evaluate",
+    "worst_case_accuracy",
+]
+
+THREAT_MODELS = ("none", "graybox", "whitebox", "transfer")
+# Threat models in which the attacker differentiates the very pipeline it is scored on; the
+# gradient-masking sanity checks apply to these.
+_GRADIENT_THREAT_MODELS = ("none", "whitebox")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """One attack with its parameters (cleverhans names), e.g. AttackSpec("pgd", {"eps": 0.1})."""
+
+    name: str
+    params: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def eps(self):
+        return self.params.get("eps", attacks_lib.ATTACKS[self.name].defaults.get("eps"))
+
+
+@dataclasses.dataclass
+class AttackResult:
+    threat_model: str
+    attack: str
+    eps: float
+    params: dict
+    accuracy: float
+    seconds: float
+    correct: np.ndarray = dataclasses.field(repr=False, default=None)
+    x_adv_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+    pred_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+
+    def to_dict(self):
+        return {"threat_model": self.threat_model, "attack": self.attack, "eps": self.eps,
+                "params": _jsonable(self.params), "accuracy": self.accuracy,
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclasses.dataclass
+class RobustnessReport:
+    """Everything one evaluation measured; `reports.py` writes it as JSON, Markdown and PNG."""
+
+    n_examples: int
+    seed: int
+    clean_accuracy: float
+    clean_correct: np.ndarray = dataclasses.field(repr=False, default=None)
+    results: list = dataclasses.field(default_factory=list)
+    detection: list = dataclasses.field(default_factory=list)  # filled by detector defenses
+    warnings: list = dataclasses.field(default_factory=list)
+    sanity: list = dataclasses.field(default_factory=list)
+    defense: str = "none"
+    classifier: str = ""
+    dataset: str = ""
+    threat_models: tuple = ("none",)
+    x_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+    y_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+    clean_pred_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+
+    def worst_case(self, threat_model, eps):
+        """Fraction of examples correct clean and under every attack of (threat_model, eps)."""
+        columns = [r.correct for r in self.results if r.threat_model == threat_model and r.eps == eps]
+        return worst_case_accuracy([self.clean_correct, *columns])
+
+    def worst_cases(self):
+        """[(threat_model, eps, accuracy)] for every (threat model, eps) with attacks."""
+        keys = []
+        for r in self.results:
+            if (r.threat_model, r.eps) not in keys:
+                keys.append((r.threat_model, r.eps))
+        return [(tm, eps, self.worst_case(tm, eps)) for tm, eps in keys]
+
+    def rows(self):
+        """Rows in the benchmarks/results schema (clean row, attack rows, worst-case rows)."""
+        base = {"defense": self.defense, "classifier": self.classifier}
+        rows = [{**base, "threat_model": "none" if self.defense == "none" else "defended",
+                 "attack": "none", "eps": 0, "params": {}, "accuracy": self.clean_accuracy}]
+        rows += [{**base, **r.to_dict()} for r in self.results]
+        rows += [{**base, "threat_model": tm, "attack": "worst_case", "eps": eps, "params": {},
+                  "accuracy": acc} for tm, eps, acc in self.worst_cases()]
+        return rows
+
+    def to_dict(self):
+        return {
+            "defense": self.defense, "classifier": self.classifier, "dataset": self.dataset,
+            "n_examples": self.n_examples, "seed": self.seed, "threat_models": list(self.threat_models),
+            "clean_accuracy": self.clean_accuracy,
+            "rows": self.rows(), "detection": _jsonable(self.detection),
+            "sanity_checks": _jsonable(self.sanity), "warnings": list(self.warnings),
+        }
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return "inf" if math.isinf(v) else v
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def worst_case_accuracy(correct_columns):
+    """Mean over examples of the per-example minimum over columns of booleans.
+
+    Args:
+      correct_columns: sequence of [N] boolean arrays (clean and one per attack).
+
+    Returns:
+      float: the fraction of examples correct in every column (not the minimum of the means).
+    """
+    stacked = np.stack([np.asarray(c, dtype=bool) for c in correct_columns])
+    return float(np.mean(np.all(stacked, axis=0)))
+
+
+def make_attack_specs(names, eps_values, **params):
+    """The cross product of attack names and eps values, sharing the other parameters.
+
+    `eps_iter` given as None becomes eps / 4 per eps. CW-L2 is unbounded, so it gets one spec.
+    """
+    specs = []
+    for name in names:
+        if name not in attacks_lib.ATTACKS:
+            raise AttackConfigError(
+                f"unknown attack {name!r}; choose from {', '.join(sorted(attacks_lib.ATTACKS))}")
+        accepted = attacks_lib.ATTACKS[name].defaults
+        common = {k: v for k, v in params.items() if k in accepted and v is not None}
+        if accepted.get("eps", 0.0) is None:  # unbounded (CW-L2)
+            specs.append(AttackSpec(name, common))
+            continue
+        for eps in eps_values:
+            spec_params = {**common, "eps": float(eps)}
+            attacks_lib.resolve_params(name, **spec_params)  # fail early, before any attack runs
+            specs.append(AttackSpec(name, spec_params))
+    return specs
+
+
+def _as_specs(attacks):
+    specs = []
+    for a in attacks:
+        if isinstance(a, AttackSpec):
+            specs.append(a)
+        elif isinstance(a, str):
+            specs.append(AttackSpec(a, {}))
+        else:
+            name, params = a
+            specs.append(AttackSpec(name, dict(params)))
+    return specs
+
+
+def _tolerance(p, n):
+    """Two binomial standard errors, at least 2 points: what "within noise" means here."""
+    return max(0.02, 2.0 * math.sqrt(max(p * (1 - p), 1e-4) / max(n, 1)))
+
+
+class _Pipelines:
+    """Which callable the attacker differentiates and which one is scored, per threat model."""
+
+    def __init__(self, model_fn, surrogate_fn=None, extra=None):
+        self.table = {"none": (model_fn, model_fn)}
+        if surrogate_fn is not None:
+            self.table["transfer"] = (surrogate_fn, model_fn)
+        self.table.update(extra or {})
+
+    def get(self, threat_model):
+        if threat_model not in THREAT_MODELS:
+            raise AttackConfigError(f"unknown threat model {threat_model!r}; choose from {', '.join(THREAT_MODELS)}")
+        if threat_model not in self.table:
+            need = {"transfer": "a surrogate classifier (--surrogate RUN)",
+                    "graybox": "a defense run (tfpurify eval DEFENSE_RUN --classifier RUN)",
+                    "whitebox": "a defense run (tfpurify eval DEFENSE_RUN --classifier RUN)"}
+            raise AttackConfigError(f"threat model {threat_model!r} needs {need.get(threat_model, 'more input')}")
+        return self.table[threat_model]
+
+
+def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surrogate_fn=None,
+             pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
+             defense="none", classifier="", dataset="", progress=False, n_samples=10):
+    """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
+
+    Args:
+      model_fn: callable images -> logits: the pipeline being scored (classifier or defense).
+      x, y: test images [N, H, W, C] in [0, 1] and true labels [N].
+      attacks: AttackSpec objects, attack names, or (name, params) pairs.
+      threat_model: a name or a list of names from THREAT_MODELS.
+      surrogate_fn: independently trained classifier for the `transfer` threat model.
+      pipelines: extra {threat_model: (attacked_fn, scored_fn)} (graybox/whitebox, added by the
+        defense core).
+      batch_size, seed: passed to every attack.
+      sanity_checks: run checks 1-3 on the first `sanity_n` examples for gradient threat models.
+      defense, classifier, dataset: names recorded in the report.
+      progress: progress bars on attacks.
+      n_samples: how many examples to keep for the image grid.
+
+    Returns:
+      RobustnessReport
+    """
+    x = validate_images(x)
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+        raise InputValidationError(f"labels must be integers of shape [{len(x)}], got {y.dtype} {y.shape}")
+    if len(x) == 0:
+        raise InputValidationError("no examples to evaluate")
+    threat_models = [threat_model] if isinstance(threat_model, str) else list(threat_model)
+    table = _Pipelines(model_fn, surrogate_fn, pipelines)
+    for tm in threat_models:
+        table.get(tm)  # fail before spending time on attacks
+    specs = _as_specs(attacks)
+    for spec in specs:
+        attacks_lib.resolve_params(spec.name, **spec.params)
+
+    clean_pred = np.argmax(predict_logits(model_fn, x, batch_size), axis=1)
+    clean_correct = clean_pred == y
+    report = RobustnessReport(
+        n_examples=len(x), seed=seed, clean_accuracy=float(clean_correct.mean()),
+        clean_correct=clean_correct, defense=defense, classifier=classifier, dataset=dataset,
+        threat_models=tuple(threat_models), x_sample=x[:n_samples], y_sample=y[:n_samples],
+        clean_pred_sample=clean_pred[:n_samples])
+    for tm in threat_models:
+        attacked_fn, scored_fn = table.get(tm)
+        for spec in specs:
+            start = time.perf_counter()
+            x_adv = attacks_lib.run_attack(spec.name, attacked_fn, x, y, batch_size=batch_size,
+                                           seed=seed, progress=progress, **spec.params)
+            pred = np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1)
+            correct = clean_correct & (pred == y)
+            report.results.append(AttackResult(
+                tm, spec.name, attacks_lib.resolve_params(spec.name, **spec.params).get("eps"),
+                _recorded_params(spec), float(correct.mean()), time.perf_counter() - start,
+                correct, x_adv[:n_samples], pred[:n_samples]))
+        if sanity_checks and tm in _GRADIENT_THREAT_MODELS:
+            _sanity_checks(report, tm, attacked_fn, scored_fn, x[:sanity_n], y[:sanity_n],
+                           clean_correct[:sanity_n], batch_size, seed)
+    return report
+
+
+def _recorded_params(spec):
+    p = attacks_lib.resolve_params(spec.name, **spec.params)
+    p.pop("eps", None)
+    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in p.items()}
+
+
+def _subset_accuracy(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, **params):
+    x_adv = attacks_lib.run_attack(name, attacked_fn, x, y, batch_size=batch_size, seed=seed, **params)
+    pred = np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1)
+    return float(np.mean(clean_correct & (pred == y)))
+
+
+def _sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed):
+    """EVALUATION.md checks 1-3 on a subset; each failure appends a warning line."""
+    n = len(x)
+
+    def acc(name, **params):
+        return _subset_accuracy(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, **params)
+
+    def record(check, passed, detail, warning):
+        report.sanity.append({"threat_model": tm, "check": check, "passed": bool(passed), **detail})
+        if not passed:
+            report.warnings.append(f"[{tm}] sanity check {check} failed: {warning}")
+
+    pgd_results = [r for r in report.results if r.threat_model == tm and r.attack == "pgd"]
+    for r in pgd_results:
+        base = {k: v for k, v in r.params.items() if k in ("eps_iter", "nb_iter", "restarts", "norm")}
+        base["norm"] = attacks_lib.parse_norm(base.get("norm", "inf"))
+        k = base["nb_iter"]
+        acc_k = float(np.mean(r.correct[:n]))
+        acc_2k = acc("pgd", eps=r.eps, **{**base, "nb_iter": 2 * k})
+        tol = _tolerance(acc_k, n)
+        record(1, acc_2k <= acc_k + tol,
+               {"eps": r.eps, f"pgd_{k}": acc_k, f"pgd_{2 * k}": acc_2k, "n": n, "tolerance": tol},
+               f"PGD-{2 * k} accuracy {acc_2k:.3f} > PGD-{k} {acc_k:.3f} at eps {r.eps} "
+               f"(more iterations helped the defense: the attack has not converged or gradients are masked)")
+        fgsm = [f for f in report.results if f.threat_model == tm and f.attack == "fgsm" and f.eps == r.eps]
+        acc_fgsm = float(np.mean(fgsm[0].correct[:n])) if fgsm else acc("fgsm", eps=r.eps, norm=base["norm"])
+        acc_pgd = float(np.mean(r.correct[:n]))
+        tol = _tolerance(acc_fgsm, n)
+        record(2, acc_pgd <= acc_fgsm + tol,
+               {"eps": r.eps, "pgd": acc_pgd, "fgsm": acc_fgsm, "n": n, "tolerance": tol},
+               f"PGD accuracy {acc_pgd:.3f} > FGSM {acc_fgsm:.3f} at eps {r.eps} "
+               f"(an iterative attack should beat a single step: gradients may be masked)")
+    large_eps = 0.5
+    acc_large = acc("pgd", eps=large_eps, eps_iter=large_eps / 10, nb_iter=40)
+    record(3, acc_large <= 0.05, {"eps": large_eps, "pgd": acc_large, "n": n, "threshold": 0.05},
+           f"PGD accuracy {acc_large:.3f} at eps {large_eps} is not ~0 (gradients are masked)")

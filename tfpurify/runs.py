@@ -1,0 +1,63 @@
+"""Run folders on disk: config.json, weights and atomic writes.
+
+A run folder (`runs/<name>/`) holds `config.json` (with a `kind` key naming what it holds),
+weights, `history.csv`, reports and pictures. Every write goes to a temporary sibling first and is
+renamed into place, so a crash never leaves a half-written file under the final name.
+"""
+
+import json
+import os
+import pathlib
+import tempfile
+
+from tfpurify.errors import RunFolderError
+
+__all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_config"]
+
+
+def atomic_write_text(path, text):
+    """Writes `text` to a temporary file beside `path`, then renames it into place."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights_atomic(model, path):
+    """Saves a Keras model's weights beside `path` under a temporary name, then renames."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
+def write_config(run_dir, config_dict):
+    """Writes `config.json` into a run folder atomically."""
+    atomic_write_text(pathlib.Path(run_dir) / "config.json", json.dumps(config_dict, indent=2) + "\n")
+
+
+def read_config(run_dir):
+    """Reads a run folder's config.json.
+
+    Raises:
+      RunFolderError: the folder or its config.json is missing or unreadable.
+    """
+    run_dir = pathlib.Path(run_dir)
+    path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a tfpurify run folder (no config.json)")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunFolderError(f"{path}: unreadable ({e})") from None
+    if not isinstance(cfg, dict) or "kind" not in cfg:
+        raise RunFolderError(f"{path}: not a tfpurify config (no 'kind')")
+    return cfg
