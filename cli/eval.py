@@ -9,40 +9,54 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
 
 @click.command("eval")
 @click.argument("run")
+@click.option("--classifier", "classifier_run", default=None,
+              help="Classifier run the defense RUN protects (needed when RUN is a defense).")
 @click.option("--attacks", default="fgsm,pgd", show_default=True,
               help="Comma list: fgsm, pgd, bim, mim, cw_l2, spsa.")
 @click.option("--eps", default="0.1", show_default=True, help="Comma list of L-inf budgets in [0, 1].")
-@click.option("--threat-model", default="none", show_default=True,
-              help="Comma list: none, transfer (graybox, whitebox with a defense run).")
+@click.option("--threat-model", default=None,
+              help="Comma list of none, graybox, whitebox, transfer "
+                   "[default: none for a classifier run, none,graybox,whitebox for a defense run].")
 @click.option("--surrogate", default=None, help="Classifier run to craft transfer attacks on.")
 @click.option("--nb-iter", default=40, show_default=True, type=int, help="Iterations of pgd/bim/mim.")
 @click.option("--eps-iter", default=None, type=float, help="Step size (default eps/4).")
 @click.option("--restarts", default=1, show_default=True, type=int, help="PGD random restarts.")
+@click.option("--eot-samples", default=8, show_default=True, type=int,
+              help="Draws averaged per gradient (EOT) for stochastic purifiers, white-box.")
+@click.option("--detector-weight", default=1.0, show_default=True, type=float,
+              help="Weight of the detector score in the white-box attack loss.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @limit_option
 @seed_option
 @click.option("--sanity-checks/--no-sanity-checks", default=True, show_default=True,
-              help="Gradient-masking checks 1-3 of EVALUATION.md (on 200 examples).")
+              help="Gradient-masking checks 1-4 of EVALUATION.md (on 200 examples; SPSA on 8).")
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
-def eval_command(run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts, batch_size,
-                 limit, seed, sanity_checks, report_path):
-    """Attack RUN's model on the test split and write a robustness report."""
+def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
+                 eot_samples, detector_weight, batch_size, limit, seed, sanity_checks, report_path):
+    """Attack RUN (a classifier or a defense run) on the test split and write a report."""
+    from tfpurify.adaptive import threat_model_pipelines
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
     from tfpurify.evaluation import evaluate, make_attack_specs
     from tfpurify.reports import to_markdown, write_report
+    from tfpurify.training import load_defended
 
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
                               nb_iter=nb_iter, eps_iter=eps_iter, restarts=restarts)
-    model, config = load_classifier(run)
+    defended, info = load_defended(run, classifier_run)
+    is_defense = info["defense"] != "none"
+    threat_models = parse_list(threat_model or ("none,graybox,whitebox" if is_defense else "none"), "--threat-model")
     surrogate_model = load_classifier(surrogate)[0] if surrogate else None
-    x, y = load_dataset(config.dataset, "test", limit=limit)
-    report = evaluate(model, x, y, specs, threat_model=parse_list(threat_model, "--threat-model"),
-                      surrogate_fn=surrogate_model, batch_size=batch_size, seed=seed,
-                      sanity_checks=sanity_checks, classifier=config.arch, dataset=config.dataset,
-                      progress=True)
+    x, y = load_dataset(info["dataset"], "test", limit=limit)
+    pipelines = threat_model_pipelines(defended, surrogate_model, eot_samples, detector_weight)
+    if not is_defense:
+        pipelines.pop("graybox"), pipelines.pop("whitebox")
+    report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
+                      batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
+                      classifier=info["classifier"], dataset=info["dataset"], progress=True,
+                      detector=defended.detector)
     paths = write_report(report, report_path or pathlib.Path(run) / "report.md",
-                         dataset_info(config.dataset).class_names)
+                         dataset_info(info["dataset"]).class_names)
     click.echo(to_markdown(report))
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

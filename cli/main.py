@@ -12,8 +12,17 @@ import click  # noqa: E402
 
 from cli.data import data  # noqa: E402
 from cli.eval import eval_command  # noqa: E402
+from cli.export import export_command  # noqa: E402
 from cli.train import train  # noqa: E402
 from tfpurify.errors import TfpurifyError  # noqa: E402
+
+
+def _quiet_python_logs():
+    """TensorFlow/absl warnings (retracing, deprecated cleverhans arguments) are not for CLI users."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 class _OneLineErrors(click.Group):
@@ -32,11 +41,13 @@ def cli():
 
     Fashion-MNIST is the default data set. Every robustness number is printed with its threat model.
     """
+    _quiet_python_logs()
 
 
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(eval_command)
+cli.add_command(export_command)
 
 if __name__ == "__main__":
     cli()

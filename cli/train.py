@@ -1,4 +1,6 @@
-"""`tfpurify train ...`: train reference classifiers (and, through the registry, defenses)."""
+"""`tfpurify train ...`: reference classifiers, and every registered defense (one command each)."""
+
+import dataclasses
 
 import click
 
@@ -27,3 +29,42 @@ def classifier(arch, dataset, epochs, batch_size, learning_rate, limit, seed, ou
                               learning_rate=learning_rate, limit=limit, seed=seed)
     _, history = train_classifier(config, out, verbose=2)
     click.echo(f"trained {arch} on {dataset}: val_accuracy {history['val_accuracy'][-1]:.4f} -> {out}")
+
+
+def _option_type(default):
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float, str)):
+        return type(default)
+    return int if default is None else str
+
+
+def _defense_command(name, config_class):
+    """One `tfpurify train <name>` command whose options are the config dataclass's fields."""
+
+    def command(out, strategy, **fields):
+        from tfpurify.training import train_defense
+
+        config = config_class(**{k: v for k, v in fields.items() if v is not None})
+        _, history = train_defense(name, config, out, strategy=strategy, verbose=2)
+        last = {k: f"{v[-1]:.4g}" for k, v in history.items()}
+        click.echo(f"trained {name} on {config.dataset}: {last} -> {out}")
+
+    for field in reversed(dataclasses.fields(config_class)):
+        command = click.option(f"--{field.name.replace('_', '-')}", field.name, type=_option_type(field.default),
+                               default=None, help=f"[default: {field.default}]")(command)
+    command = click.option("--strategy", default="default", show_default=True,
+                           help="default, mirrored (all local devices) or multiworker (reads TF_CONFIG).")(command)
+    command = click.option("--out", required=True, help="Run folder; an unfinished run there resumes.")(command)
+    doc = (config_class.__doc__ or "").strip().splitlines()[0]
+    return click.command(name, help=f"Train the {name} defense. {doc}")(command)
+
+
+def add_defense_commands():
+    from tfpurify.defenses import REGISTRY
+
+    for name, (_, config_class) in sorted(REGISTRY.items()):
+        train.add_command(_defense_command(name, config_class))
+
+
+add_defense_commands()

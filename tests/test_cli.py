@@ -43,7 +43,7 @@ def test_train_then_eval_writes_report(runner, tmp_path):
                                  "--nb-iter", "5", "--limit", "64", "--no-sanity-checks",
                                  "--report", str(report)])
     assert result.exit_code == 0, result.output
-    assert "| none | pgd | 0.1 |" in result.output
+    assert "| none | none | pgd | 0.1 |" in result.output
     d = json.loads(report.with_suffix(".json").read_text())
     accs = {r["attack"]: r["accuracy"] for r in d["rows"]}
     assert accs["pgd"] < accs["none"]

@@ -41,7 +41,7 @@ def test_evaluate_records_everything_and_pgd_beats_fgsm(cnn, fmnist_test):
     pgd_row = next(r for r in d["rows"] if r["attack"] == "pgd")
     assert pgd_row["threat_model"] == "none" and pgd_row["eps"] == 0.1
     assert pgd_row["params"]["nb_iter"] == 10 and pgd_row["params"]["eps_iter"] == pytest.approx(0.025)
-    assert {c["check"] for c in d["sanity_checks"]} == {1, 2, 3}
+    assert {c["check"] for c in d["sanity_checks"]} == {1, 2, 3, 4}
     assert all(c["passed"] for c in d["sanity_checks"]), d["sanity_checks"]
     assert d["warnings"] == []
 

@@ -19,9 +19,9 @@ def _report():
 
 def test_markdown_names_threat_model_and_shows_warnings():
     md = reports.to_markdown(_report())
-    assert "| threat model | attack | eps | accuracy |" in md
-    assert "| none | pgd | 0.1 | 33.3 % | nb_iter=40, eps_iter=0.025 |" in md
-    assert "| none | **worst case** | 0.1 | 33.3 % |" in md
+    assert "| defense | threat model | attack | eps | accuracy |" in md
+    assert "| none | none | pgd | 0.1 | 33.3 % | nb_iter=40, eps_iter=0.025 |" in md
+    assert "| none | none | **worst case** | 0.1 | 33.3 % |" in md
     assert "WARNING: [none] sanity check 3 failed" in md
 
 

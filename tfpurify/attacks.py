@@ -29,7 +29,7 @@ __all__ = ["ATTACKS", "AttackDef", "register_attack", "resolve_params", "run_att
 class AttackDef:
     """How to run one attack: its batch function, defaults and whether it is norm-bounded."""
 
-    fn: callable            # (model_fn, x, y, params) -> adversarial batch (a tf.Tensor)
+    fn: callable            # (model_fn, x, y, params, loss_fn) -> adversarial batch (a tf.Tensor)
     defaults: dict          # every parameter the attack accepts, with its default
     bounded: bool = True    # True: result is projected into the eps-ball of `norm`
     graph: bool = True      # True: run inside tf.function; False: eager (cleverhans' CW)
@@ -37,26 +37,28 @@ class AttackDef:
     gradient: bool = True   # False for gradient-free attacks (SPSA)
 
 
-def _fgsm(model_fn, x, y, p):
-    return fast_gradient_method(model_fn, x, p["eps"], p["norm"], clip_min=p["clip_min"],
+def _fgsm(model_fn, x, y, p, loss_fn):
+    return fast_gradient_method(model_fn, x, p["eps"], p["norm"], loss_fn, clip_min=p["clip_min"],
                                 clip_max=p["clip_max"], y=y, targeted=p["targeted"])
 
 
-def _pgd(model_fn, x, y, p):
+def _pgd(model_fn, x, y, p, loss_fn):
     return projected_gradient_descent(
-        model_fn, x, p["eps"], p["eps_iter"], p["nb_iter"], p["norm"],
+        model_fn, x, p["eps"], p["eps_iter"], p["nb_iter"], p["norm"], loss_fn,
         clip_min=p["clip_min"], clip_max=p["clip_max"], y=y, targeted=p["targeted"],
         rand_init=p.get("rand_init", False), rand_minmax=p["eps"])
 
 
-def _mim(model_fn, x, y, p):
+def _mim(model_fn, x, y, p, loss_fn):
+    if loss_fn is not None:
+        raise AttackConfigError("mim takes no custom loss (cleverhans); use pgd against a detector-aware target")
     return momentum_iterative_method(
         model_fn, x, p["eps"], p["eps_iter"], p["nb_iter"], p["norm"], clip_min=p["clip_min"],
         clip_max=p["clip_max"], y=y, targeted=p["targeted"], decay_factor=p["decay_factor"],
         sanity_checks=False)
 
 
-def _cw_l2(model_fn, x, y, p):
+def _cw_l2(model_fn, x, y, p, loss_fn):
     # cleverhans 4.0.0's CW-L2 misbehaves when given true labels for an untargeted attack (it
     # raised accuracy in our tests); untargeted it attacks the predictions, which for robust
     # accuracy is equivalent: an already misclassified example counts as wrong either way.
@@ -69,7 +71,7 @@ def _cw_l2(model_fn, x, y, p):
     return tf.convert_to_tensor(adv)
 
 
-def _spsa(model_fn, x, y, p):
+def _spsa(model_fn, x, y, p, loss_fn):
     return spsa(model_fn, x, y, p["eps"], p["nb_iter"], clip_min=p["clip_min"], clip_max=p["clip_max"],
                 targeted=p["targeted"], learning_rate=p["learning_rate"], delta=p["delta"],
                 spsa_samples=p["spsa_samples"], spsa_iters=1, early_stop_loss_threshold=None)
@@ -187,10 +189,17 @@ def _check_differentiable(model_fn, x):
 def _batch_runner(attack, model_fn, p):
     """Returns f(x, y) -> (x_adv, per-example loss, correct) for one batch."""
 
+    # A target with `attack_loss` (adaptive.DetectorAwareTarget) returns more than logits: its
+    # own loss goes to cleverhans; attacks that take no loss see its logits only.
+    loss_fn = getattr(model_fn, "attack_loss", None)
+    to_logits = getattr(model_fn, "logits", None)
+    logits_fn = model_fn if to_logits is None else (lambda images: to_logits(model_fn(images)))
+    attacked_fn = model_fn if attack.fn in (_fgsm, _pgd, _mim) else logits_fn
+
     def step(x, y):
-        y_used = y if y is not None else tf.argmax(model_fn(x), axis=1)
-        x_adv = attack.fn(model_fn, x, y_used, p)
-        logits = model_fn(x_adv)
+        y_used = y if y is not None else tf.argmax(logits_fn(x), axis=1)
+        x_adv = attack.fn(attacked_fn, x, y_used, p, loss_fn)
+        logits = logits_fn(x_adv)
         loss = tf.nn.sparse_softmax_cross_entropy_with_logits(y_used, logits)
         hit = tf.equal(tf.argmax(logits, axis=1), tf.cast(y_used, tf.int64))
         return x_adv, loss, hit

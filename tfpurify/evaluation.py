@@ -3,7 +3,7 @@
 Rules (../shared/EVALUATION.md): every number names its threat model; an example counts as
 robust under an attack only if it is classified correctly both clean and under that attack; the
 worst case is the mean over examples of the per-example minimum over every attack of a threat
-model at one eps; sanity checks 1-3 run with every gradient (white-box) evaluation and failures
+model at one eps; sanity checks 1-4 run with every gradient (white-box) evaluation and failures
 become warnings in the report, never hidden.
 """
 
@@ -12,6 +12,7 @@ import math
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from tfpurify import attacks as attacks_lib
 from tfpurify.classifiers import predict_logits
@@ -26,6 +27,7 @@ __all__ = [
     "make_attack_specs",
     "evaluate",
     "worst_case_accuracy",
+    "roc_auc",
 ]
 
 THREAT_MODELS = ("none", "graybox", "whitebox", "transfer")
@@ -80,6 +82,7 @@ class RobustnessReport:
     classifier: str = ""
     dataset: str = ""
     threat_models: tuple = ("none",)
+    clean_by_threat_model: dict = dataclasses.field(default_factory=dict)  # tm -> [N] bool
     x_sample: np.ndarray = dataclasses.field(repr=False, default=None)
     y_sample: np.ndarray = dataclasses.field(repr=False, default=None)
     clean_pred_sample: np.ndarray = dataclasses.field(repr=False, default=None)
@@ -87,7 +90,8 @@ class RobustnessReport:
     def worst_case(self, threat_model, eps):
         """Fraction of examples correct clean and under every attack of (threat_model, eps)."""
         columns = [r.correct for r in self.results if r.threat_model == threat_model and r.eps == eps]
-        return worst_case_accuracy([self.clean_correct, *columns])
+        clean = self.clean_by_threat_model.get(threat_model, self.clean_correct)
+        return worst_case_accuracy([clean, *columns])
 
     def worst_cases(self):
         """[(threat_model, eps, accuracy)] for every (threat model, eps) with attacks."""
@@ -99,11 +103,16 @@ class RobustnessReport:
 
     def rows(self):
         """Rows in the benchmarks/results schema (clean row, attack rows, worst-case rows)."""
-        base = {"defense": self.defense, "classifier": self.classifier}
-        rows = [{**base, "threat_model": "none" if self.defense == "none" else "defended",
-                 "attack": "none", "eps": 0, "params": {}, "accuracy": self.clean_accuracy}]
-        rows += [{**base, **r.to_dict()} for r in self.results]
-        rows += [{**base, "threat_model": tm, "attack": "worst_case", "eps": eps, "params": {},
+        def base(tm):  # in a defense's report, threat model "none" is the bare classifier
+            return {"defense": "none" if tm == "none" else self.defense, "classifier": self.classifier}
+
+        rows = [{**base("clean"), "threat_model": "clean", "attack": "none", "eps": 0, "params": {},
+                 "accuracy": self.clean_accuracy}]
+        if self.defense != "none" and "none" in self.clean_by_threat_model:
+            rows.append({**base("none"), "threat_model": "clean", "attack": "none", "eps": 0, "params": {},
+                         "accuracy": float(np.mean(self.clean_by_threat_model["none"]))})
+        rows += [{**base(r.threat_model), **r.to_dict()} for r in self.results]
+        rows += [{**base(tm), "threat_model": tm, "attack": "worst_case", "eps": eps, "params": {},
                   "accuracy": acc} for tm, eps, acc in self.worst_cases()]
         return rows
 
@@ -130,6 +139,19 @@ def _jsonable(value):
     if isinstance(value, np.bool_):
         return bool(value)
     return value
+
+
+def roc_auc(clean_scores, adversarial_scores):
+    """ROC-AUC of telling adversarial (positive) from clean (negative) inputs by score."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.r_[np.zeros(len(clean_scores)), np.ones(len(adversarial_scores))]
+    return float(roc_auc_score(labels, np.r_[clean_scores, adversarial_scores]))
+
+
+def _scores(detector, x, batch_size):
+    return np.concatenate([np.asarray(detector.adversarial_score(tf.constant(x[i:i + batch_size])))
+                           for i in range(0, len(x), batch_size)])
 
 
 def worst_case_accuracy(correct_columns):
@@ -207,7 +229,8 @@ class _Pipelines:
 
 def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surrogate_fn=None,
              pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
-             defense="none", classifier="", dataset="", progress=False, n_samples=10):
+             defense="none", classifier="", dataset="", progress=False, n_samples=10, detector=None,
+             spsa_check_n=8):
     """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
 
     Args:
@@ -219,10 +242,13 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
       pipelines: extra {threat_model: (attacked_fn, scored_fn)} (graybox/whitebox, added by the
         defense core).
       batch_size, seed: passed to every attack.
-      sanity_checks: run checks 1-3 on the first `sanity_n` examples for gradient threat models.
+      sanity_checks: run checks 1-4 on the first `sanity_n` examples for gradient threat models.
       defense, classifier, dataset: names recorded in the report.
       progress: progress bars on attacks.
       n_samples: how many examples to keep for the image grid.
+      detector: a `Detector` (adversarial_score, threshold): adds ROC-AUC, TPR at the threshold,
+        FPR on clean and "detected or correct" per attack.
+      spsa_check_n: examples for sanity check 4 (SPSA vs gradient attacks); 0 skips it.
 
     Returns:
       RobustnessReport
@@ -243,6 +269,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
 
     clean_pred = np.argmax(predict_logits(model_fn, x, batch_size), axis=1)
     clean_correct = clean_pred == y
+    clean_of = {id(model_fn): clean_correct}  # clean correctness per scored pipeline
+    clean_scores = None if detector is None else _scores(detector, x, batch_size)
     report = RobustnessReport(
         n_examples=len(x), seed=seed, clean_accuracy=float(clean_correct.mean()),
         clean_correct=clean_correct, defense=defense, classifier=classifier, dataset=dataset,
@@ -250,20 +278,36 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         clean_pred_sample=clean_pred[:n_samples])
     for tm in threat_models:
         attacked_fn, scored_fn = table.get(tm)
+        if id(scored_fn) not in clean_of:
+            clean_of[id(scored_fn)] = np.argmax(predict_logits(scored_fn, x, batch_size), axis=1) == y
+        tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
         for spec in specs:
             start = time.perf_counter()
             x_adv = attacks_lib.run_attack(spec.name, attacked_fn, x, y, batch_size=batch_size,
                                            seed=seed, progress=progress, **spec.params)
             pred = np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1)
-            correct = clean_correct & (pred == y)
+            correct = tm_clean & (pred == y)
+            eps = attacks_lib.resolve_params(spec.name, **spec.params).get("eps")
             report.results.append(AttackResult(
-                tm, spec.name, attacks_lib.resolve_params(spec.name, **spec.params).get("eps"),
-                _recorded_params(spec), float(correct.mean()), time.perf_counter() - start,
-                correct, x_adv[:n_samples], pred[:n_samples]))
+                tm, spec.name, eps, _recorded_params(spec), float(correct.mean()),
+                time.perf_counter() - start, correct, x_adv[:n_samples], pred[:n_samples]))
+            if detector is not None and tm != "none":
+                report.detection.append(_detection_row(detector, tm, spec.name, eps, clean_scores,
+                                                       _scores(detector, x_adv, batch_size), correct))
         if sanity_checks and tm in _GRADIENT_THREAT_MODELS:
             _sanity_checks(report, tm, attacked_fn, scored_fn, x[:sanity_n], y[:sanity_n],
-                           clean_correct[:sanity_n], batch_size, seed)
+                           tm_clean[:sanity_n], batch_size, seed, spsa_check_n)
     return report
+
+
+def _detection_row(detector, tm, attack, eps, clean_scores, adv_scores, correct):
+    threshold = float(detector.threshold.numpy())
+    flagged = adv_scores > threshold
+    return {"threat_model": tm, "attack": attack, "eps": eps, "threshold": threshold,
+            "roc_auc": roc_auc(clean_scores, adv_scores), "tpr": float(np.mean(flagged)),
+            "fpr": float(np.mean(clean_scores > threshold)),
+            "detected_or_correct": float(np.mean(flagged | correct)),
+            "accuracy_on_accepted": float(np.mean(correct[~flagged])) if np.any(~flagged) else None}
 
 
 def _recorded_params(spec):
@@ -278,8 +322,8 @@ def _subset_accuracy(name, attacked_fn, scored_fn, x, y, clean_correct, batch_si
     return float(np.mean(clean_correct & (pred == y)))
 
 
-def _sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed):
-    """EVALUATION.md checks 1-3 on a subset; each failure appends a warning line."""
+def _sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, spsa_n=8):
+    """EVALUATION.md checks 1-4 on a subset; each failure appends a warning line."""
     n = len(x)
 
     def acc(name, **params):
@@ -314,3 +358,25 @@ def _sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batc
     acc_large = acc("pgd", eps=large_eps, eps_iter=large_eps / 10, nb_iter=40)
     record(3, acc_large <= 0.05, {"eps": large_eps, "pgd": acc_large, "n": n, "threshold": 0.05},
            f"PGD accuracy {acc_large:.3f} at eps {large_eps} is not ~0 (gradients are masked)")
+    if spsa_n > 0:
+        _spsa_check(report, tm, attacked_fn, scored_fn, x[:spsa_n], y[:spsa_n], clean_correct[:spsa_n],
+                    batch_size, seed, record)
+
+
+def _spsa_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record):
+    """Check 4: gradient-free SPSA must not beat the gradient attacks by much (masking)."""
+    n = len(x)
+    for eps in sorted({r.eps for r in report.results if r.threat_model == tm and r.eps}):
+        grads = [r for r in report.results if r.threat_model == tm and r.eps == eps
+                 and attacks_lib.ATTACKS[r.attack].gradient]
+        if not grads:
+            continue
+        acc_grad = worst_case_accuracy([clean_correct, *(r.correct[:n] for r in grads)])
+        acc_spsa = _subset_accuracy("spsa", attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed,
+                                    eps=eps, nb_iter=20, spsa_samples=64)
+        tol = max(_tolerance(acc_grad, n), 1.0 / n + 1e-9)
+        record(4, acc_spsa >= acc_grad - tol,
+               {"eps": eps, "spsa": acc_spsa, "gradient_attacks": acc_grad, "n": n, "tolerance": tol,
+                "spsa_params": {"nb_iter": 20, "spsa_samples": 64}},
+               f"SPSA accuracy {acc_spsa:.3f} < gradient attacks {acc_grad:.3f} at eps {eps} "
+               f"(a gradient-free attack does better: gradients are masked)")

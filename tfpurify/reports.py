@@ -33,22 +33,24 @@ def to_markdown(report):
         "An example counts as robust under an attack only if it is correct clean and under the attack; "
         "worst case = correct under every attack of that threat model and eps.",
         "",
-        "| threat model | attack | eps | accuracy | parameters |",
-        "|---|---|---|---|---|",
+        "| defense | threat model | attack | eps | accuracy | parameters |",
+        "|---|---|---|---|---|---|",
     ]
     for row in d["rows"]:
         eps = "-" if row["eps"] is None else f"{row['eps']:g}"
         attack = "**worst case**" if row["attack"] == "worst_case" else row["attack"]
-        lines.append(f"| {row['threat_model']} | {attack} | {eps} | {_pct(row['accuracy'])} | "
+        lines.append(f"| {row['defense']} | {row['threat_model']} | {attack} | {eps} | {_pct(row['accuracy'])} | "
                      f"{_fmt_params(row['params'])} |")
     if d["detection"]:
-        lines += ["", "| detection: attack | eps | ROC-AUC | TPR | FPR |", "|---|---|---|---|---|"]
+        lines += ["", "| detection: threat model | attack | eps | ROC-AUC | TPR | FPR | detected or correct |",
+                  "|---|---|---|---|---|---|---|"]
         for det in d["detection"]:
-            lines.append(f"| {det['attack']} | {det['eps']:g} | {det['roc_auc']:.3f} | "
-                         f"{_pct(det['tpr'])} | {_pct(det['fpr'])} |")
+            eps = "-" if det["eps"] is None else f"{det['eps']:g}"
+            lines.append(f"| {det['threat_model']} | {det['attack']} | {eps} | {det['roc_auc']:.3f} | "
+                         f"{_pct(det['tpr'])} | {_pct(det['fpr'])} | {_pct(det['detected_or_correct'])} |")
     if d["sanity_checks"]:
         passed = sum(c["passed"] for c in d["sanity_checks"])
-        lines += ["", f"Sanity checks (EVALUATION.md 1-3): {passed}/{len(d['sanity_checks'])} passed."]
+        lines += ["", f"Sanity checks (EVALUATION.md 1-4): {passed}/{len(d['sanity_checks'])} passed."]
     lines += [""] + ([f"- WARNING: {w}" for w in d["warnings"]] or ["No warnings."])
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,155 @@
+"""What every defense plugs into: `Purifier`, the `Detector` mixin and `DefendedClassifier`.
+
+A purifier maps images in [0, 1] to images in [0, 1] of the same shape. An adaptive attacker
+differentiates `attack_surrogate` (BPDA hook: override it where `purify` is not differentiable)
+and, for `stochastic` purifiers, averages gradients over draws (EOT). A detector scores inputs
+(higher = more likely adversarial) against a `threshold` variable saved with the model.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from tfpurify.errors import InputValidationError
+
+__all__ = ["DefenseConfig", "Purifier", "Detector", "DefendedClassifier"]
+
+keras = tf.keras
+
+
+@dataclasses.dataclass(frozen=True)
+class DefenseConfig:
+    """Fields every defense's config shares (data and training schedule)."""
+
+    dataset: str = "fashion_mnist"
+    epochs: int = 5
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.1
+    limit: int = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for field in ("epochs", "batch_size"):
+            if int(getattr(self, field)) < 1:
+                raise InputValidationError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.learning_rate <= 0:
+            raise InputValidationError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    @classmethod
+    def from_dict(cls, d):
+        """Builds the config from a dict, ignoring keys it does not know (e.g. `kind`)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        return cls(**values)
+
+
+class Purifier(keras.Model):
+    """Base class of purifiers: images in [0, 1] -> images in [0, 1], same shape.
+
+    Subclasses implement `purify`; they train with plain `fit` (their own `compile` and
+    `train_step` where the paper defines a game) and return their config from `get_config`.
+    """
+
+    stochastic = False  # True: evaluate white-box attacks with EOT
+
+    def purify(self, x, training=False):
+        raise NotImplementedError
+
+    def call(self, x, training=False):
+        return self.purify(x, training=training)
+
+    def attack_surrogate(self, x):
+        """What an adaptive attacker differentiates; defaults to `purify` itself."""
+        return self.purify(x)
+
+    def make_dataset(self, x, y, batch_size, shuffle=False, seed=0):
+        """The `tf.data` pipeline `fit` consumes; the default yields image batches only."""
+        from tfpurify.data import to_tf_dataset
+
+        return to_tf_dataset(x, None, batch_size, shuffle=shuffle, seed=seed)
+
+    def compile_for_training(self):
+        """Compiles with the defense's own optimizers from its config (one per player)."""
+        raise NotImplementedError
+
+    def pictures(self, x):
+        """Optional {name: images} to show in reports (reconstructions, latent traversals)."""
+        return {"purified": self.purify(x).numpy()}
+
+
+class Detector:
+    """Mixin for defenses that flag inputs; call `_init_detector()` in `__init__`."""
+
+    def _init_detector(self):
+        self.threshold = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="threshold")
+
+    def adversarial_score(self, x):
+        """Shape [N]; higher = more likely adversarial."""
+        raise NotImplementedError
+
+    def is_adversarial(self, x):
+        return self.adversarial_score(x) > self.threshold
+
+    def calibrate(self, x_clean, target_fpr=0.05, x_adv=None):
+        """Sets `threshold` so that about `target_fpr` of clean (validation) inputs are flagged.
+
+        Args:
+          x_clean: clean images from the training/validation split, never the test split.
+          target_fpr: wanted false positive rate on clean inputs.
+          x_adv: optional adversarial images to report TPR and ROC-AUC on.
+
+        Returns:
+          dict with threshold, fpr on x_clean, and tpr / roc_auc when x_adv is given.
+        """
+        if not 0.0 < target_fpr < 1.0:
+            raise InputValidationError(f"target_fpr must be in (0, 1), got {target_fpr}")
+        scores = _batched_scores(self, x_clean)
+        threshold = float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
+        self.threshold.assign(threshold)
+        result = {"threshold": threshold, "fpr": float(np.mean(scores > threshold))}
+        if x_adv is not None:
+            from tfpurify.evaluation import roc_auc
+
+            adv_scores = _batched_scores(self, x_adv)
+            result.update(tpr=float(np.mean(adv_scores > threshold)), roc_auc=roc_auc(scores, adv_scores))
+        return result
+
+
+def _batched_scores(detector, x, batch_size=256):
+    return np.concatenate([np.asarray(detector.adversarial_score(tf.constant(x[i:i + batch_size])))
+                           for i in range(0, len(x), batch_size)])
+
+
+class DefendedClassifier(keras.Model):
+    """classifier(purifier(x)), optionally with a detector; what eval and export consume.
+
+    Args:
+      classifier: a Keras model (or callable) returning logits.
+      purifier: a `Purifier`, or None (the bare or adversarially trained classifier).
+      detector: a `Detector`, or None; may be the purifier itself.
+    """
+
+    def __init__(self, classifier, purifier=None, detector=None, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        self.purifier = purifier
+        self.detector = detector
+
+    def purify(self, x, training=False):
+        return x if self.purifier is None else self.purifier.purify(x, training=training)
+
+    def call(self, x, training=False):
+        """Logits of classifier(purifier(x))."""
+        return self.classifier(self.purify(x, training=training), training=training)
+
+    def predict_outputs(self, x):
+        """{probabilities, classes[, adversarial_score, is_adversarial]} for a batch (a graph-safe dict)."""
+        logits = self(x)
+        out = {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, axis=1)}
+        if self.detector is not None:
+            score = self.detector.adversarial_score(x)
+            out["adversarial_score"] = score
+            out["is_adversarial"] = score > self.detector.threshold
+        return out

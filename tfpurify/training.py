@@ -1,0 +1,150 @@
+"""Training and loading defenses through the registry, under a `tf.distribute` strategy.
+
+A defense run folder holds `config.json` (`kind: defense`, `defense: <name>` and the config
+fields), `defense.weights.h5`, `history.csv` and, while training, `backup/` (Keras
+`BackupAndRestore`), so a killed run resumes from its last finished epoch.
+"""
+
+import dataclasses
+import pathlib
+import shutil
+
+import tensorflow as tf
+
+from tfpurify import data as data_lib
+from tfpurify.classifiers import load_classifier
+from tfpurify.defenses import DefendedClassifier, get_defense
+from tfpurify.errors import InputValidationError, RunFolderError
+from tfpurify.runs import read_config, save_weights_atomic, write_config
+
+__all__ = ["STRATEGIES", "make_strategy", "build_defense", "train_defense", "load_defense", "load_defended"]
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+WEIGHTS = "defense.weights.h5"
+
+
+def make_strategy(name="default"):
+    """`default` (one device), `mirrored` (all local devices) or `multiworker` (reads TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise InputValidationError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def build_defense(name, config):
+    """Builds (and calls once, so its weights exist) a registered defense from its config."""
+    model_class, config_class = get_defense(name)
+    if not isinstance(config, config_class):
+        config = config_class.from_dict(dict(config))
+    input_shape = data_lib.dataset_info(config.dataset).input_shape
+    model = model_class(config, input_shape)
+    model(tf.zeros((1, *input_shape)))
+    return model
+
+
+def _config_dict(name, config):
+    return {"kind": "defense", "defense": name, **dataclasses.asdict(config)}
+
+
+def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbose=2):
+    """Trains a registered defense with `fit` on the training split and writes its run folder.
+
+    Args:
+      name: registry name (e.g. "denoising_ae").
+      config: the defense's config dataclass (or a dict of its fields).
+      out_dir: run folder; an unfinished run with the same config resumes.
+      strategy: a name from STRATEGIES or a `tf.distribute.Strategy`; the model and its
+        optimizers are built inside its scope.
+      callbacks: extra Keras callbacks.
+      verbose: Keras progress-bar verbosity.
+
+    Returns:
+      (model, history dict)
+    """
+    model_class, config_class = get_defense(name)
+    if not isinstance(config, config_class):
+        config = config_class.from_dict(dict(config))
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "config.json").is_file() and (out_dir / "backup").exists():
+        if read_config(out_dir) != _config_dict(name, config):
+            raise RunFolderError(f"{out_dir} holds an unfinished run with a different config; use another --out")
+    write_config(out_dir, _config_dict(name, config))
+    tf.keras.utils.set_random_seed(config.seed)
+
+    x, y = data_lib.load_dataset(config.dataset, "train", limit=config.limit)
+    (x_train, y_train), (x_val, y_val) = data_lib.train_val_split(x, y, config.val_fraction, config.seed)
+    strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
+    with strategy.scope():
+        model = build_defense(name, config)
+        model.compile_for_training()
+    history = model.fit(
+        model.make_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed),
+        validation_data=model.make_dataset(x_val, y_val, config.batch_size),
+        epochs=config.epochs,
+        callbacks=[tf.keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
+                   tf.keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+                   *callbacks],
+        verbose=verbose,
+    )
+    save_weights_atomic(model, out_dir / WEIGHTS)
+    shutil.rmtree(out_dir / "backup", ignore_errors=True)
+    return model, history.history
+
+
+def load_defense(run_dir):
+    """Rebuilds a defense from its run folder's config and restores its weights.
+
+    Returns:
+      (model, config)
+    """
+    run_dir = pathlib.Path(run_dir)
+    cfg = read_config(run_dir)
+    if cfg.get("kind") != "defense":
+        raise RunFolderError(f"{run_dir} holds a {cfg.get('kind')!r} run, not a defense")
+    _, config_class = get_defense(cfg.get("defense"))
+    config = config_class.from_dict(cfg)
+    weights = run_dir / WEIGHTS
+    if not weights.is_file():
+        raise RunFolderError(f"{run_dir} has no trained weights (training unfinished?)")
+    model = build_defense(cfg["defense"], config)
+    try:
+        model.load_weights(str(weights))
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{weights}: cannot be loaded ({e})") from None
+    return model, config
+
+
+def load_defended(run_dir, classifier_run=None):
+    """A `DefendedClassifier` from a defense run + classifier run, or from a classifier run alone.
+
+    Returns:
+      (defended, info) where info names the defense, classifier, dataset and configs.
+    """
+    kind = read_config(run_dir).get("kind")
+    if kind == "classifier":
+        if classifier_run is not None:
+            raise RunFolderError(f"{run_dir} is a classifier run; --classifier is only for defense runs")
+        classifier, cconfig = load_classifier(run_dir)
+        defended = DefendedClassifier(classifier)
+        defended(tf.zeros((1, *cconfig.input_shape)))  # build, so export can track it
+        return defended, {
+            "defense": "none", "classifier": cconfig.arch, "dataset": cconfig.dataset,
+            "config": cconfig.to_dict(), "classifier_config": cconfig.to_dict()}
+    if classifier_run is None:
+        raise RunFolderError(f"{run_dir} is a defense run: name the classifier it protects with --classifier RUN")
+    defense, dconfig = load_defense(run_dir)
+    classifier, cconfig = load_classifier(classifier_run)
+    if cconfig.dataset != dconfig.dataset:
+        raise RunFolderError(f"the defense was trained on {dconfig.dataset}, the classifier on {cconfig.dataset}")
+    detector = defense if hasattr(defense, "adversarial_score") else None
+    defended = DefendedClassifier(classifier, purifier=defense if hasattr(defense, "purify") else None,
+                                  detector=detector)
+    defended(tf.zeros((1, *cconfig.input_shape)))
+    return defended, {"defense": defense.registry_name, "classifier": cconfig.arch, "dataset": dconfig.dataset,
+                      "config": _config_dict(defense.registry_name, dconfig),
+                      "classifier_config": cconfig.to_dict()}
+
