@@ -48,3 +48,22 @@ def cnn_clean_accuracy(cnn, fmnist_test):
 
 def pytest_configure(config):
     np.set_printoptions(precision=4)
+
+
+@pytest.fixture(scope="session")
+def dae_run(tmp_path_factory):
+    """A denoising-AE defense run trained for 3 epochs on 3000 Fashion-MNIST images."""
+    from tfpurify.defenses.denoising_ae import DenoisingAEConfig
+    from tfpurify.training import train_defense
+
+    out = tmp_path_factory.mktemp("runs") / "dae"
+    train_defense("denoising_ae", DenoisingAEConfig(epochs=3, limit=3000, batch_size=64), out, verbose=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def defended_dae(dae_run, cnn_run):
+    from tfpurify.training import load_defended
+
+    defended, _ = load_defended(dae_run, cnn_run)
+    return defended

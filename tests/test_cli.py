@@ -94,3 +94,45 @@ def test_eval_run_without_weights(runner, cnn_run, tmp_path):
     shutil.copytree(cnn_run, broken)
     (broken / "classifier.weights.h5").unlink()
     _one_line_error(runner.invoke(cli, ["eval", str(broken)]), "no trained weights")
+
+
+def test_train_defense_eval_whitebox_and_export(runner, cnn_run, tmp_path):
+    dae = tmp_path / "dae"
+    result = runner.invoke(cli, ["train", "denoising_ae", "--epochs", "1", "--limit", "600", "--filters", "8",
+                                 "--out", str(dae)])
+    assert result.exit_code == 0, result.output
+    assert '"filters": 8' in (dae / "config.json").read_text()
+    result = runner.invoke(cli, ["eval", str(dae), "--classifier", str(cnn_run), "--attacks", "pgd",
+                                 "--nb-iter", "3", "--limit", "32", "--no-sanity-checks"])
+    assert result.exit_code == 0, result.output
+    for threat_model in ("none", "graybox", "whitebox"):
+        assert f"| {threat_model} | pgd | 0.1 |" in result.output
+    out = tmp_path / "saved_models"
+    args = ["export", str(dae), "--classifier", str(cnn_run), "--name", "dae-cnn", "--version", "2", "--out", str(out)]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "dae-cnn" / "2" / "saved_model.pb").exists()
+    meta = json.loads((out / "dae-cnn" / "2" / "assets" / "tfpurify.json").read_text())
+    assert meta["defense"] == "denoising_ae" and meta["evaluation_summary"]
+    _one_line_error(runner.invoke(cli, args), "--overwrite")
+    assert runner.invoke(cli, args + ["--overwrite"]).exit_code == 0
+
+
+def test_defense_eval_needs_classifier(runner, dae_run):
+    _one_line_error(runner.invoke(cli, ["eval", str(dae_run)]), "--classifier")
+
+
+def test_export_bad_name(runner, cnn_run, tmp_path):
+    _one_line_error(runner.invoke(cli, ["export", str(cnn_run), "--name", "../evil", "--out", str(tmp_path)]),
+                    "invalid model name")
+
+
+def test_export_classifier_run_alone(runner, cnn_run, tmp_path):
+    result = runner.invoke(cli, ["export", str(cnn_run), "--name", "cnn", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cnn" / "1" / "saved_model.pb").exists()
+
+
+def test_unknown_strategy(runner, tmp_path):
+    _one_line_error(runner.invoke(cli, ["train", "denoising_ae", "--strategy", "tpu", "--limit", "100",
+                                        "--out", str(tmp_path / "x")]), "unknown strategy")

@@ -47,7 +47,7 @@ def eot(logits_fn, samples):
 class DetectorAwareTarget:
     """A callable returning [logits | weight * score]; `run_attack` uses its `attack_loss`.
 
-    `attack_loss(labels, outputs)` = cross-entropy of the logits minus the weighted detector
+    `attack_loss(labels, logits=outputs)` = cross-entropy of the logits minus the weighted detector
     score: maximizing it fools the classifier while lowering the adversarial score.
     """
 
@@ -63,9 +63,9 @@ class DetectorAwareTarget:
         return outputs[:, :-1]
 
     @staticmethod
-    def attack_loss(labels, outputs):
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, outputs[:, :-1])
-        return ce - outputs[:, -1]
+    def attack_loss(labels, logits):  # cleverhans passes keywords: labels=, logits=
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits[:, :-1])
+        return ce - logits[:, -1]
 
 
 def whitebox_target(defended, eot_samples=1, detector_weight=1.0):

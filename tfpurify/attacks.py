@@ -50,8 +50,6 @@ def _pgd(model_fn, x, y, p, loss_fn):
 
 
 def _mim(model_fn, x, y, p, loss_fn):
-    if loss_fn is not None:
-        raise AttackConfigError("mim takes no custom loss (cleverhans); use pgd against a detector-aware target")
     return momentum_iterative_method(
         model_fn, x, p["eps"], p["eps_iter"], p["nb_iter"], p["norm"], clip_min=p["clip_min"],
         clip_max=p["clip_max"], y=y, targeted=p["targeted"], decay_factor=p["decay_factor"],
@@ -237,6 +235,8 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
     if len(x) == 0 or (p.get("eps") == 0.0 and ATTACKS[name].bounded):
         return x.copy()
     attack = ATTACKS[name]
+    if attack.fn is _mim and hasattr(model_fn, "attack_loss"):
+        raise AttackConfigError("mim takes no custom loss (cleverhans); use pgd against a detector-aware target")
     if attack.gradient:
         _check_differentiable(model_fn, x[:1])
     batch_size = attack.batch_size or int(batch_size)

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tfpurify.errors import InputValidationError, TfpurifyError
 
-__all__ = ["ExportError", "export_saved_model", "METADATA_ASSET", "validate_name"]
+__all__ = ["ExportError", "export_saved_model", "METADATA_ASSET", "validate_name", "predict_request"]
 
 METADATA_ASSET = "tfpurify.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -114,3 +114,14 @@ def _write(defended, path, input_shape, metadata):
     (assets / METADATA_ASSET).write_text(json.dumps(
         {"input_shape": list(input_shape), "signatures": ["serving_default", "purify"], **metadata},
         indent=2, default=str) + "\n")
+
+
+def predict_request(images, signature_name="serving_default"):
+    """The JSON body of a TF Serving REST predict request (row format) for a batch of images.
+
+    POST it to `http://HOST:8501/v1/models/NAME:predict`.
+    """
+    import numpy as np
+
+    images = np.asarray(images, dtype=np.float32)
+    return json.dumps({"signature_name": signature_name, "instances": images.tolist()})

@@ -64,9 +64,10 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
     Returns:
       (model, history dict)
     """
-    model_class, config_class = get_defense(name)
+    _, config_class = get_defense(name)
     if not isinstance(config, config_class):
         config = config_class.from_dict(dict(config))
+    strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "config.json").is_file() and (out_dir / "backup").exists():
@@ -77,7 +78,6 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
 
     x, y = data_lib.load_dataset(config.dataset, "train", limit=config.limit)
     (x_train, y_train), (x_val, y_val) = data_lib.train_val_split(x, y, config.val_fraction, config.seed)
-    strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
     with strategy.scope():
         model = build_defense(name, config)
         model.compile_for_training()

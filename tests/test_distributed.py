@@ -1,0 +1,51 @@
+"""Every registered defense takes a `fit` step under MirroredStrategy on two logical CPUs.
+
+Logical devices must be configured before TensorFlow starts, so each case runs in a fresh process.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tfpurify.defenses import REGISTRY
+
+SCRIPT = """
+import sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from tfpurify.training import build_defense, make_strategy
+from tfpurify.defenses import get_defense
+
+name = sys.argv[1]
+_, config_class = get_defense(name)
+strategy = make_strategy("mirrored")
+assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+with strategy.scope():
+    model = build_defense(name, config_class(batch_size=8))
+    model.compile_for_training()
+rng = np.random.default_rng(0)
+x = rng.random((16, 28, 28, 1)).astype("float32")
+y = rng.integers(0, 10, 16)
+before = [w.numpy().copy() for w in model.trainable_weights]
+history = model.fit(model.make_dataset(x, y, 8), epochs=1, steps_per_epoch=1, verbose=0)
+losses = {k: v[-1] for k, v in history.history.items()}
+assert all(np.isfinite(v) for v in losses.values()), losses
+changed = sum(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+assert changed == len(before), f"{changed} of {len(before)} weights moved"
+print("OK", losses)
+"""
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_one_fit_step_under_mirrored_strategy_on_two_cpus(name):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, name], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout

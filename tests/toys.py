@@ -1,0 +1,42 @@
+"""Tiny purifiers and detectors with known behaviour, for testing the defense plumbing."""
+
+import tensorflow as tf
+
+from tfpurify.defenses.base import Detector, Purifier
+
+
+class RoundingPurifier(Purifier):
+    """Quantizes pixels to `levels` values: not differentiable; BPDA surrogate = identity."""
+
+    def __init__(self, levels=4, **kwargs):
+        super().__init__(**kwargs)
+        self.levels = float(levels)
+
+    def purify(self, x, training=False):
+        return tf.round(x * self.levels) / self.levels
+
+    def attack_surrogate(self, x):
+        return x
+
+
+class NoisyPurifier(Purifier):
+    """Adds Gaussian noise: a stochastic purifier, attacked with EOT."""
+
+    stochastic = True
+
+    def purify(self, x, training=False):
+        return tf.clip_by_value(x + tf.random.normal(tf.shape(x), stddev=0.2), 0.0, 1.0)
+
+
+class BrightnessDetector(Purifier, Detector):
+    """Identity purifier whose adversarial score is the mean pixel value (differentiable)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._init_detector()
+
+    def purify(self, x, training=False):
+        return x
+
+    def adversarial_score(self, x):
+        return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
