@@ -83,12 +83,14 @@ def main():
     if not (clf_run / "classifier.weights.h5").exists():
         classifiers.train_classifier(classifiers.ClassifierConfig(arch="cnn", epochs=3), clf_run, verbose=2)
     run = pathlib.Path(args.run or f"runs/bench-{args.defense}")
-    train_seconds = None
+    timing_file = run / "train_seconds.txt"
     if not (run / "defense.weights.h5").exists():
         start = time.perf_counter()
         train_defense(args.defense, config, run, verbose=2)
-        train_seconds = round(time.perf_counter() - start, 1)
+        timing_file.write_text(f"{time.perf_counter() - start:.1f}\n")
+    train_seconds = float(timing_file.read_text()) if timing_file.exists() else None
     defended, info = load_defended(run, clf_run)
+    config = get_defense(args.defense)[1].from_dict(info["config"])  # what the run was trained with
 
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
     eps_values = [float(e) for e in args.eps.split(",")]
@@ -101,10 +103,11 @@ def main():
         progress=True)
     eval_seconds = time.perf_counter() - start
 
+    d = report.to_dict()
+    write_results(f"{args.defense}_fmnist", {"partial": "evaluation only", "rows": d["rows"]}, rows_table(d["rows"]))
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_saved_model(defended, tmp, args.defense, 1, x.shape[1:])
         latency = serving_latency(path, x.shape[1:])
-    d = report.to_dict()
     results = {
         "benchmark": f"{args.defense}_fmnist", "dataset": "fashion_mnist", "n_examples": len(x), "seed": 0,
         "config": dataclasses.asdict(config), "rows": d["rows"], "detection": d["detection"],

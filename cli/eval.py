@@ -39,7 +39,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
     from tfpurify.evaluation import evaluate, make_attack_specs
-    from tfpurify.reports import to_markdown, write_report
+    from tfpurify.reports import save_pictures, to_markdown, write_report
     from tfpurify.training import load_defended
 
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
@@ -58,5 +58,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
                       detector=defended.detector)
     paths = write_report(report, report_path or pathlib.Path(run) / "report.md",
                          dataset_info(info["dataset"]).class_names)
+    if defended.purifier is not None:  # reconstructions, latent traversals ...
+        paths.update(save_pictures(defended.purifier.pictures(x[:10]), pathlib.Path(paths["markdown"]).parent / "pictures"))
     click.echo(to_markdown(report))
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from tfpurify.runs import atomic_write_text
 
-__all__ = ["to_markdown", "write_json", "write_markdown", "save_image_grid", "write_report"]
+__all__ = ["to_markdown", "write_json", "write_markdown", "save_image_grid", "save_pictures", "write_report"]
 
 
 def _fmt_params(params):
@@ -69,7 +69,7 @@ def save_image_grid(path, rows, labels, class_names=None, title=None):
     Args:
       path: output PNG path.
       rows: {row title: [n, H, W, C] images in [0, 1]}.
-      labels: {row title: [n] predicted class ids} (same keys as rows).
+      labels: {row title: [n] predicted class ids} (same keys as rows), or None for no labels.
       class_names: names for class ids, or None to print the ids.
       title: figure title.
     """
@@ -88,8 +88,9 @@ def save_image_grid(path, rows, labels, class_names=None, title=None):
                 continue
             img = np.clip(images[c], 0, 1)
             ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-            label = int(labels[name][c])
-            ax.set_title(class_names[label][:10] if class_names else str(label), fontsize=7)
+            if labels is not None:
+                label = int(labels[name][c])
+                ax.set_title(class_names[label][:10] if class_names else str(label), fontsize=7)
         axes[r][0].text(-0.1, 0.5, name, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -99,6 +100,15 @@ def save_image_grid(path, rows, labels, class_names=None, title=None):
     fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
+
+
+def save_pictures(pictures, folder):
+    """Writes each {name: {row title: images}} of `Purifier.pictures` as folder/<name>.png."""
+    paths = {}
+    for name, rows in pictures.items():
+        paths[name] = pathlib.Path(folder) / f"{name}.png"
+        save_image_grid(paths[name], rows, None, title=name.replace("_", " "))
+    return paths
 
 
 def write_report(report, markdown_path, class_names=None):

@@ -87,7 +87,7 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
         epochs=config.epochs,
         callbacks=[tf.keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
                    tf.keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-                   *callbacks],
+                   *model.training_callbacks(), *callbacks],
         verbose=verbose,
     )
     save_weights_atomic(model, out_dir / WEIGHTS)

@@ -32,4 +32,4 @@ def get_defense(name):
     return REGISTRY[name]
 
 
-from tfpurify.defenses import denoising_ae  # noqa: E402,F401  (registers itself)
+from tfpurify.defenses import denoising_ae, fbgan  # noqa: E402,F401  (each registers itself)

@@ -74,9 +74,13 @@ class Purifier(keras.Model):
         """Compiles with the defense's own optimizers from its config (one per player)."""
         raise NotImplementedError
 
+    def training_callbacks(self):
+        """Keras callbacks the defense's own schedule needs during `fit` (none by default)."""
+        return []
+
     def pictures(self, x):
-        """Optional {name: images} to show in reports (reconstructions, latent traversals)."""
-        return {"purified": self.purify(x).numpy()}
+        """{picture name: {row title: images}} for reports; rows become image-grid rows."""
+        return {"reconstruction": {"input": np.asarray(x), "purified": self.purify(x).numpy()}}
 
 
 class Detector:

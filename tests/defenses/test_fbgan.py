@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfpurify import adaptive, data, export
+from tfpurify.defenses import DefendedClassifier
+from tfpurify.defenses.fbgan import FBGAN, FBGANConfig
+from tfpurify.errors import InputValidationError
+from tfpurify.training import build_defense, load_defense, train_defense
+
+SMALL = FBGANConfig(base_filters=8, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    model = build_defense("fbgan", SMALL)
+    model.compile_for_training()
+    return model
+
+
+def _purity(codes, labels):
+    """Fraction of examples whose label is the majority label of their categorical code."""
+    return sum(np.bincount(labels[codes == c]).max() for c in np.unique(codes)) / len(labels)
+
+
+def test_shapes_and_ranges(untrained):
+    x = np.random.rand(5, 28, 28, 1).astype(np.float32)
+    z = untrained.encode(x).numpy()
+    assert z.shape == (5, SMALL.latent_dim)
+    np.testing.assert_allclose(z[:, :10].sum(axis=1), 1.0, atol=1e-5)  # categorical code is a softmax
+    images = untrained.generate(untrained.sample_prior(5)).numpy()
+    assert images.shape == (5, 28, 28, 1) and images.min() >= 0.0 and images.max() <= 1.0
+    logit, features, q_categorical, q_continuous = untrained.discriminator([x, z])
+    assert logit.shape == (5, 1) and features.shape[0] == 5
+    assert q_categorical.shape == (5, 10) and q_continuous.shape == (5, SMALL.n_continuous)
+    assert untrained.purify(x).shape == x.shape
+
+
+def test_32x32_colour_inputs_build():
+    model = FBGAN(FBGANConfig(base_filters=4), input_shape=(32, 32, 3))
+    assert model(tf.zeros((2, 32, 32, 3))).shape == (2, 32, 32, 3)
+    with pytest.raises(InputValidationError, match="divisible by 4"):
+        FBGAN(FBGANConfig(base_filters=4), input_shape=(30, 30, 1))
+
+
+def test_weight_norm_and_no_batch_norm_in_encoder_and_generator(untrained):
+    for player in (untrained.encoder, untrained.generator):
+        kinds = {type(layer).__name__ for layer in player.layers}
+        assert "WeightNormalization" in kinds
+        assert not any("BatchNormalization" in k for k in kinds)
+
+
+def test_prior_is_one_hot_and_uniform(untrained):
+    z = untrained.sample_prior(2000).numpy()
+    categorical, continuous = z[:, :10], z[:, 10:]
+    assert set(np.unique(categorical)) == {0.0, 1.0} and np.all(categorical.sum(axis=1) == 1)
+    assert np.bincount(categorical.argmax(axis=1), minlength=10).min() > 120
+    assert continuous.min() >= -1.0 and continuous.max() <= 1.0 and abs(continuous.mean()) < 0.05
+
+
+def test_white_box_regularization_yields_one_hot_codes(untrained):
+    z = tf.constant([[0.1, 0.7, 0.2, 0, 0, 0, 0, 0, 0, 0] + [2.0, -3.0, 0.5] + [0.0] * 5])
+    regularized = untrained.regularize(z).numpy()[0]
+    np.testing.assert_array_equal(regularized[:10], np.eye(10)[1])
+    np.testing.assert_allclose(regularized[10:13], [1.0, -1.0, 0.5])
+
+
+def test_bpda_surrogate_gives_gradients_through_the_argmax(untrained):
+    x = tf.constant(np.random.rand(4, 28, 28, 1).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = tf.reduce_sum(adaptive.bpda(untrained)(x))
+    grad = tape.gradient(out, x)
+    assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0
+    np.testing.assert_allclose(adaptive.bpda(untrained)(x), untrained.purify(x), atol=1e-6)
+
+
+def test_one_fit_step_updates_every_player_without_nan(untrained):
+    x = np.random.rand(32, 28, 28, 1).astype(np.float32)
+    players = (untrained.encoder, untrained.generator, untrained.discriminator)
+    before = [[w.numpy().copy() for w in p.trainable_weights] for p in players]
+    history = untrained.fit(untrained.make_dataset(x, None, 32), epochs=1, verbose=0,
+                            callbacks=untrained.training_callbacks())
+    assert set(history.history) == {"d_loss", "g_loss", "e_loss", "mi_gap", "recon_error"}
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+    for player, old in zip(players, before):
+        moved = [not np.allclose(a, b.numpy()) for a, b in zip(old, player.trainable_weights)]
+        assert all(moved), f"{player.name}: {moved.count(False)} weights did not move"
+        assert all(np.all(np.isfinite(w.numpy())) for w in player.trainable_weights)
+
+
+def test_ae_term_switches_on_for_the_last_fraction(untrained):
+    x = np.random.rand(64, 28, 28, 1).astype(np.float32)
+    untrained.config = FBGANConfig(base_filters=8, batch_size=32, ae_fraction=0.5)
+    try:
+        untrained.fit(untrained.make_dataset(x, None, 32), epochs=2, verbose=0, callbacks=untrained.training_callbacks())
+        assert int(untrained.ae_start_step.numpy()) == 2  # 4 steps in all, the last half with the term
+    finally:
+        untrained.config = SMALL
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "fbgan"
+    config = FBGANConfig(base_filters=8, batch_size=32, epochs=10, limit=1200, ae_fraction=1.0, learning_rate=5e-4,
+                         seed=1)
+    _, history = train_defense("fbgan", config, out, verbose=0)
+    return out, history
+
+
+def test_short_training_lowers_reconstruction_error_and_codes_track_labels(trained_run):
+    out, history = trained_run
+    assert history["recon_error"][-1] < 0.7 * history["recon_error"][0], history["recon_error"]
+    model, _ = load_defense(out)
+    x, y = data.load_dataset("fashion_mnist", "test", limit=500)
+    codes = np.argmax(model.encode(x).numpy()[:, :10], axis=1)
+    assert _purity(codes, y) > 0.3
+
+
+def test_pictures(trained_run):
+    model, config = load_defense(trained_run[0])
+    pictures = model.pictures(np.random.rand(3, 28, 28, 1).astype(np.float32))
+    assert set(pictures) == {"reconstruction", "latent_traversal", "categories"}
+    assert len(pictures["latent_traversal"]) == config.n_continuous
+    assert len(pictures["categories"]) == config.n_categories
+
+
+def test_export_reload_equality(trained_run, cnn, tmp_path):
+    model, _ = load_defense(trained_run[0])
+    defended = DefendedClassifier(cnn, purifier=model)
+    defended(tf.zeros((1, 28, 28, 1)))
+    path = export.export_saved_model(defended, tmp_path, "fbgan", 1, (28, 28, 1))
+    reloaded = tf.saved_model.load(str(path))
+    x = np.random.rand(6, 28, 28, 1).astype(np.float32)
+    served = reloaded.signatures["serving_default"](images=tf.constant(x))
+    np.testing.assert_allclose(served["probabilities"], defended.predict_outputs(x)["probabilities"], atol=1e-5)
+    purified = reloaded.signatures["purify"](images=tf.constant(x))["purified"]
+    np.testing.assert_allclose(purified, model.purify(x), atol=1e-5)

@@ -1,0 +1,285 @@
+"""FBGAN: featurized bidirectional GAN purifier (paper 000, "Featurized Bidirectional GAN:
+adversarial defense via adversarially learned semantic inference", ICLR 2019 submission).
+
+An encoder E maps an image to a small semantic code z = (one categorical code, n continuous
+codes); a generator G maps codes back to images; a discriminator D(x, z) tells real pairs
+(x, E(x)) from fake pairs (G(z), z) and (G(E(x)), E(x)); an auxiliary head Q sharing D's image
+branch predicts the codes of G(z) (the mutual-information gap, eq. 5). Purification is
+x~ = G(E(x)); with `white_box_regularization` (paper 4.2.2) the categorical code becomes its
+one-hot argmax and the continuous codes are clipped to [-1, 1] first.
+
+Deviations from the paper, all config fields: `latent_cycle_weight` (default 1) adds the MI gap of
+E itself on generated images, E(G(z)) ~ z, which the BiGAN optimum implies and which makes E
+invert G within a CPU budget (0 = paper); E and G use weight normalization without data-dependent
+init; D uses dropout and no normalization.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfpurify import losses
+from tfpurify.defenses import register
+from tfpurify.defenses.base import DefenseConfig, Purifier
+from tfpurify.errors import InputValidationError
+from tfpurify.layers import weight_norm
+
+__all__ = ["FBGANConfig", "FBGAN"]
+
+keras = tf.keras
+layers = tf.keras.layers
+
+
+@dataclasses.dataclass(frozen=True)
+class FBGANConfig(DefenseConfig):
+    """FBGAN featurized bidirectional GAN: codes, sizes, loss weights (paper eq. 5-6)."""
+
+    n_categories: int = 10
+    n_continuous: int = 8          # paper: 4 for MNIST, 8 for Fashion-MNIST
+    base_filters: int = 32
+    d_dropout: float = 0.2
+    lambda_mi: float = 1.0         # weight of the MI gap (paper: 1)
+    continuous_weight: float = 1.0  # C in eq. 5
+    latent_cycle_weight: float = 1.0
+    ae_fraction: float = 0.01      # auto-encoder term for the last fraction of steps (paper: 1 %)
+    ae_weight: float = 1.0
+    white_box_regularization: bool = True
+    learning_rate: float = 2e-4
+    beta_1: float = 0.5
+    batch_size: int = 64
+    epochs: int = 10
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_categories < 2 or self.n_continuous < 0:
+            raise InputValidationError("FBGAN needs n_categories >= 2 and n_continuous >= 0")
+        if not 0.0 <= self.ae_fraction <= 1.0:
+            raise InputValidationError(f"ae_fraction must be in [0, 1], got {self.ae_fraction}")
+        if not 0.0 <= self.d_dropout < 1.0:
+            raise InputValidationError(f"d_dropout must be in [0, 1), got {self.d_dropout}")
+
+    @property
+    def latent_dim(self):
+        return self.n_categories + self.n_continuous
+
+
+def _check_shape(input_shape):
+    if input_shape[0] != input_shape[1] or input_shape[0] % 4:
+        raise InputValidationError(f"FBGAN needs square images with a side divisible by 4, got {input_shape}")
+    return input_shape[0] // 4  # 7 for 28x28, 8 for 32x32
+
+
+def build_encoder(input_shape, cfg):
+    """E(x): six weight-normalized ELU convolutions -> (categorical logits, continuous codes)."""
+    k, f = _check_shape(input_shape), cfg.base_filters
+    x = keras.Input(input_shape)
+    h = x
+    for filters, kernel, stride in ((f, 3, 1), (2 * f, 4, 2), (2 * f, 3, 1), (4 * f, 4, 2), (4 * f, 3, 1)):
+        h = weight_norm(layers.Conv2D(filters, kernel, stride, padding="same", activation="elu"))(h)
+    h = layers.Flatten()(weight_norm(layers.Conv2D(8 * f, k, padding="valid", activation="elu"))(h))
+    categorical_logits = weight_norm(layers.Dense(cfg.n_categories))(h)
+    continuous = weight_norm(layers.Dense(cfg.n_continuous))(h)
+    return keras.Model(x, [categorical_logits, continuous], name="encoder")
+
+
+def build_generator(input_shape, cfg):
+    """G(z): six weight-normalized ELU transposed convolutions -> image in [0, 1]."""
+    k, f = _check_shape(input_shape), cfg.base_filters
+    z = keras.Input((cfg.latent_dim,))
+    h = layers.Reshape((1, 1, cfg.latent_dim))(z)
+    h = weight_norm(layers.Conv2DTranspose(8 * f, k, padding="valid", activation="elu"))(h)
+    for filters, kernel, stride in ((4 * f, 3, 1), (2 * f, 4, 2), (2 * f, 3, 1), (f, 4, 2)):
+        h = weight_norm(layers.Conv2DTranspose(filters, kernel, stride, padding="same", activation="elu"))(h)
+    image = weight_norm(layers.Conv2DTranspose(input_shape[-1], 3, padding="same", activation="sigmoid"))(h)
+    return keras.Model(z, image, name="generator")
+
+
+def build_discriminator(input_shape, cfg):
+    """D(x, z) -> (logit, features for feature matching, Q's categorical logits, Q's means).
+
+    Image branch: five convolutions (shared with Q); code branch: two dense layers; head: three
+    dense layers on their concatenation (paper Fig. 2).
+    """
+    k, f = _check_shape(input_shape), cfg.base_filters
+    x, z = keras.Input(input_shape), keras.Input((cfg.latent_dim,))
+    h = x
+    for filters, kernel, stride in ((f, 4, 2), (2 * f, 3, 1), (4 * f, 4, 2), (4 * f, 3, 1)):
+        h = layers.Dropout(cfg.d_dropout)(layers.LeakyReLU(0.2)(layers.Conv2D(filters, kernel, stride, "same")(h)))
+    x_features = layers.Flatten()(layers.LeakyReLU(0.2)(layers.Conv2D(8 * f, k, padding="valid")(h)))
+    q = layers.LeakyReLU(0.2)(layers.Dense(4 * f)(x_features))
+    q_categorical, q_continuous = layers.Dense(cfg.n_categories)(q), layers.Dense(cfg.n_continuous)(q)
+    hz = layers.LeakyReLU(0.2)(layers.Dense(8 * f)(z))
+    hz = layers.LeakyReLU(0.2)(layers.Dense(8 * f)(hz))
+    joint = layers.Concatenate()([x_features, hz])
+    joint = layers.Dropout(cfg.d_dropout)(layers.LeakyReLU(0.2)(layers.Dense(16 * f)(joint)))
+    features = layers.LeakyReLU(0.2)(layers.Dense(16 * f)(joint))
+    logit = layers.Dense(1)(features)
+    return keras.Model([x, z], [logit, features, q_categorical, q_continuous], name="discriminator")
+
+
+class _AutoEncoderSchedule(keras.callbacks.Callback):
+    """Switches the auto-encoder term on for the last `ae_fraction` of the training steps."""
+
+    def on_train_begin(self, logs=None):
+        fraction = self.model.config.ae_fraction
+        total = int(self.params.get("epochs") or 1) * int(self.params.get("steps") or 1)
+        start = total + 1 if fraction == 0 else int(round((1.0 - fraction) * total))
+        self.model.ae_start_step.assign(start)
+
+
+@register("fbgan", FBGANConfig)
+class FBGAN(Purifier):
+    """Encoder, generator and discriminator/Q trained with the FBGAN game (eq. 6)."""
+
+    def __init__(self, config=FBGANConfig(), input_shape=(28, 28, 1), **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.image_shape = tuple(input_shape)
+        self.encoder = build_encoder(self.image_shape, config)
+        self.generator = build_generator(self.image_shape, config)
+        self.discriminator = build_discriminator(self.image_shape, config)
+        self.ae_start_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="ae_start_step")
+        names = ("d_loss", "g_loss", "e_loss", "mi_gap", "recon_error")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    # ------------------------------------------------------------------ codes and images
+    def encode(self, x, training=False):
+        """E(x) = [softmax(categorical logits), continuous codes], shape [N, latent_dim]."""
+        categorical_logits, continuous = self.encoder(x, training=training)
+        return tf.concat([tf.nn.softmax(categorical_logits), continuous], axis=1)
+
+    def generate(self, z, training=False):
+        return self.generator(z, training=training)
+
+    def regularize(self, z):
+        """Paper 4.2.2: one-hot argmax of the categorical code, continuous codes clipped to [-1, 1]."""
+        categorical, continuous = self._split(z)
+        one_hot = tf.one_hot(tf.argmax(categorical, axis=1), self.config.n_categories, dtype=z.dtype)
+        return tf.concat([one_hot, tf.clip_by_value(continuous, -1.0, 1.0)], axis=1)
+
+    def sample_prior(self, n):
+        """p(z): uniform one-hot categorical code, continuous codes uniform in [-1, 1]."""
+        categories = tf.random.uniform([n], 0, self.config.n_categories, dtype=tf.int32)
+        continuous = tf.random.uniform([n, self.config.n_continuous], -1.0, 1.0)
+        return tf.concat([tf.one_hot(categories, self.config.n_categories), continuous], axis=1)
+
+    def _split(self, z):
+        return z[:, :self.config.n_categories], z[:, self.config.n_categories:]
+
+    def purify(self, x, training=False):
+        z = self.encode(x, training=training)
+        if self.config.white_box_regularization:
+            z = self.regularize(z)
+        return self.generator(z, training=training)
+
+    def attack_surrogate(self, x):
+        """BPDA for the argmax: the softmax code (clipped continuous codes) is differentiated."""
+        categorical, continuous = self._split(self.encode(x))
+        if self.config.white_box_regularization:
+            continuous = tf.clip_by_value(continuous, -1.0, 1.0)
+        return self.generator(tf.concat([categorical, continuous], axis=1))
+
+    # ------------------------------------------------------------------ training
+    def compile_for_training(self):
+        def adam():
+            return keras.optimizers.Adam(self.config.learning_rate, beta_1=self.config.beta_1)
+
+        self.compile(d_optimizer=adam(), g_optimizer=adam(), e_optimizer=adam())
+
+    def compile(self, d_optimizer, g_optimizer, e_optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.d_optimizer, self.g_optimizer, self.e_optimizer = d_optimizer, g_optimizer, e_optimizer
+
+    def training_callbacks(self):
+        return [_AutoEncoderSchedule()]
+
+    def _mi_gap(self, z, categorical_logits, continuous_mean):
+        z_categorical, z_continuous = self._split(z)
+        return losses.mutual_information_gap(z_categorical, z_continuous, categorical_logits, continuous_mean,
+                                              self.config.continuous_weight)
+
+    def _apply(self, optimizer, loss, tape, variables):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync  # gradients are summed over replicas
+        gradients = tape.gradient(loss, variables)
+        optimizer.apply_gradients((g / replicas, v) for g, v in zip(gradients, variables))
+
+    def train_step(self, x):
+        cfg = self.config
+        z = self.sample_prior(tf.shape(x)[0])
+        ae_on = tf.cast(self.g_optimizer.iterations >= self.ae_start_step, tf.float32) * cfg.ae_weight
+        with tf.GradientTape() as d_tape, tf.GradientTape() as g_tape, tf.GradientTape() as e_tape:
+            e = self.encode(x, training=True)
+            x_fake, x_rec = self.generator(z, training=True), self.generator(e, training=True)
+            real, real_features, _, _ = self.discriminator([x, e], training=True)
+            fake, fake_features, q_categorical, q_continuous = self.discriminator([x_fake, z], training=True)
+            rec, _, _, _ = self.discriminator([x_rec, e], training=True)
+            mi_gap = self._mi_gap(z, q_categorical, q_continuous)  # eq. 5 on z ~ p(z), for G and Q
+            recon = losses.reconstruction_loss(x, x_rec)
+            # discriminator (and Q): (x, E(x)) real; (G(z), z) and (G(E(x)), E(x)) fake, weighted 1/2 (eq. 6)
+            d_loss = losses.minimax_discriminator_loss(real, [fake, rec], [0.5, 0.5]) + cfg.lambda_mi * mi_gap
+            # generator: fool D on both fake pairs, keep z recoverable from G(z)
+            g_loss = (0.5 * (losses.non_saturating_generator_loss(fake) + losses.non_saturating_generator_loss(rec))
+                      + cfg.lambda_mi * mi_gap + ae_on * recon)
+            # encoder: feature matching on D's joint features (paper 3.3), plus E(G(z)) ~ z
+            cycle_logits, cycle_continuous = self.encoder(tf.stop_gradient(x_fake), training=True)
+            e_loss = (losses.feature_matching_loss(real_features, fake_features) + ae_on * recon
+                      + cfg.latent_cycle_weight * self._mi_gap(z, cycle_logits, cycle_continuous))
+        self._apply(self.d_optimizer, d_loss, d_tape, self.discriminator.trainable_weights)
+        self._apply(self.g_optimizer, g_loss, g_tape, self.generator.trainable_weights)
+        self._apply(self.e_optimizer, e_loss, e_tape, self.encoder.trainable_weights)
+        return self._track(d_loss=d_loss, g_loss=g_loss, e_loss=e_loss, mi_gap=mi_gap, recon_error=recon)
+
+    def test_step(self, x):
+        z = self.sample_prior(tf.shape(x)[0])
+        e, x_fake = self.encode(x), self.generator(z)
+        x_rec = self.generator(e)
+        real, real_features, _, _ = self.discriminator([x, e])
+        fake, fake_features, q_categorical, q_continuous = self.discriminator([x_fake, z])
+        rec, _, _, _ = self.discriminator([x_rec, e])
+        mi_gap = self._mi_gap(z, q_categorical, q_continuous)
+        return self._track(
+            d_loss=losses.minimax_discriminator_loss(real, [fake, rec], [0.5, 0.5]) + self.config.lambda_mi * mi_gap,
+            g_loss=0.5 * (losses.non_saturating_generator_loss(fake) + losses.non_saturating_generator_loss(rec)),
+            e_loss=losses.feature_matching_loss(real_features, fake_features),
+            mi_gap=mi_gap, recon_error=losses.reconstruction_loss(x, x_rec))
+
+    def _track(self, **values):
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def call(self, x, training=False):
+        self.discriminator([x, self.encode(x)], training=training)  # build every player
+        return self.purify(x, training=training)
+
+    # ------------------------------------------------------------------ pictures
+    def latent_traversal(self, category=0, steps=8):
+        """Paper Fig. 3: row i varies continuous code i over [-1, 1], all other codes fixed at 0."""
+        values = tf.linspace(-1.0, 1.0, steps)
+        rows = {}
+        for i in range(self.config.n_continuous):
+            continuous = tf.one_hot(tf.fill([steps], i), self.config.n_continuous) * values[:, None]
+            categorical = tf.one_hot(tf.fill([steps], category), self.config.n_categories)
+            rows[f"code {i}"] = self.generator(tf.concat([categorical, continuous], axis=1)).numpy()
+        return rows
+
+    def category_grid(self, per_category=8):
+        """Paper Fig. 3a: row k is categorical code k with random continuous codes."""
+        rows = {}
+        for k in range(self.config.n_categories):
+            continuous = tf.random.uniform([per_category, self.config.n_continuous], -1.0, 1.0)
+            categorical = tf.one_hot(tf.fill([per_category], k), self.config.n_categories)
+            rows[f"category {k}"] = self.generator(tf.concat([categorical, continuous], axis=1)).numpy()
+        return rows
+
+    def pictures(self, x):
+        return {"reconstruction": {"input": x, "G(E(x))": self.purify(x).numpy()},
+                "latent_traversal": self.latent_traversal(),
+                "categories": self.category_grid()}
+
+    def get_config(self):
+        return dataclasses.asdict(self.config)

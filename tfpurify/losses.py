@@ -1,0 +1,66 @@
+"""Loss functions, pure and numerically tested (after TF-GAN's losses_impl).
+
+Each returns a scalar (mean over the batch) unless it says otherwise.
+"""
+
+import tensorflow as tf
+
+__all__ = [
+    "minimax_discriminator_loss",
+    "non_saturating_generator_loss",
+    "mutual_information_gap",
+    "feature_matching_loss",
+    "reconstruction_loss",
+]
+
+
+def _bce(labels_value, logits):
+    logits = tf.convert_to_tensor(logits)
+    labels = tf.fill(tf.shape(logits), tf.cast(labels_value, logits.dtype))
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
+def minimax_discriminator_loss(real_logits, fake_logits, fake_weights=None):
+    """-log D(real) - sum_k w_k log(1 - D(fake_k)) (Goodfellow et al. 2014; FBGAN eq. 6).
+
+    Args:
+      real_logits: discriminator logits on real pairs.
+      fake_logits: one tensor or a list of tensors of logits on fake pairs.
+      fake_weights: weights of the fake terms (default equal weights summing to 1).
+    """
+    fakes = fake_logits if isinstance(fake_logits, (list, tuple)) else [fake_logits]
+    weights = fake_weights or [1.0 / len(fakes)] * len(fakes)
+    return _bce(1.0, real_logits) + tf.add_n([w * _bce(0.0, f) for w, f in zip(weights, fakes)])
+
+
+def non_saturating_generator_loss(fake_logits):
+    """-log D(fake): the generator's non-saturating GAN loss."""
+    return _bce(1.0, fake_logits)
+
+
+def mutual_information_gap(z_categorical, z_continuous, categorical_logits, continuous_mean, continuous_weight=1.0):
+    """FBGAN eq. 5: dist(z, phi(x)) = H(z_c, c(x)) + C * sum_i ||z_i - mu_i(x)||^2.
+
+    Args:
+      z_categorical: one-hot categorical codes [N, K].
+      z_continuous: continuous codes [N, n].
+      categorical_logits: Q's logits for the categorical code [N, K].
+      continuous_mean: Q's means mu_i(x) [N, n].
+      continuous_weight: the constant C.
+
+    Returns:
+      Mean over the batch of the MI gap (a variational upper bound on -I(z; G(z)) up to H(z)).
+    """
+    ce = tf.nn.softmax_cross_entropy_with_logits(labels=z_categorical, logits=categorical_logits)
+    sq = tf.reduce_sum(tf.square(z_continuous - continuous_mean), axis=1)
+    return tf.reduce_mean(ce + continuous_weight * sq)
+
+
+def feature_matching_loss(real_features, fake_features):
+    """||E[f(real)] - E[f(fake)]||^2 over the batch (Salimans et al. 2016)."""
+    return tf.reduce_sum(tf.square(tf.reduce_mean(real_features, axis=0) - tf.reduce_mean(fake_features, axis=0)))
+
+
+def reconstruction_loss(x, x_reconstructed):
+    """Mean squared error per example, averaged: E ||G(E(x)) - x||^2 / dim."""
+    return tf.reduce_mean(tf.square(x - x_reconstructed))
