@@ -28,6 +28,44 @@ from tfpurify.defenses import get_defense  # noqa: E402
 from tfpurify.training import load_defended, train_defense  # noqa: E402
 
 
+# Paper anchors on Fashion-MNIST (../shared/EVALUATION.md), shown beside our rows.
+PAPER_ANCHORS = {
+    "fbgan": [
+        {"source": "FBGAN Table 1", "threat_model": "clean", "attack": "none", "eps": 0, "accuracy": 0.822},
+        {"source": "FBGAN Table 1", "threat_model": "graybox", "attack": "pgd", "eps": 0.1, "accuracy": 0.769},
+        {"source": "FBGAN Table 1", "threat_model": "graybox", "attack": "pgd", "eps": 0.3, "accuracy": 0.588},
+        {"source": "FBGAN Table 1", "threat_model": "whitebox", "attack": "pgd", "eps": 0.1, "accuracy": 0.505},
+        {"source": "FBGAN Table 1", "threat_model": "whitebox", "attack": "pgd", "eps": 0.3, "accuracy": 0.442},
+        {"source": "FBGAN Table 1", "threat_model": "whitebox", "attack": "pgd adversarial training (eps 0.1)",
+         "eps": 0.1, "accuracy": 0.717},
+    ],
+}
+
+
+def _comparison(defense, rows):
+    """Markdown: paper anchors and the denoising-AE baseline next to this defense's rows."""
+    baseline_path = pathlib.Path(__file__).resolve().parent / "results" / "denoising_ae_fmnist.json"
+    baseline = json.loads(baseline_path.read_text())["rows"] if baseline_path.exists() and defense != "denoising_ae" else []
+    anchors = PAPER_ANCHORS.get(defense, [])
+    if not anchors and not baseline:
+        return ""
+
+    def find(table, tm, attack, eps):
+        for r in table:
+            if r["threat_model"] == tm and r["attack"] == attack and r["eps"] == eps and r.get("defense", defense) != "none":
+                return f"{100 * r['accuracy']:.1f} %"
+        return "-"
+
+    keys = [(r["threat_model"], r["attack"], r["eps"]) for r in rows if r["defense"] != "none"]
+    lines = [f"| threat model | attack | eps | {defense} (ours) | paper | denoising_ae (ours) |", "|---|---|---|---|---|---|"]
+    for tm, attack, eps in keys:
+        lines.append(f"| {tm} | {attack} | {eps:g} | {find(rows, tm, attack, eps)} | {find(anchors, tm, attack, eps)} | "
+                     f"{find(baseline, tm, attack, eps)} |")
+    extra = [a for a in anchors if (a["threat_model"], a["attack"], a["eps"]) not in keys]
+    lines += [f"| {a['threat_model']} | {a['attack']} | {a['eps']:g} | - | {100 * a['accuracy']:.1f} % | - |" for a in extra]
+    return "## Comparison\n\n" + "\n".join(lines) + "\n\n"
+
+
 def _parse_sets(items, config_class):
     types = {f.name: type(f.default) if f.default is not None else int for f in dataclasses.fields(config_class)}
     values = {}
@@ -112,6 +150,7 @@ def main():
         "benchmark": f"{args.defense}_fmnist", "dataset": "fashion_mnist", "n_examples": len(x), "seed": 0,
         "config": dataclasses.asdict(config), "rows": d["rows"], "detection": d["detection"],
         "sanity_checks": d["sanity_checks"], "warnings": d["warnings"],
+        "paper_anchors": PAPER_ANCHORS.get(args.defense, []),
         "timings": {"train_seconds": train_seconds, "eval_seconds": round(eval_seconds, 1),
                     "purify_images_per_second": round(purify_throughput(defended, x), 1),
                     "saved_model_latency": latency},
@@ -123,6 +162,7 @@ def main():
           f"EOT samples {args.eot_samples} (stochastic purifiers only). Threat model `none` = the bare "
           f"classifier; `graybox` = attack the classifier, classify through the defense; `whitebox` = attack "
           f"end to end (BPDA where not differentiable).\n\n{rows_table(d['rows'])}\n\n"
+          + _comparison(args.defense, d["rows"]) +
           f"Sanity checks: {sum(c['passed'] for c in d['sanity_checks'])}/{len(d['sanity_checks'])} passed. "
           + ("Warnings:\n" + "\n".join(f"- {w}" for w in d["warnings"]) if d["warnings"] else "No warnings.")
           + f"\n\n| exported SavedModel latency | p50 ms | p99 ms |\n|---|---|---|\n{lat}\n\n"
