@@ -1,6 +1,5 @@
 """The notebooks run end to end at tiny settings (TFPURIFY_QUICK=1), so they cannot rot."""
 
-import os
 import pathlib
 
 import nbformat

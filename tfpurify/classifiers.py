@@ -6,15 +6,14 @@ where its last finished epoch left off when started again with the same folder.
 """
 
 import dataclasses
-import pathlib
-import shutil
 
 import numpy as np
 import tensorflow as tf
 
 from tfpurify import data as data_lib
-from tfpurify.errors import InputValidationError, RunFolderError
-from tfpurify.runs import read_config, save_weights_atomic, write_config
+from tfpurify.config import ConfigBase
+from tfpurify.errors import InputValidationError
+from tfpurify.runs import finish_run, read_run, restore_weights, run_callbacks, start_run
 
 __all__ = [
     "ARCHITECTURES",
@@ -89,11 +88,12 @@ def _resnet20(input_shape, num_classes):
     return keras.Model(inputs, layers.Dense(num_classes)(h), name="resnet20")
 
 
+WEIGHTS = "classifier.weights.h5"
 ARCHITECTURES = {"cnn": _cnn, "lenet5": _lenet5, "mlp": _mlp, "resnet20": _resnet20}
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(ConfigBase):
     """Everything needed to rebuild and retrain a reference classifier."""
 
     arch: str = "cnn"
@@ -111,11 +111,7 @@ class ClassifierConfig:
             raise InputValidationError(
                 f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         data_lib.dataset_info(self.dataset)
-        for field in ("epochs", "batch_size", "patience"):
-            if int(getattr(self, field)) < 1:
-                raise InputValidationError(f"{field} must be >= 1, got {getattr(self, field)}")
-        if self.learning_rate <= 0:
-            raise InputValidationError(f"learning_rate must be > 0, got {self.learning_rate}")
+        self.require_positive("epochs", "batch_size", "patience", "learning_rate")
 
     @property
     def input_shape(self):
@@ -127,11 +123,6 @@ class ClassifierConfig:
 
     def to_dict(self):
         return {"kind": "classifier", **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def build_classifier(arch="cnn", input_shape=(28, 28, 1), num_classes=10):
@@ -156,15 +147,7 @@ def train_classifier(config, out_dir, callbacks=(), verbose=1):
     Returns:
       (model, history dict)
     """
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = out_dir / "config.json"
-    if existing.is_file():
-        previous = read_config(out_dir)
-        if previous != config.to_dict() and (out_dir / "backup").exists():
-            raise RunFolderError(
-                f"{out_dir} holds an unfinished run with a different config; use another --out")
-    write_config(out_dir, config.to_dict())
+    out_dir = start_run(out_dir, config.to_dict())
     tf.keras.utils.set_random_seed(config.seed)
 
     x, y = data_lib.load_dataset(config.dataset, "train", limit=config.limit)
@@ -179,16 +162,12 @@ def train_classifier(config, out_dir, callbacks=(), verbose=1):
         data_lib.to_tf_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed),
         validation_data=data_lib.to_tf_dataset(x_val, y_val, config.batch_size),
         epochs=config.epochs,
-        callbacks=[
-            keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
-            keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
-            keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-            *callbacks,
-        ],
+        callbacks=[*run_callbacks(out_dir),
+                   keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
+                   *callbacks],
         verbose=verbose,
     )
-    save_weights_atomic(model, out_dir / "classifier.weights.h5")
-    shutil.rmtree(out_dir / "backup", ignore_errors=True)
+    finish_run(model, out_dir, WEIGHTS)
     return model, history.history
 
 
@@ -198,20 +177,9 @@ def load_classifier(run_dir):
     Returns:
       (model, ClassifierConfig)
     """
-    run_dir = pathlib.Path(run_dir)
-    cfg = read_config(run_dir)
-    if cfg.get("kind") != "classifier":
-        raise RunFolderError(f"{run_dir} holds a {cfg.get('kind')!r} run, not a classifier")
-    config = ClassifierConfig.from_dict(cfg)
-    weights = run_dir / "classifier.weights.h5"
-    if not weights.is_file():
-        raise RunFolderError(f"{run_dir} has no trained weights (training unfinished?)")
+    config = ClassifierConfig.from_dict(read_run(run_dir, "classifier"))
     model = build_classifier(config.arch, config.input_shape, config.num_classes)
-    try:
-        model.load_weights(str(weights))
-    except (OSError, ValueError) as e:
-        raise RunFolderError(f"{weights}: cannot be loaded ({e})") from None
-    return model, config
+    return restore_weights(model, run_dir, WEIGHTS), config
 
 
 def predict_logits(model_fn, x, batch_size=256):

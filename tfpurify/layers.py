@@ -6,7 +6,6 @@ a later move one file.
 
 import warnings
 
-import tensorflow as tf
 
 with warnings.catch_warnings():  # tfa's end-of-life notice is known (see above)
     warnings.simplefilter("ignore", UserWarning)

@@ -8,11 +8,15 @@ renamed into place, so a crash never leaves a half-written file under the final 
 import json
 import os
 import pathlib
+import shutil
 import tempfile
+
+import tensorflow as tf
 
 from tfpurify.errors import RunFolderError
 
-__all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_config"]
+__all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_config", "start_run",
+           "run_callbacks", "finish_run", "read_run", "restore_weights"]
 
 
 def atomic_write_text(path, text):
@@ -61,3 +65,46 @@ def read_config(run_dir):
     if not isinstance(cfg, dict) or "kind" not in cfg:
         raise RunFolderError(f"{path}: not a tfpurify config (no 'kind')")
     return cfg
+
+
+def start_run(out_dir, config_dict):
+    """Creates a run folder and writes its config; refuses to resume a run of another config."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "config.json").is_file() and (out_dir / "backup").exists():
+        if read_config(out_dir) != config_dict:
+            raise RunFolderError(f"{out_dir} holds an unfinished run with a different config; use another --out")
+    write_config(out_dir, config_dict)
+    return out_dir
+
+
+def run_callbacks(out_dir):
+    """BackupAndRestore (a killed run resumes from its last epoch) and a CSV history."""
+    return [tf.keras.callbacks.BackupAndRestore(str(pathlib.Path(out_dir) / "backup")),
+            tf.keras.callbacks.CSVLogger(str(pathlib.Path(out_dir) / "history.csv"), append=True)]
+
+
+def finish_run(model, out_dir, weights_name):
+    """Saves the final weights atomically and drops the resume backup."""
+    save_weights_atomic(model, pathlib.Path(out_dir) / weights_name)
+    shutil.rmtree(pathlib.Path(out_dir) / "backup", ignore_errors=True)
+
+
+def read_run(run_dir, kind):
+    """The config dict of a run folder holding a `kind` run, or RunFolderError."""
+    cfg = read_config(run_dir)
+    if cfg.get("kind") != kind:
+        raise RunFolderError(f"{run_dir} holds a {cfg.get('kind')!r} run, not a {kind}")
+    return cfg
+
+
+def restore_weights(model, run_dir, weights_name):
+    """Loads a finished run's weights into a freshly built model."""
+    weights = pathlib.Path(run_dir) / weights_name
+    if not weights.is_file():
+        raise RunFolderError(f"{run_dir} has no trained weights (training unfinished?)")
+    try:
+        model.load_weights(str(weights))
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{weights}: cannot be loaded ({e})") from None
+    return model

@@ -6,8 +6,6 @@ fields), `defense.weights.h5`, `history.csv` and, while training, `backup/` (Ker
 """
 
 import dataclasses
-import pathlib
-import shutil
 
 import tensorflow as tf
 
@@ -15,7 +13,7 @@ from tfpurify import data as data_lib
 from tfpurify.classifiers import load_classifier
 from tfpurify.defenses import DefendedClassifier, get_defense
 from tfpurify.errors import InputValidationError, RunFolderError
-from tfpurify.runs import read_config, save_weights_atomic, write_config
+from tfpurify.runs import finish_run, read_config, read_run, restore_weights, run_callbacks, start_run
 
 __all__ = ["STRATEGIES", "make_strategy", "build_defense", "train_defense", "load_defense", "load_defended"]
 
@@ -68,12 +66,7 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
     if not isinstance(config, config_class):
         config = config_class.from_dict(dict(config))
     strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / "config.json").is_file() and (out_dir / "backup").exists():
-        if read_config(out_dir) != _config_dict(name, config):
-            raise RunFolderError(f"{out_dir} holds an unfinished run with a different config; use another --out")
-    write_config(out_dir, _config_dict(name, config))
+    out_dir = start_run(out_dir, _config_dict(name, config))
     tf.keras.utils.set_random_seed(config.seed)
 
     x, y = data_lib.load_dataset(config.dataset, "train", limit=config.limit)
@@ -85,13 +78,10 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
         model.make_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed),
         validation_data=model.make_dataset(x_val, y_val, config.batch_size),
         epochs=config.epochs,
-        callbacks=[tf.keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
-                   tf.keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-                   *model.training_callbacks(), *callbacks],
+        callbacks=[*run_callbacks(out_dir), *model.training_callbacks(), *callbacks],
         verbose=verbose,
     )
-    save_weights_atomic(model, out_dir / WEIGHTS)
-    shutil.rmtree(out_dir / "backup", ignore_errors=True)
+    finish_run(model, out_dir, WEIGHTS)
     return model, history.history
 
 
@@ -101,21 +91,10 @@ def load_defense(run_dir):
     Returns:
       (model, config)
     """
-    run_dir = pathlib.Path(run_dir)
-    cfg = read_config(run_dir)
-    if cfg.get("kind") != "defense":
-        raise RunFolderError(f"{run_dir} holds a {cfg.get('kind')!r} run, not a defense")
+    cfg = read_run(run_dir, "defense")
     _, config_class = get_defense(cfg.get("defense"))
     config = config_class.from_dict(cfg)
-    weights = run_dir / WEIGHTS
-    if not weights.is_file():
-        raise RunFolderError(f"{run_dir} has no trained weights (training unfinished?)")
-    model = build_defense(cfg["defense"], config)
-    try:
-        model.load_weights(str(weights))
-    except (OSError, ValueError) as e:
-        raise RunFolderError(f"{weights}: cannot be loaded ({e})") from None
-    return model, config
+    return restore_weights(build_defense(cfg["defense"], config), run_dir, WEIGHTS), config
 
 
 def load_defended(run_dir, classifier_run=None):

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfpurify.config import ConfigBase
 from tfpurify.errors import InputValidationError
 
 __all__ = ["DefenseConfig", "Purifier", "Detector", "DefendedClassifier"]
@@ -19,7 +20,7 @@ keras = tf.keras
 
 
 @dataclasses.dataclass(frozen=True)
-class DefenseConfig:
+class DefenseConfig(ConfigBase):
     """Fields every defense's config shares (data and training schedule)."""
 
     dataset: str = "fashion_mnist"
@@ -31,18 +32,7 @@ class DefenseConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for field in ("epochs", "batch_size"):
-            if int(getattr(self, field)) < 1:
-                raise InputValidationError(f"{field} must be >= 1, got {getattr(self, field)}")
-        if self.learning_rate <= 0:
-            raise InputValidationError(f"learning_rate must be > 0, got {self.learning_rate}")
-
-    @classmethod
-    def from_dict(cls, d):
-        """Builds the config from a dict, ignoring keys it does not know (e.g. `kind`)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
-        return cls(**values)
+        self.require_positive("epochs", "batch_size", "learning_rate")
 
 
 class Purifier(keras.Model):
