@@ -21,6 +21,7 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "scipy>=1.10",
+        "scikit-learn>=1.3",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.15.1"],
