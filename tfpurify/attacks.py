@@ -239,7 +239,7 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
         raise AttackConfigError("mim takes no custom loss (cleverhans); use pgd against a detector-aware target")
     if attack.gradient:
         _check_differentiable(model_fn, x[:1])
-    batch_size = attack.batch_size or int(batch_size)
+    batch_size = attack.batch_size or min(int(batch_size), len(x))  # never pad beyond the data
     tf.random.set_seed(seed)
     step = _batch_runner(attack, model_fn, p)
     restarts = p.get("restarts", 1)
