@@ -21,7 +21,8 @@ def rows_table(rows):
     lines = ["| defense | classifier | threat model | attack | eps | accuracy | parameters |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        params = ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items())
+        params = ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items()
+                           if k not in ("clip_min", "clip_max", "targeted"))  # the same in every row
         eps = "-" if r["eps"] is None else f"{r['eps']:g}"
         lines.append(f"| {r['defense']} | {r['classifier']} | {r['threat_model']} | {r['attack']} | "
                      f"{eps} | {100 * r['accuracy']:.1f} % | {params} |")
