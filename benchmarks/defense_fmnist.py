@@ -113,6 +113,7 @@ def main():
     parser.add_argument("--nb-iter", type=int, default=40)
     parser.add_argument("--eot-samples", type=int, default=8)
     parser.add_argument("--set", action="append", default=[], help="config field=value")
+    parser.add_argument("--tag", default="", help="suffix of the results name and run folder (a second config)")
     args = parser.parse_args()
 
     _, config_class = get_defense(args.defense)
@@ -120,7 +121,8 @@ def main():
     clf_run = pathlib.Path(args.classifier_run)
     if not (clf_run / "classifier.weights.h5").exists():
         classifiers.train_classifier(classifiers.ClassifierConfig(arch="cnn", epochs=3), clf_run, verbose=2)
-    run = pathlib.Path(args.run or f"runs/bench-{args.defense}")
+    name = f"{args.defense}_fmnist" + (f"_{args.tag}" if args.tag else "")
+    run = pathlib.Path(args.run or f"runs/bench-{args.defense}" + (f"-{args.tag}" if args.tag else ""))
     timing_file = run / "train_seconds.txt"
     if not (run / "defense.weights.h5").exists():
         start = time.perf_counter()
@@ -142,12 +144,12 @@ def main():
     eval_seconds = time.perf_counter() - start
 
     d = report.to_dict()
-    write_results(f"{args.defense}_fmnist", {"partial": "evaluation only", "rows": d["rows"]}, rows_table(d["rows"]))
+    write_results(name, {"partial": "evaluation only", "rows": d["rows"]}, rows_table(d["rows"]))
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_saved_model(defended, tmp, args.defense, 1, x.shape[1:])
         latency = serving_latency(path, x.shape[1:])
     results = {
-        "benchmark": f"{args.defense}_fmnist", "dataset": "fashion_mnist", "n_examples": len(x), "seed": 0,
+        "benchmark": name, "dataset": "fashion_mnist", "n_examples": len(x), "seed": 0,
         "config": dataclasses.asdict(config), "rows": d["rows"], "detection": d["detection"],
         "sanity_checks": d["sanity_checks"], "warnings": d["warnings"],
         "paper_anchors": PAPER_ANCHORS.get(args.defense, []),
@@ -168,7 +170,7 @@ def main():
           + f"\n\n| exported SavedModel latency | p50 ms | p99 ms |\n|---|---|---|\n{lat}\n\n"
           f"Training wall time: {train_seconds} s; purification throughput (batch 256): "
           f"{results['timings']['purify_images_per_second']} images/s. Environment: {environment()}.\n")
-    write_results(f"{args.defense}_fmnist", results, md)
+    write_results(name, results, md)
 
 
 if __name__ == "__main__":

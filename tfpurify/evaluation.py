@@ -283,13 +283,12 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
         for spec in specs:
             start = time.perf_counter()
-            x_adv = attacks_lib.run_attack(spec.name, attacked_fn, x, y, batch_size=batch_size,
-                                           seed=seed, progress=progress, **spec.params)
-            pred = np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1)
-            correct = tm_clean & (pred == y)
-            eps = attacks_lib.resolve_params(spec.name, **spec.params).get("eps")
+            x_adv, pred, correct = _attack_and_score(spec.name, attacked_fn, scored_fn, x, y, tm_clean,
+                                                     batch_size, seed, progress, **spec.params)
+            params = attacks_lib.resolve_params(spec.name, **spec.params)
+            eps = params.pop("eps", None)
             report.results.append(AttackResult(
-                tm, spec.name, eps, _recorded_params(spec), float(correct.mean()),
+                tm, spec.name, eps, _jsonable(params), float(correct.mean()),
                 time.perf_counter() - start, correct, x_adv[:n_samples], pred[:n_samples]))
             if detector is not None and tm != "none":
                 report.detection.append(_detection_row(detector, tm, spec.name, eps, clean_scores,
@@ -310,16 +309,18 @@ def _detection_row(detector, tm, attack, eps, clean_scores, adv_scores, correct)
             "accuracy_on_accepted": float(np.mean(correct[~flagged])) if np.any(~flagged) else None}
 
 
-def _recorded_params(spec):
-    p = attacks_lib.resolve_params(spec.name, **spec.params)
-    p.pop("eps", None)
-    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in p.items()}
+def _attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False,
+                      **params):
+    """Crafts x_adv on `attacked_fn`, classifies it with `scored_fn`: (x_adv, pred, robust per example)."""
+    x_adv = attacks_lib.run_attack(name, attacked_fn, x, y, batch_size=batch_size, seed=seed, progress=progress,
+                                   **params)
+    pred = np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1)
+    return x_adv, pred, clean_correct & (pred == y)
 
 
 def _subset_accuracy(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, **params):
-    x_adv = attacks_lib.run_attack(name, attacked_fn, x, y, batch_size=batch_size, seed=seed, **params)
-    pred = np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1)
-    return float(np.mean(clean_correct & (pred == y)))
+    return float(np.mean(_attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed,
+                                           **params)[2]))
 
 
 def _sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, spsa_n=8):
