@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpurify import data as data_lib
-from tfpurify.config import ConfigBase
+from tfpurify.config import TrainingConfig
 from tfpurify.errors import InputValidationError
 from tfpurify.runs import finish_run, read_run, restore_weights, run_callbacks, start_run
 
@@ -93,33 +93,19 @@ ARCHITECTURES = {"cnn": _cnn, "lenet5": _lenet5, "mlp": _mlp, "resnet20": _resne
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierConfig(ConfigBase):
+class ClassifierConfig(TrainingConfig):
     """Everything needed to rebuild and retrain a reference classifier."""
 
     arch: str = "cnn"
-    dataset: str = "fashion_mnist"
     epochs: int = 3
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    val_fraction: float = 0.1
-    limit: int = None
-    seed: int = 0
-    patience: int = 3
+    patience: int = 3  # EarlyStopping on validation loss
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise InputValidationError(
                 f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-        data_lib.dataset_info(self.dataset)
-        self.require_positive("epochs", "batch_size", "patience", "learning_rate")
-
-    @property
-    def input_shape(self):
-        return data_lib.dataset_info(self.dataset).input_shape
-
-    @property
-    def num_classes(self):
-        return data_lib.dataset_info(self.dataset).num_classes
+        super().__post_init__()
+        self.require_positive("patience")
 
     def to_dict(self):
         return {"kind": "classifier", **dataclasses.asdict(self)}
@@ -150,8 +136,8 @@ def train_classifier(config, out_dir, callbacks=(), verbose=1):
     out_dir = start_run(out_dir, config.to_dict())
     tf.keras.utils.set_random_seed(config.seed)
 
-    x, y = data_lib.load_dataset(config.dataset, "train", limit=config.limit)
-    (x_train, y_train), (x_val, y_val) = data_lib.train_val_split(x, y, config.val_fraction, config.seed)
+    (x_train, y_train), (x_val, y_val) = data_lib.load_train_val(
+        config.dataset, config.limit, config.val_fraction, config.seed)
     model = build_classifier(config.arch, config.input_shape, config.num_classes)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),

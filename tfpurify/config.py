@@ -4,7 +4,7 @@ import dataclasses
 
 from tfpurify.errors import InputValidationError
 
-__all__ = ["ConfigBase"]
+__all__ = ["ConfigBase", "TrainingConfig"]
 
 
 class ConfigBase:
@@ -22,3 +22,36 @@ class ConfigBase:
             value = getattr(self, field)
             if value is None or value <= 0:
                 raise InputValidationError(f"{field} must be > 0, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(ConfigBase):
+    """Data and schedule fields every trained model (classifier or defense) shares."""
+
+    dataset: str = "fashion_mnist"
+    epochs: int = 5
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.1
+    limit: int = None
+    seed: int = 0
+
+    def __post_init__(self):
+        from tfpurify.data import dataset_info  # raises DatasetUnavailableError for unknown names
+
+        dataset_info(self.dataset)
+        self.require_positive("epochs", "batch_size", "learning_rate")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise InputValidationError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    @property
+    def input_shape(self):
+        from tfpurify.data import dataset_info
+
+        return dataset_info(self.dataset).input_shape
+
+    @property
+    def num_classes(self):
+        from tfpurify.data import dataset_info
+
+        return dataset_info(self.dataset).num_classes

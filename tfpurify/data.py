@@ -26,6 +26,7 @@ __all__ = [
     "load_dataset",
     "read_idx",
     "train_val_split",
+    "load_train_val",
     "to_tf_dataset",
     "validate_images",
 ]
@@ -341,6 +342,12 @@ def train_val_split(x, y, val_fraction=0.1, seed=0):
     n_val = max(1, int(round(len(x) * val_fraction)))
     val, train = order[:n_val], order[n_val:]
     return (x[train], y[train]), (x[val], y[val])
+
+
+def load_train_val(name, limit=None, val_fraction=0.1, seed=0):
+    """The training split of `name`, split deterministically into (train, validation) parts."""
+    x, y = load_dataset(name, "train", limit=limit)
+    return train_val_split(x, y, val_fraction, seed)
 
 
 def to_tf_dataset(x, y=None, batch_size=128, shuffle=False, seed=0):

@@ -37,9 +37,8 @@ def build_defense(name, config):
     model_class, config_class = get_defense(name)
     if not isinstance(config, config_class):
         config = config_class.from_dict(dict(config))
-    input_shape = data_lib.dataset_info(config.dataset).input_shape
-    model = model_class(config, input_shape)
-    model(tf.zeros((1, *input_shape)))
+    model = model_class(config, config.input_shape)
+    model(tf.zeros((1, *config.input_shape)))
     return model
 
 
@@ -69,8 +68,8 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
     out_dir = start_run(out_dir, _config_dict(name, config))
     tf.keras.utils.set_random_seed(config.seed)
 
-    x, y = data_lib.load_dataset(config.dataset, "train", limit=config.limit)
-    (x_train, y_train), (x_val, y_val) = data_lib.train_val_split(x, y, config.val_fraction, config.seed)
+    (x_train, y_train), (x_val, y_val) = data_lib.load_train_val(
+        config.dataset, config.limit, config.val_fraction, config.seed)
     with strategy.scope():
         model = build_defense(name, config)
         model.compile_for_training()

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tfpurify.config import ConfigBase
+from tfpurify.config import TrainingConfig
 from tfpurify.errors import InputValidationError
 
 __all__ = ["DefenseConfig", "Purifier", "Detector", "DefendedClassifier"]
@@ -20,19 +20,8 @@ keras = tf.keras
 
 
 @dataclasses.dataclass(frozen=True)
-class DefenseConfig(ConfigBase):
+class DefenseConfig(TrainingConfig):
     """Fields every defense's config shares (data and training schedule)."""
-
-    dataset: str = "fashion_mnist"
-    epochs: int = 5
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    val_fraction: float = 0.1
-    limit: int = None
-    seed: int = 0
-
-    def __post_init__(self):
-        self.require_positive("epochs", "batch_size", "learning_rate")
 
 
 class Purifier(keras.Model):
