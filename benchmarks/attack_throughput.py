@@ -1,7 +1,8 @@
 """PGD throughput: tfpurify's `run_attack` (cleverhans in tf.function) against IBM ART.
 
 PGD-40, eps 0.1 (L-inf), step 0.025, one random start, on the first 1000 Fashion-MNIST test
-images, the `cnn` classifier, same Keras model and batch size for both, in one process.
+images, the `cnn` classifier, same Keras model and batch size for both, in one process; each
+timed `--repeats` times after a warm-up batch, the median reported.
 Needs the `bench` extra (adversarial-robustness-toolbox): `make bench`.
 
 Usage: python benchmarks/attack_throughput.py [--run runs/bench-cnn] [--n 1000] [--batch-size 256]
@@ -39,6 +40,7 @@ def main():
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     run = pathlib.Path(args.run)
@@ -51,15 +53,17 @@ def main():
     # One warm-up batch each, so tracing / graph building is not counted.
     attacks.run_attack("pgd", model, x[:args.batch_size], y[:args.batch_size], eps=eps, eps_iter=eps_iter,
                        nb_iter=nb_iter, batch_size=args.batch_size)
-    start = time.perf_counter()
-    x_ours = attacks.run_attack("pgd", model, x, y, eps=eps, eps_iter=eps_iter, nb_iter=nb_iter,
-                                batch_size=args.batch_size)
-    ours = time.perf_counter() - start
-
     _art_pgd(model, x[:args.batch_size], y[:args.batch_size], eps, eps_iter, nb_iter, args.batch_size)
-    start = time.perf_counter()
-    x_art = _art_pgd(model, x, y, eps, eps_iter, nb_iter, args.batch_size)
-    art = time.perf_counter() - start
+    ours_times, art_times = [], []
+    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both alike
+        start = time.perf_counter()
+        x_ours = attacks.run_attack("pgd", model, x, y, eps=eps, eps_iter=eps_iter, nb_iter=nb_iter,
+                                    batch_size=args.batch_size)
+        ours_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        x_art = _art_pgd(model, x, y, eps, eps_iter, nb_iter, args.batch_size)
+        art_times.append(time.perf_counter() - start)
+    ours, art = float(np.median(ours_times)), float(np.median(art_times))
 
     params = {"nb_iter": nb_iter, "eps_iter": eps_iter, "rand_init": True, "batch_size": args.batch_size}
     base = {"defense": "none", "classifier": "cnn", "threat_model": "none"}
@@ -73,6 +77,8 @@ def main():
     results = {"benchmark": "attack_throughput", "dataset": "fashion_mnist", "n_examples": len(x), "seed": 0,
                "rows": rows, "detection": [],
                "timings": {"tfpurify_pgd_seconds": round(ours, 2), "art_pgd_seconds": round(art, 2),
+                           "tfpurify_runs_seconds": [round(t, 2) for t in ours_times],
+                           "art_runs_seconds": [round(t, 2) for t in art_times],
                            "speedup_vs_art": round(art / ours, 2),
                            "tfpurify_images_per_second": round(len(x) / ours, 1),
                            "art_images_per_second": round(len(x) / art, 1)},
@@ -81,7 +87,9 @@ def main():
           f"| implementation | seconds | images/s |\n|---|---|---|\n"
           f"| tfpurify `run_attack` (cleverhans in tf.function) | {ours:.2f} | {len(x) / ours:.1f} |\n"
           f"| IBM ART `ProjectedGradientDescent` | {art:.2f} | {len(x) / art:.1f} |\n\n"
-          f"Speed-up: **{art / ours:.2f}x** (target >= 2x). Environment: {environment()}.\n\n"
+          f"Median of {args.repeats} interleaved runs each (tfpurify {[round(t, 2) for t in ours_times]} s, "
+          f"ART {[round(t, 2) for t in art_times]} s). Speed-up: **{art / ours:.2f}x** (target >= 2x). "
+          f"Environment: {environment()}.\n\n"
           f"Accuracy of the classifier (threat model none = attack on the bare classifier):\n\n{rows_table(rows)}\n")
     write_results("attack_throughput", results, md)
 
