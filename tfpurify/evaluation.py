@@ -28,6 +28,7 @@ __all__ = [
     "evaluate",
     "worst_case_accuracy",
     "roc_auc",
+    "adversarial_scores",
 ]
 
 THREAT_MODELS = ("none", "graybox", "whitebox", "transfer")
@@ -149,7 +150,8 @@ def roc_auc(clean_scores, adversarial_scores):
     return float(roc_auc_score(labels, np.r_[clean_scores, adversarial_scores]))
 
 
-def _scores(detector, x, batch_size):
+def adversarial_scores(detector, x, batch_size=256):
+    """A detector's adversarial scores over `x`, computed in batches, as a numpy array [N]."""
     return np.concatenate([np.asarray(detector.adversarial_score(tf.constant(x[i:i + batch_size])))
                            for i in range(0, len(x), batch_size)])
 
@@ -270,7 +272,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
     clean_pred = np.argmax(predict_logits(model_fn, x, batch_size), axis=1)
     clean_correct = clean_pred == y
     clean_of = {id(model_fn): clean_correct}  # clean correctness per scored pipeline
-    clean_scores = None if detector is None else _scores(detector, x, batch_size)
+    clean_scores = None if detector is None else adversarial_scores(detector, x, batch_size)
     report = RobustnessReport(
         n_examples=len(x), seed=seed, clean_accuracy=float(clean_correct.mean()),
         clean_correct=clean_correct, defense=defense, classifier=classifier, dataset=dataset,
@@ -292,7 +294,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                 time.perf_counter() - start, correct, x_adv[:n_samples], pred[:n_samples]))
             if detector is not None and tm != "none":
                 report.detection.append(_detection_row(detector, tm, spec.name, eps, clean_scores,
-                                                       _scores(detector, x_adv, batch_size), correct))
+                                                       adversarial_scores(detector, x_adv, batch_size), correct))
         if sanity_checks and tm in _GRADIENT_THREAT_MODELS:
             _sanity_checks(report, tm, attacked_fn, scored_fn, x[:sanity_n], y[:sanity_n],
                            tm_clean[:sanity_n], batch_size, seed, spsa_check_n)

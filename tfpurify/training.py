@@ -108,21 +108,18 @@ def load_defended(run_dir, classifier_run=None):
             raise RunFolderError(f"{run_dir} is a classifier run; --classifier is only for defense runs")
         classifier, cconfig = load_classifier(run_dir)
         defended = DefendedClassifier(classifier)
-        defended(tf.zeros((1, *cconfig.input_shape)))  # build, so export can track it
-        return defended, {
-            "defense": "none", "classifier": cconfig.arch, "dataset": cconfig.dataset,
-            "config": cconfig.to_dict(), "classifier_config": cconfig.to_dict()}
-    if classifier_run is None:
-        raise RunFolderError(f"{run_dir} is a defense run: name the classifier it protects with --classifier RUN")
-    defense, dconfig = load_defense(run_dir)
-    classifier, cconfig = load_classifier(classifier_run)
-    if cconfig.dataset != dconfig.dataset:
-        raise RunFolderError(f"the defense was trained on {dconfig.dataset}, the classifier on {cconfig.dataset}")
-    detector = defense if hasattr(defense, "adversarial_score") else None
-    defended = DefendedClassifier(classifier, purifier=defense if hasattr(defense, "purify") else None,
-                                  detector=detector)
-    defended(tf.zeros((1, *cconfig.input_shape)))
-    return defended, {"defense": defense.registry_name, "classifier": cconfig.arch, "dataset": dconfig.dataset,
-                      "config": _config_dict(defense.registry_name, dconfig),
+        info = {"defense": "none", "config": cconfig.to_dict()}
+    else:
+        if classifier_run is None:
+            raise RunFolderError(f"{run_dir} is a defense run: name the classifier it protects with --classifier RUN")
+        defense, dconfig = load_defense(run_dir)
+        classifier, cconfig = load_classifier(classifier_run)
+        if cconfig.dataset != dconfig.dataset:
+            raise RunFolderError(f"the defense was trained on {dconfig.dataset}, the classifier on {cconfig.dataset}")
+        defended = DefendedClassifier(classifier, purifier=defense if hasattr(defense, "purify") else None,
+                                      detector=defense if hasattr(defense, "adversarial_score") else None)
+        info = {"defense": defense.registry_name, "config": _config_dict(defense.registry_name, dconfig)}
+    defended(tf.zeros((1, *cconfig.input_shape)))  # build, so export can track it
+    return defended, {**info, "classifier": cconfig.arch, "dataset": cconfig.dataset,
                       "classifier_config": cconfig.to_dict()}
 

@@ -88,21 +88,16 @@ class Detector:
         """
         if not 0.0 < target_fpr < 1.0:
             raise InputValidationError(f"target_fpr must be in (0, 1), got {target_fpr}")
-        scores = _batched_scores(self, x_clean)
+        from tfpurify.evaluation import adversarial_scores, roc_auc  # evaluation builds on this module
+
+        scores = adversarial_scores(self, x_clean)
         threshold = float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
         self.threshold.assign(threshold)
         result = {"threshold": threshold, "fpr": float(np.mean(scores > threshold))}
         if x_adv is not None:
-            from tfpurify.evaluation import roc_auc
-
-            adv_scores = _batched_scores(self, x_adv)
+            adv_scores = adversarial_scores(self, x_adv)
             result.update(tpr=float(np.mean(adv_scores > threshold)), roc_auc=roc_auc(scores, adv_scores))
         return result
-
-
-def _batched_scores(detector, x, batch_size=256):
-    return np.concatenate([np.asarray(detector.adversarial_score(tf.constant(x[i:i + batch_size])))
-                           for i in range(0, len(x), batch_size)])
 
 
 class DefendedClassifier(keras.Model):
