@@ -50,8 +50,6 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     surrogate_model = load_classifier(surrogate)[0] if surrogate else None
     x, y = load_dataset(info["dataset"], "test", limit=limit)
     pipelines = threat_model_pipelines(defended, surrogate_model, eot_samples, detector_weight)
-    if not is_defense:
-        pipelines.pop("graybox"), pipelines.pop("whitebox")
     report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,

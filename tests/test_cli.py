@@ -136,3 +136,7 @@ def test_export_classifier_run_alone(runner, cnn_run, tmp_path):
 def test_unknown_strategy(runner, tmp_path):
     _one_line_error(runner.invoke(cli, ["train", "denoising_ae", "--strategy", "tpu", "--limit", "100",
                                         "--out", str(tmp_path / "x")]), "unknown strategy")
+
+
+def test_graybox_on_a_bare_classifier_run_is_an_error(runner, cnn_run):
+    _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--threat-model", "graybox"]), "defense run")

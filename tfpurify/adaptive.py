@@ -87,13 +87,13 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
 
     none: the bare classifier attacked and scored (the undefended row); graybox: the bare
     classifier attacked, the defense scored; whitebox: end to end (BPDA, EOT, detector-aware);
-    transfer: an independent surrogate attacked, the defense scored.
+    transfer: an independent surrogate attacked, the defense scored. A bare classifier (no
+    purifier, no detector) has no graybox or whitebox entry: they would repeat `none`.
     """
-    pipelines = {
-        "none": (defended.classifier, defended.classifier),
-        "graybox": (defended.classifier, defended),
-        "whitebox": (whitebox_target(defended, eot_samples, detector_weight), defended),
-    }
+    pipelines = {"none": (defended.classifier, defended.classifier)}
+    if defended.purifier is not None or defended.detector is not None:
+        pipelines["graybox"] = (defended.classifier, defended)
+        pipelines["whitebox"] = (whitebox_target(defended, eot_samples, detector_weight), defended)
     if surrogate is not None:
         pipelines["transfer"] = (surrogate, defended)
     return pipelines
