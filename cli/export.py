@@ -17,6 +17,7 @@ import click
 def export_command(run, classifier_run, name, version, out, overwrite):
     """Export RUN as saved_models/NAME/VERSION with `serving_default` and `purify` signatures."""
     from tfpurify.data import dataset_info
+    from tfpurify.errors import RunFolderError
     from tfpurify.export import export_saved_model, validate_name
     from tfpurify.training import load_defended
 
@@ -24,7 +25,10 @@ def export_command(run, classifier_run, name, version, out, overwrite):
     defended, info = load_defended(run, classifier_run)
     input_shape = dataset_info(info["dataset"]).input_shape
     report = pathlib.Path(run) / "report.json"
-    summary = json.loads(report.read_text())["rows"] if report.is_file() else None
+    try:
+        summary = json.loads(report.read_text())["rows"] if report.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunFolderError(f"{report}: unreadable evaluation report ({e}); re-run tfpurify eval or delete it") from None
     path = export_saved_model(defended, out, name, version, input_shape, overwrite=overwrite,
                               metadata={**info, "evaluation_summary": summary})
     click.echo(f"exported {info['defense']} + {info['classifier']} -> {path}")

@@ -140,3 +140,11 @@ def test_unknown_strategy(runner, tmp_path):
 
 def test_graybox_on_a_bare_classifier_run_is_an_error(runner, cnn_run):
     _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--threat-model", "graybox"]), "defense run")
+
+
+def test_export_with_corrupt_report_is_a_clear_error(runner, cnn_run, tmp_path):
+    broken = tmp_path / "run"
+    shutil.copytree(cnn_run, broken)
+    (broken / "report.json").write_text("{not json")
+    _one_line_error(runner.invoke(cli, ["export", str(broken), "--name", "m", "--out", str(tmp_path / "out")]),
+                    "unreadable evaluation report")
