@@ -62,6 +62,14 @@ def test_pgd_restarts_never_weaken_the_attack(cnn, fmnist_test):
     assert np.all(loss(y[:64], cnn(many)).numpy()[same] >= loss(y[:64], cnn(one)).numpy()[same] - 1e-4)
 
 
+def test_seed_makes_random_starts_reproducible(cnn, fmnist_test):
+    x, y = fmnist_test
+    run = lambda seed: attacks.run_attack("pgd", cnn, x[:32], y[:32], eps=0.1, eps_iter=0.01, nb_iter=1, seed=seed)  # noqa: E731
+    first = run(5)
+    np.testing.assert_array_equal(first, run(5))
+    assert not np.array_equal(first, run(6))
+
+
 def test_batching_pads_the_last_batch_and_keeps_order(cnn, fmnist_test):
     x, y = fmnist_test
     whole = attacks.run_attack("fgsm", cnn, x[:50], y[:50], batch_size=50)

@@ -8,7 +8,6 @@ Results always lie in [clip_min, clip_max] and, for norm-bounded attacks, inside
 """
 
 import dataclasses
-import functools
 import math
 
 import numpy as np
@@ -185,12 +184,6 @@ def _check_differentiable(model_fn, x):
             "such as rounding); attack it through a BPDA surrogate (Purifier.attack_surrogate) or use spsa")
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_runner(name, model_fn, frozen_params):
-    """One traced step per (attack, model, parameters): repeated calls skip re-tracing."""
-    return _batch_runner(ATTACKS[name], model_fn, dict(frozen_params))
-
-
 def _batch_runner(attack, model_fn, p):
     """Returns f(x, y) -> (x_adv, per-example loss, correct) for one batch."""
 
@@ -250,10 +243,7 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
         _check_differentiable(model_fn, x[:1])
     batch_size = attack.batch_size or min(int(batch_size), len(x))  # never pad beyond the data
     tf.random.set_seed(seed)
-    try:
-        step = _cached_runner(name, model_fn, tuple(sorted(p.items())))
-    except TypeError:  # an unhashable model_fn: trace afresh
-        step = _batch_runner(attack, model_fn, p)
+    step = _batch_runner(attack, model_fn, p)  # traced afresh, so `seed` takes effect
     restarts = p.get("restarts", 1)
     out = np.empty_like(x)
     starts = range(0, len(x), batch_size)
