@@ -35,6 +35,7 @@ class AttackDef:
     graph: bool = True      # True: run inside tf.function; False: eager (cleverhans' CW)
     batch_size: int = None  # forced batch size (SPSA works on one example at a time)
     gradient: bool = True   # False for gradient-free attacks (SPSA)
+    takes_loss: bool = False  # True: cleverhans accepts a loss_fn (a detector-aware target's loss)
 
 
 def _fgsm(model_fn, x, y, p, loss_fn):
@@ -79,9 +80,9 @@ _COMMON = {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "target
 _ITERATIVE = {**_COMMON, "eps_iter": None, "nb_iter": 40}
 
 ATTACKS = {
-    "fgsm": AttackDef(_fgsm, dict(_COMMON)),
-    "pgd": AttackDef(_pgd, {**_ITERATIVE, "rand_init": True, "restarts": 1}),
-    "bim": AttackDef(_pgd, dict(_ITERATIVE)),
+    "fgsm": AttackDef(_fgsm, dict(_COMMON), takes_loss=True),
+    "pgd": AttackDef(_pgd, {**_ITERATIVE, "rand_init": True, "restarts": 1}, takes_loss=True),
+    "bim": AttackDef(_pgd, dict(_ITERATIVE), takes_loss=True),
     "mim": AttackDef(_mim, {**_ITERATIVE, "decay_factor": 1.0}),
     "cw_l2": AttackDef(
         _cw_l2,
@@ -192,7 +193,7 @@ def _batch_runner(attack, model_fn, p):
     loss_fn = getattr(model_fn, "attack_loss", None)
     to_logits = getattr(model_fn, "logits", None)
     logits_fn = model_fn if to_logits is None else (lambda images: to_logits(model_fn(images)))
-    attacked_fn = model_fn if attack.fn in (_fgsm, _pgd, _mim) else logits_fn
+    attacked_fn = model_fn if attack.takes_loss else logits_fn
 
     def step(x, y):
         y_used = y if y is not None else tf.argmax(logits_fn(x), axis=1)
