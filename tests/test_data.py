@@ -59,7 +59,7 @@ def test_read_idx_round_trip(tmp_path):
     np.testing.assert_array_equal(data.read_idx(path, 2051, 2), images)
 
 
-@pytest.mark.parametrize("name,where", [("mnist", "mnist.npz"), ("cifar10", "cifar-10-batches-py"),
+@pytest.mark.parametrize("name,where", [("mnist", "mnist.npz"), ("cifar10", "cifar-10-batches-bin"),
                                         ("svhn", "test_32x32.mat")])
 def test_offline_datasets_say_where_to_put_files(name, where, tmp_path, monkeypatch):
     monkeypatch.setenv("TFPURIFY_DATA_DIR", str(tmp_path))
@@ -117,3 +117,91 @@ def test_to_tf_dataset_batches():
 def test_validate_images_rejects_bad_input(bad, match):
     with pytest.raises(InputValidationError, match=match):
         data.validate_images(bad)
+
+
+def test_corrupt_deflate_stream_is_a_format_error(tmp_path):
+    compressed = bytearray(gzip.compress(struct.pack(">II", 2049, 4000) + bytes(4000)))
+    compressed[12] ^= 0xFF  # inside the deflate stream: zlib.error, not a gzip header error
+    path = tmp_path / "labels.gz"
+    path.write_bytes(bytes(compressed))
+    with pytest.raises(DataFormatError, match="labels.gz"):
+        data.read_idx(path, 2049)
+
+
+def test_truncated_mnist_npz_is_a_format_error(tmp_path, monkeypatch):
+    np.savez(tmp_path / "full.npz", x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.zeros(4, np.int64))
+    whole = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "mnist.npz").write_bytes(whole[:len(whole) // 2])
+    monkeypatch.setenv("TFPURIFY_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataFormatError, match="mnist.npz.*BadZipFile"):
+        data.load_dataset("mnist", "test")
+
+
+def test_corrupt_svhn_mat_is_a_format_error(tmp_path, monkeypatch):
+    (tmp_path / "svhn").mkdir()
+    (tmp_path / "svhn" / "test_32x32.mat").write_bytes(bytes(256))
+    monkeypatch.setenv("TFPURIFY_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataFormatError, match="test_32x32.mat.*MatReadError"):
+        data.load_dataset("svhn", "test")
+
+
+def _write_fashion_test(folder, images, labels):
+    folder.mkdir(exist_ok=True)
+    _write_idx(folder / "t10k-images-idx3-ubyte.gz", 2051, images.shape, images.tobytes())
+    _write_idx(folder / "t10k-labels-idx1-ubyte.gz", 2049, labels.shape, labels.tobytes())
+
+
+def test_labels_out_of_range_name_the_file(tmp_path, monkeypatch, ):
+    labels = np.zeros(10000, np.uint8)
+    labels[7] = 10  # Fashion-MNIST has classes 0..9
+    _write_fashion_test(tmp_path / "fashion-mnist", np.zeros((10000, 28, 28), np.uint8), labels)
+    monkeypatch.setenv("TFPURIFY_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataFormatError, match=r"t10k-images-idx3-ubyte.gz.*labels range over \[0, 10\]"):
+        data.load_dataset("fashion_mnist", "test", limit=5)
+
+
+def test_images_of_wrong_shape_name_the_file(tmp_path, monkeypatch):
+    _write_fashion_test(tmp_path / "fashion-mnist", np.zeros((10000, 28, 27), np.uint8), np.zeros(10000, np.uint8))
+    monkeypatch.setenv("TFPURIFY_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataFormatError, match=r"t10k-images.*\(28, 27, 1\)"):
+        data.load_dataset("fashion_mnist", "test")
+
+
+def test_mnist_npz_of_wrong_dtype_or_labels_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFPURIFY_DATA_DIR", str(tmp_path))
+    np.savez(tmp_path / "mnist.npz", x_test=np.zeros((4, 28, 28), np.float64), y_test=np.zeros(4, np.int64))
+    with pytest.raises(DataFormatError, match="mnist.npz: images are float64"):
+        data.load_dataset("mnist", "test")
+    np.savez(tmp_path / "mnist.npz", x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.full(4, -1))
+    with pytest.raises(DataFormatError, match=r"mnist.npz: labels range over \[-1, -1\]"):
+        data.load_dataset("mnist", "test")
+    np.savez(tmp_path / "mnist.npz", x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.zeros(3, np.int64))
+    with pytest.raises(DataFormatError, match="mnist.npz: labels"):
+        data.load_dataset("mnist", "test")
+
+
+def test_cifar10_reads_the_binary_version_without_pickle(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 10000, dtype=np.uint8)
+    records = np.concatenate([labels[:, None], images.transpose(0, 3, 1, 2).reshape(10000, -1)], axis=1)
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "test_batch.bin").write_bytes(records.tobytes())
+    monkeypatch.setenv("TFPURIFY_DATA_DIR", str(tmp_path))
+    x, y = data.load_dataset("cifar10", "test", limit=3)
+    np.testing.assert_array_equal(y, labels[:3])
+    np.testing.assert_allclose(x, images[:3] / 255.0, atol=1e-6)
+    (folder / "test_batch.bin").write_bytes(records.tobytes()[:-5])
+    with pytest.raises(DataFormatError, match="test_batch.bin.*truncated"):
+        data.load_dataset("cifar10", "test")
+
+
+def test_nothing_in_the_package_unpickles_data():
+    import pathlib
+    import re
+
+    package = pathlib.Path(data.__file__).parent
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"\bimport pickle\b|pickle\.loads?\(|allow_pickle=True", text), path

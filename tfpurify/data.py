@@ -11,8 +11,9 @@ import dataclasses
 import gzip
 import os
 import pathlib
-import pickle
 import struct
+import zipfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +26,7 @@ __all__ = [
     "dataset_info",
     "load_dataset",
     "read_idx",
+    "read_cifar10_batch",
     "train_val_split",
     "load_train_val",
     "to_tf_dataset",
@@ -110,7 +112,7 @@ def read_idx(path, expected_magic, expected_count=None):
     try:
         with gzip.open(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # not gzip, truncated, or a corrupt deflate stream
         raise DataFormatError(f"{path}: not a readable gzip IDX file ({e})") from None
     if len(data) < 8:
         raise DataFormatError(f"{path}: truncated IDX header")
@@ -150,9 +152,7 @@ def _load_idx_dataset(name, folder_name, split, keras_loader):
         if (folder / images_file).is_file() and (folder / labels_file).is_file():
             x = read_idx(folder / images_file, _IDX_MAGIC_IMAGES, _IDX_SIZES[split])
             y = read_idx(folder / labels_file, _IDX_MAGIC_LABELS, _IDX_SIZES[split])
-            if x.shape[1:] != (28, 28):
-                raise DataFormatError(f"{folder / images_file}: images are {x.shape[1:]}, not 28x28")
-            return x[..., None], y
+            return x[..., None], y, f"{folder / images_file} and {labels_file}"
     where = ", ".join(str(c) for c in candidates)
     if _user_data_dir() is None:
         where = f"$TFPURIFY_DATA_DIR/{folder_name}, {where}"
@@ -163,7 +163,7 @@ def _load_idx_dataset(name, folder_name, split, keras_loader):
         hint += f" (or mnist.npz in {_keras_datasets_dir()})"
     (x_train, y_train), (x_test, y_test) = _keras_download(name, keras_loader, hint)
     x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
-    return x[..., None], y
+    return x[..., None], y, f"the Keras download of {name}"
 
 
 def _keras_download(name, keras_loader, hint):
@@ -193,38 +193,59 @@ def _load_mnist(split):
             try:
                 with np.load(path, allow_pickle=False) as f:
                     x, y = f[f"x_{split}"], f[f"y_{split}"]
-            except (OSError, ValueError, KeyError) as e:
-                raise DataFormatError(f"{path}: not a valid mnist.npz ({e})") from None
-            return x[..., None], y
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise DataFormatError(f"{path}: not a valid mnist.npz ({type(e).__name__}: {e})") from None
+            return x[..., None], y, str(path)
     # Otherwise the four IDX .gz files in $TFPURIFY_DATA_DIR/mnist or the Keras cache.
     return _load_idx_dataset("mnist", "mnist", split, tf.keras.datasets.mnist.load_data)
 
 
+_CIFAR_RECORD = 1 + 32 * 32 * 3  # label byte, then 1024 red, 1024 green, 1024 blue pixels
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+
+
+def read_cifar10_batch(path):
+    """Reads one file of CIFAR-10's binary version (fixed 3073-byte records; nothing unpickled).
+
+    Returns:
+      (images uint8 [10000, 32, 32, 3], labels uint8 [10000])
+
+    Raises:
+      DataFormatError: unreadable, or not 10000 whole records.
+    """
+    try:
+        raw = pathlib.Path(path).read_bytes()
+    except OSError as e:
+        raise DataFormatError(f"{path}: unreadable ({e})") from None
+    if len(raw) != 10000 * _CIFAR_RECORD:
+        raise DataFormatError(f"{path}: {len(raw)} bytes, expected {10000 * _CIFAR_RECORD} "
+                              f"(10000 records of {_CIFAR_RECORD}; truncated or not CIFAR-10 binary)")
+    records = np.frombuffer(raw, np.uint8).reshape(10000, _CIFAR_RECORD)
+    return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), records[:, 0]
+
+
 def _load_cifar10(split):
-    candidates = []
+    folders = []
     user = _user_data_dir()
     if user is not None:
-        candidates.append(user / "cifar-10-batches-py")
-    candidates.append(_keras_datasets_dir() / "cifar-10-batches-py")
-    for folder in candidates:
-        if (folder / "test_batch").is_file():
-            names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-            xs, ys = [], []
-            for n in names:
-                try:
-                    with open(folder / n, "rb") as f:
-                        batch = pickle.load(f, encoding="bytes")
-                    xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-                    ys.append(np.asarray(batch[b"labels"]))
-                except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
-                    raise DataFormatError(f"{folder / n}: not a valid CIFAR-10 batch ({e})") from None
-            return np.concatenate(xs).transpose(0, 2, 3, 1), np.concatenate(ys)
-    hint = (f"cifar10 is not on disk: extract cifar-10-python.tar.gz so that "
-            f"cifar-10-batches-py/ lies in {candidates[0].parent}")
-    (x_train, y_train), (x_test, y_test) = _keras_download(
-        "cifar10", tf.keras.datasets.cifar10.load_data, hint)
-    x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
-    return x, y.reshape(-1)
+        folders.append(user / "cifar-10-batches-bin")
+    folders.append(_keras_datasets_dir() / "cifar-10-batches-bin")
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    folder = next((f for f in folders if all((f / n).is_file() for n in names)), None)
+    if folder is None:
+        hint = (f"cifar10 is not on disk: extract cifar-10-binary.tar.gz ({_CIFAR_URL}) so that "
+                f"cifar-10-batches-bin/ lies in {folders[0].parent}")
+        if _offline():
+            raise DatasetUnavailableError(f"{hint}; downloads are off (TFPURIFY_OFFLINE=1)")
+        try:
+            tf.keras.utils.get_file("cifar-10-binary.tar.gz", _CIFAR_URL, extract=True,
+                                    cache_dir=str(_keras_datasets_dir().parent))
+        except Exception as e:  # network errors come in many types; all mean "not available"
+            raise DatasetUnavailableError(f"{hint}; the download failed ({type(e).__name__})") from None
+        folder = folders[-1]
+    batches = [read_cifar10_batch(folder / n) for n in names]
+    return (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]),
+            str(folder / names[0]) if len(names) == 1 else f"{folder}/data_batch_*.bin")
 
 
 def _load_svhn(split):
@@ -237,13 +258,14 @@ def _load_svhn(split):
         path = folder / f"{split}_32x32.mat"
         if path.is_file():
             import scipy.io  # only needed for this format
+            from scipy.io.matlab import MatReadError
 
             try:
                 mat = scipy.io.loadmat(str(path))
-                x, y = mat["X"].transpose(3, 0, 1, 2), mat["y"].reshape(-1)
-            except (OSError, KeyError, ValueError) as e:
-                raise DataFormatError(f"{path}: not a valid SVHN .mat file ({e})") from None
-            return x, np.where(y == 10, 0, y)  # SVHN stores digit 0 as label 10
+                x, y = np.asarray(mat["X"]).transpose(3, 0, 1, 2), np.asarray(mat["y"]).reshape(-1)
+            except (OSError, KeyError, ValueError, TypeError, EOFError, MatReadError, zlib.error) as e:
+                raise DataFormatError(f"{path}: not a valid SVHN .mat file ({type(e).__name__}: {e})") from None
+            return x, np.where(y == 10, 0, y), str(path)  # SVHN stores digit 0 as label 10
     hint = (f"svhn is not on disk: put train_32x32.mat and test_32x32.mat "
             f"(http://ufldl.stanford.edu/housenumbers/) in {candidates[0]}")
     if _offline():
@@ -256,7 +278,7 @@ def _load_svhn(split):
         x, y = tfds.as_numpy(tfds.load("svhn_cropped", split=split, batch_size=-1, as_supervised=True))
     except Exception as e:  # download or preparation failure
         raise DatasetUnavailableError(f"{hint}; the tensorflow-datasets download failed ({type(e).__name__})") from None
-    return x, y
+    return x, y, "the tensorflow-datasets copy of svhn_cropped"
 
 
 _LOADERS = {
@@ -288,14 +310,26 @@ def load_dataset(name="fashion_mnist", split="train", limit=None):
         raise InputValidationError(f"split must be 'train' or 'test', not {split!r}")
     if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
         raise InputValidationError(f"limit must be a positive integer or None, not {limit!r}")
-    x, y = _LOADERS[name](split)
+    x, y, source = _LOADERS[name](split)
+    _check_arrays(info, x, y, f"{name}/{split} from {source}")
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    x = np.asarray(x, dtype=np.float32) / 255.0
-    y = np.asarray(y, dtype=np.int64).reshape(-1)
-    if x.shape[1:] != info.input_shape or len(x) != len(y):
-        raise DataFormatError(f"{name}/{split}: got images {x.shape} and labels {y.shape}")
-    return x, y
+    return np.asarray(x, dtype=np.float32) / 255.0, np.asarray(y, dtype=np.int64).reshape(-1)
+
+
+def _check_arrays(info, x, y, source):
+    """Raw images must be uint8 [N, H, W, C] of the data set's shape, labels integers in range."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype != np.uint8:
+        raise DataFormatError(f"{source}: images are {x.dtype}, expected uint8 pixels")
+    if x.ndim != 4 or x.shape[1:] != info.input_shape:
+        raise DataFormatError(f"{source}: images of shape {x.shape[1:]}, expected {info.input_shape}")
+    if y.dtype.kind not in "iu" or y.ndim != 1 or len(y) != len(x):
+        raise DataFormatError(f"{source}: labels of dtype {y.dtype} and shape {y.shape}, "
+                              f"expected {len(x)} integers")
+    if len(y) and (y.min() < 0 or y.max() >= info.num_classes):
+        raise DataFormatError(f"{source}: labels range over [{y.min()}, {y.max()}], "
+                              f"expected 0..{info.num_classes - 1}")
 
 
 def validate_images(x, name="images", input_shape=None):
