@@ -23,12 +23,12 @@ import tensorflow as tf
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import environment, rows_table, write_results  # noqa: E402
 
-from tfpurify import adaptive, classifiers, data, evaluation, export  # noqa: E402
+from tfpurify import adaptive, classifiers, data, evaluation, export, reports  # noqa: E402
 from tfpurify.defenses import get_defense  # noqa: E402
 from tfpurify.training import load_defended, train_defense  # noqa: E402
 
 
-# Paper anchors on Fashion-MNIST (../shared/EVALUATION.md), shown beside our rows.
+# Paper anchors on Fashion-MNIST, shown beside our rows.
 PAPER_ANCHORS = {
     "fbgan": [
         {"source": "FBGAN Table 1", "threat_model": "clean", "attack": "none", "eps": 0, "accuracy": 0.822},
@@ -151,7 +151,7 @@ def main():
     results = {
         "benchmark": name, "dataset": "fashion_mnist", "n_examples": len(x), "seed": 0,
         "config": dataclasses.asdict(config), "rows": d["rows"], "detection": d["detection"],
-        "sanity_checks": d["sanity_checks"], "warnings": d["warnings"],
+        "settings": d["settings"], "sanity_checks": d["sanity_checks"], "warnings": d["warnings"],
         "paper_anchors": PAPER_ANCHORS.get(args.defense, []),
         "timings": {"train_seconds": train_seconds, "eval_seconds": round(eval_seconds, 1),
                     "purify_images_per_second": round(purify_throughput(defended, x), 1),
@@ -164,9 +164,9 @@ def main():
           f"EOT samples {args.eot_samples} (stochastic purifiers only). Threat model `none` = the bare "
           f"classifier; `graybox` = attack the classifier, classify through the defense; `whitebox` = attack "
           f"end to end (BPDA where not differentiable).\n\n{rows_table(d['rows'])}\n\n"
-          + _comparison(args.defense, d["rows"]) +
-          f"Sanity checks: {sum(c['passed'] for c in d['sanity_checks'])}/{len(d['sanity_checks'])} passed. "
-          + ("Warnings:\n" + "\n".join(f"- {w}" for w in d["warnings"]) if d["warnings"] else "No warnings.")
+          + _comparison(args.defense, d["rows"])
+          + "\n".join(reports.detection_lines(d["detection"]) + reports.sanity_lines(d["sanity_checks"],
+                                                                                     d["warnings"])).strip()
           + f"\n\n| exported SavedModel latency | p50 ms | p99 ms |\n|---|---|---|\n{lat}\n\n"
           f"Training wall time: {train_seconds} s; purification throughput (batch 256): "
           f"{results['timings']['purify_images_per_second']} images/s. Environment: {environment()}.\n")

@@ -29,7 +29,7 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
 @limit_option
 @seed_option
 @click.option("--sanity-checks/--no-sanity-checks", default=True, show_default=True,
-              help="Gradient-masking checks 1-4 of EVALUATION.md (on 200 examples; SPSA on 8).")
+              help="Gradient-masking checks 1-4 on the first 200 examples (PGD-2k, FGSM, eps 0.5, SPSA).")
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
 def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
@@ -53,7 +53,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,
-                      detector=defended.detector)
+                      detector=defended.detector, runs=info["runs"])
     paths = write_report(report, report_path or pathlib.Path(run) / "report.md",
                          dataset_info(info["dataset"]).class_names)
     if defended.purifier is not None:  # reconstructions, latent traversals ...

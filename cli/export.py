@@ -1,8 +1,5 @@
 """`tfpurify export RUN`: one SavedModel (purifier + classifier [+ detector]) for TF Serving."""
 
-import json
-import pathlib
-
 import click
 
 
@@ -13,22 +10,21 @@ import click
 @click.option("--name", required=True, help="Model name: saved_models/NAME/VERSION.")
 @click.option("--version", "version", default=1, show_default=True, type=int)
 @click.option("--out", default="saved_models", show_default=True, help="Export root folder.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing version.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing version (atomically).")
 def export_command(run, classifier_run, name, version, out, overwrite):
-    """Export RUN as saved_models/NAME/VERSION with `serving_default` and `purify` signatures."""
+    """Export RUN as saved_models/NAME/VERSION with `serving_default` and `purify` signatures.
+
+    RUN's report.json joins the metadata only if it was made for these exact weights.
+    """
     from tfpurify.data import dataset_info
-    from tfpurify.errors import RunFolderError
-    from tfpurify.export import export_saved_model, validate_name
+    from tfpurify.export import evaluation_summary, export_saved_model, validate_name
     from tfpurify.training import load_defended
 
     validate_name(name)
     defended, info = load_defended(run, classifier_run)
-    input_shape = dataset_info(info["dataset"]).input_shape
-    report = pathlib.Path(run) / "report.json"
-    try:
-        summary = json.loads(report.read_text())["rows"] if report.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunFolderError(f"{report}: unreadable evaluation report ({e}); re-run tfpurify eval or delete it") from None
-    path = export_saved_model(defended, out, name, version, input_shape, overwrite=overwrite,
-                              metadata={**info, "evaluation_summary": summary})
+    summary, note = evaluation_summary(run, info["runs"])
+    if note:
+        click.echo(note)
+    path = export_saved_model(defended, out, name, version, dataset_info(info["dataset"]).input_shape,
+                              overwrite=overwrite, metadata={**info, "evaluation_summary": summary})
     click.echo(f"exported {info['defense']} + {info['classifier']} -> {path}")

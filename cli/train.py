@@ -39,20 +39,25 @@ def _option_type(default):
     return int if default is None else str
 
 
-def _defense_command(name, config_class):
+def _defense_command(name, model_class, config_class):
     """One `tfpurify train <name>` command whose options are the config dataclass's fields."""
+    from tfpurify.defenses import Detector
 
-    def command(out, strategy, **fields):
+    def command(out, strategy, target_fpr=0.05, **fields):
         from tfpurify.training import train_defense
 
         config = config_class(**{k: v for k, v in fields.items() if v is not None})
-        _, history = train_defense(name, config, out, strategy=strategy, verbose=2)
+        _, history = train_defense(name, config, out, strategy=strategy, verbose=2, target_fpr=target_fpr)
         last = {k: f"{v[-1]:.4g}" for k, v in history.items()}
         click.echo(f"trained {name} on {config.dataset}: {last} -> {out}")
 
     for field in reversed(dataclasses.fields(config_class)):
         command = click.option(f"--{field.name.replace('_', '-')}", field.name, type=_option_type(field.default),
                                default=None, help=f"[default: {field.default}]")(command)
+    if issubclass(model_class, Detector):
+        command = click.option("--target-fpr", default=0.05, show_default=True, type=float,
+                               help="The detector's threshold flags this fraction of clean validation "
+                                    "images (calibrated when training ends).")(command)
     command = click.option("--strategy", default="default", show_default=True,
                            help="default, mirrored (all local devices) or multiworker (reads TF_CONFIG).")(command)
     command = click.option("--out", required=True, help="Run folder; an unfinished run there resumes.")(command)
@@ -63,8 +68,8 @@ def _defense_command(name, config_class):
 def add_defense_commands():
     from tfpurify.defenses import REGISTRY
 
-    for name, (_, config_class) in sorted(REGISTRY.items()):
-        train.add_command(_defense_command(name, config_class))
+    for name, (model_class, config_class) in sorted(REGISTRY.items()):
+        train.add_command(_defense_command(name, model_class, config_class))
 
 
 add_defense_commands()

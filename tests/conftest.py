@@ -24,6 +24,12 @@ def fmnist_test():
 
 
 @pytest.fixture(scope="session")
+def fmnist_train_slice():
+    """2000 Fashion-MNIST training images: calibration data (never the test split)."""
+    return data.load_dataset("fashion_mnist", "train", limit=2000)
+
+
+@pytest.fixture(scope="session")
 def cnn_run(tmp_path_factory):
     """A cnn classifier run folder trained for 2 epochs on 3000 Fashion-MNIST images."""
     out = tmp_path_factory.mktemp("runs") / "cnn"

@@ -5,7 +5,7 @@ import tensorflow as tf
 from tests.toys import BrightnessDetector, NoisyPurifier, RoundingPurifier
 from tfpurify import adaptive, attacks, classifiers, evaluation
 from tfpurify.defenses import DefendedClassifier
-from tfpurify.errors import AttackConfigError
+from tfpurify.errors import AttackConfigError, InputValidationError
 
 
 def test_bpda_gives_nonzero_gradients_through_rounding(cnn, fmnist_test):
@@ -74,10 +74,10 @@ def test_detector_aware_attack_evades_the_detector(cnn, fmnist_test):
         attacks.run_attack("mim", adaptive.whitebox_target(defended), x[:4], y[:4], eps=0.1)
 
 
-def test_evaluate_graybox_whitebox_and_detection_metrics(cnn, fmnist_test):
+def test_evaluate_graybox_whitebox_and_detection_metrics(cnn, fmnist_test, fmnist_train_slice):
     x, y = fmnist_test
     detector = BrightnessDetector()
-    detector.calibrate(x[128:], target_fpr=0.1)
+    detector.calibrate(fmnist_train_slice[0], target_fpr=0.1)  # validation data, never the test split
     defended = DefendedClassifier(cnn, purifier=detector, detector=detector)
     report = evaluation.evaluate(
         defended, x[:64], y[:64], evaluation.make_attack_specs(["pgd"], [0.1], nb_iter=5),
@@ -86,17 +86,84 @@ def test_evaluate_graybox_whitebox_and_detection_metrics(cnn, fmnist_test):
     assert [r.threat_model for r in report.results] == ["none", "graybox", "whitebox"]
     det = report.detection
     assert [d["threat_model"] for d in det] == ["graybox", "whitebox"]
-    for d in det:
-        assert 0.0 <= d["roc_auc"] <= 1.0 and 0.0 <= d["tpr"] <= 1.0
-        assert d["detected_or_correct"] >= next(r.accuracy for r in report.results if r.threat_model == d["threat_model"])
+    clean = report.clean_by_threat_model["graybox"]
+    for d, result in zip(det, report.results[1:]):
+        # counted over successful adversarial examples of clean-correct inputs only
+        assert d["n_adversarial"] == int(np.sum(clean & ~result.correct)) < 64
+        assert d["n_clean"] == int(clean.sum())
     rows = report.rows()
     assert {r["defense"] for r in rows if r["threat_model"] == "none"} == {"none"}
     assert {r["defense"] for r in rows if r["threat_model"] == "whitebox"} == {"toy"}
+    assert report.settings["detector"]["threshold"] == pytest.approx(float(detector.threshold.numpy()))
+    assert report.settings["threat_models"]["whitebox"]["detector_weight"] == 1.0
 
 
-def test_spsa_sanity_check_runs_and_records(cnn, fmnist_test):
+def test_uncalibrated_detector_is_refused(cnn, fmnist_test):
     x, y = fmnist_test
-    report = evaluation.evaluate(cnn, x[:32], y[:32], evaluation.make_attack_specs(["pgd"], [0.1], nb_iter=10),
-                                 sanity_n=32, spsa_check_n=4)
-    check4 = [c for c in report.sanity if c["check"] == 4]
-    assert len(check4) == 1 and check4[0]["n"] == 4 and check4[0]["passed"]
+    detector = BrightnessDetector()
+    defended = DefendedClassifier(cnn, purifier=detector, detector=detector)
+    with pytest.raises(InputValidationError, match="never calibrated"):
+        evaluation.evaluate(defended, x[:8], y[:8], ["fgsm"], detector=detector)
+
+
+def test_restarts_pick_fooled_and_unflagged_over_higher_loss(monkeypatch):
+    """Against a detector-aware target, a restart that fools the model unflagged beats a flagged one."""
+    counter = tf.Variable(0.0)
+
+    def brighten(model_fn, x, y, p, loss_fn):  # restart r returns x + 0.01 r
+        return x + 0.01 * counter.assign_add(1.0)
+
+    monkeypatch.setitem(attacks.ATTACKS, "brighten",
+                        attacks.AttackDef(brighten, {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0,
+                                                     "targeted": False, "restarts": 1}, takes_loss=True))
+
+    def brightness(x):
+        return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
+
+    def logits(x):  # brighter = more confidently class 1: the loss on label 0 grows with brightness
+        m = brightness(x)[:, None]
+        return tf.concat([-10.0 * m, 10.0 * m], axis=1)
+
+    target = adaptive.DetectorAwareTarget(logits, brightness, weight=1e-3, threshold=tf.constant(0.015))
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    x_adv = attacks.run_attack("brighten", target, x, np.zeros(4, np.int64), restarts=2)
+    # restart 1 (brightness 0.01) fools, unflagged; restart 2 (0.02) has the higher loss but is flagged
+    np.testing.assert_allclose(x_adv, 0.01, atol=1e-6)
+
+
+def test_whitebox_target_records_its_settings(cnn):
+    rounding = adaptive.whitebox_target(DefendedClassifier(cnn, purifier=RoundingPurifier()))
+    assert rounding.settings["bpda"] == "RoundingPurifier.attack_surrogate"
+    noisy = adaptive.whitebox_target(DefendedClassifier(cnn, purifier=NoisyPurifier()), eot_samples=4)
+    assert noisy.settings["eot_samples"] == 4 and noisy.settings["detector_weight"] == 0.0
+    with pytest.raises(AttackConfigError, match="eot_samples"):
+        adaptive.threat_model_pipelines(DefendedClassifier(cnn, purifier=NoisyPurifier()), eot_samples=0)
+    with pytest.raises(AttackConfigError, match="detector_weight"):
+        adaptive.threat_model_pipelines(DefendedClassifier(cnn, purifier=NoisyPurifier()), detector_weight=-1)
+
+
+def test_whitebox_is_below_graybox_on_a_trained_denoising_ae(defended_dae, fmnist_test):
+    x, y = fmnist_test
+    report = evaluation.evaluate(
+        defended_dae, x, y, evaluation.make_attack_specs(["pgd"], [0.1], nb_iter=10),
+        threat_model=["graybox", "whitebox"], pipelines=adaptive.threat_model_pipelines(defended_dae),
+        sanity_checks=False)
+    acc = {r.threat_model: r.accuracy for r in report.results}
+    assert acc["whitebox"] < acc["graybox"] - 0.05, acc  # 256 examples: more than 12 examples apart
+    assert report.settings["threat_models"]["whitebox"]["bpda"] == "off (purifier differentiable)"
+
+
+def test_briefly_trained_magnet_detector_flags_successful_pgd(defended_dae, fmnist_test, fmnist_train_slice):
+    from tfpurify.defenses.denoising_ae import DenoisingAEConfig, DenoisingAutoencoder
+
+    x, y = fmnist_test
+    magnet = DenoisingAutoencoder(DenoisingAEConfig(detector=True))
+    magnet(tf.zeros((1, 28, 28, 1)))
+    magnet.autoencoder.set_weights(defended_dae.purifier.autoencoder.get_weights())  # 3 epochs on 3000 images
+    magnet.calibrate(fmnist_train_slice[0], target_fpr=0.05)
+    defended = DefendedClassifier(defended_dae.classifier, purifier=magnet, detector=magnet)
+    report = evaluation.evaluate(
+        defended, x[:128], y[:128], evaluation.make_attack_specs(["pgd"], [0.1], nb_iter=10),
+        threat_model=["graybox"], pipelines=adaptive.threat_model_pipelines(defended), detector=magnet)
+    det = report.detection[0]
+    assert det["n_adversarial"] >= 10 and det["roc_auc"] > 0.5, det

@@ -100,6 +100,13 @@ def test_model_fn_can_be_any_callable(cnn, fmnist_test):
     ("pgd", {"nb_iter": 0}, "nb_iter"),
     ("fgsm", {"nb_iter": 3}, "does not take nb_iter"),
     ("spsa", {"norm": 2}, "only norm inf"),
+    ("pgd", {"eps": 0.1, "eps_iter": 0.0}, "eps_iter"),
+    ("pgd", {"eps": 0.1, "eps_iter": -0.01}, "eps_iter"),
+    ("bim", {"nb_iter": 2.5}, "nb_iter"),
+    ("spsa", {"spsa_samples": 7}, "must be even"),
+    ("spsa", {"learning_rate": 0.0}, "learning_rate"),
+    ("spsa", {"delta": -1.0}, "delta"),
+    ("mim", {"decay_factor": -0.5}, "decay_factor"),
     ("deepfool", {}, "unknown attack"),
 ])
 def test_invalid_parameters_raise_value_errors(name, params, match, cnn, fmnist_test):
@@ -113,3 +120,13 @@ def test_label_count_must_match(cnn, fmnist_test):
     x, y = fmnist_test
     with pytest.raises(AttackConfigError, match="labels"):
         attacks.run_attack("fgsm", cnn, x[:4], y[:3])
+
+
+def test_spsa_learning_rate_sets_its_step(cnn, fmnist_test):
+    """cleverhans' SPSAAdam drops `lr` under Keras 2.15; ours must take the step it is given."""
+    x, y = fmnist_test
+    common = dict(eps=0.1, nb_iter=1, spsa_samples=16, seed=3)
+    small = attacks.run_attack("spsa", cnn, x[:2], y[:2], learning_rate=0.001, **common)
+    large = attacks.run_attack("spsa", cnn, x[:2], y[:2], learning_rate=0.05, **common)
+    # same random start (seed), one Adam step of about learning_rate per pixel apart
+    assert np.mean(np.abs(large - small)) > 0.01

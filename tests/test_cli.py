@@ -79,7 +79,7 @@ def test_unreadable_data(runner, cnn_run, tmp_path, monkeypatch):
 
 def test_unavailable_dataset(runner, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    _one_line_error(runner.invoke(cli, ["data", "info", "cifar10"]), "cifar-10-batches-py")
+    _one_line_error(runner.invoke(cli, ["data", "info", "cifar10"]), "cifar-10-batches-bin")
 
 
 def test_unknown_dataset_and_arch_on_train(runner, tmp_path):
@@ -148,3 +148,50 @@ def test_export_with_corrupt_report_is_a_clear_error(runner, cnn_run, tmp_path):
     (broken / "report.json").write_text("{not json")
     _one_line_error(runner.invoke(cli, ["export", str(broken), "--name", "m", "--out", str(tmp_path / "out")]),
                     "unreadable evaluation report")
+
+
+def test_detector_is_calibrated_on_validation_data_when_training_ends(runner, cnn_run, tmp_path):
+    magnet = tmp_path / "magnet"
+    result = runner.invoke(cli, ["train", "denoising_ae", "--epochs", "1", "--limit", "1000", "--filters", "8",
+                                 "--detector", "true", "--target-fpr", "0.1", "--out", str(magnet)])
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((magnet / "calibration.json").read_text())
+    assert calibration["split"] == "validation" and calibration["n"] == 100  # val_fraction 0.1 of 1000
+    assert calibration["target_fpr"] == 0.1 and abs(calibration["fpr"] - 0.1) <= 0.02
+    report = tmp_path / "report.md"
+    result = runner.invoke(cli, ["eval", str(magnet), "--classifier", str(cnn_run), "--attacks", "pgd",
+                                 "--nb-iter", "3", "--limit", "32", "--no-sanity-checks", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    d = json.loads(report.with_suffix(".json").read_text())
+    assert d["settings"]["detector"]["threshold"] == calibration["threshold"]
+    assert [det["threat_model"] for det in d["detection"]] == ["graybox", "whitebox"]
+    assert "| accuracy on accepted |" in result.output and "system" in result.output
+
+
+def test_eval_refuses_an_uncalibrated_detector(runner, cnn_run, tmp_path):
+    from tfpurify.runs import save_weights_atomic
+    from tfpurify.training import load_defense
+
+    magnet = tmp_path / "magnet"
+    assert runner.invoke(cli, ["train", "denoising_ae", "--epochs", "1", "--limit", "300", "--filters", "4",
+                               "--detector", "true", "--out", str(magnet)]).exit_code == 0
+    model, _ = load_defense(magnet)
+    model.threshold.assign(float("inf"))  # as if training had never calibrated it
+    save_weights_atomic(model, magnet / "defense.weights.h5")
+    _one_line_error(runner.invoke(cli, ["eval", str(magnet), "--classifier", str(cnn_run), "--limit", "8"]),
+                    "never calibrated")
+
+
+def test_export_leaves_out_a_report_made_for_another_classifier(runner, cnn_run, dae_run, tmp_path):
+    run = tmp_path / "dae"
+    shutil.copytree(dae_run, run)
+    other = tmp_path / "mlp"
+    assert runner.invoke(cli, ["train", "classifier", "--arch", "mlp", "--epochs", "1", "--limit", "300",
+                               "--out", str(other)]).exit_code == 0
+    assert runner.invoke(cli, ["eval", str(run), "--classifier", str(other), "--attacks", "fgsm", "--limit", "16",
+                               "--no-sanity-checks"]).exit_code == 0
+    args = ["export", str(run), "--classifier", str(cnn_run), "--name", "m", "--out", str(tmp_path / "out")]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0 and "not made for these weights" in result.output, result.output
+    meta = json.loads((tmp_path / "out" / "m" / "1" / "assets" / "tfpurify.json").read_text())
+    assert meta["evaluation_summary"] is None and meta["classifier"] == "cnn"

@@ -35,28 +35,96 @@ def test_evaluate_records_everything_and_pgd_beats_fgsm(cnn, fmnist_test):
                                  dataset="fashion_mnist")
     accs = {r.attack: r.accuracy for r in report.results}
     assert accs["pgd"] <= accs["fgsm"] < report.clean_accuracy
-    assert report.worst_case("none", 0.1) <= min(accs.values())
     d = report.to_dict()
     assert d["n_examples"] == 128 and d["seed"] == 0
     pgd_row = next(r for r in d["rows"] if r["attack"] == "pgd")
     assert pgd_row["threat_model"] == "none" and pgd_row["eps"] == 0.1
     assert pgd_row["params"]["nb_iter"] == 10 and pgd_row["params"]["eps_iter"] == pytest.approx(0.025)
     assert {c["check"] for c in d["sanity_checks"]} == {1, 2, 3, 4}
-    assert all(c["passed"] for c in d["sanity_checks"]), d["sanity_checks"]
+    assert all(c["status"] == "passed" for c in d["sanity_checks"]), d["sanity_checks"]
     assert d["warnings"] == []
+    assert d["settings"]["seed"] == 0 and d["settings"]["sanity_checks"]["n"] == 64
 
 
 def test_masked_gradients_trigger_sanity_warnings(cnn, fmnist_test):
+    """A purifier with tf.round attacked without BPDA: checks 3 and 4 (SPSA) must both fail."""
     x, y = fmnist_test
 
     def masked(images):  # quantization with a zero gradient: a textbook case of gradient masking
         return cnn(tf.stop_gradient(tf.round(images * 8.0) / 8.0) + 0.0 * images)
 
     specs = evaluation.make_attack_specs(["pgd"], [0.1], nb_iter=5)
-    report = evaluation.evaluate(masked, x[:64], y[:64], specs, sanity_n=64)
-    failed = {c["check"] for c in report.sanity if not c["passed"]}
-    assert 3 in failed
+    report = evaluation.evaluate(masked, x[:32], y[:32], specs, sanity_n=32)
+    failed = {c["check"] for c in report.sanity if c["status"] == "failed"}
+    assert {3, 4} <= failed, report.sanity
     assert any("sanity check 3 failed" in w for w in report.warnings)
+    check4 = next(c for c in report.sanity if c["check"] == 4)
+    assert check4["broken_by_spsa_only"] > 0 and check4["n"] == 32
+    # what SPSA found counts in the worst case: it is below every attack column of the table
+    pgd = next(r for r in report.results if r.attack == "pgd")
+    assert report.worst_case("none", 0.1) < pgd.accuracy
+    assert "spsa on the first 32 (sanity check)" in report.worst_case_attacks("none", 0.1)
+
+
+def test_unconverged_pgd_fails_check_1_and_pgd_2k_joins_the_worst_case(cnn, fmnist_test):
+    x, y = fmnist_test
+    # 4 steps of 0.02 cannot cover an eps of 0.2: PGD-8 finds clearly more
+    specs = evaluation.make_attack_specs(["pgd"], [0.2], nb_iter=4, eps_iter=0.02)
+    report = evaluation.evaluate(cnn, x[:64], y[:64], specs, sanity_n=64)
+    check1 = next(c for c in report.sanity if c["check"] == 1)
+    assert check1["status"] == "failed" and check1["pgd_8"] < check1["pgd_4"], check1
+    assert any("had not converged" in w for w in report.warnings)
+    # the table's only attack column says PGD-4; the worst case must not print more than PGD-8 found
+    worst = report.worst_case("none", 0.2)
+    assert worst <= check1["pgd_8"] < report.results[0].accuracy
+    row = next(r for r in report.rows() if r["attack"] == "worst_case")
+    assert row["accuracy"] == worst and "pgd-8 on the first 64 (sanity check)" in row["params"]["attacks"]
+
+
+def test_gradient_free_check_passes_on_a_plain_cnn(cnn, fmnist_test):
+    x, y = fmnist_test
+    report = evaluation.evaluate(cnn, x[:64], y[:64], evaluation.make_attack_specs(["pgd"], [0.1], nb_iter=20),
+                                 sanity_n=64)
+    check4 = next(c for c in report.sanity if c["check"] == 4)
+    assert check4["status"] == "passed", check4
+    assert check4["spsa_params"]["nb_iter"] == 100 and check4["spsa_params"]["spsa_samples"] == 128
+
+
+def test_skipped_checks_are_recorded_with_their_reason(cnn, fmnist_test):
+    from tfpurify import reports
+
+    x, y = fmnist_test
+    off = evaluation.evaluate(cnn, x[:16], y[:16], evaluation.make_attack_specs(["fgsm"], [0.1]),
+                              sanity_checks=False)
+    assert {c["status"] for c in off.sanity} == {"skipped"} and len(off.sanity) == 4
+    assert all("turned off" in c["reason"] for c in off.sanity)
+    text = reports.to_markdown(off)
+    assert "No warnings" not in text and "No sanity check ran" in text and "4 skipped" in text
+    no_pgd = evaluation.evaluate(cnn, x[:16], y[:16], evaluation.make_attack_specs(["fgsm"], [0.1]), sanity_n=16)
+    reasons = {c["check"]: c.get("reason") for c in no_pgd.sanity}
+    assert reasons[1] == reasons[2] == "no pgd attack in this evaluation"
+    assert reasons[3] is None and reasons[4] is None  # these ran
+    assert "check 1, 2 skipped: no pgd attack" in reports.to_markdown(no_pgd)
+
+
+def test_detection_metrics_on_hand_made_scores():
+    clean_scores = np.array([0.1, 0.2, 0.3, 0.9, 0.4])
+    clean_correct = np.array([1, 1, 1, 1, 0], bool)
+    adv_scores = np.array([0.35, 0.8, 0.05, 0.95, 0.99])
+    correct = np.array([0, 1, 0, 0, 0], bool)  # examples 0, 2, 3 are successful attacks; 4 was wrong clean
+    m = evaluation.detection_metrics(clean_scores, clean_correct, adv_scores, correct, threshold=0.5)
+    assert m["n_adversarial"] == 3 and m["n_clean"] == 4
+    # positives {0.35, 0.05, 0.95} vs negatives {0.1, 0.2, 0.3, 0.9}: 3 + 0 + 4 of 12 pairs ranked right
+    assert m["roc_auc"] == pytest.approx(7 / 12)
+    assert m["tpr"] == pytest.approx(1 / 3)  # only 0.95 of the successful ones is above 0.5
+    assert m["fpr"] == pytest.approx(1 / 5)  # 0.9 among all five clean inputs
+    # flagged attacked inputs: 1, 3, 4; correct: 1 -> detected or correct on 1, 3, 4
+    assert m["detected_or_correct"] == pytest.approx(3 / 5)
+    # the system also needs the clean input accepted and right: example 3's clean input is rejected
+    assert m["system_accuracy"] == pytest.approx(1 / 5)
+    assert m["accuracy_on_accepted"] == pytest.approx(0.0)  # accepted: 0 and 2, both fooled
+    none = evaluation.detection_metrics(clean_scores, clean_correct, adv_scores, clean_correct, threshold=0.5)
+    assert none["n_adversarial"] == 0 and none["roc_auc"] is None and none["tpr"] is None
 
 
 def test_non_differentiable_pipeline_is_a_clear_error(cnn, fmnist_test):

@@ -19,7 +19,7 @@ SHAPE = (28, 28, 1)
 @pytest.fixture(scope="module")
 def exported(defended_dae, tmp_path_factory):
     base = tmp_path_factory.mktemp("saved_models")
-    path = export.export_saved_model(defended_dae, base, "dae", 1, SHAPE, metadata={"defense": "denoising_ae"})
+    path = export.export_saved_model(defended_dae, base, "dae", 1, SHAPE, metadata={"dataset": "fashion_mnist"})
     return path
 
 
@@ -55,7 +55,7 @@ def test_saved_model_cli_lists_both_signatures(exported):
 
 def test_metadata_asset(exported):
     meta = json.loads((exported / "assets" / export.METADATA_ASSET).read_text())
-    assert meta["defense"] == "denoising_ae" and meta["input_shape"] == [28, 28, 1]
+    assert meta["dataset"] == "fashion_mnist" and meta["input_shape"] == [28, 28, 1]
 
 
 def test_nan_input_fails_cleanly_and_out_of_range_is_clipped(exported, fmnist_test):
@@ -120,7 +120,7 @@ def test_crash_mid_export_leaves_no_version_folder(defended_dae, tmp_path, monke
     assert list((tmp_path / "m").iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["a/b", "..", "", "../x", "a\\b"])
+@pytest.mark.parametrize("name", ["a/b", "..", "", "../x", "a\\b", "name\n", "x" * 101])
 def test_bad_names_are_refused(defended_dae, tmp_path, name):
     with pytest.raises(InputValidationError, match="invalid model name"):
         export.export_saved_model(defended_dae, tmp_path, name, 1, SHAPE)
@@ -129,3 +129,94 @@ def test_bad_names_are_refused(defended_dae, tmp_path, name):
 def test_bad_version_is_refused(defended_dae, tmp_path):
     with pytest.raises(InputValidationError, match="version"):
         export.export_saved_model(defended_dae, tmp_path, "m", 0, SHAPE)
+
+
+def _servable_version(path):
+    """The metadata of a complete SavedModel at `path` (it loads and serves), or an AssertionError."""
+    model = tf.saved_model.load(str(path))
+    assert model.signatures["serving_default"](images=tf.zeros((1, *SHAPE)))["probabilities"].shape == (1, 10)
+    return json.loads((pathlib.Path(path) / "assets" / export.METADATA_ASSET).read_text())
+
+
+def test_overwrite_survives_a_crash_between_renames(defended_dae, tmp_path, monkeypatch):
+    """A kill between two renames of the swap must leave a servable version (the old or the new)."""
+    export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 1})
+    real_replace, calls = os.replace, []
+
+    def replace_then_die(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    try:
+        export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 2}, overwrite=True)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    assert _servable_version(tmp_path / "m" / "1")["v"] in (1, 2)
+
+
+def test_overwrite_crash_while_writing_keeps_the_old_version(defended_dae, tmp_path, monkeypatch):
+    export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 1})
+
+    def crash(self, filepath, options=None):
+        pathlib.Path(filepath).mkdir(parents=True)
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(tf.keras.export.ExportArchive, "write_out", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 2}, overwrite=True)
+    monkeypatch.undo()
+    assert _servable_version(tmp_path / "m" / "1")["v"] == 1
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
+
+
+def test_overwrite_crash_after_the_swap_serves_the_new_version(defended_dae, tmp_path, monkeypatch):
+    export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 1})
+    real_exchange = export._exchange
+
+    def exchange_then_die(a, b):
+        real_exchange(a, b)
+        raise KeyboardInterrupt("killed before the old version was removed")
+
+    monkeypatch.setattr(export, "_exchange", exchange_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 2}, overwrite=True)
+    assert _servable_version(tmp_path / "m" / "1")["v"] == 2
+
+
+@pytest.mark.parametrize("key", export.RESERVED_METADATA)
+def test_caller_metadata_cannot_override_tfpurify_keys(defended_dae, tmp_path, key):
+    with pytest.raises(InputValidationError, match=f"may not set {key}"):
+        export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={key: "forged"})
+    assert not (tmp_path / "m" / "1").exists()
+    # repeating tfpurify's own value (as load_defended's info does) is not an override
+    export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"classifier": "cnn"})
+
+
+def test_tfpurify_writes_its_own_metadata(exported):
+    meta = json.loads((exported / "assets" / export.METADATA_ASSET).read_text())
+    assert meta["classifier"] == "cnn" and meta["defense"] == "denoising_ae"
+    assert meta["versions"]["tensorflow"] == tf.__version__
+
+
+def test_uncalibrated_detector_is_not_exported(cnn, tmp_path):
+    detector = BrightnessDetector()  # threshold still +inf: it would never flag anything
+    defended = DefendedClassifier(cnn, purifier=detector, detector=detector)
+    defended(tf.zeros((1, *SHAPE)))
+    with pytest.raises(export.ExportError, match="never calibrated"):
+        export.export_saved_model(defended, tmp_path, "toy", 1, SHAPE)
+
+
+def test_evaluation_summary_only_for_the_weights_it_was_made_for(tmp_path):
+    runs = {"classifier": {"path": "a", "weights_sha256": "1" * 64}}
+    report = {"rows": [{"attack": "pgd", "accuracy": 0.5}], "settings": {"runs": runs}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert export.evaluation_summary(tmp_path, runs) == (report["rows"], None)
+    other = {"classifier": {"path": "a", "weights_sha256": "2" * 64}}
+    rows, note = export.evaluation_summary(tmp_path, other)
+    assert rows is None and "not made for these weights" in note
+    (tmp_path / "report.json").write_text(json.dumps({"rows": report["rows"]}))  # made before digests existed
+    assert export.evaluation_summary(tmp_path, runs)[0] is None

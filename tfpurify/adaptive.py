@@ -11,6 +11,7 @@
 import tensorflow as tf
 
 from tfpurify.defenses.base import Purifier
+from tfpurify.errors import AttackConfigError
 
 __all__ = ["bpda", "eot", "DetectorAwareTarget", "whitebox_target", "threat_model_pipelines"]
 
@@ -48,11 +49,16 @@ class DetectorAwareTarget:
     """A callable returning [logits | weight * score]; `run_attack` uses its `attack_loss`.
 
     `attack_loss(labels, logits=outputs)` = cross-entropy of the logits minus the weighted detector
-    score: maximizing it fools the classifier while lowering the adversarial score.
+    score: maximizing it fools the classifier while lowering the adversarial score. `flagged(outputs)`
+    says where the detector fires at `threshold` (None: never), so restarts are picked by the
+    attack's own goal: fooled and not flagged.
     """
 
-    def __init__(self, logits_fn, score_fn, weight=1.0):
+    def __init__(self, logits_fn, score_fn, weight=1.0, threshold=None):
+        if not weight > 0:
+            raise AttackConfigError(f"the detector weight of a detector-aware target must be > 0, got {weight}")
         self.logits_fn, self.score_fn, self.weight = logits_fn, score_fn, float(weight)
+        self.threshold = threshold
 
     def __call__(self, x):
         score = tf.reshape(tf.cast(self.score_fn(x), tf.float32), [-1, 1])
@@ -62,6 +68,11 @@ class DetectorAwareTarget:
     def logits(outputs):
         return outputs[:, :-1]
 
+    def flagged(self, outputs):
+        if self.threshold is None:
+            return tf.zeros(tf.shape(outputs)[:1], tf.bool)
+        return outputs[:, -1] / self.weight > tf.cast(self.threshold, outputs.dtype)
+
     @staticmethod
     def attack_loss(labels, logits):  # cleverhans passes keywords: labels=, logits=
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits[:, :-1])
@@ -69,17 +80,41 @@ class DetectorAwareTarget:
 
 
 def whitebox_target(defended, eot_samples=1, detector_weight=1.0):
-    """What a white-box attacker differentiates: classifier(BPDA(purifier)(x)), EOT, detector."""
-    purify = (lambda x: x) if defended.purifier is None else bpda(defended.purifier)
+    """What a white-box attacker differentiates: classifier(BPDA(purifier)(x)), EOT, detector.
+
+    The returned callable carries `settings`: the BPDA mode, EOT samples and detector weight that
+    shaped it, for the report.
+    """
+    purifier = defended.purifier
+    purify = (lambda x: x) if purifier is None else bpda(purifier)
 
     def logits(x):
         return defended.classifier(purify(x))
 
-    stochastic = defended.purifier is not None and defended.purifier.stochastic
+    stochastic = purifier is not None and purifier.stochastic
     target = eot(logits, eot_samples) if stochastic else logits
-    if defended.detector is not None and detector_weight > 0:
-        return DetectorAwareTarget(target, defended.detector.adversarial_score, detector_weight)
+    aware = defended.detector is not None and detector_weight > 0
+    if aware:
+        target = DetectorAwareTarget(target, defended.detector.adversarial_score, detector_weight,
+                                     defended.detector.threshold)
+    elif target is logits:
+        target = lambda x: logits(x)  # noqa: E731  (a fresh callable to carry the settings)
+    target.settings = {
+        "attacked": "end to end (purifier and classifier)" if purifier is not None else "classifier",
+        "bpda": "none" if purifier is None else (
+            "off (purifier differentiable)" if type(purifier).attack_surrogate is Purifier.attack_surrogate
+            else f"{type(purifier).__name__}.attack_surrogate"),
+        "eot_samples": int(eot_samples) if stochastic else 1,
+        "detector_weight": float(detector_weight) if aware else 0.0,
+    }
     return target
+
+
+def _described(fn, **settings):
+    """`fn` wrapped in a callable that carries `settings` (the model itself stays untouched)."""
+    wrapped = lambda x: fn(x)  # noqa: E731
+    wrapped.settings = settings
+    return wrapped
 
 
 def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_weight=1.0):
@@ -90,10 +125,15 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
     transfer: an independent surrogate attacked, the defense scored. A bare classifier (no
     purifier, no detector) has no graybox or whitebox entry: they would repeat `none`.
     """
-    pipelines = {"none": (defended.classifier, defended.classifier)}
+    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
+        raise AttackConfigError(f"eot_samples must be an integer >= 1, got {eot_samples!r}")
+    if not detector_weight >= 0:
+        raise AttackConfigError(f"detector_weight must be >= 0 (0: the attack ignores the detector), got {detector_weight}")
+    classifier = _described(defended.classifier, attacked="classifier")
+    pipelines = {"none": (classifier, defended.classifier)}
     if defended.purifier is not None or defended.detector is not None:
-        pipelines["graybox"] = (defended.classifier, defended)
+        pipelines["graybox"] = (classifier, defended)
         pipelines["whitebox"] = (whitebox_target(defended, eot_samples, detector_weight), defended)
     if surrogate is not None:
-        pipelines["transfer"] = (surrogate, defended)
+        pipelines["transfer"] = (_described(surrogate, attacked="surrogate classifier"), defended)
     return pipelines

@@ -7,10 +7,15 @@
 Inputs are checked in the graph: a non-finite pixel fails the request with "images contain NaN
 or Inf"; pixels outside [0, 1] are clipped into it. Written with `tf.keras.export.ExportArchive`
 (plain `tf.saved_model.save` cannot save tfa weight-normalized layers) into a temporary sibling
-folder, then renamed, so a crash never leaves a half-written version. Metadata (defense, config,
-dataset, input shape, evaluation summary) is stored in `assets/tfpurify.json`.
+folder, then renamed, so a crash never leaves a half-written version. Replacing a version
+(`overwrite`) swaps the two folders in one atomic rename (Linux `renameat2(RENAME_EXCHANGE)`), so
+the old version stays servable until the new one is complete. Metadata (defense, config,
+dataset, input shape, versions, evaluation summary) is stored in `assets/tfpurify.json`; the keys
+tfpurify writes itself cannot be overridden by the caller.
 """
 
+import ctypes
+import errno
 import json
 import os
 import pathlib
@@ -22,10 +27,13 @@ import tensorflow as tf
 
 from tfpurify.errors import InputValidationError, TfpurifyError
 
-__all__ = ["ExportError", "export_saved_model", "METADATA_ASSET", "validate_name", "predict_request"]
+__all__ = ["ExportError", "export_saved_model", "METADATA_ASSET", "RESERVED_METADATA", "validate_name",
+           "predict_request", "evaluation_summary"]
 
 METADATA_ASSET = "tfpurify.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RESERVED_METADATA = ("input_shape", "signatures", "versions", "defense", "classifier")
+MAX_NAME_LENGTH = 100
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ExportError(TfpurifyError):
@@ -34,9 +42,10 @@ class ExportError(TfpurifyError):
 
 def validate_name(name):
     """A model name is one path component: letters, digits, `_ . -`, no separators, not `..`."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name or len(name) > MAX_NAME_LENGTH:
         raise InputValidationError(
-            f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (no path separators or '..')")
+            f"invalid model name {name!r}: use up to {MAX_NAME_LENGTH} letters, digits, '_', '.', '-' "
+            "(no path separators or '..')")
     return name
 
 
@@ -54,19 +63,31 @@ def export_saved_model(defended, base_dir, name, version, input_shape, metadata=
       name: model name (one path component).
       version: positive integer (TF Serving serves the highest).
       input_shape: (H, W, C) of the images.
-      metadata: JSON-serializable dict stored in assets/tfpurify.json.
+      metadata: JSON-serializable dict stored in assets/tfpurify.json beside the keys tfpurify
+        writes itself (RESERVED_METADATA: input_shape, signatures, versions, defense, classifier),
+        which it may repeat (as `load_defended`'s info does) but not override.
       overwrite: replace an existing version instead of refusing.
 
     Returns:
       pathlib.Path of the version folder.
 
     Raises:
-      ExportError: the version exists and overwrite is False.
-      InputValidationError: bad name or version.
+      ExportError: the version exists and overwrite is False; an uncalibrated detector; no atomic
+        swap for overwrite on this file system.
+      InputValidationError: bad name, version or metadata.
     """
     validate_name(name)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise InputValidationError(f"version must be a positive integer, got {version!r}")
+    metadata, own = dict(metadata or {}), _own_metadata(defended, input_shape)
+    forged = sorted(k for k in RESERVED_METADATA if k in metadata and metadata[k] != own[k])
+    if forged:
+        raise InputValidationError(f"metadata may not set {', '.join(forged)}: tfpurify writes these keys itself "
+                                   f"({', '.join(f'{k}={own[k]!r}' for k in forged)})")
+    detector = defended.detector
+    if detector is not None and not detector.is_calibrated:
+        raise ExportError("the detector's threshold was never calibrated (it would flag nothing); "
+                          "calibrate it on validation data before exporting")
     model_dir = pathlib.Path(base_dir) / name
     final = model_dir / str(version)
     if final.exists() and not overwrite:
@@ -74,34 +95,71 @@ def export_saved_model(defended, base_dir, name, version, input_shape, metadata=
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     try:
-        _write(defended, tmp, tuple(input_shape), metadata or {})
-        if final.exists():  # overwrite: move the old version aside, then swap
-            trash = model_dir / f".old-{version}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
+        _write(defended, tmp, tuple(input_shape), {**metadata, **own})
+        if final.exists():
+            _exchange(tmp, final)  # atomic: `final` is the old version, then the new one, never absent
         else:
             os.replace(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # after an exchange, the old version
     return final
+
+
+def _own_metadata(defended, input_shape):
+    """The metadata keys tfpurify writes itself (RESERVED_METADATA)."""
+    import importlib.metadata
+
+    try:
+        own_version = importlib.metadata.version("tfpurify")
+    except importlib.metadata.PackageNotFoundError:
+        own_version = "unknown"
+    defense = defended.purifier if defended.purifier is not None else defended.detector
+    return {"input_shape": list(input_shape), "signatures": ["serving_default", "purify"],
+            "versions": {"tfpurify": own_version, "tensorflow": tf.__version__},
+            "defense": "none" if defense is None else getattr(defense, "registry_name", type(defense).__name__),
+            "classifier": getattr(defended.classifier, "name", type(defended.classifier).__name__)}
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a, b):
+    """Atomically swaps two directories (Linux renameat2 with RENAME_EXCHANGE).
+
+    Raises:
+      ExportError: the platform or file system cannot swap atomically; the old version is kept.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), str(b))
+    raise ExportError(f"cannot replace {b} atomically on this platform or file system; export a new version "
+                      "instead (TF Serving serves the highest)")
 
 
 def _write(defended, path, input_shape, metadata):
     spec = tf.TensorSpec([None, *input_shape], tf.float32, name="images")
 
-    @tf.function(input_signature=[spec])
     def serve(images):
         return defended.predict_outputs(_checked(images))
 
-    @tf.function(input_signature=[spec])
     def purify(images):
         return {"purified": defended.purify(_checked(images))}
 
+    # Plain functions with `input_signature`: given tf.functions instead, ExportArchive picks each
+    # endpoint's "first trace" from the tracing cache, and once a stale cache entry put the
+    # serving function under the `purify` signature.
     archive = tf.keras.export.ExportArchive()
     archive.track(defended)
-    archive.add_endpoint("serving_default", serve)
-    archive.add_endpoint("purify", purify)
+    archive.add_endpoint("serving_default", serve, input_signature=[spec])
+    archive.add_endpoint("purify", purify, input_signature=[spec])
     interactive = tf.keras.utils.is_interactive_logging_enabled()
     tf.keras.utils.disable_interactive_logging()  # write_out prints every signature otherwise
     try:
@@ -111,9 +169,7 @@ def _write(defended, path, input_shape, metadata):
             tf.keras.utils.enable_interactive_logging()
     assets = path / "assets"
     assets.mkdir(exist_ok=True)
-    (assets / METADATA_ASSET).write_text(json.dumps(
-        {"input_shape": list(input_shape), "signatures": ["serving_default", "purify"], **metadata},
-        indent=2, default=str) + "\n")
+    (assets / METADATA_ASSET).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
 
 
 def predict_request(images, signature_name="serving_default"):
@@ -125,3 +181,36 @@ def predict_request(images, signature_name="serving_default"):
 
     images = np.asarray(images, dtype=np.float32)
     return json.dumps({"signature_name": signature_name, "instances": images.tolist()})
+
+
+def evaluation_summary(run_dir, runs):
+    """The result rows of `run_dir/report.json` if that report was made for exactly these weights.
+
+    Args:
+      run_dir: the run folder being exported.
+      runs: {role: {path, weights_sha256}} of the runs being exported (`load_defended`'s info).
+
+    Returns:
+      (rows or None, a one-line note saying why the summary was left out, or None)
+
+    Raises:
+      RunFolderError: report.json exists but is unreadable.
+    """
+    from tfpurify.errors import RunFolderError
+
+    path = pathlib.Path(run_dir) / "report.json"
+    if not path.is_file():
+        return None, None
+    try:
+        report = json.loads(path.read_text())
+        rows, recorded = report["rows"], report.get("settings", {}).get("runs")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RunFolderError(f"{path}: unreadable evaluation report ({e}); re-run tfpurify eval or delete it") from None
+    if not isinstance(recorded, dict) or _digests(recorded) != _digests(runs):
+        return None, (f"note: {path} was not made for these weights (other classifier or retrained run); "
+                      "its numbers are left out of the export's metadata")
+    return rows, None
+
+
+def _digests(runs):
+    return {role: v.get("weights_sha256") if isinstance(v, dict) else None for role, v in runs.items()}

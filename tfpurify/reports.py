@@ -11,27 +11,95 @@ import numpy as np
 
 from tfpurify.runs import atomic_write_text
 
-__all__ = ["to_markdown", "write_json", "write_markdown", "save_image_grid", "save_pictures", "write_report"]
+__all__ = ["to_markdown", "sanity_lines", "detection_lines", "write_json", "write_markdown", "save_image_grid", "save_pictures", "write_report"]
+
+
+def _fmt_value(value):
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return " + ".join(str(v) for v in value)
+    return str(value)
 
 
 def _fmt_params(params):
     keep = {k: v for k, v in params.items() if k not in ("clip_min", "clip_max", "targeted")}
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items())
+    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in keep.items())
 
 
 def _pct(value):
-    return f"{100 * value:.1f} %"
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _settings_lines(settings):
+    """What shaped the numbers: seed, batch, per threat model attack target, detector, checks."""
+    if not settings:
+        return []
+    lines = ["", f"Settings: seed {settings.get('seed')}, batch size {settings.get('batch_size')}."]
+    for tm, target in settings.get("threat_models", {}).items():
+        if target:
+            lines.append(f"- {tm}: {_fmt_params(target)}")
+    if "detector" in settings:
+        lines.append(f"- detector: {_fmt_params(settings['detector'])}")
+    checks = settings.get("sanity_checks", {})
+    if checks:
+        lines.append(f"- sanity checks: {'on' if checks.get('enabled') else 'off'}, first {checks.get('n')} "
+                     f"examples, gradient-free attack {_fmt_params(checks.get('gradient_free_attack', {}))}")
+    return lines
+
+
+def sanity_lines(checks, warnings):
+    """Markdown lines: checks passed/ran/skipped with reasons, then warnings (never "No warnings" unchecked)."""
+    ran = [c for c in checks if c.get("status", "passed") != "skipped"]
+    skipped = [c for c in checks if c.get("status") == "skipped"]
+    lines = []
+    if checks:
+        passed = sum(bool(c["passed"]) for c in ran)
+        lines += ["", f"Sanity checks 1-4 (gradient masking): {passed}/{len(ran)} passed, {len(skipped)} skipped."]
+        reasons = {}
+        for c in skipped:
+            reasons.setdefault((c["threat_model"], c["reason"]), []).append(str(c["check"]))
+        lines += [f"- [{tm}] check {', '.join(nums)} skipped: {reason}" for (tm, reason), nums in reasons.items()]
+    lines.append("")
+    if warnings:
+        lines += [f"- WARNING: {w}" for w in warnings]
+    elif ran:
+        lines.append(f"No warnings from the {len(ran)} checks that ran.")
+    else:
+        lines.append("No sanity check ran: nothing here is checked against gradient masking.")
+    return lines
+
+
+def detection_lines(detection):
+    """Markdown lines of the detector table (empty without a detector)."""
+    if not detection:
+        return []
+    lines = ["", "Detection: ROC-AUC and TPR over the n successful adversarial examples of clean-correct "
+                 "inputs; FPR over all clean inputs; system = clean input accepted and correct, and "
+                 "attacked input flagged or correct.",
+             "",
+             "| threat model | attack | eps | n | ROC-AUC | TPR | FPR | detected or correct | system "
+             "| accuracy on accepted |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for det in detection:
+        eps = "-" if det["eps"] is None else f"{det['eps']:g}"
+        auc = "-" if det["roc_auc"] is None else f"{det['roc_auc']:.3f}"
+        lines.append(f"| {det['threat_model']} | {det['attack']} | {eps} | {det['n_adversarial']} | {auc} | "
+                     f"{_pct(det['tpr'])} | {_pct(det['fpr'])} | {_pct(det['detected_or_correct'])} | "
+                     f"{_pct(det['system_accuracy'])} | {_pct(det['accuracy_on_accepted'])} |")
+    return lines
 
 
 def to_markdown(report):
-    """Renders a report as a Markdown document: header, one table, sanity checks, warnings."""
+    """Renders a report as a Markdown document: header, tables, settings, sanity checks, warnings."""
     d = report.to_dict()
     lines = [
         f"# Robustness report: {d['defense']} on {d['classifier'] or 'classifier'} ({d['dataset'] or 'data'})",
         "",
         f"{d['n_examples']} test examples, seed {d['seed']}, threat models: {', '.join(d['threat_models'])}. "
         "An example counts as robust under an attack only if it is correct clean and under the attack; "
-        "worst case = correct under every attack of that threat model and eps.",
+        "worst case = correct under every attack of that threat model and eps, the sanity checks' attacks "
+        "included.",
         "",
         "| defense | threat model | attack | eps | accuracy | parameters |",
         "|---|---|---|---|---|---|",
@@ -41,17 +109,9 @@ def to_markdown(report):
         attack = "**worst case**" if row["attack"] == "worst_case" else row["attack"]
         lines.append(f"| {row['defense']} | {row['threat_model']} | {attack} | {eps} | {_pct(row['accuracy'])} | "
                      f"{_fmt_params(row['params'])} |")
-    if d["detection"]:
-        lines += ["", "| detection: threat model | attack | eps | ROC-AUC | TPR | FPR | detected or correct |",
-                  "|---|---|---|---|---|---|---|"]
-        for det in d["detection"]:
-            eps = "-" if det["eps"] is None else f"{det['eps']:g}"
-            lines.append(f"| {det['threat_model']} | {det['attack']} | {eps} | {det['roc_auc']:.3f} | "
-                         f"{_pct(det['tpr'])} | {_pct(det['fpr'])} | {_pct(det['detected_or_correct'])} |")
-    if d["sanity_checks"]:
-        passed = sum(c["passed"] for c in d["sanity_checks"])
-        lines += ["", f"Sanity checks (EVALUATION.md 1-4): {passed}/{len(d['sanity_checks'])} passed."]
-    lines += [""] + ([f"- WARNING: {w}" for w in d["warnings"]] or ["No warnings."])
+    lines += detection_lines(d["detection"])
+    lines += _settings_lines(d.get("settings", {}))
+    lines += sanity_lines(d["sanity_checks"], d["warnings"])
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ weights, `history.csv`, reports and pictures. Every write goes to a temporary si
 renamed into place, so a crash never leaves a half-written file under the final name.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -16,7 +17,7 @@ import tensorflow as tf
 from tfpurify.errors import RunFolderError
 
 __all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_config", "start_run",
-           "run_callbacks", "finish_run", "read_run", "restore_weights"]
+           "run_callbacks", "finish_run", "read_run", "restore_weights", "weights_digest"]
 
 
 def atomic_write_text(path, text):
@@ -108,3 +109,12 @@ def restore_weights(model, run_dir, weights_name):
     except (OSError, ValueError) as e:
         raise RunFolderError(f"{weights}: cannot be loaded ({e})") from None
     return model
+
+
+def weights_digest(run_dir, weights_name):
+    """SHA-256 of a run's weights file: identifies exactly which trained model a report is about."""
+    digest = hashlib.sha256()
+    with open(pathlib.Path(run_dir) / weights_name, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

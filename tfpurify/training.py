@@ -2,23 +2,31 @@
 
 A defense run folder holds `config.json` (`kind: defense`, `defense: <name>` and the config
 fields), `defense.weights.h5`, `history.csv` and, while training, `backup/` (Keras
-`BackupAndRestore`), so a killed run resumes from its last finished epoch.
+`BackupAndRestore`), so a killed run resumes from its last finished epoch. A detector is
+calibrated on the validation split when training ends (never on the test split): its threshold
+is saved with the weights and what the calibration measured in `calibration.json`.
 """
 
 import dataclasses
+import json
+import pathlib
 
 import tensorflow as tf
 
 from tfpurify import data as data_lib
+from tfpurify.classifiers import WEIGHTS as CLASSIFIER_WEIGHTS
 from tfpurify.classifiers import load_classifier
-from tfpurify.defenses import DefendedClassifier, get_defense
+from tfpurify.defenses import DefendedClassifier, Detector, get_defense
 from tfpurify.errors import InputValidationError, RunFolderError
-from tfpurify.runs import finish_run, read_config, read_run, restore_weights, run_callbacks, start_run
+from tfpurify.runs import (atomic_write_text, finish_run, read_config, read_run, restore_weights, run_callbacks,
+                           start_run, weights_digest)
 
-__all__ = ["STRATEGIES", "make_strategy", "build_defense", "train_defense", "load_defense", "load_defended"]
+__all__ = ["STRATEGIES", "make_strategy", "build_defense", "is_detector", "train_defense", "load_defense",
+           "load_defended"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 WEIGHTS = "defense.weights.h5"
+CALIBRATION = "calibration.json"
 
 
 def make_strategy(name="default"):
@@ -46,7 +54,12 @@ def _config_dict(name, config):
     return {"kind": "defense", "defense": name, **dataclasses.asdict(config)}
 
 
-def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbose=2):
+def is_detector(model):
+    """True for a defense whose detector is present and switched on."""
+    return isinstance(model, Detector) and model.detector_enabled
+
+
+def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbose=2, target_fpr=0.05):
     """Trains a registered defense with `fit` on the training split and writes its run folder.
 
     Args:
@@ -57,6 +70,7 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
         optimizers are built inside its scope.
       callbacks: extra Keras callbacks.
       verbose: Keras progress-bar verbosity.
+      target_fpr: a detector's threshold flags this fraction of clean validation images.
 
     Returns:
       (model, history dict)
@@ -64,6 +78,8 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
     _, config_class = get_defense(name)
     if not isinstance(config, config_class):
         config = config_class.from_dict(dict(config))
+    if not 0.0 < target_fpr < 1.0:
+        raise InputValidationError(f"target_fpr must be in (0, 1), got {target_fpr}")
     strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
     out_dir = start_run(out_dir, _config_dict(name, config))
     tf.keras.utils.set_random_seed(config.seed)
@@ -80,6 +96,10 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
         callbacks=[*run_callbacks(out_dir), *model.training_callbacks(), *callbacks],
         verbose=verbose,
     )
+    if is_detector(model):  # before the final save, so the threshold is saved with the weights
+        calibration = model.calibrate(x_val, target_fpr)
+        atomic_write_text(pathlib.Path(out_dir) / CALIBRATION,
+                          json.dumps({**calibration, "split": "validation"}, indent=2) + "\n")
     finish_run(model, out_dir, WEIGHTS)
     return model, history.history
 
@@ -93,22 +113,32 @@ def load_defense(run_dir):
     cfg = read_run(run_dir, "defense")
     _, config_class = get_defense(cfg.get("defense"))
     config = config_class.from_dict(cfg)
-    return restore_weights(build_defense(cfg["defense"], config), run_dir, WEIGHTS), config
+    model = restore_weights(build_defense(cfg["defense"], config), run_dir, WEIGHTS)
+    calibration = pathlib.Path(run_dir) / CALIBRATION
+    if is_detector(model) and calibration.is_file():
+        try:
+            model.calibration = json.loads(calibration.read_text())
+        except (OSError, ValueError) as e:
+            raise RunFolderError(f"{calibration}: unreadable ({e})") from None
+    return model, config
 
 
 def load_defended(run_dir, classifier_run=None):
     """A `DefendedClassifier` from a defense run + classifier run, or from a classifier run alone.
 
     Returns:
-      (defended, info) where info names the defense, classifier, dataset and configs.
+      (defended, info) where info names the defense, classifier, dataset and configs, and `runs`
+      holds each run folder with the SHA-256 of its weights (what a report was made for).
     """
     kind = read_config(run_dir).get("kind")
     if kind == "classifier":
         if classifier_run is not None:
             raise RunFolderError(f"{run_dir} is a classifier run; --classifier is only for defense runs")
+        classifier_run = run_dir
         classifier, cconfig = load_classifier(run_dir)
         defended = DefendedClassifier(classifier)
         info = {"defense": "none", "config": cconfig.to_dict()}
+        runs = {}
     else:
         if classifier_run is None:
             raise RunFolderError(f"{run_dir} is a defense run: name the classifier it protects with --classifier RUN")
@@ -117,9 +147,11 @@ def load_defended(run_dir, classifier_run=None):
         if cconfig.dataset != dconfig.dataset:
             raise RunFolderError(f"the defense was trained on {dconfig.dataset}, the classifier on {cconfig.dataset}")
         defended = DefendedClassifier(classifier, purifier=defense if hasattr(defense, "purify") else None,
-                                      detector=defense if hasattr(defense, "adversarial_score") else None)
+                                      detector=defense if is_detector(defense) else None)
         info = {"defense": defense.registry_name, "config": _config_dict(defense.registry_name, dconfig)}
+        runs = {"defense": {"path": str(run_dir), "weights_sha256": weights_digest(run_dir, WEIGHTS)}}
+    runs["classifier"] = {"path": str(classifier_run),
+                          "weights_sha256": weights_digest(classifier_run, CLASSIFIER_WEIGHTS)}
     defended(tf.zeros((1, *cconfig.input_shape)))  # build, so export can track it
     return defended, {**info, "classifier": cconfig.arch, "dataset": cconfig.dataset,
-                      "classifier_config": cconfig.to_dict()}
-
+                      "classifier_config": cconfig.to_dict(), "runs": runs}

@@ -63,10 +63,25 @@ class Purifier(keras.Model):
 
 
 class Detector:
-    """Mixin for defenses that flag inputs; call `_init_detector()` in `__init__`."""
+    """Mixin for defenses that flag inputs; call `_init_detector()` in `__init__`.
+
+    The threshold starts at +inf (never flags) and must be calibrated on validation data before
+    the detector is evaluated or exported; `tfpurify train` does so when training ends.
+    """
+
+    calibration = None  # what `calibrate` measured, kept for reports (set again when a run loads)
 
     def _init_detector(self):
         self.threshold = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="threshold")
+
+    @property
+    def detector_enabled(self):
+        """False where a defense's detector is optional and switched off in its config."""
+        return True
+
+    @property
+    def is_calibrated(self):
+        return bool(np.isfinite(float(self.threshold.numpy())))
 
     def adversarial_score(self, x):
         """Shape [N]; higher = more likely adversarial."""
@@ -93,10 +108,12 @@ class Detector:
         scores = adversarial_scores(self, x_clean)
         threshold = float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
         self.threshold.assign(threshold)
-        result = {"threshold": threshold, "fpr": float(np.mean(scores > threshold))}
+        result = {"threshold": threshold, "target_fpr": float(target_fpr), "fpr": float(np.mean(scores > threshold)),
+                  "n": int(len(scores))}
         if x_adv is not None:
             adv_scores = adversarial_scores(self, x_adv)
             result.update(tpr=float(np.mean(adv_scores > threshold)), roc_auc=roc_auc(scores, adv_scores))
+        self.calibration = result
         return result
 
 

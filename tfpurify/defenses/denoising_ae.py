@@ -3,6 +3,9 @@
 Trained on clean training images corrupted with Gaussian noise to reconstruct the clean image,
 with Keras' default `train_step` (the dataset yields (noisy, clean) pairs) and a mean squared
 error. It is the comparison row every paper defense must beat, under gray-box and white-box.
+With `detector=True` it is also MagNet's reconstruction-error detector: the adversarial score is
+the mean absolute difference between an input and its reconstruction (MagNet's detector I with
+p = 1), thresholded at a false positive rate on validation images when training ends.
 """
 
 import dataclasses
@@ -10,7 +13,7 @@ import dataclasses
 import tensorflow as tf
 
 from tfpurify.defenses import register
-from tfpurify.defenses.base import DefenseConfig, Purifier
+from tfpurify.defenses.base import DefenseConfig, Detector, Purifier
 from tfpurify.errors import InputValidationError
 
 __all__ = ["DenoisingAEConfig", "DenoisingAutoencoder"]
@@ -20,11 +23,15 @@ layers = tf.keras.layers
 
 @dataclasses.dataclass(frozen=True)
 class DenoisingAEConfig(DefenseConfig):
-    """MagNet-style denoising autoencoder: `filters` per conv layer, Gaussian `noise_std` in training."""
+    """MagNet-style denoising autoencoder: `filters` per conv layer, Gaussian `noise_std` in training.
+
+    `detector`: also flag inputs whose reconstruction error is high (MagNet's detector).
+    """
 
     filters: int = 32
     noise_std: float = 0.3
     epochs: int = 5
+    detector: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -35,12 +42,14 @@ class DenoisingAEConfig(DefenseConfig):
 
 
 @register("denoising_ae", DenoisingAEConfig)
-class DenoisingAutoencoder(Purifier):
+class DenoisingAutoencoder(Purifier, Detector):
     """conv-pool-conv / conv-upsample-conv autoencoder with a sigmoid output in [0, 1]."""
 
     def __init__(self, config=DenoisingAEConfig(), input_shape=(28, 28, 1), **kwargs):
         super().__init__(**kwargs)
         self.config = config
+        if config.detector:
+            self._init_detector()
         self.image_shape = tuple(input_shape)
         f = config.filters
         self.autoencoder = tf.keras.Sequential([
@@ -54,8 +63,17 @@ class DenoisingAutoencoder(Purifier):
             layers.Conv2D(self.image_shape[-1], 3, padding="same", activation="sigmoid"),
         ], name="autoencoder")
 
+    @property
+    def detector_enabled(self):
+        return self.config.detector
+
     def purify(self, x, training=False):
         return self.autoencoder(x, training=training)
+
+    def adversarial_score(self, x):
+        """Mean absolute reconstruction error per image (MagNet detector I, p = 1)."""
+        error = tf.abs(x - self.autoencoder(x, training=False))
+        return tf.reduce_mean(tf.reshape(error, [tf.shape(x)[0], -1]), axis=1)
 
     def compile_for_training(self):
         self.compile(optimizer=tf.keras.optimizers.Adam(self.config.learning_rate), loss="mse")
