@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-RUN    ?= runs/demo-cnn
+DEMO   ?= runs/demo
 
 .PHONY: demo test bench clean
 
@@ -16,15 +16,25 @@ $(BIN)/.installed-bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	touch $@
 
+# The main job end to end: train a classifier and a defense, evaluate them (gray-box and white-box,
+# PGD and AutoAttack), export one SavedModel, and classify test images through it in a new process.
 demo: $(BIN)/.installed
-	$(BIN)/tfpurify train classifier --arch cnn --dataset fashion_mnist --epochs 3 --out $(RUN)
-	$(BIN)/tfpurify eval $(RUN) --attacks fgsm,pgd --eps 0.1,0.2 --limit 1000 --report $(RUN)/report.md
+	$(BIN)/tfpurify train classifier --arch cnn --dataset fashion_mnist --epochs 2 --out $(DEMO)/cnn
+	$(BIN)/tfpurify train denoising_ae --dataset fashion_mnist --epochs 2 --out $(DEMO)/dae
+	$(BIN)/tfpurify eval $(DEMO)/dae --classifier $(DEMO)/cnn --threat-model none,graybox,whitebox \
+		--attacks fgsm,pgd,autoattack --eps 0.1 --limit 200
+	$(BIN)/tfpurify export $(DEMO)/dae --classifier $(DEMO)/cnn --name dae-cnn --version 1 \
+		--out $(DEMO)/saved_models --overwrite
+	$(BIN)/tfpurify predict $(DEMO)/saved_models/dae-cnn/1 --limit 8
+	@echo "report: $(DEMO)/dae/report.md (.json, .png beside it); pictures: $(DEMO)/dae/pictures/;"
+	@echo "SavedModel for TF Serving: $(DEMO)/saved_models/dae-cnn/1"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed-bench
 	$(BIN)/python benchmarks/attack_throughput.py
+	$(BIN)/python benchmarks/autoattack_fmnist.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

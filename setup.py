@@ -26,7 +26,7 @@ setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.15.1"],
         "dev": ["pytest>=7", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
-        "bench": ["adversarial-robustness-toolbox>=1.17"],
+        "bench": ["adversarial-robustness-toolbox>=1.17", "multiprocess"],  # ART's AutoAttack imports multiprocess
         "svhn": ["tensorflow-datasets>=4.9,<4.10"],
     },
     entry_points={"console_scripts": ["tfpurify = cli.main:cli"]},

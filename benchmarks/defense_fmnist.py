@@ -1,7 +1,8 @@
 """Robustness table of one registered defense on Fashion-MNIST, in the format every defense reuses.
 
 Rows: undefended cnn (threat model none), the defense gray-box and white-box (BPDA/EOT, detector
-aware), FGSM and PGD-40 (step eps/4) at each eps, worst case per example, sanity checks 1-4;
+aware), FGSM, PGD-40 (step eps/4) and AutoAttack at each eps, worst case per example, sanity
+checks 1-4;
 plus training wall time, purification throughput (batch 256) and the latency of the exported
 SavedModel (batch 1 and 256, p50/p99) on this CPU.
 
@@ -114,6 +115,7 @@ def main():
     parser.add_argument("--eot-samples", type=int, default=8)
     parser.add_argument("--set", action="append", default=[], help="config field=value")
     parser.add_argument("--tag", default="", help="suffix of the results name and run folder (a second config)")
+    parser.add_argument("--no-autoattack", action="store_true", help="FGSM and PGD only (faster)")
     args = parser.parse_args()
 
     _, config_class = get_defense(args.defense)
@@ -135,6 +137,8 @@ def main():
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
     eps_values = [float(e) for e in args.eps.split(",")]
     specs = evaluation.make_attack_specs(["fgsm", "pgd"], eps_values, nb_iter=args.nb_iter)
+    if not args.no_autoattack:  # AutoAttack at its standard budgets (APGD 100 iterations, Square 5000 queries)
+        specs += evaluation.make_attack_specs(["autoattack"], eps_values)
     start = time.perf_counter()
     report = evaluation.evaluate(
         defended, x, y, specs, threat_model=["none", "graybox", "whitebox"],

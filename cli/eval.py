@@ -12,15 +12,20 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
 @click.option("--classifier", "classifier_run", default=None,
               help="Classifier run the defense RUN protects (needed when RUN is a defense).")
 @click.option("--attacks", default="fgsm,pgd", show_default=True,
-              help="Comma list: fgsm, pgd, bim, mim, cw_l2, spsa.")
+              help="Comma list: fgsm, pgd, bim, mim, cw_l2, spsa, apgd_ce, apgd_dlr, apgd_t, square, autoattack.")
 @click.option("--eps", default="0.1", show_default=True, help="Comma list of L-inf budgets in [0, 1].")
 @click.option("--threat-model", default=None,
               help="Comma list of none, graybox, whitebox, transfer "
                    "[default: none for a classifier run, none,graybox,whitebox for a defense run].")
 @click.option("--surrogate", default=None, help="Classifier run to craft transfer attacks on.")
-@click.option("--nb-iter", default=40, show_default=True, type=int, help="Iterations of pgd/bim/mim.")
+@click.option("--nb-iter", default=None, type=int,
+              help="Iterations of pgd/bim/mim [default: 40] and of the APGD attacks [default: 100].")
 @click.option("--eps-iter", default=None, type=float, help="Step size (default eps/4).")
 @click.option("--restarts", default=1, show_default=True, type=int, help="PGD random restarts.")
+@click.option("--early-exit/--no-early-exit", default=True, show_default=True,
+              help="PGD/BIM/MIM stop on an example at its first success (off: cleverhans' fixed steps).")
+@click.option("--autoattack-version", default="standard", show_default=True,
+              help="standard (APGD-CE, APGD-T, Square) or rand (APGD-CE, APGD-DLR with EOT, stochastic defenses).")
 @click.option("--eot-samples", default=8, show_default=True, type=int,
               help="Draws averaged per gradient (EOT) for stochastic purifiers, white-box.")
 @click.option("--detector-weight", default=1.0, show_default=True, type=float,
@@ -33,7 +38,7 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
 def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
-                 eot_samples, detector_weight, batch_size, limit, seed, sanity_checks, report_path):
+                 early_exit, autoattack_version, eot_samples, detector_weight, batch_size, limit, seed, sanity_checks, report_path):
     """Attack RUN (a classifier or a defense run) on the test split and write a report."""
     from tfpurify.adaptive import threat_model_pipelines
     from tfpurify.classifiers import load_classifier
@@ -43,7 +48,8 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     from tfpurify.training import load_defended
 
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
-                              nb_iter=nb_iter, eps_iter=eps_iter, restarts=restarts)
+                              nb_iter=nb_iter, eps_iter=eps_iter, restarts=restarts, early_exit=early_exit,
+                              version=autoattack_version)
     defended, info = load_defended(run, classifier_run)
     is_defense = info["defense"] != "none"
     threat_models = parse_list(threat_model or ("none,graybox,whitebox" if is_defense else "none"), "--threat-model")

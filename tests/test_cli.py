@@ -22,7 +22,7 @@ def _one_line_error(result, match):
 def test_help_lists_commands(runner):
     result = runner.invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for command in ("data", "train", "eval"):
+    for command in ("data", "train", "eval", "export", "predict"):
         assert command in result.output
 
 
@@ -116,6 +116,10 @@ def test_train_defense_eval_whitebox_and_export(runner, cnn_run, tmp_path):
     assert meta["defense"] == "denoising_ae" and meta["evaluation_summary"]
     _one_line_error(runner.invoke(cli, args), "--overwrite")
     assert runner.invoke(cli, args + ["--overwrite"]).exit_code == 0
+    result = runner.invoke(cli, ["predict", str(out / "dae-cnn" / "2"), "--limit", "4"])
+    assert result.exit_code == 0, result.output
+    assert "denoising_ae + cnn, 4 fashion_mnist test images" in result.output and "image 3: true" in result.output
+    _one_line_error(runner.invoke(cli, ["predict", str(tmp_path)]), "not a tfpurify SavedModel")
 
 
 def test_defense_eval_needs_classifier(runner, dae_run):
@@ -195,3 +199,16 @@ def test_export_leaves_out_a_report_made_for_another_classifier(runner, cnn_run,
     assert result.exit_code == 0 and "not made for these weights" in result.output, result.output
     meta = json.loads((tmp_path / "out" / "m" / "1" / "assets" / "tfpurify.json").read_text())
     assert meta["evaluation_summary"] is None and meta["classifier"] == "cnn"
+
+
+def test_eval_autoattack_reports_its_cost(runner, cnn_run, tmp_path):
+    report = tmp_path / "report.md"
+    result = runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "pgd,autoattack", "--nb-iter", "5", "--limit", "32",
+                                 "--no-sanity-checks", "--no-early-exit", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    rows = {r["attack"]: r for r in json.loads(report.with_suffix(".json").read_text())["rows"]}
+    assert rows["pgd"]["params"]["early_exit"] is False and rows["pgd"]["grad_evals_per_example"] == 5
+    assert rows["autoattack"]["params"]["version"] == "standard" and rows["autoattack"]["params"]["nb_iter"] == 5
+    assert rows["autoattack"]["accuracy"] <= rows["pgd"]["accuracy"] + 1 / 32
+    _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "autoattack",
+                                        "--autoattack-version", "fast"]), "version must be standard or rand")

@@ -47,7 +47,7 @@ def test_evaluate_records_everything_and_pgd_beats_fgsm(cnn, fmnist_test):
 
 
 def test_masked_gradients_trigger_sanity_warnings(cnn, fmnist_test):
-    """A purifier with tf.round attacked without BPDA: checks 3 and 4 (SPSA) must both fail."""
+    """A purifier with tf.round attacked without BPDA: checks 3 and 4 (Square) must both fail."""
     x, y = fmnist_test
 
     def masked(images):  # quantization with a zero gradient: a textbook case of gradient masking
@@ -59,11 +59,11 @@ def test_masked_gradients_trigger_sanity_warnings(cnn, fmnist_test):
     assert {3, 4} <= failed, report.sanity
     assert any("sanity check 3 failed" in w for w in report.warnings)
     check4 = next(c for c in report.sanity if c["check"] == 4)
-    assert check4["broken_by_spsa_only"] > 0 and check4["n"] == 32
-    # what SPSA found counts in the worst case: it is below every attack column of the table
+    assert check4["broken_by_gradient_free_only"] > 0 and check4["n"] == 32
+    # what Square found counts in the worst case: it is below every attack column of the table
     pgd = next(r for r in report.results if r.attack == "pgd")
     assert report.worst_case("none", 0.1) < pgd.accuracy
-    assert "spsa on the first 32 (sanity check)" in report.worst_case_attacks("none", 0.1)
+    assert "square on the first 32 (sanity check)" in report.worst_case_attacks("none", 0.1)
 
 
 def test_unconverged_pgd_fails_check_1_and_pgd_2k_joins_the_worst_case(cnn, fmnist_test):
@@ -87,7 +87,7 @@ def test_gradient_free_check_passes_on_a_plain_cnn(cnn, fmnist_test):
                                  sanity_n=64)
     check4 = next(c for c in report.sanity if c["check"] == 4)
     assert check4["status"] == "passed", check4
-    assert check4["spsa_params"]["nb_iter"] == 100 and check4["spsa_params"]["spsa_samples"] == 128
+    assert check4["gradient_free_attack"] == {"attack": "square", "n_queries": 5000, "p_init": 0.8}
 
 
 def test_skipped_checks_are_recorded_with_their_reason(cnn, fmnist_test):

@@ -1,5 +1,8 @@
-"""Attack registry over `cleverhans.tf2.attacks`, batched and run inside `tf.function`.
+"""Attack registry, batched and run inside `tf.function`.
 
+FGSM, CW-L2 and SPSA come from `cleverhans.tf2.attacks`; PGD, BIM and MIM run cleverhans' update
+rules on tfpurify's own graph loop with a per-example early exit, and APGD-CE, APGD-DLR, APGD-T,
+Square and AutoAttack (which cleverhans does not have) live in `tfpurify.autoattack`.
 `run_attack(name, model_fn, x, y=None, **params)` accepts any callable returning logits, so a
 whole purifier -> classifier pipeline can be attacked end to end. Parameter names are
 cleverhans' own (`eps, eps_iter, nb_iter, norm, clip_min, clip_max, y, targeted, rand_init`).
@@ -15,10 +18,9 @@ import tensorflow as tf
 import tqdm
 from cleverhans.tf2.attacks.carlini_wagner_l2 import carlini_wagner_l2
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
-from cleverhans.tf2.attacks.momentum_iterative_method import momentum_iterative_method
-from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 from cleverhans.tf2.attacks.spsa import SPSAAdam, margin_logit_loss, projected_optimization
 
+from tfpurify import autoattack
 from tfpurify.data import validate_images
 from tfpurify.errors import AttackConfigError
 
@@ -35,8 +37,9 @@ class AttackDef:
     graph: bool = True      # True: run inside tf.function; False: eager (cleverhans' CW)
     batch_size: int = None  # forced batch size (SPSA works on one example at a time)
     gradient: bool = True   # False for gradient-free attacks (SPSA)
-    takes_loss: bool = False  # True: cleverhans accepts a loss_fn (a detector-aware target's loss)
+    takes_loss: bool = False  # True: the attack gets a detector-aware target itself (its loss, logits, flags)
     prepare: callable = None  # params -> extra params built once, outside tf.function (SPSA's optimizer)
+    cost: callable = None     # params -> model evaluations per example, for attacks that do not count them
 
 
 def _fgsm(model_fn, x, y, p, loss_fn):
@@ -44,18 +47,42 @@ def _fgsm(model_fn, x, y, p, loss_fn):
                                 clip_max=p["clip_max"], y=y, targeted=p["targeted"])
 
 
-def _pgd(model_fn, x, y, p, loss_fn):
-    return projected_gradient_descent(
-        model_fn, x, p["eps"], p["eps_iter"], p["nb_iter"], p["norm"], loss_fn,
-        clip_min=p["clip_min"], clip_max=p["clip_max"], y=y, targeted=p["targeted"],
-        rand_init=p.get("rand_init", False), rand_minmax=p["eps"])
+def _iterative(model_fn, x, y, p, loss_fn):
+    """PGD / BIM / MIM (cleverhans' rules) on tfpurify's graph loop; returns (x_adv, gradient evaluations)."""
+    x_adv, _, evals = autoattack.iterative_gradient(
+        model_fn, x, y, p["eps"], p["eps_iter"], p["nb_iter"], p["norm"], rand_init=p.get("rand_init", False),
+        decay_factor=p.get("decay_factor"), early_exit=p["early_exit"], targeted=p["targeted"])
+    return x_adv, evals
 
 
-def _mim(model_fn, x, y, p, loss_fn):
-    return momentum_iterative_method(
-        model_fn, x, p["eps"], p["eps_iter"], p["nb_iter"], p["norm"], clip_min=p["clip_min"],
-        clip_max=p["clip_max"], y=y, targeted=p["targeted"], decay_factor=p["decay_factor"],
-        sanity_checks=False)
+def _apgd(loss):
+    def run(model_fn, x, y, p, loss_fn):
+        x_out, fooled, cost = tf.identity(x), tf.zeros(tf.shape(x)[:1], tf.bool), tf.zeros(tf.shape(x)[:1])
+        for _ in range(p["n_restarts"]):  # each restart only on what is still robust
+            x_r, fooled_r, cost_r = autoattack.apgd(model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], loss,
+                                                    active=tf.logical_not(fooled), eot_iter=p["eot_iter"])
+            x_out = tf.where(tf.reshape(fooled_r | ~fooled, [-1, 1, 1, 1]), x_r, x_out)
+            fooled, cost = fooled | fooled_r, cost + cost_r
+        return x_out, cost
+
+    return run
+
+
+def _apgd_t(model_fn, x, y, p, loss_fn):
+    x_adv, _, cost = autoattack.apgd_targeted(model_fn, x, y, p["eps"], p["norm"], p["nb_iter"],
+                                              p["n_target_classes"])
+    return x_adv, cost
+
+
+def _square(model_fn, x, y, p, loss_fn):
+    x_adv, _, queries = autoattack.square(model_fn, x, y, p["eps"], p["n_queries"], p["p_init"])
+    return x_adv, queries
+
+
+def _autoattack(model_fn, x, y, p, loss_fn):
+    x_adv, _, cost = autoattack.autoattack(model_fn, x, y, p["eps"], p["norm"], p["version"], p["nb_iter"],
+                                           p["n_target_classes"], p["n_queries"], p["eot_iter"])
+    return x_adv, cost
 
 
 def _cw_l2(model_fn, x, y, p, loss_fn):
@@ -102,13 +129,22 @@ def _spsa(model_fn, x, y, p, loss_fn):
 
 
 _COMMON = {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "targeted": False}
-_ITERATIVE = {**_COMMON, "eps_iter": None, "nb_iter": 40}
+_ITERATIVE = {**_COMMON, "eps_iter": None, "nb_iter": 40, "early_exit": True}
+_APGD = {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "nb_iter": 100, "n_restarts": 1,
+         "eot_iter": 1}
 
 ATTACKS = {
-    "fgsm": AttackDef(_fgsm, dict(_COMMON), takes_loss=True),
-    "pgd": AttackDef(_pgd, {**_ITERATIVE, "rand_init": True, "restarts": 1}, takes_loss=True),
-    "bim": AttackDef(_pgd, dict(_ITERATIVE), takes_loss=True),
-    "mim": AttackDef(_mim, {**_ITERATIVE, "decay_factor": 1.0}),
+    "fgsm": AttackDef(_fgsm, dict(_COMMON), takes_loss=True, cost=lambda p: 1),
+    "pgd": AttackDef(_iterative, {**_ITERATIVE, "rand_init": True, "restarts": 1}, takes_loss=True),
+    "bim": AttackDef(_iterative, dict(_ITERATIVE), takes_loss=True),
+    "mim": AttackDef(_iterative, {**_ITERATIVE, "decay_factor": 1.0}, takes_loss=True),
+    "apgd_ce": AttackDef(_apgd("ce"), dict(_APGD), takes_loss=True),
+    "apgd_dlr": AttackDef(_apgd("dlr"), dict(_APGD), takes_loss=True),
+    "apgd_t": AttackDef(_apgd_t, {**_APGD, "n_target_classes": 9}, takes_loss=True),
+    "square": AttackDef(_square, {**_COMMON, "n_queries": 5000, "p_init": 0.8}, gradient=False, takes_loss=True),
+    "autoattack": AttackDef(
+        _autoattack, {**_APGD, "version": "standard", "n_target_classes": 9, "n_queries": 5000, "eot_iter": 20},
+        takes_loss=True),
     "cw_l2": AttackDef(
         _cw_l2,
         {"eps": None, "norm": 2, "clip_min": 0.0, "clip_max": 1.0, "targeted": False,
@@ -118,7 +154,8 @@ ATTACKS = {
     "spsa": AttackDef(
         _spsa,
         {**_COMMON, "nb_iter": 100, "learning_rate": 0.01, "delta": 0.01, "spsa_samples": 128},
-        batch_size=1, gradient=False, prepare=lambda p: {"optimizer": _spsa_optimizer(p)}),
+        batch_size=1, gradient=False, prepare=lambda p: {"optimizer": _spsa_optimizer(p)},
+        cost=lambda p: p["nb_iter"] * p["spsa_samples"]),
 }
 
 
@@ -156,8 +193,14 @@ def resolve_params(name, **params):
             f"{name} does not take {', '.join(sorted(unknown))}; it takes {', '.join(sorted(attack.defaults))}")
     p = {**attack.defaults, **{k: v for k, v in params.items() if v is not None}}
     p["norm"] = parse_norm(p["norm"])
-    if name == "spsa" and p["norm"] != np.inf:
-        raise AttackConfigError("spsa supports only norm inf")
+    if name in ("spsa", "square") and p["norm"] != np.inf:
+        raise AttackConfigError(f"{name} supports only norm inf")
+    if "version" in p and p["version"] not in ("standard", "rand"):
+        raise AttackConfigError(f"autoattack version must be standard or rand, got {p['version']!r}")
+    if "p_init" in p and (not _is_number(p["p_init"]) or not 0 < p["p_init"] <= 1):
+        raise AttackConfigError(f"p_init must be in (0, 1], got {p['p_init']!r}")
+    if "early_exit" in p and not isinstance(p["early_exit"], (bool, np.bool_)):
+        raise AttackConfigError(f"early_exit must be true or false, got {p['early_exit']!r}")
     eps = p["eps"]
     if eps is not None:
         if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
@@ -173,7 +216,8 @@ def resolve_params(name, **params):
         if not _is_number(p["eps_iter"]) or not (0 < p["eps_iter"] <= eps or p["eps_iter"] == eps == 0):
             raise AttackConfigError(f"eps_iter must be in (0, eps={eps}], got {p['eps_iter']!r}")
         p["eps_iter"] = float(p["eps_iter"])
-    for key in ("nb_iter", "restarts", "binary_search_steps", "max_iterations", "spsa_samples"):
+    for key in ("nb_iter", "restarts", "binary_search_steps", "max_iterations", "spsa_samples", "n_restarts",
+                "n_target_classes", "n_queries", "eot_iter"):
         if key in p:
             if not _is_number(p[key]) or int(p[key]) != p[key] or p[key] < 1:
                 raise AttackConfigError(f"{key} must be an integer >= 1, got {p[key]!r}")
@@ -223,7 +267,7 @@ def _check_differentiable(model_fn, x):
 
 
 def _batch_runner(attack, model_fn, p):
-    """Returns f(x, y) -> (x_adv, per-example attack loss, hit, flagged) for one batch.
+    """Returns f(x, y) -> (x_adv, cost, per-example attack loss, hit, flagged) for one batch.
 
     `hit`: the prediction equals y; `flagged`: a detector-aware target's detector fires (else all
     False). Loss, hit and flagged are only computed when restarts need comparing.
@@ -241,10 +285,13 @@ def _batch_runner(attack, model_fn, p):
 
     def step(x, y):
         y_used = y if y is not None else tf.argmax(logits_fn(x), axis=1)
-        x_adv = attack.fn(attacked_fn, x, y_used, p, loss_fn)
+        result = attack.fn(attacked_fn, x, y_used, p, loss_fn)
+        x_adv, cost = result if isinstance(result, tuple) else (result, None)
+        if cost is None:
+            cost = tf.fill(tf.shape(x)[:1], float(attack.cost(p)) if attack.cost else float("nan"))
         none = tf.zeros(tf.shape(x)[:1], tf.bool)
         if p.get("restarts", 1) == 1:  # nothing to compare: skip the extra forward pass
-            return x_adv, tf.zeros(tf.shape(x)[:1]), none, none
+            return x_adv, cost, tf.zeros(tf.shape(x)[:1]), none, none
         outputs = model_fn(x_adv)
         logits = outputs if to_logits is None else to_logits(outputs)
         if loss_fn is None:
@@ -252,12 +299,12 @@ def _batch_runner(attack, model_fn, p):
         else:
             loss = loss_fn(labels=y_used, logits=outputs)
         hit = tf.equal(tf.argmax(logits, axis=1), tf.cast(y_used, tf.int64))
-        return x_adv, loss, hit, none if is_flagged is None else is_flagged(outputs)
+        return x_adv, cost, loss, hit, none if is_flagged is None else is_flagged(outputs)
 
     return tf.function(step) if attack.graph else step
 
 
-def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False, **params):
+def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False, return_cost=False, **params):
     """Crafts adversarial examples for `x` against `model_fn`.
 
     Args:
@@ -270,12 +317,15 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
       batch_size: examples per attack batch (the last batch is padded, so one trace serves all).
       seed: seeds TensorFlow's random ops (random starts) for reproducibility.
       progress: show a tqdm progress bar over batches.
+      return_cost: also return the model evaluations spent per example (gradient evaluations for
+        gradient attacks, queries for Square and SPSA; NaN where an attack does not count them).
       **params: attack parameters, see `resolve_params`. `restarts` (pgd) keeps, per example, the
         restart that reaches the attack's goal (fools the model, and against a detector-aware
         target also evades the detector), or else the one with the highest attack loss.
 
     Returns:
-      float32 numpy array like `x`, inside the eps-ball (bounded attacks) and [clip_min, clip_max].
+      float32 numpy array like `x`, inside the eps-ball (bounded attacks) and [clip_min, clip_max];
+      with `return_cost`, the pair (x_adv, cost [N]).
     """
     p = resolve_params(name, **params)
     x = validate_images(x)
@@ -286,10 +336,8 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
     if p.get("targeted") and y is None:
         raise AttackConfigError("a targeted attack needs target labels y")
     if len(x) == 0 or (p.get("eps") == 0.0 and ATTACKS[name].bounded):
-        return x.copy()
+        return (x.copy(), np.zeros(len(x), np.float32)) if return_cost else x.copy()
     attack = ATTACKS[name]
-    if attack.fn is _mim and hasattr(model_fn, "attack_loss"):
-        raise AttackConfigError("mim takes no custom loss (cleverhans); use pgd against a detector-aware target")
     if attack.gradient:
         _check_differentiable(model_fn, x[:1])
     batch_size = attack.batch_size or min(int(batch_size), len(x))  # never pad beyond the data
@@ -297,6 +345,7 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
     step = _batch_runner(attack, model_fn, p)  # traced afresh, so `seed` takes effect
     restarts = p.get("restarts", 1)
     out = np.empty_like(x)
+    cost = np.zeros(len(x), np.float32)
     starts = range(0, len(x), batch_size)
     for start in tqdm.tqdm(starts, desc=name, disable=not progress, unit="batch"):
         xb = x[start:start + batch_size]
@@ -310,13 +359,15 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
         yt = None if yb is None else tf.constant(yb)
         best, best_loss, best_goal = None, None, None
         for _ in range(restarts):
-            adv, loss, hit, flagged = (t.numpy() for t in step(xt, yt))
-            goal = (hit if p["targeted"] else ~hit) & ~flagged  # fooled and, if watched, not flagged
-            loss = -loss if p["targeted"] else loss  # higher is better for the attacker
+            adv, spent, loss, hit, flagged = (t.numpy() for t in step(xt, yt))
+            cost[start:start + n] += spent[:n]
+            goal = (hit if p.get("targeted") else ~hit) & ~flagged  # fooled and, if watched, not flagged
+            loss = -loss if p.get("targeted") else loss  # higher is better for the attacker
             if best is None:
                 best, best_loss, best_goal = adv, loss, goal
                 continue
             better = (goal & ~best_goal) | ((goal == best_goal) & (loss > best_loss))
             best[better], best_loss[better], best_goal[better] = adv[better], loss[better], goal[better]
         out[start:start + n] = best[:n]
-    return _project(out, x, p)
+    out = _project(out, x, p)
+    return (out, cost) if return_cost else out

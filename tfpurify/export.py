@@ -28,7 +28,7 @@ import tensorflow as tf
 from tfpurify.errors import InputValidationError, TfpurifyError
 
 __all__ = ["ExportError", "export_saved_model", "METADATA_ASSET", "RESERVED_METADATA", "validate_name",
-           "predict_request", "evaluation_summary"]
+           "predict_request", "evaluation_summary", "predict_saved_model"]
 
 METADATA_ASSET = "tfpurify.json"
 RESERVED_METADATA = ("input_shape", "signatures", "versions", "defense", "classifier")
@@ -214,3 +214,39 @@ def evaluation_summary(run_dir, runs):
 
 def _digests(runs):
     return {role: v.get("weights_sha256") if isinstance(v, dict) else None for role, v in runs.items()}
+
+
+def predict_saved_model(path, dataset=None, limit=8):
+    """Loads an exported SavedModel and classifies the first `limit` test images of its data set.
+
+    Returns:
+      lines of text: one per image (true and predicted class, probability, detector outputs).
+
+    Raises:
+      ExportError: `path` is not a tfpurify export.
+    """
+    import numpy as np
+
+    from tfpurify.data import dataset_info, load_dataset
+
+    meta_path = pathlib.Path(path) / "assets" / METADATA_ASSET
+    try:
+        meta = json.loads(meta_path.read_text())
+        model = tf.saved_model.load(str(path))
+        serve = model.signatures["serving_default"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ExportError(f"{path}: not a tfpurify SavedModel ({type(e).__name__}: {e})") from None
+    dataset = dataset or meta.get("dataset", "fashion_mnist")
+    names = dataset_info(dataset).class_names
+    x, y = load_dataset(dataset, "test", limit=limit)
+    out = {k: v.numpy() for k, v in serve(images=tf.constant(x)).items()}
+    lines = [f"{path}: {meta.get('defense')} + {meta.get('classifier')}, {len(x)} {dataset} test images"]
+    for i in range(len(x)):
+        c = int(out["classes"][i])
+        line = (f"  image {i}: true {names[y[i]]:<12} predicted {names[c]:<12} p={out['probabilities'][i, c]:.2f}"
+                f"{'' if c == y[i] else '  (wrong)'}")
+        if "adversarial_score" in out:
+            line += f"  score {out['adversarial_score'][i]:.4f}{'  FLAGGED' if out['is_adversarial'][i] else ''}"
+        lines.append(line)
+    lines.append(f"accuracy {np.mean(out['classes'] == y):.2f}")
+    return lines

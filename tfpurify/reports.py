@@ -99,16 +99,18 @@ def to_markdown(report):
         f"{d['n_examples']} test examples, seed {d['seed']}, threat models: {', '.join(d['threat_models'])}. "
         "An example counts as robust under an attack only if it is correct clean and under the attack; "
         "worst case = correct under every attack of that threat model and eps, the sanity checks' attacks "
-        "included.",
+        "included; evals/example = gradient evaluations (queries for gradient-free attacks) per example. "
+        "How to read it: docs/evaluation.md.",
         "",
-        "| defense | threat model | attack | eps | accuracy | parameters |",
-        "|---|---|---|---|---|---|",
+        "| defense | threat model | attack | eps | accuracy | evals/example | parameters |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in d["rows"]:
         eps = "-" if row["eps"] is None else f"{row['eps']:g}"
         attack = "**worst case**" if row["attack"] == "worst_case" else row["attack"]
+        evals = row.get("grad_evals_per_example")
         lines.append(f"| {row['defense']} | {row['threat_model']} | {attack} | {eps} | {_pct(row['accuracy'])} | "
-                     f"{_fmt_params(row['params'])} |")
+                     f"{'-' if evals is None else f'{evals:g}'} | {_fmt_params(row['params'])} |")
     lines += detection_lines(d["detection"])
     lines += _settings_lines(d.get("settings", {}))
     lines += sanity_lines(d["sanity_checks"], d["warnings"])

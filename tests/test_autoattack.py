@@ -1,0 +1,125 @@
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+
+from tests.toys import NoisyPurifier
+from tfpurify import adaptive, attacks, autoattack, classifiers
+from tfpurify.defenses import DefendedClassifier
+
+
+def test_dlr_losses_on_hand_made_logits():
+    logits = tf.constant([[5.0, 1.0, 3.0, 2.0]])
+    # true class 0 ranked first: -(5 - 3) / (5 - 2)
+    assert float(autoattack.dlr_loss(logits, tf.constant([0], tf.int64))[0]) == pytest.approx(-2 / 3)
+    # true class 2: -(3 - 5) / (5 - 2)
+    assert float(autoattack.dlr_loss(logits, tf.constant([2], tf.int64))[0]) == pytest.approx(2 / 3)
+    # targeted from 0 towards 3: -(5 - 2) / (5 - (2 + 1) / 2)
+    value = autoattack.dlr_targeted_loss(logits, tf.constant([0], tf.int64), tf.constant([3], tf.int64))
+    assert float(value[0]) == pytest.approx(-3 / 3.5)
+
+
+def test_apgd_t_aims_at_the_runner_up_classes():
+    logits = tf.constant([[5.0, 1.0, 3.0, 2.0], [0.0, 9.0, 8.0, 7.0]])
+    np.testing.assert_array_equal(autoattack.runner_up_classes(logits, 2), [[2, 3], [2, 3]])
+    np.testing.assert_array_equal(autoattack.runner_up_classes(logits, 9), [[2, 3, 1], [2, 3, 0]])
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    assert autoattack.apgd_checkpoints(100) == (22, 3, 6)
+
+
+def test_apgd_beats_or_equals_pgd_at_equal_iterations(cnn, fmnist_test):
+    x, y = fmnist_test
+    pgd = classifiers.accuracy(cnn, attacks.run_attack("pgd", cnn, x, y, eps=0.03, nb_iter=20), y)
+    apgd = classifiers.accuracy(cnn, attacks.run_attack("apgd_ce", cnn, x, y, eps=0.03, nb_iter=20), y)
+    assert apgd <= pgd, (apgd, pgd)
+
+
+def test_our_bim_loop_matches_cleverhans_without_early_exit(cnn, fmnist_test):
+    x, y = fmnist_test
+    ours = attacks.run_attack("bim", cnn, x[:32], y[:32], eps=0.05, nb_iter=5, early_exit=False)
+    theirs = projected_gradient_descent(cnn, x[:32], 0.05, 0.0125, 5, np.inf, clip_min=0.0, clip_max=1.0,
+                                        y=y[:32], rand_init=False, sanity_checks=False).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_early_exit_never_raises_accuracy_and_saves_gradients(cnn, fmnist_test):
+    x, y = fmnist_test
+    full, full_cost = attacks.run_attack("pgd", cnn, x, y, eps=0.1, nb_iter=20, early_exit=False, return_cost=True)
+    early, early_cost = attacks.run_attack("pgd", cnn, x, y, eps=0.1, nb_iter=20, return_cost=True)
+    assert classifiers.accuracy(cnn, early, y) <= classifiers.accuracy(cnn, full, y)
+    assert np.all(full_cost == 20) and early_cost.mean() < 0.5 * full_cost.mean()
+    # an example that stopped early keeps an adversarial example
+    stopped = early_cost < 20
+    assert np.all(np.argmax(cnn(early[stopped]), 1) != y[stopped])
+
+
+def test_square_lowers_accuracy_without_gradients(cnn, fmnist_test, cnn_clean_accuracy):
+    x, y = fmnist_test
+
+    def no_gradient(images):  # Square only queries scores
+        return tf.stop_gradient(cnn(images))
+
+    x_adv, queries = attacks.run_attack("square", no_gradient, x[:64], y[:64], eps=0.1, n_queries=300,
+                                        return_cost=True)
+    assert classifiers.accuracy(cnn, x_adv, y[:64]) < cnn_clean_accuracy - 0.3
+    assert queries.max() <= 301 and queries.min() >= 1
+
+
+def test_square_finds_what_masked_gradients_hide(cnn, fmnist_test):
+    x, y = fmnist_test
+
+    def masked(images):  # tf.round purifier attacked without BPDA: zero gradients
+        return cnn(tf.stop_gradient(tf.round(images * 8.0) / 8.0) + 0.0 * images)
+
+    pgd = classifiers.accuracy(masked, attacks.run_attack("pgd", masked, x[:64], y[:64], eps=0.1, nb_iter=10), y[:64])
+    square = classifiers.accuracy(masked, attacks.run_attack("square", masked, x[:64], y[:64], eps=0.1,
+                                                             n_queries=500), y[:64])
+    assert square < pgd - 0.2, (square, pgd)
+
+
+def test_autoattack_is_at_least_as_strong_as_each_part(cnn, fmnist_test):
+    x, y = fmnist_test
+    x, y = x[:64], y[:64]
+    small = dict(eps=0.03, nb_iter=10)
+    aa = classifiers.accuracy(cnn, attacks.run_attack("autoattack", cnn, x, y, n_target_classes=3, n_queries=100,
+                                                      **small), y)
+    ce = classifiers.accuracy(cnn, attacks.run_attack("apgd_ce", cnn, x, y, **small), y)
+    assert aa <= ce
+
+
+def test_rand_version_averages_gradients_over_draws(cnn, fmnist_test):
+    x, y = fmnist_test
+    calls = tf.Variable(0.0)
+
+    def robust(images):  # always right, so no example stops early; counts its calls
+        calls.assign_add(1.0)
+        return tf.one_hot(tf.constant(y[:4], tf.int64), 10) * 10.0 + 0.0 * tf.reduce_sum(images)
+
+    _, cost = attacks.run_attack("apgd_ce", robust, x[:4], y[:4], eps=0.1, nb_iter=3, eot_iter=5, return_cost=True)
+    assert np.all(cost == 5 * (3 + 1))  # 5 draws at the start and at each of 3 iterations
+    # the rand AutoAttack attacks a stochastic defense through EOT and breaks it
+    defended = DefendedClassifier(cnn, purifier=NoisyPurifier())
+    target = adaptive.whitebox_target(defended, eot_samples=4)
+    x_adv = attacks.run_attack("autoattack", target, x[:64], y[:64], eps=0.1, version="rand", nb_iter=10, eot_iter=2)
+    tf.random.set_seed(1)
+    adversarial = classifiers.accuracy(defended, x_adv, y[:64])
+    tf.random.set_seed(1)
+    assert adversarial < classifiers.accuracy(defended, x[:64], y[:64]) - 0.2
+
+
+def test_no_file_in_the_project_refers_to_the_design_folder():
+    root = pathlib.Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in root.rglob("*"):
+        if any(part in (".git", ".venv", "runs", "saved_models", ".ci") or part.endswith(".egg-info")
+               for part in path.relative_to(root).parts):
+            continue
+        if path.is_file() and path.suffix in (".py", ".md", ".ipynb", ".txt", ".cfg", ".toml", ".json", "") \
+                and path.name != "test_autoattack.py":
+            if "../" + "shared" in path.read_text(errors="ignore"):
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == []
