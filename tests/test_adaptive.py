@@ -152,6 +152,8 @@ def test_whitebox_is_below_graybox_on_a_trained_denoising_ae(defended_dae, fmnis
         sanity_checks=False)
     acc = {r.threat_model: r.accuracy for r in report.results}
     assert acc["whitebox"] < acc["graybox"] - 0.05, acc  # 256 examples: more than 12 examples apart
+    early = {r.threat_model: r.params["early_exit"] for r in report.results}
+    assert early == {"graybox": False, "whitebox": True}  # gray-box PGD takes all its steps
     assert report.settings["threat_models"]["whitebox"]["bpda"] == "off (purifier differentiable)"
 
 
@@ -169,3 +171,15 @@ def test_briefly_trained_magnet_detector_flags_successful_pgd(defended_dae, fmni
         threat_model=["graybox"], pipelines=adaptive.threat_model_pipelines(defended), detector=magnet)
     det = report.detection[0]
     assert det["n_adversarial"] >= 10 and det["roc_auc"] > 0.5, det
+
+
+def test_detector_with_a_threshold_set_by_hand_is_evaluated(cnn, fmnist_test):
+    x, y = fmnist_test
+    detector = BrightnessDetector()
+    detector.threshold.assign(0.5)  # no calibrate() call, so no calibration record
+    defended = DefendedClassifier(cnn, purifier=detector, detector=detector)
+    report = evaluation.evaluate(defended, x[:16], y[:16], ["fgsm"], threat_model=["graybox"],
+                                 pipelines=adaptive.threat_model_pipelines(defended), sanity_checks=False,
+                                 detector=detector)
+    assert report.settings["detector"] == {"threshold": 0.5}
+    assert report.detection[0]["threshold"] == 0.5

@@ -144,6 +144,10 @@ def test_transfer_threat_model_uses_the_surrogate(cnn, fmnist_test):
     acc = {r.threat_model: r.accuracy for r in report.results}
     # Transferred examples hurt, but less than attacking the classifier itself.
     assert acc["none"] < acc["transfer"] < report.clean_accuracy
+    # the surrogate's success says nothing about the scored model: no early exit under transfer
+    params = {r.threat_model: r.params for r in report.results}
+    assert params["none"]["early_exit"] is True and params["transfer"]["early_exit"] is False
+    assert next(r for r in report.results if r.threat_model == "transfer").grad_evals == 10
 
 
 def test_threat_model_errors(cnn, fmnist_test):

@@ -291,7 +291,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         raise InputValidationError(f"labels must be integers of shape [{len(x)}], got {y.dtype} {y.shape}")
     if len(x) == 0:
         raise InputValidationError("no examples to evaluate")
-    if detector is not None and not math.isfinite(float(detector.threshold.numpy())):
+    if detector is not None and not detector.is_calibrated:
         raise InputValidationError(
             "the detector's threshold was never calibrated; calibrate it on validation data "
             "(tfpurify train does, or Detector.calibrate) before evaluating")
@@ -317,8 +317,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                                     "gradient_free_attack": _GRADIENT_FREE_CHECK},
                   "threat_models": {}, **({"runs": runs} if runs else {})})
     if detector is not None:
-        report.settings["detector"] = {"threshold": float(detector.threshold.numpy()),
-                                       **getattr(detector, "calibration", {})}
+        threshold = float(detector.threshold.numpy())
+        report.settings["detector"] = {"threshold": threshold, **(detector.calibration or {})}
     for tm in threat_models:
         attacked_fn, scored_fn = table.get(tm)
         report.settings["threat_models"][tm] = dict(getattr(attacked_fn, "settings", {}))
@@ -326,10 +326,11 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             clean_of[id(scored_fn)] = np.argmax(predict_logits(scored_fn, x, batch_size), axis=1) == y
         tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
         for spec in specs:
+            spec_params = _for_threat_model(tm, spec)
             start = time.perf_counter()
             x_adv, pred, correct, cost = _attack_and_score(spec.name, attacked_fn, scored_fn, x, y, tm_clean,
-                                                           batch_size, seed, progress, **spec.params)
-            params = attacks_lib.resolve_params(spec.name, **spec.params)
+                                                           batch_size, seed, progress, **spec_params)
+            params = attacks_lib.resolve_params(spec.name, **spec_params)
             eps = params.pop("eps", None)
             report.results.append(AttackResult(
                 tm, spec.name, eps, _jsonable(params), float(correct.mean()),
@@ -338,7 +339,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             if detector is not None and tm != "none":
                 report.detection.append(detection_metrics(
                     clean_scores, tm_clean, adversarial_scores(detector, x_adv, batch_size), correct,
-                    float(detector.threshold.numpy()), threat_model=tm, attack=spec.name, eps=eps))
+                    threshold, threat_model=tm, attack=spec.name, eps=eps))
         if not sanity_checks:
             _skip_checks(report, tm, "sanity checks were turned off (--no-sanity-checks)")
         elif tm not in _GRADIENT_THREAT_MODELS:
@@ -348,6 +349,17 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             n = min(sanity_n, len(x))
             _sanity_checks(report, tm, attacked_fn, scored_fn, x[:n], y[:n], tm_clean[:n], batch_size, seed)
     return report
+
+
+def _for_threat_model(tm, spec):
+    """The attack's parameters under `tm`: no early exit where the attacker does not see the scored pipeline.
+
+    Under graybox and transfer, stopping when the attacked model is fooled yields the weakest
+    example that fools it, which transfers worst: there, PGD/BIM/MIM take all their steps.
+    """
+    if tm in ("graybox", "transfer") and "early_exit" in attacks_lib.ATTACKS[spec.name].defaults:
+        return {**spec.params, "early_exit": False}
+    return spec.params
 
 
 def detection_metrics(clean_scores, clean_correct, adv_scores, correct, threshold, **labels):
