@@ -44,7 +44,7 @@ def _settings_lines(settings):
     checks = settings.get("sanity_checks", {})
     if checks:
         lines.append(f"- sanity checks: {'on' if checks.get('enabled') else 'off'}, first {checks.get('n')} "
-                     f"examples, gradient-free attack {_fmt_params(checks.get('gradient_free_attack', {}))}")
+                     f"examples, gradient-free check: {_fmt_params(checks.get('gradient_free_attack', {}))}")
     return lines
 
 
