@@ -47,11 +47,14 @@ class _Target:
 
     def parts(self, x):
         """(logits, penalty [N], flagged [N] bool) of a batch."""
-        out = self.model_fn(x)
+        return self.split(self.model_fn(x))
+
+    def split(self, out):
+        """(logits, penalty [N], flagged [N] bool) of the callable's outputs."""
+        n = tf.shape(out)[:1]
         if not self.aware:
-            n = tf.shape(out)[:1]
             return out, tf.zeros(n), tf.zeros(n, tf.bool)
-        flagged = self.is_flagged(out) if self.is_flagged is not None else tf.zeros(tf.shape(out)[:1], tf.bool)
+        flagged = self.is_flagged(out) if self.is_flagged is not None else tf.zeros(n, tf.bool)
         return self.to_logits(out), out[:, -1], flagged
 
 
@@ -389,9 +392,8 @@ def iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, norm=np.inf, rand
     sign = -1.0 if targeted else 1.0
 
     def goal_of(out, labels):
-        logits = out if not target.aware else target.to_logits(out)
+        logits, _, flagged = target.split(out)
         hit = tf.equal(tf.argmax(logits, axis=1), labels)
-        flagged = target.is_flagged(out) if target.is_flagged is not None else tf.zeros_like(hit)
         return tf.logical_and(hit if targeted else tf.logical_not(hit), tf.logical_not(flagged))
 
     def step_fn(images, labels):
