@@ -7,6 +7,8 @@ import platform
 
 import tensorflow as tf
 
+from tfpurify.reports import attack_label
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -24,7 +26,7 @@ def rows_table(rows):
         params = ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items()
                            if k not in ("clip_min", "clip_max", "targeted"))  # the same in every row
         eps = "-" if r["eps"] is None else f"{r['eps']:g}"
-        lines.append(f"| {r['defense']} | {r['classifier']} | {r['threat_model']} | {r['attack']} | "
+        lines.append(f"| {r['defense']} | {r['classifier']} | {r['threat_model']} | {attack_label(r)} | "
                      f"{eps} | {100 * r['accuracy']:.1f} % | {params} |")
     return "\n".join(lines)
 

@@ -24,6 +24,9 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
 @click.option("--restarts", default=1, show_default=True, type=int, help="PGD random restarts.")
 @click.option("--early-exit/--no-early-exit", default=True, show_default=True,
               help="PGD/BIM/MIM stop on an example at its first success (off: cleverhans' fixed steps).")
+@click.option("--cascade/--no-cascade", default=True, show_default=True,
+              help="Each attack runs only on the examples the attacks before it left robust (the worst case "
+                   "for less compute; rows then count the attacks before them). Off: every attack's own number.")
 @click.option("--autoattack-version", default="standard", show_default=True,
               help="standard (APGD-CE, APGD-T, Square) or rand (APGD-CE, APGD-DLR with EOT, stochastic defenses).")
 @click.option("--eot-samples", default=8, show_default=True, type=int,
@@ -34,11 +37,11 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
 @limit_option
 @seed_option
 @click.option("--sanity-checks/--no-sanity-checks", default=True, show_default=True,
-              help="Gradient-masking checks 1-4 on the first 200 examples (PGD-2k, FGSM, eps 0.5, SPSA).")
+              help="Gradient-masking checks 1-4 on the first 200 examples (PGD-2k, FGSM, eps 0.5, Square).")
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
 def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
-                 early_exit, autoattack_version, eot_samples, detector_weight, batch_size, limit, seed, sanity_checks, report_path):
+                 early_exit, cascade, autoattack_version, eot_samples, detector_weight, batch_size, limit, seed, sanity_checks, report_path):
     """Attack RUN (a classifier or a defense run) on the test split and write a report."""
     from tfpurify.adaptive import threat_model_pipelines
     from tfpurify.classifiers import load_classifier
@@ -59,7 +62,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,
-                      detector=defended.detector, runs=info["runs"])
+                      detector=defended.detector, runs=info["runs"], cascade=cascade)
     paths = write_report(report, report_path or pathlib.Path(run) / "report.md",
                          dataset_info(info["dataset"]).class_names)
     if defended.purifier is not None:  # reconstructions, latent traversals ...

@@ -43,7 +43,7 @@ def test_train_then_eval_writes_report(runner, tmp_path):
                                  "--nb-iter", "5", "--limit", "64", "--no-sanity-checks",
                                  "--report", str(report)])
     assert result.exit_code == 0, result.output
-    assert "| none | none | pgd | 0.1 |" in result.output
+    assert "| none | none | pgd (after fgsm) | 0.1 |" in result.output  # cascaded by default
     d = json.loads(report.with_suffix(".json").read_text())
     accs = {r["attack"]: r["accuracy"] for r in d["rows"]}
     assert accs["pgd"] < accs["none"]
@@ -204,11 +204,12 @@ def test_export_leaves_out_a_report_made_for_another_classifier(runner, cnn_run,
 def test_eval_autoattack_reports_its_cost(runner, cnn_run, tmp_path):
     report = tmp_path / "report.md"
     result = runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "pgd,autoattack", "--nb-iter", "5", "--limit", "32",
-                                 "--no-sanity-checks", "--no-early-exit", "--report", str(report)])
+                                 "--no-sanity-checks", "--no-early-exit", "--no-cascade", "--report", str(report)])
     assert result.exit_code == 0, result.output
     rows = {r["attack"]: r for r in json.loads(report.with_suffix(".json").read_text())["rows"]}
     assert rows["pgd"]["params"]["early_exit"] is False and rows["pgd"]["grad_evals_per_example"] == 5
     assert rows["autoattack"]["params"]["version"] == "standard" and rows["autoattack"]["params"]["nb_iter"] == 5
     assert rows["autoattack"]["accuracy"] <= rows["pgd"]["accuracy"] + 1 / 32
+    assert "after" not in rows["autoattack"]  # --no-cascade: AutoAttack's own number on every example
     _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "autoattack",
                                         "--autoattack-version", "fast"]), "version must be standard or rand")

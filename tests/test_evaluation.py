@@ -32,7 +32,7 @@ def test_evaluate_records_everything_and_pgd_beats_fgsm(cnn, fmnist_test):
     x, y = fmnist_test
     specs = evaluation.make_attack_specs(["fgsm", "pgd"], [0.1], nb_iter=10)
     report = evaluation.evaluate(cnn, x[:128], y[:128], specs, sanity_n=64, classifier="cnn",
-                                 dataset="fashion_mnist")
+                                 dataset="fashion_mnist", cascade=False)
     accs = {r.attack: r.accuracy for r in report.results}
     assert accs["pgd"] <= accs["fgsm"] < report.clean_accuracy
     d = report.to_dict()
@@ -44,6 +44,30 @@ def test_evaluate_records_everything_and_pgd_beats_fgsm(cnn, fmnist_test):
     assert all(c["status"] == "passed" for c in d["sanity_checks"]), d["sanity_checks"]
     assert d["warnings"] == []
     assert d["settings"]["seed"] == 0 and d["settings"]["sanity_checks"]["n"] == 64
+
+
+def test_cascade_attacks_only_what_is_left_and_keeps_the_worst_case(cnn, fmnist_test):
+    from tfpurify import reports
+
+    x, y = fmnist_test
+    specs = evaluation.make_attack_specs(["fgsm", "pgd"], [0.1], nb_iter=10)
+    alone = evaluation.evaluate(cnn, x[:128], y[:128], specs, sanity_n=64, cascade=False)
+    chain = evaluation.evaluate(cnn, x[:128], y[:128], specs, sanity_n=64)
+    (fgsm_a, pgd_a), (fgsm_c, pgd_c) = alone.results, chain.results
+    assert fgsm_c.accuracy == fgsm_a.accuracy and fgsm_c.after == ()
+    assert pgd_c.after == ("fgsm",) and pgd_c.n_attacked == int(fgsm_c.correct.sum()) < 128
+    assert not np.any(pgd_c.correct & ~fgsm_c.correct)  # robust under pgd *and* fgsm
+    assert pgd_c.grad_evals < pgd_a.grad_evals  # the examples FGSM broke cost nothing
+    assert abs(chain.worst_case("none", 0.1) - alone.worst_case("none", 0.1)) <= 3 / 128
+    # checks 1 and 2 compare PGD on its own, not the cascaded column
+    check2 = {r["check"]: r for r in chain.sanity}[2]
+    assert abs(check2["pgd"] - {r["check"]: r for r in alone.sanity}[2]["pgd"]) <= 3 / 64
+    assert all(c["status"] == "passed" for c in chain.sanity), chain.sanity
+    row = next(r for r in chain.to_dict()["rows"] if r["attack"] == "pgd")
+    assert row["after"] == ["fgsm"] and row["n_attacked"] == pgd_c.n_attacked
+    text = reports.to_markdown(chain)
+    assert "| pgd (after fgsm) |" in text and "Cascade:" in text and "attacks cascaded" in text
+    assert "Cascade:" not in reports.to_markdown(alone)
 
 
 def test_masked_gradients_trigger_sanity_warnings(cnn, fmnist_test):

@@ -64,12 +64,19 @@ class AttackResult:
     x_adv_sample: np.ndarray = dataclasses.field(repr=False, default=None)
     pred_sample: np.ndarray = dataclasses.field(repr=False, default=None)
     grad_evals: float = None  # model evaluations per example (gradients, or queries); None: not counted
+    # Cascade: the attacks that ran before this one at (threat_model, eps); this attack ran only on
+    # the `n_attacked` examples they left robust, and `accuracy` is robust under all of them.
+    after: tuple = ()
+    n_attacked: int = None
 
     def to_dict(self):
-        return {"threat_model": self.threat_model, "attack": self.attack, "eps": self.eps,
-                "params": _jsonable(self.params), "accuracy": self.accuracy,
-                "grad_evals_per_example": None if self.grad_evals is None else round(self.grad_evals, 2),
-                "seconds": round(self.seconds, 3)}
+        row = {"threat_model": self.threat_model, "attack": self.attack, "eps": self.eps,
+               "params": _jsonable(self.params), "accuracy": self.accuracy,
+               "grad_evals_per_example": None if self.grad_evals is None else round(self.grad_evals, 2),
+               "seconds": round(self.seconds, 3)}
+        if self.after:
+            row.update(after=list(self.after), n_attacked=self.n_attacked)
+        return row
 
 
 @dataclasses.dataclass
@@ -254,7 +261,7 @@ class _Pipelines:
 def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surrogate_fn=None,
              pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
              defense="none", classifier="", dataset="", progress=False, n_samples=10, detector=None,
-             runs=None):
+             runs=None, cascade=True):
     """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
 
     Args:
@@ -277,6 +284,11 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         the whole system's accuracy and the accuracy on accepted inputs, per attack.
       runs: {role: {path, weights_sha256}} of the run folders evaluated, recorded in the settings
         (an export checks its report against them).
+      cascade: at each (threat model, eps), run each attack only on the examples the attacks
+        before it (in the order given) left robust, as AutoAttack does within itself: the worst
+        case for less compute. An attack's row then counts robustness under it *and* the attacks
+        before it (`after`, `n_attacked` in the row). False: every attack runs on every example
+        and each row is that attack's own number.
 
     Returns:
       RobustnessReport
@@ -312,7 +324,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         clean_correct=clean_correct, defense=defense, classifier=classifier, dataset=dataset,
         threat_models=tuple(threat_models), x_sample=x[:n_samples], y_sample=y[:n_samples],
         clean_pred_sample=clean_pred[:n_samples],
-        settings={"seed": seed, "batch_size": batch_size,
+        settings={"seed": seed, "batch_size": batch_size, "cascade": bool(cascade),
                   "sanity_checks": {"enabled": bool(sanity_checks), "n": min(sanity_n, len(x)),
                                     "gradient_free_attack": _GRADIENT_FREE_CHECK},
                   "threat_models": {}, **({"runs": runs} if runs else {})})
@@ -325,21 +337,37 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         if id(scored_fn) not in clean_of:
             clean_of[id(scored_fn)] = np.argmax(predict_logits(scored_fn, x, batch_size), axis=1) == y
         tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
+        chains = {}  # eps -> (robust so far, current adversarial images, attacks so far)
         for spec in specs:
             spec_params = _for_threat_model(tm, spec)
-            start = time.perf_counter()
-            x_adv, pred, correct, cost = _attack_and_score(spec.name, attacked_fn, scored_fn, x, y, tm_clean,
-                                                           batch_size, seed, progress, **spec_params)
             params = attacks_lib.resolve_params(spec.name, **spec_params)
             eps = params.pop("eps", None)
+            robust, x_cur, before = chains.get(eps, (tm_clean, x, ())) if cascade else (tm_clean, x, ())
+            start = time.perf_counter()
+            if not before:
+                x_adv, pred, correct, cost = _attack_and_score(spec.name, attacked_fn, scored_fn, x, y, tm_clean,
+                                                               batch_size, seed, progress, **spec_params)
+            else:  # only what the attacks before left robust; the rest keeps its adversarial image
+                x_adv, correct, cost = x_cur.copy(), robust.copy(), np.zeros(len(x))
+                idx = np.flatnonzero(robust)
+                if len(idx):
+                    x_adv[idx], _, correct[idx], cost[idx] = _attack_and_score(
+                        spec.name, attacked_fn, scored_fn, x[idx], y[idx], robust[idx], batch_size, seed,
+                        progress, **spec_params)
+                    if np.all(np.isnan(cost[idx])):
+                        cost[:] = np.nan  # this attack does not count its evaluations
+                pred = np.argmax(predict_logits(scored_fn, x_adv[:n_samples], batch_size), axis=1)
+            chains[eps] = (correct, x_adv, before + (spec.name,))
             report.results.append(AttackResult(
                 tm, spec.name, eps, _jsonable(params), float(correct.mean()),
                 time.perf_counter() - start, correct, x_adv[:n_samples], pred[:n_samples],
-                None if np.all(np.isnan(cost)) else float(np.nanmean(cost))))
+                None if np.all(np.isnan(cost)) else float(np.nanmean(cost)),
+                after=before, n_attacked=int(robust.sum()) if before else len(x)))
             if detector is not None and tm != "none":
                 report.detection.append(detection_metrics(
                     clean_scores, tm_clean, adversarial_scores(detector, x_adv, batch_size), correct,
-                    threshold, threat_model=tm, attack=spec.name, eps=eps))
+                    threshold, threat_model=tm, attack=spec.name, eps=eps,
+                    **({"after": list(before)} if before else {})))
         if not sanity_checks:
             _skip_checks(report, tm, "sanity checks were turned off (--no-sanity-checks)")
         elif tm not in _GRADIENT_THREAT_MODELS:
@@ -456,7 +484,9 @@ def _sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batc
         base = {k: v for k, v in r.params.items() if k in ("eps_iter", "nb_iter", "restarts", "norm")}
         base["norm"] = attacks_lib.parse_norm(base.get("norm", "inf"))
         k = base["nb_iter"]
-        acc_k = float(np.mean(r.correct[:n]))
+        # A cascaded row counts the attacks before it too: the checks need PGD-k on its own.
+        pgd_k = r.correct[:n] if not r.after else correct_on_subset("pgd", eps=r.eps, **base)
+        acc_k = float(np.mean(pgd_k))
         correct_2k = correct_on_subset("pgd", eps=r.eps, **{**base, "nb_iter": 2 * k})
         fold(r.eps, f"pgd-{2 * k} on the first {n}", correct_2k)
         acc_2k = float(np.mean(correct_2k))
@@ -469,7 +499,8 @@ def _sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batc
                    f"converged: the numbers above overestimate robustness; the worst case includes PGD-{2 * k})")
         record(1, abs(acc_2k - acc_k) <= tol,
                {"eps": r.eps, f"pgd_{k}": acc_k, f"pgd_{2 * k}": acc_2k, "n": n, "tolerance": tol}, why)
-        fgsm = [f for f in report.results if f.threat_model == tm and f.attack == "fgsm" and f.eps == r.eps]
+        fgsm = [f for f in report.results if f.threat_model == tm and f.attack == "fgsm" and f.eps == r.eps
+                and not f.after]
         acc_fgsm = float(np.mean(fgsm[0].correct[:n] if fgsm else correct_on_subset("fgsm", eps=r.eps,
                                                                                    norm=base["norm"])))
         tol = _tolerance(acc_fgsm, n)

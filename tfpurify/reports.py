@@ -11,7 +11,7 @@ import numpy as np
 
 from tfpurify.runs import atomic_write_text
 
-__all__ = ["to_markdown", "sanity_lines", "detection_lines", "write_json", "write_markdown", "save_image_grid", "save_pictures", "write_report"]
+__all__ = ["attack_label", "to_markdown", "sanity_lines", "detection_lines", "write_json", "write_markdown", "save_image_grid", "save_pictures", "write_report"]
 
 
 def _fmt_value(value):
@@ -27,6 +27,13 @@ def _fmt_params(params):
     return ", ".join(f"{k}={_fmt_value(v)}" for k, v in keep.items())
 
 
+def attack_label(row):
+    """The attack column: "worst case", or the attack, with the attacks before it in a cascade."""
+    if row["attack"] == "worst_case":
+        return "**worst case**"
+    return row["attack"] + (f" (after {', '.join(row['after'])})" if row.get("after") else "")
+
+
 def _pct(value):
     return "-" if value is None else f"{100 * value:.1f} %"
 
@@ -35,7 +42,8 @@ def _settings_lines(settings):
     """What shaped the numbers: seed, batch, per threat model attack target, detector, checks."""
     if not settings:
         return []
-    lines = ["", f"Settings: seed {settings.get('seed')}, batch size {settings.get('batch_size')}."]
+    cascade = {True: ", attacks cascaded", False: ", every attack on every example"}.get(settings.get("cascade"), "")
+    lines = ["", f"Settings: seed {settings.get('seed')}, batch size {settings.get('batch_size')}{cascade}."]
     for tm, target in settings.get("threat_models", {}).items():
         if target:
             lines.append(f"- {tm}: {_fmt_params(target)}")
@@ -84,7 +92,7 @@ def detection_lines(detection):
     for det in detection:
         eps = "-" if det["eps"] is None else f"{det['eps']:g}"
         auc = "-" if det["roc_auc"] is None else f"{det['roc_auc']:.3f}"
-        lines.append(f"| {det['threat_model']} | {det['attack']} | {eps} | {det['n_adversarial']} | {auc} | "
+        lines.append(f"| {det['threat_model']} | {attack_label(det)} | {eps} | {det['n_adversarial']} | {auc} | "
                      f"{_pct(det['tpr'])} | {_pct(det['fpr'])} | {_pct(det['detected_or_correct'])} | "
                      f"{_pct(det['system_accuracy'])} | {_pct(det['accuracy_on_accepted'])} |")
     return lines
@@ -100,14 +108,17 @@ def to_markdown(report):
         "An example counts as robust under an attack only if it is correct clean and under the attack; "
         "worst case = correct under every attack of that threat model and eps, the sanity checks' attacks "
         "included; evals/example = gradient evaluations (queries for gradient-free attacks) per example. "
-        "How to read it: docs/evaluation.md.",
+        + ("Cascade: an attack marked (after ...) ran only on the examples the attacks before it left robust, "
+           "and its accuracy counts them too (--no-cascade: every attack on every example). "
+           if d.get("settings", {}).get("cascade") else "")
+        + "How to read it: docs/evaluation.md.",
         "",
         "| defense | threat model | attack | eps | accuracy | evals/example | parameters |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in d["rows"]:
         eps = "-" if row["eps"] is None else f"{row['eps']:g}"
-        attack = "**worst case**" if row["attack"] == "worst_case" else row["attack"]
+        attack = attack_label(row)
         evals = row.get("grad_evals_per_example")
         lines.append(f"| {row['defense']} | {row['threat_model']} | {attack} | {eps} | {_pct(row['accuracy'])} | "
                      f"{'-' if evals is None else f'{evals:g}'} | {_fmt_params(row['params'])} |")
