@@ -10,9 +10,11 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
 @click.command("eval")
 @click.argument("run")
 @click.option("--classifier", "classifier_run", default=None,
-              help="Classifier run the defense RUN protects (needed when RUN is a defense).")
+              help="Classifier run the defense RUN protects (needed when RUN is a purifier); for an "
+                   "adversarially trained RUN (pgd_at, l2l_da), the plain classifier of the `none` rows.")
 @click.option("--attacks", default="fgsm,pgd", show_default=True,
-              help="Comma list: fgsm, pgd, bim, mim, cw_l2, spsa, apgd_ce, apgd_dlr, apgd_t, square, autoattack.")
+              help="Comma list: fgsm, pgd, bim, mim, cw_l2, spsa, apgd_ce, apgd_dlr, apgd_t, square, autoattack, "
+                   "l2l_da (with --l2l-da-run).")
 @click.option("--eps", default="0.1", show_default=True, help="Comma list of L-inf budgets in [0, 1].")
 @click.option("--threat-model", default=None,
               help="Comma list of none, graybox, whitebox, transfer "
@@ -29,6 +31,8 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
                    "for less compute; rows then count the attacks before them). Off: every attack's own number.")
 @click.option("--autoattack-version", default="standard", show_default=True,
               help="standard (APGD-CE, APGD-T, Square) or rand (APGD-CE, APGD-DLR with EOT, stochastic defenses).")
+@click.option("--l2l-da-run", default=None,
+              help="An l2l_da run folder: its trained generator is the `l2l_da` attack (10 z draws per example).")
 @click.option("--eot-samples", default=8, show_default=True, type=int,
               help="Draws averaged per gradient (EOT) for stochastic purifiers, white-box.")
 @click.option("--detector-weight", default=1.0, show_default=True, type=float,
@@ -41,7 +45,7 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
 def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
-                 early_exit, cascade, autoattack_version, eot_samples, detector_weight, batch_size, limit, seed, sanity_checks, report_path):
+                 early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, detector_weight, batch_size, limit, seed, sanity_checks, report_path):
     """Attack RUN (a classifier or a defense run) on the test split and write a report."""
     from tfpurify.adaptive import threat_model_pipelines
     from tfpurify.classifiers import load_classifier
@@ -52,10 +56,15 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
 
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
                               nb_iter=nb_iter, eps_iter=eps_iter, restarts=restarts, early_exit=early_exit,
-                              version=autoattack_version)
+                              version=autoattack_version, generator_run=l2l_da_run)
     defended, info = load_defended(run, classifier_run)
-    is_defense = info["defense"] != "none"
-    threat_models = parse_list(threat_model or ("none,graybox,whitebox" if is_defense else "none"), "--threat-model")
+    if info["defense"] == "none":
+        default_threat_models = "none"
+    elif defended.robust_classifier:  # adversarial training: gray-box = white-box; none needs the plain classifier
+        default_threat_models = "none,whitebox" if classifier_run else "whitebox"
+    else:
+        default_threat_models = "none,graybox,whitebox"
+    threat_models = parse_list(threat_model or default_threat_models, "--threat-model")
     surrogate_model = load_classifier(surrogate)[0] if surrogate else None
     x, y = load_dataset(info["dataset"], "test", limit=limit)
     pipelines = threat_model_pipelines(defended, surrogate_model, eot_samples, detector_weight)

@@ -31,12 +31,13 @@ def classifier(arch, dataset, epochs, batch_size, learning_rate, limit, seed, ou
     click.echo(f"trained {arch} on {dataset}: val_accuracy {history['val_accuracy'][-1]:.4f} -> {out}")
 
 
-def _option_type(default):
-    if isinstance(default, bool):
-        return bool
-    if isinstance(default, (int, float, str)):
-        return type(default)
-    return int if default is None else str
+def _option_type(field):
+    """The click type of a config field: its annotation (`classifier: str = None`), else its default's type."""
+    if field.type in (bool, int, float, str):
+        return field.type
+    if isinstance(field.default, (bool, int, float, str)):
+        return type(field.default)
+    return str
 
 
 def _defense_command(name, model_class, config_class):
@@ -52,7 +53,7 @@ def _defense_command(name, model_class, config_class):
         click.echo(f"trained {name} on {config.dataset}: {last} -> {out}")
 
     for field in reversed(dataclasses.fields(config_class)):
-        command = click.option(f"--{field.name.replace('_', '-')}", field.name, type=_option_type(field.default),
+        command = click.option(f"--{field.name.replace('_', '-')}", field.name, type=_option_type(field),
                                default=None, help=f"[default: {field.default}]")(command)
     if issubclass(model_class, Detector):
         command = click.option("--target-fpr", default=0.05, show_default=True, type=float,

@@ -22,7 +22,17 @@ FAST = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(attacks.ATTACKS))
+# Learned attacks need a trained run: l2l_da's constraints are tested in tests/defenses/test_l2l_da.py.
+LEARNED = {"l2l_da"}
+
+
+def test_every_attack_is_checked_here_or_with_its_defense():
+    import tfpurify.defenses  # noqa: F401  (registers the learned attacks)
+
+    assert set(attacks.ATTACKS) == set(FAST) | LEARNED
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
 def test_attack_stays_in_eps_ball_and_pixel_range(name, cnn, fmnist_test):
     x, y = fmnist_test
     n = 4 if name == "spsa" else 40

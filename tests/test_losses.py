@@ -41,3 +41,19 @@ def test_feature_matching_and_reconstruction():
     fake = np.array([[0.0, 0.0], [2.0, 2.0]], np.float32)
     assert float(losses.feature_matching_loss(real, fake)) == pytest.approx((2 - 1) ** 2 + (3 - 1) ** 2)
     assert float(losses.reconstruction_loss(real, fake)) == pytest.approx(np.mean((real - fake) ** 2))
+
+
+def test_diversity_loss_is_mean_image_gap_over_mean_code_gap():
+    a = [tf.zeros([2, 4, 4, 1]), tf.zeros([2, 4, 4, 1])]
+    b = [tf.fill([2, 4, 4, 1], 0.2), tf.fill([2, 4, 4, 1], 0.4)]
+    z1, z2 = tf.zeros([2, 3]), tf.fill([2, 3], 2.0)
+    # image gaps 0.2 and 0.4 averaged over the trajectory (0.3), over the code gap 2
+    assert float(losses.diversity_loss(a, b, z1, z2)) == pytest.approx(0.15, rel=1e-5)
+    assert float(losses.diversity_loss(a[0], b[0], z1, z2)) == pytest.approx(0.1, rel=1e-5)
+
+
+def test_classification_loss_matches_keras():
+    logits = tf.constant([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    labels = tf.constant([0, 1])
+    keras_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    assert float(losses.classification_loss(labels, logits)) == pytest.approx(float(keras_loss), rel=1e-6)

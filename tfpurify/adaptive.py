@@ -123,12 +123,24 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
     none: the bare classifier attacked and scored (the undefended row); graybox: the bare
     classifier attacked, the defense scored; whitebox: end to end (BPDA, EOT, detector-aware);
     transfer: an independent surrogate attacked, the defense scored. A bare classifier (no
-    purifier, no detector) has no graybox or whitebox entry: they would repeat `none`.
+    purifier, no detector) has no graybox or whitebox entry: they would repeat `none`. An
+    adversarially trained classifier is attacked directly under graybox and whitebox (the same
+    thing), and `none` is its `undefended` classifier, if it has one (else None: not available).
     """
     if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
         raise AttackConfigError(f"eot_samples must be an integer >= 1, got {eot_samples!r}")
     if not detector_weight >= 0:
         raise AttackConfigError(f"detector_weight must be >= 0 (0: the attack ignores the detector), got {detector_weight}")
+    if getattr(defended, "robust_classifier", False):
+        # adversarial training: the defense is the classifier, so gray-box and white-box coincide
+        robust = _described(defended.classifier, attacked="the adversarially trained classifier itself "
+                                                          "(gray-box = white-box: no purifier)")
+        pipelines = {"whitebox": (robust, defended), "graybox": (robust, defended), "none": None}
+        if defended.undefended is not None:
+            pipelines["none"] = (_described(defended.undefended, attacked="plain classifier"), defended.undefended)
+        if surrogate is not None:
+            pipelines["transfer"] = (_described(surrogate, attacked="surrogate classifier"), defended)
+        return pipelines
     classifier = _described(defended.classifier, attacked="classifier")
     pipelines = {"none": (classifier, defended.classifier)}
     if defended.purifier is not None or defended.detector is not None:

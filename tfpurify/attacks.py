@@ -24,7 +24,7 @@ from tfpurify import autoattack
 from tfpurify.data import validate_images
 from tfpurify.errors import AttackConfigError
 
-__all__ = ["ATTACKS", "AttackDef", "register_attack", "resolve_params", "run_attack", "parse_norm"]
+__all__ = ["ATTACKS", "AttackDef", "register_attack", "get_attack", "resolve_params", "run_attack", "parse_norm"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ class AttackDef:
     takes_loss: bool = False  # True: the attack gets a detector-aware target itself (its loss, logits, flags)
     prepare: callable = None  # params -> extra params built once, outside tf.function (SPSA's optimizer)
     cost: callable = None     # params -> model evaluations per example, for attacks that do not count them
+    check: callable = None    # params -> None, raises AttackConfigError (attack-specific validation)
 
 
 def _fgsm(model_fn, x, y, p, loss_fn):
@@ -164,6 +165,15 @@ def register_attack(name, attack_def):
     ATTACKS[name] = attack_def
 
 
+def get_attack(name):
+    """The `AttackDef` of `name`; learned attacks register when their defense module loads."""
+    if name not in ATTACKS:
+        import tfpurify.defenses  # noqa: F401  (registers l2l_da and any other learned attack)
+    if name not in ATTACKS:
+        raise AttackConfigError(f"unknown attack {name!r}; choose from {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[name]
+
+
 def parse_norm(norm):
     """Maps `inf`, `linf`, `np.inf`, `2`, `l2` to np.inf or 2; raises AttackConfigError otherwise."""
     if isinstance(norm, str):
@@ -184,9 +194,7 @@ def resolve_params(name, **params):
     Raises:
       AttackConfigError: unknown attack or parameter, eps < 0, eps_iter > eps, unknown norm, ...
     """
-    if name not in ATTACKS:
-        raise AttackConfigError(f"unknown attack {name!r}; choose from {', '.join(sorted(ATTACKS))}")
-    attack = ATTACKS[name]
+    attack = get_attack(name)
     unknown = set(params) - set(attack.defaults)
     if unknown:
         raise AttackConfigError(
@@ -231,6 +239,8 @@ def resolve_params(name, **params):
         raise AttackConfigError(f"decay_factor must be a number >= 0, got {p['decay_factor']!r}")
     if p["clip_min"] >= p["clip_max"]:
         raise AttackConfigError(f"clip_min {p['clip_min']} must be below clip_max {p['clip_max']}")
+    if attack.check is not None:
+        attack.check(p)
     return p
 
 

@@ -205,10 +205,7 @@ def make_attack_specs(names, eps_values, **params):
     """
     specs = []
     for name in names:
-        if name not in attacks_lib.ATTACKS:
-            raise AttackConfigError(
-                f"unknown attack {name!r}; choose from {', '.join(sorted(attacks_lib.ATTACKS))}")
-        accepted = attacks_lib.ATTACKS[name].defaults
+        accepted = attacks_lib.get_attack(name).defaults
         common = {k: v for k, v in params.items() if k in accepted and v is not None}
         if accepted.get("eps", 0.0) is None:  # unbounded (CW-L2)
             specs.append(AttackSpec(name, common))
@@ -250,8 +247,9 @@ class _Pipelines:
     def get(self, threat_model):
         if threat_model not in THREAT_MODELS:
             raise AttackConfigError(f"unknown threat model {threat_model!r}; choose from {', '.join(THREAT_MODELS)}")
-        if threat_model not in self.table:
+        if self.table.get(threat_model) is None:
             need = {"transfer": "a surrogate classifier (--surrogate RUN)",
+                    "none": "the plain classifier (--classifier RUN) beside an adversarially trained one",
                     "graybox": "a defense run (tfpurify eval DEFENSE_RUN --classifier RUN)",
                     "whitebox": "a defense run (tfpurify eval DEFENSE_RUN --classifier RUN)"}
             raise AttackConfigError(f"threat model {threat_model!r} needs {need.get(threat_model, 'more input')}")

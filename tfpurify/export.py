@@ -114,10 +114,13 @@ def _own_metadata(defended, input_shape):
     except importlib.metadata.PackageNotFoundError:
         own_version = "unknown"
     defense = defended.purifier if defended.purifier is not None else defended.detector
+    if getattr(defended, "robust_classifier", False):  # adversarial training: the classifier is the defense
+        defense = defended.classifier
     return {"input_shape": list(input_shape), "signatures": ["serving_default", "purify"],
             "versions": {"tfpurify": own_version, "tensorflow": tf.__version__},
             "defense": "none" if defense is None else getattr(defense, "registry_name", type(defense).__name__),
-            "classifier": getattr(defended.classifier, "name", type(defended.classifier).__name__)}
+            "classifier": getattr(defended.classifier, "arch", None)
+            or getattr(defended.classifier, "name", type(defended.classifier).__name__)}
 
 
 _RENAME_EXCHANGE = 2

@@ -11,6 +11,8 @@ __all__ = [
     "mutual_information_gap",
     "feature_matching_loss",
     "reconstruction_loss",
+    "classification_loss",
+    "diversity_loss",
 ]
 
 
@@ -64,3 +66,26 @@ def feature_matching_loss(real_features, fake_features):
 def reconstruction_loss(x, x_reconstructed):
     """Mean squared error per example, averaged: E ||G(E(x)) - x||^2 / dim."""
     return tf.reduce_mean(tf.square(x - x_reconstructed))
+
+
+def classification_loss(labels, logits):
+    """Mean over the batch of the softmax cross-entropy of integer labels: the classifier loss L(x, y)."""
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int64), logits))
+
+
+def diversity_loss(x_adv_1, x_adv_2, z_1, z_2, eps=1e-8):
+    """L2L-DA eq. 7 (after Yang et al. 2019): mean |x_adv(z1) - x_adv(z2)| / mean |z1 - z2|.
+
+    Args:
+      x_adv_1, x_adv_2: adversarial images from the same inputs with latent codes z_1, z_2; lists of
+        tensors (the trajectory x_adv^(1..T)) are averaged over t.
+      z_1, z_2: the latent codes [N, d].
+
+    Returns:
+      A scalar the attack generator *maximizes*; mean absolute values (the authors' code) make it
+      independent of image size and code dimension.
+    """
+    xs_1 = x_adv_1 if isinstance(x_adv_1, (list, tuple)) else [x_adv_1]
+    xs_2 = x_adv_2 if isinstance(x_adv_2, (list, tuple)) else [x_adv_2]
+    image_gap = tf.add_n([tf.reduce_mean(tf.abs(a - b)) for a, b in zip(xs_1, xs_2)]) / len(xs_1)
+    return image_gap / (tf.reduce_mean(tf.abs(z_1 - z_2)) + eps)

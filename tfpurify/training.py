@@ -16,7 +16,7 @@ import tensorflow as tf
 from tfpurify import data as data_lib
 from tfpurify.classifiers import WEIGHTS as CLASSIFIER_WEIGHTS
 from tfpurify.classifiers import load_classifier
-from tfpurify.defenses import DefendedClassifier, Detector, get_defense
+from tfpurify.defenses import DefendedClassifier, Detector, RobustClassifier, get_defense
 from tfpurify.errors import InputValidationError, RunFolderError
 from tfpurify.runs import (atomic_write_text, finish_run, read_config, read_run, restore_weights, run_callbacks,
                            start_run, weights_digest)
@@ -126,32 +126,42 @@ def load_defense(run_dir):
 def load_defended(run_dir, classifier_run=None):
     """A `DefendedClassifier` from a defense run + classifier run, or from a classifier run alone.
 
+    For a defense that is itself a classifier (adversarial training), `classifier_run` is
+    optional: the plain classifier behind the report's `none` rows (usually the run it started from).
+
     Returns:
       (defended, info) where info names the defense, classifier, dataset and configs, and `runs`
       holds each run folder with the SHA-256 of its weights (what a report was made for).
     """
-    kind = read_config(run_dir).get("kind")
-    if kind == "classifier":
+    def digest(path, weights):
+        return {"path": str(path), "weights_sha256": weights_digest(path, weights)}
+
+    if read_config(run_dir).get("kind") == "classifier":
         if classifier_run is not None:
             raise RunFolderError(f"{run_dir} is a classifier run; --classifier is only for defense runs")
-        classifier_run = run_dir
         classifier, cconfig = load_classifier(run_dir)
         defended = DefendedClassifier(classifier)
-        info = {"defense": "none", "config": cconfig.to_dict()}
-        runs = {}
+        info = {"defense": "none", "config": cconfig.to_dict(), "classifier": cconfig.arch}
+        runs = {"classifier": digest(run_dir, CLASSIFIER_WEIGHTS)}
     else:
-        if classifier_run is None:
-            raise RunFolderError(f"{run_dir} is a defense run: name the classifier it protects with --classifier RUN")
         defense, dconfig = load_defense(run_dir)
-        classifier, cconfig = load_classifier(classifier_run)
-        if cconfig.dataset != dconfig.dataset:
+        robust = isinstance(defense, RobustClassifier)
+        if classifier_run is None and not robust:
+            raise RunFolderError(f"{run_dir} is a defense run: name the classifier it protects with --classifier RUN")
+        classifier, cconfig = load_classifier(classifier_run) if classifier_run else (None, None)
+        if cconfig is not None and cconfig.dataset != dconfig.dataset:
             raise RunFolderError(f"the defense was trained on {dconfig.dataset}, the classifier on {cconfig.dataset}")
-        defended = DefendedClassifier(classifier, purifier=defense if hasattr(defense, "purify") else None,
-                                      detector=defense if is_detector(defense) else None)
-        info = {"defense": defense.registry_name, "config": _config_dict(defense.registry_name, dconfig)}
-        runs = {"defense": {"path": str(run_dir), "weights_sha256": weights_digest(run_dir, WEIGHTS)}}
-    runs["classifier"] = {"path": str(classifier_run),
-                          "weights_sha256": weights_digest(classifier_run, CLASSIFIER_WEIGHTS)}
-    defended(tf.zeros((1, *cconfig.input_shape)))  # build, so export can track it
-    return defended, {**info, "classifier": cconfig.arch, "dataset": cconfig.dataset,
-                      "classifier_config": cconfig.to_dict(), "runs": runs}
+        if robust:  # the defense is the classifier; `classifier` is the plain one, for the `none` rows
+            defended = DefendedClassifier(defense, undefended=classifier)
+        else:
+            defended = DefendedClassifier(classifier, purifier=defense if hasattr(defense, "purify") else None,
+                                          detector=defense if is_detector(defense) else None)
+        info = {"defense": defense.registry_name, "config": _config_dict(defense.registry_name, dconfig),
+                "classifier": defense.arch if robust else cconfig.arch}
+        runs = {"defense": digest(run_dir, WEIGHTS)}
+        if classifier_run:
+            runs["undefended" if robust else "classifier"] = digest(classifier_run, CLASSIFIER_WEIGHTS)
+    dataset = (cconfig or dconfig).dataset
+    defended(tf.zeros((1, *(cconfig or dconfig).input_shape)))  # build, so export can track it
+    return defended, {**info, "dataset": dataset, "classifier_config": cconfig.to_dict() if cconfig else None,
+                      "runs": runs}

@@ -5,10 +5,12 @@ NameConfig)` and importing it at the bottom of this file; `tfpurify train <name>
 `export` then find it.
 """
 
-from tfpurify.defenses.base import DefendedClassifier, DefenseConfig, Detector, Purifier
+from tfpurify.defenses.base import (DefendedClassifier, DefenseConfig, Detector, Purifier, RobustClassifier,
+                                    RobustClassifierConfig)
 from tfpurify.errors import RunFolderError
 
-__all__ = ["REGISTRY", "register", "get_defense", "DefendedClassifier", "DefenseConfig", "Detector", "Purifier"]
+__all__ = ["REGISTRY", "register", "get_defense", "DefendedClassifier", "DefenseConfig", "Detector", "Purifier",
+           "RobustClassifier", "RobustClassifierConfig"]
 
 REGISTRY = {}
 
@@ -32,4 +34,4 @@ def get_defense(name):
     return REGISTRY[name]
 
 
-from tfpurify.defenses import denoising_ae, fbgan  # noqa: E402,F401  (each registers itself)
+from tfpurify.defenses import adversarial_training, denoising_ae, fbgan, l2l_da  # noqa: E402,F401  (each registers itself)

@@ -1,6 +1,7 @@
-"""What every defense plugs into: `Purifier`, the `Detector` mixin and `DefendedClassifier`.
+"""What every defense plugs into: `Purifier`, the `Detector` mixin, `RobustClassifier` and `DefendedClassifier`.
 
-A purifier maps images in [0, 1] to images in [0, 1] of the same shape. An adaptive attacker
+A purifier maps images in [0, 1] to images in [0, 1] of the same shape. A robust classifier is a
+defense that *is* the classifier (adversarial training): it returns logits and has no purifier. An adaptive attacker
 differentiates `attack_surrogate` (BPDA hook: override it where `purify` is not differentiable)
 and, for `stochastic` purifiers, averages gradients over draws (EOT). A detector scores inputs
 (higher = more likely adversarial) against a `threshold` variable saved with the model.
@@ -14,7 +15,8 @@ import tensorflow as tf
 from tfpurify.config import TrainingConfig
 from tfpurify.errors import InputValidationError
 
-__all__ = ["DefenseConfig", "Purifier", "Detector", "DefendedClassifier"]
+__all__ = ["DefenseConfig", "RobustClassifierConfig", "Purifier", "Detector", "RobustClassifier",
+           "DefendedClassifier", "apply_gradients"]
 
 keras = tf.keras
 
@@ -22,6 +24,50 @@ keras = tf.keras
 @dataclasses.dataclass(frozen=True)
 class DefenseConfig(TrainingConfig):
     """Fields every defense's config shares (data and training schedule)."""
+
+
+def apply_gradients(optimizer, loss, tape, variables):
+    """One player's update in a custom `train_step`, correct under `tf.distribute`.
+
+    The loss is a per-replica mean and the optimizer sums gradients over replicas, so the
+    gradient is divided by the number of replicas.
+    """
+    replicas = float(tf.distribute.get_strategy().num_replicas_in_sync)
+
+    def scaled(g):  # a gather (class-conditional batch norm) has a sparse gradient
+        if isinstance(g, tf.IndexedSlices):
+            return tf.IndexedSlices(g.values / replicas, g.indices, g.dense_shape)
+        return g / replicas
+
+    gradients = tape.gradient(loss, variables)
+    optimizer.apply_gradients((scaled(g), v) for g, v in zip(gradients, variables))
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustClassifierConfig(DefenseConfig):
+    """Fields of defenses that train the classifier itself.
+
+    `classifier`: a classifier run folder to start from (its weights are fine-tuned; its
+    architecture and data set must match); None trains `arch` from scratch. `arch` defaults to the
+    classifier run's architecture, else `cnn`.
+    """
+
+    classifier: str = None
+    arch: str = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.arch is None:  # read once, when the run is configured; a saved config names the arch
+            arch = "cnn"
+            if self.classifier is not None:
+                from tfpurify.runs import read_run
+
+                arch = read_run(self.classifier, "classifier").get("arch", "cnn")
+            object.__setattr__(self, "arch", arch)
+        from tfpurify.classifiers import ARCHITECTURES
+
+        if self.arch not in ARCHITECTURES:
+            raise InputValidationError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
 class Purifier(keras.Model):
@@ -117,20 +163,78 @@ class Detector:
         return result
 
 
+class RobustClassifier(keras.Model):
+    """Base class of defenses that are a classifier (adversarial training): images -> logits.
+
+    Holds a reference classifier (`classifier`, built from `config.arch`) and trains it in the
+    subclass's `train_step`; `compile_for_training` first copies the weights of the classifier run
+    named in the config, if any. Its `DefendedClassifier` has no purifier.
+    """
+
+    def __init__(self, config, input_shape=(28, 28, 1), **kwargs):
+        super().__init__(**kwargs)
+        from tfpurify.classifiers import build_classifier
+
+        self.config = config
+        self.arch = config.arch
+        self.image_shape = tuple(input_shape)
+        self.classifier = build_classifier(config.arch, self.image_shape, config.num_classes)
+
+    def call(self, x, training=False):
+        return self.classifier(x, training=training)
+
+    def start_from_classifier_run(self):
+        """Copies the weights of `config.classifier` (a classifier run), checking that it fits."""
+        if self.config.classifier is None:
+            return
+        from tfpurify.classifiers import load_classifier
+        from tfpurify.errors import RunFolderError
+
+        start, start_config = load_classifier(self.config.classifier)
+        if start_config.arch != self.arch or start_config.dataset != self.config.dataset:
+            raise RunFolderError(f"{self.config.classifier} is a {start_config.arch} on {start_config.dataset}; this "
+                                 f"run trains a {self.arch} on {self.config.dataset}")
+        self.classifier.set_weights(start.get_weights())
+
+    def make_dataset(self, x, y, batch_size, shuffle=False, seed=0):
+        from tfpurify.data import to_tf_dataset
+
+        return to_tf_dataset(x, y, batch_size, shuffle=shuffle, seed=seed)
+
+    def compile_for_training(self):
+        raise NotImplementedError
+
+    def training_callbacks(self):
+        return []
+
+    def get_config(self):
+        return dataclasses.asdict(self.config)
+
+
 class DefendedClassifier(keras.Model):
     """classifier(purifier(x)), optionally with a detector; what eval and export consume.
 
     Args:
-      classifier: a Keras model (or callable) returning logits.
+      classifier: a Keras model (or callable) returning logits; for adversarial training, the
+        `RobustClassifier` itself.
       purifier: a `Purifier`, or None (the bare or adversarially trained classifier).
       detector: a `Detector`, or None; may be the purifier itself.
+      undefended: the plain classifier behind the `none` rows of a report when `classifier` is a
+        `RobustClassifier` (the run it started from), or None; a purifier's undefended classifier
+        is `classifier` itself. Not part of the model: an export leaves it out.
     """
 
-    def __init__(self, classifier, purifier=None, detector=None, **kwargs):
+    def __init__(self, classifier, purifier=None, detector=None, undefended=None, **kwargs):
         super().__init__(**kwargs)
         self.classifier = classifier
         self.purifier = purifier
         self.detector = detector
+        object.__setattr__(self, "undefended", undefended)  # untracked: not saved or exported
+
+    @property
+    def robust_classifier(self):
+        """True when the defense is the classifier itself (adversarial training)."""
+        return isinstance(self.classifier, RobustClassifier)
 
     def purify(self, x, training=False):
         return x if self.purifier is None else self.purifier.purify(x, training=training)

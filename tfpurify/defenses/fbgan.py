@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfpurify import losses
 from tfpurify.defenses import register
-from tfpurify.defenses.base import DefenseConfig, Purifier
+from tfpurify.defenses.base import DefenseConfig, Purifier, apply_gradients
 from tfpurify.errors import InputValidationError
 from tfpurify.layers import weight_norm
 
@@ -202,11 +202,6 @@ class FBGAN(Purifier):
         return losses.mutual_information_gap(z_categorical, z_continuous, categorical_logits, continuous_mean,
                                               self.config.continuous_weight)
 
-    def _apply(self, optimizer, loss, tape, variables):
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync  # gradients are summed over replicas
-        gradients = tape.gradient(loss, variables)
-        optimizer.apply_gradients((g / replicas, v) for g, v in zip(gradients, variables))
-
     def train_step(self, x):
         cfg = self.config
         z = self.sample_prior(tf.shape(x)[0])
@@ -228,9 +223,9 @@ class FBGAN(Purifier):
             cycle_logits, cycle_continuous = self.encoder(tf.stop_gradient(x_fake), training=True)
             e_loss = (losses.feature_matching_loss(real_features, fake_features) + ae_on * recon
                       + cfg.latent_cycle_weight * self._mi_gap(z, cycle_logits, cycle_continuous))
-        self._apply(self.d_optimizer, d_loss, d_tape, self.discriminator.trainable_weights)
-        self._apply(self.g_optimizer, g_loss, g_tape, self.generator.trainable_weights)
-        self._apply(self.e_optimizer, e_loss, e_tape, self.encoder.trainable_weights)
+        apply_gradients(self.d_optimizer, d_loss, d_tape, self.discriminator.trainable_weights)
+        apply_gradients(self.g_optimizer, g_loss, g_tape, self.generator.trainable_weights)
+        apply_gradients(self.e_optimizer, e_loss, e_tape, self.encoder.trainable_weights)
         return self._track(d_loss=d_loss, g_loss=g_loss, e_loss=e_loss, mi_gap=mi_gap, recon_error=recon)
 
     def test_step(self, x):

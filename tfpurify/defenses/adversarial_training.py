@@ -1,0 +1,105 @@
+"""PGD adversarial training (Madry et al. 2018, "Towards Deep Learning Models Resistant to
+Adversarial Attacks"): the baseline every purifier in this package is measured against.
+
+Each training step crafts PGD examples against the classifier as it is at that step (k steps of
+`eps_iter` inside the L-inf ball of radius `eps`, from a uniform random start, the classifier in
+inference mode), then updates the classifier on
+`(1 - adv_weight) * L(x) + adv_weight * L(x_adv)` (Madry: `adv_weight` 1; Goodfellow et al.'s
+half-and-half mix: 0.5). The PGD loop is tfpurify's graph loop (`autoattack.iterative_gradient`,
+no early exit), so one traced step holds one copy of the model however large k is. It may start
+from a trained classifier run (`classifier`), which it fine-tunes.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfpurify import autoattack, losses
+from tfpurify.defenses import register
+from tfpurify.defenses.base import RobustClassifier, RobustClassifierConfig, apply_gradients
+from tfpurify.errors import InputValidationError
+
+__all__ = ["PGDATConfig", "PGDAdversarialTraining", "pgd_examples"]
+
+keras = tf.keras
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDATConfig(RobustClassifierConfig):
+    """PGD adversarial training (Madry et al.): eps, PGD steps and step size, clean/adversarial mix."""
+
+    eps: float = 0.1
+    nb_iter: int = 10
+    eps_iter: float = None  # default eps / 4 (tfpurify's PGD default)
+    rand_init: bool = True
+    adv_weight: float = 1.0  # loss = (1 - w) L(x) + w L(x_adv)
+    epochs: int = 5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 < self.eps <= 1.0:
+            raise InputValidationError(f"eps must be in (0, 1], got {self.eps}")
+        self.require_positive("nb_iter")
+        if self.eps_iter is not None and not 0.0 < self.eps_iter <= self.eps:
+            raise InputValidationError(f"eps_iter must be in (0, eps={self.eps}], got {self.eps_iter}")
+        if not 0.0 <= self.adv_weight <= 1.0:
+            raise InputValidationError(f"adv_weight must be in [0, 1], got {self.adv_weight}")
+
+    @property
+    def step_size(self):
+        return self.eps / 4.0 if self.eps_iter is None else self.eps_iter
+
+
+def pgd_examples(classifier, x, y, eps, eps_iter, nb_iter, rand_init=True):
+    """PGD examples against `classifier` in inference mode, no early exit, no gradient to its weights."""
+    x_adv, _, _ = autoattack.iterative_gradient(
+        lambda images: classifier(images, training=False), x, y, eps, eps_iter, nb_iter,
+        rand_init=rand_init, early_exit=False)
+    return tf.stop_gradient(tf.clip_by_value(x_adv, 0.0, 1.0))
+
+
+@register("pgd_at", PGDATConfig)
+class PGDAdversarialTraining(RobustClassifier):
+    """A reference classifier trained on PGD examples crafted against itself each step."""
+
+    def __init__(self, config=PGDATConfig(), input_shape=(28, 28, 1), **kwargs):
+        super().__init__(config, input_shape, **kwargs)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "clean_loss", "adv_loss")}
+        self.accuracies = {name: keras.metrics.SparseCategoricalAccuracy(name=name)
+                           for name in ("accuracy", "adv_accuracy")}
+
+    @property
+    def metrics(self):
+        return [*self.trackers.values(), *self.accuracies.values()]
+
+    def compile_for_training(self):
+        self.start_from_classifier_run()
+        self.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate))
+
+    def _objective(self, x, y, training):
+        """PGD examples on the current weights, then the mixed loss (clean and adversarial logits too)."""
+        c = self.config
+        x_adv = pgd_examples(self.classifier, x, y, c.eps, c.step_size, c.nb_iter, c.rand_init)
+        logits, adv_logits = self.classifier(x, training=training), self.classifier(x_adv, training=training)
+        clean_loss = losses.classification_loss(y, logits)
+        adv_loss = losses.classification_loss(y, adv_logits)
+        loss = (1.0 - c.adv_weight) * clean_loss + c.adv_weight * adv_loss
+        return {"loss": loss, "clean_loss": clean_loss, "adv_loss": adv_loss}, logits, adv_logits
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            values, logits, adv_logits = self._objective(x, y, training=True)
+        apply_gradients(self.optimizer, values["loss"], tape, self.classifier.trainable_variables)
+        return self._update(y, values, logits, adv_logits)
+
+    def test_step(self, data):
+        x, y = data
+        return self._update(y, *self._objective(x, y, training=False))
+
+    def _update(self, y, values, logits, adv_logits):
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        self.accuracies["accuracy"].update_state(y, logits)
+        self.accuracies["adv_accuracy"].update_state(y, adv_logits)
+        return {m.name: m.result() for m in self.metrics}

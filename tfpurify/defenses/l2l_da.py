@@ -1,0 +1,309 @@
+"""L2L-DA: adversarial training against a learned, recursive, stochastic attack generator
+(Jang, Zhao, Hong & Lee, "Adversarial Defense via Learning to Generate Diverse Attacks", ICCV 2019).
+
+A generator g_phi(x, y, z, delta_t, grad_t) proposes a step; the attack recurses T times (eq. 5):
+
+    delta_{t+1} = Proj_eps(delta_t + eps_step * g_phi(x, y, z, delta_t, grad_t / ||grad_t||_F))
+    x_adv_{t+1} = clip(x + delta_{t+1}, 0, 1),   delta_0 = 0,   eps_step = eps / 4,
+
+where grad_t is the classifier's loss gradient at x_adv_t. `train_step` is Algorithm 1: the batch
+is duplicated with two latent draws z1, z2; the generator maximizes L_cls (the classifier loss
+averaged over the T steps, eq. 6) + lambda * L_div (eq. 7); the classifier minimizes
+L(x) + L(x_adv_T). Both use SGD with momentum 0.9 (weight decay 1e-5 for the classifier), as the
+paper's section 5.1; the classifier may start from a trained classifier run.
+
+One deviation, measured: the gradient fed to the generator is grad / ||grad||_F (the paper) times
+sqrt(number of pixels), i.e. unit root-mean-square per pixel. Without that constant the gradient
+channel is ~30x smaller than the image channels beside it, and 60 training steps on Fashion-MNIST
+left the learned attack at 68 % accuracy on a plain `cnn` (FGSM: 9 %); with it, 2 % after the
+same 60 steps, with SGD or Adam alike.
+
+The generator is a small U-Net: the image, delta_t and the normalized gradient are concatenated at
+the input, z is tiled spatially and concatenated at the input and before the first two
+convolutions, and the label enters through class-conditional batch normalization. The gradient fed
+to the generator is treated as data (no second-order term), as in the authors' code.
+
+Ablations of the paper's Table 1 are config fields: `recursive` (False: one step of size eps, the
+L2L baseline's form), `diversity` (False: lambda = 0), `use_delta` and `use_label`.
+
+The trained generator is also an attack, `l2l_da` in `tfpurify.attacks`, usable against any
+model (`tfpurify eval --attacks l2l_da --l2l-da-run RUN`): several z draws per example, the worst
+kept.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from tfpurify import attacks, losses
+from tfpurify.defenses import register
+from tfpurify.defenses.base import RobustClassifier, RobustClassifierConfig, apply_gradients
+from tfpurify.errors import AttackConfigError, InputValidationError
+from tfpurify.layers import ConditionalBatchNorm
+
+__all__ = ["L2LDAConfig", "L2LDA", "AttackGenerator", "attack_trajectory"]
+
+keras = tf.keras
+layers = tf.keras.layers
+
+
+@dataclasses.dataclass(frozen=True)
+class L2LDAConfig(RobustClassifierConfig):
+    """L2L-DA: eps, recursion steps, latent size, diversity weight, optimizers, ablation flags."""
+
+    eps: float = 0.1
+    steps: int = 10                  # T (paper and authors' code: 10)
+    eps_step: float = None           # default eps / 4 (paper 5.1); eps when recursive is off
+    z_dim: int = 8
+    diversity_weight: float = 0.02   # lambda (authors' code: 0.02 MNIST, 0.5 CIFAR-10)
+    generator_filters: int = 32
+    learning_rate: float = 0.01      # classifier SGD
+    generator_optimizer: str = "sgd"  # the paper's (momentum as below); or "adam"
+    generator_learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    recursive: bool = True
+    diversity: bool = True
+    use_delta: bool = True
+    use_label: bool = True
+    batch_size: int = 100            # paper: 100 (doubled inside the step, z1 and z2)
+    epochs: int = 5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 < self.eps <= 1.0:
+            raise InputValidationError(f"eps must be in (0, 1], got {self.eps}")
+        self.require_positive("steps", "z_dim", "generator_filters", "generator_learning_rate")
+        if self.eps_step is not None and not 0.0 < self.eps_step <= self.eps:
+            raise InputValidationError(f"eps_step must be in (0, eps={self.eps}], got {self.eps_step}")
+        if self.generator_optimizer not in ("adam", "sgd"):
+            raise InputValidationError(f"generator_optimizer must be adam or sgd, got {self.generator_optimizer!r}")
+        for name in ("diversity_weight", "momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise InputValidationError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def n_steps(self):
+        return self.steps if self.recursive else 1
+
+    @property
+    def step_size(self):
+        if not self.recursive:
+            return self.eps
+        return self.eps / 4.0 if self.eps_step is None else self.eps_step
+
+
+class AttackGenerator(keras.Model):
+    """g_phi(x, y, z, delta, grad) -> a step in [-1, 1]^(H x W x C): a U-Net with z and y injected."""
+
+    def __init__(self, image_shape, num_classes, z_dim=8, filters=32, use_delta=True, use_label=True, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape, self.z_dim = tuple(image_shape), int(z_dim)
+        self.use_delta, self.use_label = use_delta, use_label
+        f, channels = filters, image_shape[-1]
+        # no biases before a normalization: it would remove them
+        self.down = [layers.Conv2D(f, 3, padding="same", use_bias=False),
+                     layers.Conv2D(2 * f, 4, strides=2, padding="same", use_bias=False),
+                     layers.Conv2D(4 * f, 4, strides=2, padding="same", use_bias=False)]
+        self.up = [layers.Conv2DTranspose(2 * f, 4, strides=2, padding="same", use_bias=False),
+                   layers.Conv2DTranspose(f, 4, strides=2, padding="same", use_bias=False)]
+        self.norms = [self._norm(num_classes) for _ in range(len(self.down) + len(self.up))]
+        self.out = layers.Conv2D(channels, 3, padding="same", activation="tanh")
+
+    def _norm(self, num_classes):
+        return ConditionalBatchNorm(num_classes) if self.use_label else layers.BatchNormalization()
+
+    def _normalize(self, i, h, y, training):
+        norm = self.norms[i]
+        return tf.nn.relu(norm([h, y], training=training) if self.use_label else norm(h, training=training))
+
+    def call(self, inputs, training=False):
+        x, y, z, delta, grad = inputs
+        tiled = lambda h: tf.tile(z[:, None, None, :], [1, tf.shape(h)[1], tf.shape(h)[2], 1])  # noqa: E731
+        h = tf.concat([x, delta, grad] if self.use_delta else [x, grad], axis=-1)
+        skips = []
+        for i, conv in enumerate(self.down):  # z joins the input and the first two convolutions
+            h = self._normalize(i, conv(tf.concat([h, tiled(h)], axis=-1) if i < 2 else h), y, training)
+            skips.append(h)
+        for j, deconv in enumerate(self.up):
+            skip = skips[-2 - j]
+            h = self._normalize(len(self.down) + j, deconv(h), y, training)
+            h = tf.concat([h[:, :tf.shape(skip)[1], :tf.shape(skip)[2]], skip], axis=-1)  # crop: odd sizes
+        return self.out(h)
+
+
+def attack_trajectory(generator, model_fn, x, y, z, eps, eps_step, steps, training=False):
+    """Runs the recursion of eq. 5 against `model_fn` (images -> logits).
+
+    Returns:
+      (x_adv^(1..T) list, per-example loss of `model_fn` at each x_adv^(t) [T tensors of N],
+      logits at x_adv^(T))
+    """
+    delta = tf.zeros_like(x)
+    x_adv = x
+    trajectory, step_losses = [], []
+    with tf.GradientTape() as tape:  # the first gradient: at the clean input
+        tape.watch(x_adv)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(y, model_fn(x_adv))
+    grad = tape.gradient(loss, x_adv)
+    size = tf.sqrt(tf.cast(tf.reduce_prod(tf.shape(x)[1:]), x.dtype))
+    for t in range(steps):
+        # grad / ||grad||_F (the paper), times sqrt(pixels): unit root-mean-square per pixel, so the
+        # gradient channel is on the scale of the image channels it is concatenated with
+        norms = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=[1, 2, 3], keepdims=True))
+        direction = generator([x, y, z, delta, tf.stop_gradient(size * grad / (norms + 1e-12))], training=training)
+        delta = tf.clip_by_value(delta + eps_step * direction, -eps, eps)
+        x_adv = tf.clip_by_value(x + delta, 0.0, 1.0)
+        delta = x_adv - x  # the perturbation that is actually applied
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            logits = model_fn(x_adv)
+            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+        if t + 1 < steps:
+            grad = tape.gradient(loss, x_adv)
+        trajectory.append(x_adv)
+        step_losses.append(loss)
+    return trajectory, step_losses, logits
+
+
+@register("l2l_da", L2LDAConfig)
+class L2LDA(RobustClassifier):
+    """A classifier adversarially trained against a learned recursive stochastic attack generator."""
+
+    def __init__(self, config=L2LDAConfig(), input_shape=(28, 28, 1), **kwargs):
+        super().__init__(config, input_shape, **kwargs)
+        self.generator = AttackGenerator(self.image_shape, config.num_classes, config.z_dim,
+                                         config.generator_filters, config.use_delta, config.use_label,
+                                         name="attack_generator")
+        names = ("cls_loss", "adv_loss", "div_loss", "gen_loss")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.accuracies = {name: keras.metrics.SparseCategoricalAccuracy(name=name)
+                           for name in ("accuracy", "adv_accuracy")}
+
+    def call(self, x, training=False):
+        if not self.generator.built:  # build the generator with the classifier, so weights save and load
+            n = tf.shape(x)[0]
+            self.generator([x, tf.zeros([n], tf.int64), tf.zeros([n, self.config.z_dim]), x, x], training=False)
+        return self.classifier(x, training=training)
+
+    @property
+    def metrics(self):
+        return [*self.trackers.values(), *self.accuracies.values()]
+
+    def compile_for_training(self):
+        c = self.config
+        self.start_from_classifier_run()
+        if c.generator_optimizer == "sgd":
+            g_optimizer = keras.optimizers.SGD(c.generator_learning_rate, momentum=c.momentum)
+        else:
+            g_optimizer = keras.optimizers.Adam(c.generator_learning_rate)
+        self.compile(
+            c_optimizer=keras.optimizers.SGD(c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay or None),
+            g_optimizer=g_optimizer)
+
+    def compile(self, c_optimizer, g_optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.c_optimizer, self.g_optimizer = c_optimizer, g_optimizer
+
+    def _attack(self, x, y, training):
+        """Algorithm 1, lines 2-8: the doubled batch, its trajectories, L_cls and L_div."""
+        c = self.config
+        n = tf.shape(x)[0]
+        z1, z2 = tf.random.normal([n, c.z_dim]), tf.random.normal([n, c.z_dim])
+        x2, y2 = tf.concat([x, x], axis=0), tf.concat([y, y], axis=0)
+        trajectory, step_losses, logits = attack_trajectory(
+            self.generator, lambda images: self.classifier(images, training=False), x2, y2,
+            tf.concat([z1, z2], axis=0), c.eps, c.step_size, c.n_steps, training=training)
+        cls = tf.reduce_mean(tf.stack(step_losses))
+        div = losses.diversity_loss([t[:n] for t in trajectory], [t[n:] for t in trajectory], z1, z2)
+        return x2, y2, trajectory[-1], cls, div
+
+    def generator_step(self, x, y):
+        """Algorithm 1, lines 2-9: the generator ascends L_cls + lambda L_div; returns what the classifier needs."""
+        weight = self.config.diversity_weight if self.config.diversity else 0.0
+        with tf.GradientTape() as g_tape:
+            x2, y2, x_adv, cls, div = self._attack(x, y, training=True)
+            gen_loss = -(cls + weight * div)  # the generator maximizes L_cls + lambda L_div
+        apply_gradients(self.g_optimizer, gen_loss, g_tape, self.generator.trainable_variables)
+        return y2, tf.stop_gradient(x_adv), div, gen_loss
+
+    def classifier_step(self, x, y, y2, x_adv):
+        """Algorithm 1, line 10: the classifier descends L(x) + L(x_adv^(T))."""
+        with tf.GradientTape() as c_tape:
+            logits = self.classifier(x, training=True)
+            adv_logits = self.classifier(x_adv, training=True)
+            adv_loss = losses.classification_loss(y2, adv_logits)
+            cls_loss = losses.classification_loss(y, logits) + adv_loss
+        apply_gradients(self.c_optimizer, cls_loss, c_tape, self.classifier.trainable_variables)
+        return logits, adv_logits, cls_loss, adv_loss
+
+    def train_step(self, data):
+        x, y = data
+        y = tf.cast(y, tf.int64)
+        y2, x_adv, div, gen_loss = self.generator_step(x, y)
+        logits, adv_logits, cls_loss, adv_loss = self.classifier_step(x, y, y2, x_adv)
+        return self._update(y, y2, logits, adv_logits, cls_loss=cls_loss, adv_loss=adv_loss, div_loss=div,
+                            gen_loss=gen_loss)
+
+    def test_step(self, data):
+        x, y = data
+        y = tf.cast(y, tf.int64)
+        weight = self.config.diversity_weight if self.config.diversity else 0.0
+        x2, y2, x_adv, cls, div = self._attack(x, y, training=False)
+        logits, adv_logits = self.classifier(x, training=False), self.classifier(x_adv, training=False)
+        clean_loss, adv_loss = losses.classification_loss(y, logits), losses.classification_loss(y2, adv_logits)
+        return self._update(y, y2, logits, adv_logits, cls_loss=clean_loss + adv_loss, adv_loss=adv_loss,
+                            div_loss=div, gen_loss=-(cls + weight * div))
+
+    def _update(self, y, y2, logits, adv_logits, **values):
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        self.accuracies["accuracy"].update_state(y, logits)
+        self.accuracies["adv_accuracy"].update_state(y2, adv_logits)
+        return {m.name: m.result() for m in self.metrics}
+
+
+# ---------------------------------------------------------------------- the learned attack
+
+
+def _load_generator(p):
+    """The generator and its recursion settings from an l2l_da run (built once, outside tf.function)."""
+    from tfpurify.training import load_defense  # training imports the registry, which imports this module
+
+    model, config = load_defense(p["generator_run"])
+    if not isinstance(model, L2LDA):
+        raise AttackConfigError(f"{p['generator_run']} is not an l2l_da run")
+    return {"generator": model.generator, "steps": config.n_steps, "step_ratio": config.step_size / config.eps,
+            "z_dim": config.z_dim}
+
+
+def _check(p):
+    if not p.get("generator_run"):
+        raise AttackConfigError("l2l_da needs a trained generator: an l2l_da run folder (--l2l-da-run RUN)")
+    if p["norm"] != np.inf:
+        raise AttackConfigError("l2l_da supports only norm inf")
+    if not isinstance(p["draws"], int) or p["draws"] < 1:
+        raise AttackConfigError(f"draws must be an integer >= 1, got {p['draws']!r}")
+
+
+def _l2l_da_attack(model_fn, x, y, p, loss_fn):
+    """`draws` latent samples per example; keeps the first draw that fools the model, else the highest loss."""
+    best, best_loss, best_fooled = x, tf.fill(tf.shape(y), -np.inf), tf.zeros(tf.shape(y), tf.bool)
+    for _ in range(p["draws"]):
+        z = tf.random.normal([tf.shape(x)[0], p["z_dim"]])
+        trajectory, step_losses, logits = attack_trajectory(
+            p["generator"], model_fn, x, tf.cast(y, tf.int64), z, p["eps"], p["step_ratio"] * p["eps"], p["steps"])
+        fooled = tf.not_equal(tf.argmax(logits, axis=1), tf.cast(y, tf.int64))
+        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (step_losses[-1] > best_loss))
+        best = tf.where(better[:, None, None, None], trajectory[-1], best)
+        best_loss = tf.where(better, step_losses[-1], best_loss)
+        best_fooled = best_fooled | fooled
+    return best, tf.fill(tf.shape(y), float(p["draws"] * p["steps"]))
+
+
+attacks.register_attack("l2l_da", attacks.AttackDef(
+    _l2l_da_attack,
+    {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "targeted": False, "generator_run": None,
+     "draws": 10},
+    prepare=_load_generator, check=_check))
