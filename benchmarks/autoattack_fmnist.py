@@ -42,7 +42,10 @@ def _robust(model, x, x_adv, y):
 def _estimator(model, x):
     from art.estimators.classification import TensorFlowV2Classifier
 
-    return TensorFlowV2Classifier(model, nb_classes=10, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
+    def forward(images, training=False):  # ART passes `training`; a BPDA target takes images only
+        return model(images)
+
+    return TensorFlowV2Classifier(forward, nb_classes=10, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
                                   loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
 

@@ -162,6 +162,7 @@ def main():
                     "saved_model_latency": latency},
         "environment": environment(),
     }
+    train_time = f"{train_seconds} s" if train_seconds is not None else "not timed (the run folder was trained by another script)"
     lat = "\n".join(f"| {k.replace('_', ' ')} | {v['p50_ms']} | {v['p99_ms']} |" for k, v in latency.items())
     md = (f"# {args.defense} on Fashion-MNIST ({len(x)} test images, cnn classifier)\n\n"
           f"Config: `{json.dumps(dataclasses.asdict(config))}`. PGD: {args.nb_iter} iterations, step eps/4, "
@@ -173,7 +174,7 @@ def main():
           + "\n".join(reports.detection_lines(d["detection"]) + reports.sanity_lines(d["sanity_checks"],
                                                                                      d["warnings"])).strip()
           + f"\n\n| exported SavedModel latency | p50 ms | p99 ms |\n|---|---|---|\n{lat}\n\n"
-          f"Training wall time: {train_seconds} s; purification throughput (batch 256): "
+          f"Training wall time: {train_time}; purification throughput (batch 256): "
           f"{results['timings']['purify_images_per_second']} images/s. Environment: {environment()}.\n")
     write_results(name, results, md)
 

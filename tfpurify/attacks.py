@@ -286,9 +286,8 @@ def _batch_runner(attack, model_fn, p):
     # A target with `attack_loss` (adaptive.DetectorAwareTarget) returns more than logits: its
     # own loss goes to cleverhans; attacks that take no loss see its logits only.
     loss_fn = getattr(model_fn, "attack_loss", None)
-    to_logits = getattr(model_fn, "logits", None)
-    is_flagged = getattr(model_fn, "flagged", None)
-    logits_fn = model_fn if to_logits is None else (lambda images: to_logits(model_fn(images)))
+    target = autoattack.Target(model_fn)
+    logits_fn = model_fn if not target.aware else (lambda images: target.parts(images)[0])
     attacked_fn = model_fn if attack.takes_loss else logits_fn
     if attack.prepare is not None:
         p = {**p, **attack.prepare(p)}
@@ -303,13 +302,13 @@ def _batch_runner(attack, model_fn, p):
         if p.get("restarts", 1) == 1:  # nothing to compare: skip the extra forward pass
             return x_adv, cost, tf.zeros(tf.shape(x)[:1]), none, none
         outputs = model_fn(x_adv)
-        logits = outputs if to_logits is None else to_logits(outputs)
+        logits, _, flagged = target.split(outputs)
         if loss_fn is None:
             loss = tf.nn.sparse_softmax_cross_entropy_with_logits(y_used, logits)
         else:
             loss = loss_fn(labels=y_used, logits=outputs)
         hit = tf.equal(tf.argmax(logits, axis=1), tf.cast(y_used, tf.int64))
-        return x_adv, cost, loss, hit, none if is_flagged is None else is_flagged(outputs)
+        return x_adv, cost, loss, hit, flagged
 
     return tf.function(step) if attack.graph else step
 

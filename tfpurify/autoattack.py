@@ -31,12 +31,12 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["dlr_loss", "dlr_targeted_loss", "apgd", "apgd_targeted", "square", "autoattack",
-           "iterative_gradient", "apgd_checkpoints", "runner_up_classes"]
+           "iterative_gradient", "apgd_checkpoints", "runner_up_classes", "Target"]
 
 
 # --------------------------------------------------------------------------- target and losses
 
-class _Target:
+class Target:
     """What an attack needs from a callable: logits, a detector penalty, the attack's goal."""
 
     def __init__(self, model_fn):
@@ -172,7 +172,7 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
     y = tf.cast(y, tf.int64)
     y_target = y if y_target is None else tf.cast(y_target, tf.int64)
     active = tf.ones(tf.shape(y), tf.bool) if active is None else active
-    target = _Target(model_fn)
+    target = Target(model_fn)
     step_fn = _grad_step(target, _loss_fn(loss), eot_iter)
     first, decrement, minimum = apgd_checkpoints(n_iter)
 
@@ -248,7 +248,7 @@ def apgd_targeted(model_fn, x, y, eps, norm=np.inf, n_iter=100, n_target_classes
     """
     y = tf.cast(y, tf.int64)
     active = tf.ones(tf.shape(y), tf.bool) if active is None else active
-    targets = runner_up_classes(_Target(model_fn).parts(x)[0], n_target_classes)
+    targets = runner_up_classes(Target(model_fn).parts(x)[0], n_target_classes)
 
     def cond(rank, x_out, fooled, evals):
         return tf.logical_and(rank < targets.shape[1], tf.reduce_any(tf.logical_and(active, tf.logical_not(fooled))))
@@ -288,7 +288,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None):
     """
     y = tf.cast(y, tf.int64)
     active = tf.ones(tf.shape(y), tf.bool) if active is None else active
-    target = _Target(model_fn)
+    target = Target(model_fn)
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     n_features = h * w * c
 
@@ -346,7 +346,7 @@ def autoattack(model_fn, x, y, eps, norm=np.inf, version="standard", n_iter=100,
       (x_adv, fooled [N] bool, gradient evaluations or queries [N] float)
     """
     y = tf.cast(y, tf.int64)
-    logits = _Target(model_fn).parts(x)[0]
+    logits = Target(model_fn).parts(x)[0]
     fooled = tf.not_equal(tf.argmax(logits, axis=1), y)  # already wrong: nothing to do
     x_out, cost = tf.identity(x), tf.ones(tf.shape(y))
     if version == "standard":
@@ -384,7 +384,7 @@ def iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, norm=np.inf, rand
       (x_adv, goal reached [N] bool, gradient evaluations [N] float)
     """
     y = tf.cast(y, tf.int64)
-    target = _Target(model_fn)
+    target = Target(model_fn)
     if target.aware:
         loss_of = lambda out, labels: model_fn.attack_loss(labels=labels, logits=out)  # noqa: E731
     else:

@@ -216,7 +216,9 @@ def evaluation_summary(run_dir, runs):
 
 
 def _digests(runs):
-    return {role: v.get("weights_sha256") if isinstance(v, dict) else None for role, v in runs.items()}
+    """SHA-256 per role of the weights an export holds (a robust classifier's `undefended` one is not exported)."""
+    return {role: v.get("weights_sha256") if isinstance(v, dict) else None for role, v in runs.items()
+            if role != "undefended"}
 
 
 def predict_saved_model(path, dataset=None, limit=8):

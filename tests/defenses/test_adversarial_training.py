@@ -61,9 +61,9 @@ def test_cli_train_eval_export(pgd_at_run, cnn_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((out / "config.json").read_text())["arch"] == "cnn"
 
-    report = tmp_path / "report.md"
+    report = pgd_at_run / "report.md"  # where export looks for the evaluation summary
     result = runner.invoke(cli, ["eval", str(pgd_at_run), "--classifier", str(cnn_run), "--attacks", "pgd",
-                                 "--nb-iter", "10", "--limit", "64", "--no-sanity-checks", "--report", str(report)])
+                                 "--nb-iter", "10", "--limit", "64", "--no-sanity-checks"])
     assert result.exit_code == 0, result.output
     rows = {(r["threat_model"], r["attack"]): r for r in json.loads(report.with_suffix(".json").read_text())["rows"]}
     assert rows[("none", "pgd")]["defense"] == "none" and rows[("whitebox", "pgd")]["defense"] == "pgd_at"
@@ -75,6 +75,8 @@ def test_cli_train_eval_export(pgd_at_run, cnn_run, tmp_path):
     assert result.exit_code == 0, result.output
     meta = json.loads((export_dir / "at" / "1" / "assets" / "tfpurify.json").read_text())
     assert meta["defense"] == "pgd_at" and meta["classifier"] == "cnn"
+    # the report (made with the plain cnn for its `none` rows) belongs to these exported weights
+    assert any(r["threat_model"] == "whitebox" for r in meta["evaluation_summary"])
     loaded = tf.saved_model.load(str(export_dir / "at" / "1"))
     robust, _ = load_defended(pgd_at_run)
     x = tf.random.uniform((4, 28, 28, 1))
