@@ -63,14 +63,7 @@ class PGDAdversarialTraining(RobustClassifier):
     """A reference classifier trained on PGD examples crafted against itself each step."""
 
     def __init__(self, config=PGDATConfig(), input_shape=(28, 28, 1), **kwargs):
-        super().__init__(config, input_shape, **kwargs)
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "clean_loss", "adv_loss")}
-        self.accuracies = {name: keras.metrics.SparseCategoricalAccuracy(name=name)
-                           for name in ("accuracy", "adv_accuracy")}
-
-    @property
-    def metrics(self):
-        return [*self.trackers.values(), *self.accuracies.values()]
+        super().__init__(config, input_shape, loss_names=("loss", "clean_loss", "adv_loss"), **kwargs)
 
     def compile_for_training(self):
         self.start_from_classifier_run()
@@ -91,15 +84,9 @@ class PGDAdversarialTraining(RobustClassifier):
         with tf.GradientTape() as tape:
             values, logits, adv_logits = self._objective(x, y, training=True)
         apply_gradients(self.optimizer, values["loss"], tape, self.classifier.trainable_variables)
-        return self._update(y, values, logits, adv_logits)
+        return self.update_metrics(values, y, logits, y, adv_logits)
 
     def test_step(self, data):
         x, y = data
-        return self._update(y, *self._objective(x, y, training=False))
-
-    def _update(self, y, values, logits, adv_logits):
-        for name, value in values.items():
-            self.trackers[name].update_state(value)
-        self.accuracies["accuracy"].update_state(y, logits)
-        self.accuracies["adv_accuracy"].update_state(y, adv_logits)
-        return {m.name: m.result() for m in self.metrics}
+        values, logits, adv_logits = self._objective(x, y, training=False)
+        return self.update_metrics(values, y, logits, y, adv_logits)

@@ -70,7 +70,27 @@ class RobustClassifierConfig(DefenseConfig):
             raise InputValidationError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
-class Purifier(keras.Model):
+class _TrainingHooks:
+    """What `training.train_defense` asks of every defense model: its data pipeline, optimizers, callbacks."""
+
+    labelled = False  # True: `fit` gets (image, label) batches; False: image batches only
+
+    def make_dataset(self, x, y, batch_size, shuffle=False, seed=0):
+        """The `tf.data` pipeline `fit` consumes."""
+        from tfpurify.data import to_tf_dataset
+
+        return to_tf_dataset(x, y if self.labelled else None, batch_size, shuffle=shuffle, seed=seed)
+
+    def compile_for_training(self):
+        """Compiles with the defense's own optimizers from its config (one per player)."""
+        raise NotImplementedError
+
+    def training_callbacks(self):
+        """Keras callbacks the defense's own schedule needs during `fit` (none by default)."""
+        return []
+
+
+class Purifier(_TrainingHooks, keras.Model):
     """Base class of purifiers: images in [0, 1] -> images in [0, 1], same shape.
 
     Subclasses implement `purify`; they train with plain `fit` (their own `compile` and
@@ -88,20 +108,6 @@ class Purifier(keras.Model):
     def attack_surrogate(self, x):
         """What an adaptive attacker differentiates; defaults to `purify` itself."""
         return self.purify(x)
-
-    def make_dataset(self, x, y, batch_size, shuffle=False, seed=0):
-        """The `tf.data` pipeline `fit` consumes; the default yields image batches only."""
-        from tfpurify.data import to_tf_dataset
-
-        return to_tf_dataset(x, None, batch_size, shuffle=shuffle, seed=seed)
-
-    def compile_for_training(self):
-        """Compiles with the defense's own optimizers from its config (one per player)."""
-        raise NotImplementedError
-
-    def training_callbacks(self):
-        """Keras callbacks the defense's own schedule needs during `fit` (none by default)."""
-        return []
 
     def pictures(self, x):
         """{picture name: {row title: images}} for reports; rows become image-grid rows."""
@@ -163,7 +169,7 @@ class Detector:
         return result
 
 
-class RobustClassifier(keras.Model):
+class RobustClassifier(_TrainingHooks, keras.Model):
     """Base class of defenses that are a classifier (adversarial training): images -> logits.
 
     Holds a reference classifier (`classifier`, built from `config.arch`) and trains it in the
@@ -171,7 +177,7 @@ class RobustClassifier(keras.Model):
     named in the config, if any. Its `DefendedClassifier` has no purifier.
     """
 
-    def __init__(self, config, input_shape=(28, 28, 1), **kwargs):
+    def __init__(self, config, input_shape=(28, 28, 1), loss_names=(), **kwargs):
         super().__init__(**kwargs)
         from tfpurify.classifiers import build_classifier
 
@@ -179,6 +185,21 @@ class RobustClassifier(keras.Model):
         self.arch = config.arch
         self.image_shape = tuple(input_shape)
         self.classifier = build_classifier(config.arch, self.image_shape, config.num_classes)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in loss_names}
+        self.accuracies = {name: keras.metrics.SparseCategoricalAccuracy(name=name)
+                           for name in ("accuracy", "adv_accuracy")}
+
+    @property
+    def metrics(self):
+        return [*self.trackers.values(), *self.accuracies.values()]
+
+    def update_metrics(self, values, y, logits, y_adv, adv_logits):
+        """Updates the loss trackers from `values` and the clean and adversarial accuracies."""
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        self.accuracies["accuracy"].update_state(y, logits)
+        self.accuracies["adv_accuracy"].update_state(y_adv, adv_logits)
+        return {m.name: m.result() for m in self.metrics}
 
     def call(self, x, training=False):
         return self.classifier(x, training=training)
@@ -196,16 +217,7 @@ class RobustClassifier(keras.Model):
                                  f"run trains a {self.arch} on {self.config.dataset}")
         self.classifier.set_weights(start.get_weights())
 
-    def make_dataset(self, x, y, batch_size, shuffle=False, seed=0):
-        from tfpurify.data import to_tf_dataset
-
-        return to_tf_dataset(x, y, batch_size, shuffle=shuffle, seed=seed)
-
-    def compile_for_training(self):
-        raise NotImplementedError
-
-    def training_callbacks(self):
-        return []
+    labelled = True
 
     def get_config(self):
         return dataclasses.asdict(self.config)

@@ -172,24 +172,16 @@ class L2LDA(RobustClassifier):
     """A classifier adversarially trained against a learned recursive stochastic attack generator."""
 
     def __init__(self, config=L2LDAConfig(), input_shape=(28, 28, 1), **kwargs):
-        super().__init__(config, input_shape, **kwargs)
+        super().__init__(config, input_shape, loss_names=("cls_loss", "adv_loss", "div_loss", "gen_loss"), **kwargs)
         self.generator = AttackGenerator(self.image_shape, config.num_classes, config.z_dim,
                                          config.generator_filters, config.use_delta, config.use_label,
                                          name="attack_generator")
-        names = ("cls_loss", "adv_loss", "div_loss", "gen_loss")
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self.accuracies = {name: keras.metrics.SparseCategoricalAccuracy(name=name)
-                           for name in ("accuracy", "adv_accuracy")}
 
     def call(self, x, training=False):
         if not self.generator.built:  # build the generator with the classifier, so weights save and load
             n = tf.shape(x)[0]
             self.generator([x, tf.zeros([n], tf.int64), tf.zeros([n, self.config.z_dim]), x, x], training=False)
         return self.classifier(x, training=training)
-
-    @property
-    def metrics(self):
-        return [*self.trackers.values(), *self.accuracies.values()]
 
     def compile_for_training(self):
         c = self.config
@@ -243,8 +235,8 @@ class L2LDA(RobustClassifier):
         y = tf.cast(y, tf.int64)
         y2, x_adv, div, gen_loss = self.generator_step(x, y)
         logits, adv_logits, cls_loss, adv_loss = self.classifier_step(x, y, y2, x_adv)
-        return self._update(y, y2, logits, adv_logits, cls_loss=cls_loss, adv_loss=adv_loss, div_loss=div,
-                            gen_loss=gen_loss)
+        return self.update_metrics({"cls_loss": cls_loss, "adv_loss": adv_loss, "div_loss": div, "gen_loss": gen_loss},
+                                   y, logits, y2, adv_logits)
 
     def test_step(self, data):
         x, y = data
@@ -253,15 +245,8 @@ class L2LDA(RobustClassifier):
         x2, y2, x_adv, cls, div = self._attack(x, y, training=False)
         logits, adv_logits = self.classifier(x, training=False), self.classifier(x_adv, training=False)
         clean_loss, adv_loss = losses.classification_loss(y, logits), losses.classification_loss(y2, adv_logits)
-        return self._update(y, y2, logits, adv_logits, cls_loss=clean_loss + adv_loss, adv_loss=adv_loss,
-                            div_loss=div, gen_loss=-(cls + weight * div))
-
-    def _update(self, y, y2, logits, adv_logits, **values):
-        for name, value in values.items():
-            self.trackers[name].update_state(value)
-        self.accuracies["accuracy"].update_state(y, logits)
-        self.accuracies["adv_accuracy"].update_state(y2, adv_logits)
-        return {m.name: m.result() for m in self.metrics}
+        return self.update_metrics({"cls_loss": clean_loss + adv_loss, "adv_loss": adv_loss, "div_loss": div,
+                                    "gen_loss": -(cls + weight * div)}, y, logits, y2, adv_logits)
 
 
 # ---------------------------------------------------------------------- the learned attack
