@@ -20,14 +20,15 @@ def environment():
 
 def rows_table(rows):
     """Markdown table of result rows (threat model always shown)."""
-    lines = ["| defense | classifier | threat model | attack | eps | accuracy | parameters |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| defense | classifier | threat model | attack | eps | accuracy | plain | parameters |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items()
                            if k not in ("clip_min", "clip_max", "targeted"))  # the same in every row
         eps = "-" if r["eps"] is None else f"{r['eps']:g}"
+        plain = "-" if r.get("plain_accuracy") is None else f"{100 * r['plain_accuracy']:.1f} %"
         lines.append(f"| {r['defense']} | {r['classifier']} | {r['threat_model']} | {attack_label(r)} | "
-                     f"{eps} | {100 * r['accuracy']:.1f} % | {params} |")
+                     f"{eps} | {100 * r['accuracy']:.1f} % | {plain} | {params} |")
     return "\n".join(lines)
 
 

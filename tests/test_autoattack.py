@@ -91,6 +91,43 @@ def test_autoattack_is_at_least_as_strong_as_each_part(cnn, fmnist_test):
     assert aa <= ce
 
 
+def _constant_model(labels):
+    """Logits that always pick `labels` whatever the image (differentiable, so attacks accept it)."""
+    return lambda images: tf.one_hot(tf.constant(labels, tf.int64), 10) * 10.0 + 0.0 * tf.reduce_sum(images)
+
+
+def test_autoattack_stages_run_and_trace_only_while_something_is_robust(fmnist_test):
+    x, y = fmnist_test
+    x, y = tf.constant(x[:8]), tf.constant(y[:8], tf.int64)
+    wrong = autoattack.AutoAttack(_constant_model((y.numpy() + 1) % 10), eps=0.1, n_iter=5, n_queries=20)
+    x_adv, fooled, cost = wrong(x, y)
+    assert np.all(fooled.numpy()) and np.all(cost.numpy() == 1)  # one forward pass, no stage at all
+    np.testing.assert_array_equal(x_adv.numpy(), x.numpy())
+    assert [stage.experimental_get_tracing_count() for stage in wrong._stages] == [0, 0, 0]
+    right = autoattack.AutoAttack(_constant_model(y.numpy()), eps=0.1, n_iter=5, n_target_classes=2, n_queries=20)
+    _, fooled, cost = right(x, y)  # never fooled: every stage runs on every example
+    assert not np.any(fooled.numpy())
+    # the clean pass, APGD-CE (start + 5 steps), APGD-T (ranking pass + 2 targets x 6), Square (start + 20)
+    np.testing.assert_array_equal(cost.numpy(), 1 + (5 + 1) + (1 + 2 * (5 + 1)) + (1 + 20))
+    assert [stage.experimental_get_tracing_count() for stage in right._stages] == [1, 1, 1]
+    right(x, y)  # a second batch of the same shape traces nothing new
+    assert [stage.experimental_get_tracing_count() for stage in right._stages] == [1, 1, 1]
+    # inside a caller's tf.function the stages are inlined and give the same result
+    _, fooled_graph, cost_graph = tf.function(lambda a, b: autoattack.autoattack(
+        _constant_model(y.numpy()), a, b, eps=0.1, n_iter=5, n_target_classes=2, n_queries=20))(x, y)
+    np.testing.assert_array_equal(cost_graph.numpy(), cost.numpy())
+
+
+def test_apgd_restarts_stop_when_every_example_is_fooled(fmnist_test):
+    x, y = fmnist_test
+    wrong = _constant_model((y[:4] + 1) % 10)
+    _, cost = attacks.run_attack("apgd_ce", wrong, x[:4], y[:4], eps=0.1, nb_iter=5, n_restarts=3, return_cost=True)
+    np.testing.assert_array_equal(cost, 1)  # fooled at the random start of the first restart
+    right = _constant_model(y[:4])
+    _, cost = attacks.run_attack("apgd_ce", right, x[:4], y[:4], eps=0.1, nb_iter=5, n_restarts=3, return_cost=True)
+    np.testing.assert_array_equal(cost, 3 * (5 + 1))
+
+
 def test_rand_version_averages_gradients_over_draws(cnn, fmnist_test):
     x, y = fmnist_test
     calls = tf.Variable(0.0)

@@ -28,6 +28,19 @@ def test_report_worst_case_uses_only_its_threat_model_and_eps():
         ("none", 0.1, 0.5), ("none", 0.2, 0.25), ("transfer", 0.1, 0.75)]
 
 
+def test_plain_accuracy_ignores_clean_errors_and_its_worst_case_is_per_example():
+    report = evaluation.RobustnessReport(n_examples=4, seed=0, clean_accuracy=0.75,
+                                         clean_correct=np.array([1, 1, 1, 0], bool))
+    mk = lambda name, c, plain: evaluation.AttackResult(  # noqa: E731
+        "none", name, 0.1, {}, float(np.mean(c)), 0.0, np.array(c, bool), plain_correct=np.array(plain, bool))
+    report.results += [mk("fgsm", [1, 0, 1, 0], [1, 0, 1, 1]), mk("pgd", [1, 1, 0, 0], [1, 1, 0, 1])]
+    rows = {r["attack"]: r for r in report.rows()}
+    assert rows["fgsm"]["plain_accuracy"] == 0.75 and rows["fgsm"]["accuracy"] == 0.5
+    assert rows["none"]["plain_accuracy"] == rows["none"]["accuracy"] == 0.75  # the clean row
+    worst = rows["worst_case"]
+    assert worst["accuracy"] == 0.25 and worst["plain_accuracy"] == 0.5  # examples 0 and 3
+
+
 def test_evaluate_records_everything_and_pgd_beats_fgsm(cnn, fmnist_test):
     x, y = fmnist_test
     specs = evaluation.make_attack_specs(["fgsm", "pgd"], [0.1], nb_iter=10)
@@ -40,6 +53,9 @@ def test_evaluate_records_everything_and_pgd_beats_fgsm(cnn, fmnist_test):
     pgd_row = next(r for r in d["rows"] if r["attack"] == "pgd")
     assert pgd_row["threat_model"] == "none" and pgd_row["eps"] == 0.1
     assert pgd_row["params"]["nb_iter"] == 10 and pgd_row["params"]["eps_iter"] == pytest.approx(0.025)
+    pgd = next(r for r in report.results if r.attack == "pgd")
+    assert pgd_row["plain_accuracy"] >= pgd_row["accuracy"]
+    np.testing.assert_array_equal(pgd.correct, pgd.plain_correct & report.clean_correct)
     assert {c["check"] for c in d["sanity_checks"]} == {1, 2, 3, 4}
     assert all(c["status"] == "passed" for c in d["sanity_checks"]), d["sanity_checks"]
     assert d["warnings"] == []
@@ -57,6 +73,7 @@ def test_cascade_attacks_only_what_is_left_and_keeps_the_worst_case(cnn, fmnist_
     assert fgsm_c.accuracy == fgsm_a.accuracy and fgsm_c.after == ()
     assert pgd_c.after == ("fgsm",) and pgd_c.n_attacked == int(fgsm_c.correct.sum()) < 128
     assert not np.any(pgd_c.correct & ~fgsm_c.correct)  # robust under pgd *and* fgsm
+    assert not np.any(pgd_c.plain_correct & ~fgsm_c.plain_correct)  # plain: the latest image per example
     assert pgd_c.grad_evals < pgd_a.grad_evals  # the examples FGSM broke cost nothing
     assert abs(chain.worst_case("none", 0.1) - alone.worst_case("none", 0.1)) <= 3 / 128
     # checks 1 and 2 compare PGD on its own, not the cascaded column

@@ -12,16 +12,17 @@ def _report():
         y_sample=np.array([0, 1, 2]), clean_pred_sample=np.array([0, 1, 1]))
     report.results.append(evaluation.AttackResult(
         "none", "pgd", 0.1, {"nb_iter": 40, "eps_iter": 0.025}, 1 / 3, 1.0,
-        np.array([1, 0, 0], bool), np.random.rand(3, 28, 28, 1), np.array([0, 3, 3]), grad_evals=27.5))
+        np.array([1, 0, 0], bool), np.random.rand(3, 28, 28, 1), np.array([0, 3, 3]), grad_evals=27.5,
+        plain_correct=np.array([1, 0, 1], bool)))  # the third, wrong clean, is right under the attack
     report.warnings.append("[none] sanity check 3 failed: test")
     return report
 
 
 def test_markdown_names_threat_model_and_shows_warnings():
     md = reports.to_markdown(_report())
-    assert "| defense | threat model | attack | eps | accuracy |" in md
-    assert "| none | none | pgd | 0.1 | 33.3 % | 27.5 | nb_iter=40, eps_iter=0.025 |" in md
-    assert "| none | none | **worst case** | 0.1 | 33.3 % |" in md
+    assert "| defense | threat model | attack | eps | accuracy | plain |" in md
+    assert "| none | none | pgd | 0.1 | 33.3 % | 66.7 % | 27.5 | nb_iter=40, eps_iter=0.025 |" in md
+    assert "| none | none | **worst case** | 0.1 | 33.3 % | 66.7 % |" in md
     assert "WARNING: [none] sanity check 3 failed" in md
 
 

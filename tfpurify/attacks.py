@@ -11,6 +11,7 @@ Results always lie in [clip_min, clip_max] and, for norm-bounded attacks, inside
 """
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -31,7 +32,7 @@ __all__ = ["ATTACKS", "AttackDef", "register_attack", "get_attack", "resolve_par
 class AttackDef:
     """How to run one attack: its batch function, defaults and whether it is norm-bounded."""
 
-    fn: callable            # (model_fn, x, y, params, loss_fn) -> adversarial batch (a tf.Tensor)
+    fn: callable            # (model_fn, x, y, params, loss_fn) -> adversarial batch (a tf.Tensor); None if staged
     defaults: dict          # every parameter the attack accepts, with its default
     bounded: bool = True    # True: result is projected into the eps-ball of `norm`
     graph: bool = True      # True: run inside tf.function; False: eager (cleverhans' CW)
@@ -41,6 +42,9 @@ class AttackDef:
     prepare: callable = None  # params -> extra params built once, outside tf.function (SPSA's optimizer)
     cost: callable = None     # params -> model evaluations per example, for attacks that do not count them
     check: callable = None    # params -> None, raises AttackConfigError (attack-specific validation)
+    # (model_fn, params) -> f(x, y) -> (x_adv, cost): built once per run, called eagerly per batch; it
+    # traces its own stages and skips those with nothing left to attack (AutoAttack, APGD's restarts)
+    staged: callable = None
 
 
 def _fgsm(model_fn, x, y, p, loss_fn):
@@ -57,16 +61,21 @@ def _iterative(model_fn, x, y, p, loss_fn):
 
 
 def _apgd(loss):
-    def run(model_fn, x, y, p, loss_fn):
-        x_out, fooled, cost = tf.identity(x), tf.zeros(tf.shape(x)[:1], tf.bool), tf.zeros(tf.shape(x)[:1])
-        for _ in range(p["n_restarts"]):  # each restart only on what is still robust
-            x_r, fooled_r, cost_r = autoattack.apgd(model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], loss,
-                                                    active=tf.logical_not(fooled), eot_iter=p["eot_iter"])
-            x_out = tf.where(tf.reshape(fooled_r | ~fooled, [-1, 1, 1, 1]), x_r, x_out)
-            fooled, cost = fooled | fooled_r, cost + cost_r
-        return x_out, cost
+    """Staged APGD: one traced run, called once per restart on what the restarts before left robust."""
 
-    return run
+    def build(model_fn, p):
+        once = tf.function(lambda x, y, active: autoattack.apgd(
+            model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], loss, active=active, eot_iter=p["eot_iter"]))
+
+        def run(x, y):
+            n = tf.shape(x)[:1]
+            x_adv, _, cost = autoattack.first_success([functools.partial(once, x, y)] * p["n_restarts"], x,
+                                                      tf.zeros(n, tf.bool), tf.zeros(n), keep_last=True)
+            return x_adv, cost
+
+        return run
+
+    return build
 
 
 def _apgd_t(model_fn, x, y, p, loss_fn):
@@ -80,10 +89,10 @@ def _square(model_fn, x, y, p, loss_fn):
     return x_adv, queries
 
 
-def _autoattack(model_fn, x, y, p, loss_fn):
-    x_adv, _, cost = autoattack.autoattack(model_fn, x, y, p["eps"], p["norm"], p["version"], p["nb_iter"],
-                                           p["n_target_classes"], p["n_queries"], p["eot_iter"])
-    return x_adv, cost
+def _autoattack(model_fn, p):
+    run = autoattack.AutoAttack(model_fn, p["eps"], p["norm"], p["version"], p["nb_iter"], p["n_target_classes"],
+                                p["n_queries"], p["eot_iter"])
+    return lambda x, y: run(x, y)[::2]  # (x_adv, cost)
 
 
 def _cw_l2(model_fn, x, y, p, loss_fn):
@@ -139,13 +148,13 @@ ATTACKS = {
     "pgd": AttackDef(_iterative, {**_ITERATIVE, "rand_init": True, "restarts": 1}, takes_loss=True),
     "bim": AttackDef(_iterative, dict(_ITERATIVE), takes_loss=True),
     "mim": AttackDef(_iterative, {**_ITERATIVE, "decay_factor": 1.0}, takes_loss=True),
-    "apgd_ce": AttackDef(_apgd("ce"), dict(_APGD), takes_loss=True),
-    "apgd_dlr": AttackDef(_apgd("dlr"), dict(_APGD), takes_loss=True),
+    "apgd_ce": AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("ce")),
+    "apgd_dlr": AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("dlr")),
     "apgd_t": AttackDef(_apgd_t, {**_APGD, "n_target_classes": 9}, takes_loss=True),
     "square": AttackDef(_square, {**_COMMON, "n_queries": 5000, "p_init": 0.8}, gradient=False, takes_loss=True),
     "autoattack": AttackDef(
-        _autoattack, {**_APGD, "version": "standard", "n_target_classes": 9, "n_queries": 5000, "eot_iter": 20},
-        takes_loss=True),
+        None, {**_APGD, "version": "standard", "n_target_classes": 9, "n_queries": 5000, "eot_iter": 20},
+        takes_loss=True, staged=_autoattack),
     "cw_l2": AttackDef(
         _cw_l2,
         {"eps": None, "norm": 2, "clip_min": 0.0, "clip_max": 1.0, "targeted": False,
@@ -291,10 +300,11 @@ def _batch_runner(attack, model_fn, p):
     attacked_fn = model_fn if attack.takes_loss else logits_fn
     if attack.prepare is not None:
         p = {**p, **attack.prepare(p)}
+    staged = attack.staged(attacked_fn, p) if attack.staged is not None else None
 
     def step(x, y):
         y_used = y if y is not None else tf.argmax(logits_fn(x), axis=1)
-        result = attack.fn(attacked_fn, x, y_used, p, loss_fn)
+        result = staged(x, y_used) if staged is not None else attack.fn(attacked_fn, x, y_used, p, loss_fn)
         x_adv, cost = result if isinstance(result, tuple) else (result, None)
         if cost is None:
             cost = tf.fill(tf.shape(x)[:1], float(attack.cost(p)) if attack.cost else float("nan"))
@@ -310,7 +320,7 @@ def _batch_runner(attack, model_fn, p):
         hit = tf.equal(tf.argmax(logits, axis=1), tf.cast(y_used, tf.int64))
         return x_adv, cost, loss, hit, flagged
 
-    return tf.function(step) if attack.graph else step
+    return tf.function(step) if attack.graph and staged is None else step
 
 
 def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False, return_cost=False, **params):

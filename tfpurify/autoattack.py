@@ -11,9 +11,10 @@
 - `square`: the Square Attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient
   black-box adversarial attack via random search", ECCV), L-inf, margin loss, p_init 0.8 and the
   official schedule of the square size rescaled to the query budget (5000 by default).
-- `autoattack`: the standard sequence APGD-CE -> APGD-T (9 targets) -> Square (5000 queries),
-  each run only on the examples still robust after the previous ones, keeping per example the
-  first successful adversarial example; `version="rand"` runs APGD-CE and APGD-DLR with EOT over
+- `autoattack` / `AutoAttack`: the standard sequence APGD-CE -> APGD-T (9 targets) -> Square
+  (5000 queries), each run only on the examples still robust after the previous ones, keeping per
+  example the first successful adversarial example, each stage traced on its own and skipped when
+  nothing is left robust; `version="rand"` runs APGD-CE and APGD-DLR with EOT over
   20 draws instead, for stochastic defenses.
 - `iterative_gradient`: PGD / BIM / MIM on the same loop (cleverhans' update rules), so they stop
   on an example as soon as it is fooled.
@@ -27,11 +28,13 @@ detector score) is what the attack ascends.
 """
 
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["dlr_loss", "dlr_targeted_loss", "apgd", "apgd_targeted", "square", "autoattack",
-           "iterative_gradient", "apgd_checkpoints", "runner_up_classes", "Target"]
+__all__ = ["dlr_loss", "dlr_targeted_loss", "apgd", "apgd_targeted", "square", "autoattack", "AutoAttack",
+           "first_success", "iterative_gradient", "apgd_checkpoints", "runner_up_classes", "Target"]
 
 
 # --------------------------------------------------------------------------- target and losses
@@ -335,38 +338,78 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None):
 
 # --------------------------------------------------------------------------- AutoAttack
 
+def first_success(stages, x, fooled, cost, keep_last=False):
+    """Runs `stages` in turn, each only on the examples the ones before it left robust.
+
+    Args:
+      stages: callables `active [N] bool -> (x_adv, fooled [N] bool, cost [N] float)`.
+      x: the clean images; `fooled` [N] bool: already fooled before the first stage; `cost` [N]
+        float: evaluations spent so far.
+      keep_last: examples no stage fools get the last stage's result (its highest-loss point, as
+        APGD's restarts return) instead of x (AutoAttack's convention).
+
+    Returns:
+      (x_adv, fooled, cost), keeping per example the first successful adversarial example. Run
+      eagerly, the sequence stops as soon as no example is left robust: a later stage then costs
+      nothing, not even its tracing.
+    """
+    x_out = tf.identity(x)
+    for run in stages:
+        todo = tf.logical_not(fooled)
+        if tf.executing_eagerly() and not bool(tf.reduce_any(todo)):
+            break
+        x_a, fooled_a, cost_a = run(todo)
+        take = todo if keep_last else tf.logical_and(todo, fooled_a)
+        x_out = tf.where(_expand(take), x_a, x_out)
+        fooled = tf.logical_or(fooled, tf.logical_and(todo, fooled_a))
+        cost += cost_a
+    return x_out, fooled, cost
+
+
+class AutoAttack:
+    """AutoAttack with each stage traced on its own: build once, call on batches of one shape.
+
+    `version="standard"`: APGD-CE -> APGD-T -> Square (Square only for L-inf). `version="rand"`:
+    APGD-CE -> APGD-DLR, each with gradients averaged over `eot_iter` draws (stochastic defenses).
+    Each stage runs only on the examples the stages before it left robust. Called eagerly, every
+    stage is its own `tf.function`, traced the first time a batch reaches it: when APGD-CE already
+    fools every example (a broken defense), APGD-T and Square are neither traced nor run, which
+    through a large purifier saves most of the attack's time. Called inside a `tf.function`, the
+    stages are inlined into the caller's graph (all of them run).
+    """
+
+    def __init__(self, model_fn, eps, norm=np.inf, version="standard", n_iter=100, n_target_classes=9,
+                 n_queries=5000, eot_iter=20):
+        if version == "standard":
+            stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act),
+                      lambda x, y, act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, act)]
+            if norm == np.inf:
+                stages.append(lambda x, y, act: square(model_fn, x, y, eps, n_queries, active=act))
+        elif version == "rand":
+            stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, eot_iter=eot_iter),
+                      lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "dlr", active=act, eot_iter=eot_iter)]
+        else:
+            raise ValueError(f"unknown AutoAttack version {version!r}")
+        target = Target(model_fn)
+        self._misclassified = tf.function(
+            lambda x, y: tf.not_equal(tf.argmax(target.parts(x)[0], axis=1), y))  # already wrong: nothing to do
+        self._stages = [tf.function(stage) for stage in stages]
+
+    def __call__(self, x, y):
+        """(x_adv, fooled [N] bool, gradient evaluations or queries [N] float) of a batch."""
+        y = tf.cast(y, tf.int64)
+        stages = [functools.partial(stage, x, y) for stage in self._stages]
+        return first_success(stages, x, self._misclassified(x, y), tf.ones(tf.shape(y)))
+
+
 def autoattack(model_fn, x, y, eps, norm=np.inf, version="standard", n_iter=100, n_target_classes=9,
                n_queries=5000, eot_iter=20):
-    """AutoAttack on a batch: each attack runs only on the examples the previous ones left robust.
-
-    `version="standard"`: APGD-CE -> APGD-T -> Square (L-inf only). `version="rand"`: APGD-CE ->
-    APGD-DLR, each with gradients averaged over `eot_iter` draws (stochastic defenses).
+    """AutoAttack on one batch (see `AutoAttack`, which to build once for many batches).
 
     Returns:
       (x_adv, fooled [N] bool, gradient evaluations or queries [N] float)
     """
-    y = tf.cast(y, tf.int64)
-    logits = Target(model_fn).parts(x)[0]
-    fooled = tf.not_equal(tf.argmax(logits, axis=1), y)  # already wrong: nothing to do
-    x_out, cost = tf.identity(x), tf.ones(tf.shape(y))
-    if version == "standard":
-        steps = [lambda act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act),
-                 lambda act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, active=act)]
-        if norm == np.inf:
-            steps.append(lambda act: square(model_fn, x, y, eps, n_queries, active=act))
-    elif version == "rand":
-        steps = [lambda act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, eot_iter=eot_iter),
-                 lambda act: apgd(model_fn, x, y, eps, norm, n_iter, "dlr", active=act, eot_iter=eot_iter)]
-    else:
-        raise ValueError(f"unknown AutoAttack version {version!r}")
-    for run in steps:
-        todo = tf.logical_not(fooled)
-        x_a, fooled_a, cost_a = run(todo)
-        found = tf.logical_and(todo, fooled_a)
-        x_out = tf.where(_expand(found), x_a, x_out)
-        fooled = tf.logical_or(fooled, found)
-        cost += cost_a
-    return x_out, fooled, cost
+    return AutoAttack(model_fn, eps, norm, version, n_iter, n_target_classes, n_queries, eot_iter)(x, y)
 
 
 # --------------------------------------------------------------------------- PGD / BIM / MIM

@@ -68,10 +68,16 @@ class AttackResult:
     # the `n_attacked` examples they left robust, and `accuracy` is robust under all of them.
     after: tuple = ()
     n_attacked: int = None
+    # The papers' metric: classified correctly under the attack, whatever happened clean.
+    plain_correct: np.ndarray = dataclasses.field(repr=False, default=None)
+
+    @property
+    def plain_accuracy(self):
+        return None if self.plain_correct is None else float(np.mean(self.plain_correct))
 
     def to_dict(self):
         row = {"threat_model": self.threat_model, "attack": self.attack, "eps": self.eps,
-               "params": _jsonable(self.params), "accuracy": self.accuracy,
+               "params": _jsonable(self.params), "accuracy": self.accuracy, "plain_accuracy": self.plain_accuracy,
                "grad_evals_per_example": None if self.grad_evals is None else round(self.grad_evals, 2),
                "seconds": round(self.seconds, 3)}
         if self.after:
@@ -115,6 +121,15 @@ class RobustnessReport:
         clean = self.clean_by_threat_model.get(threat_model, self.clean_correct)
         return worst_case_accuracy([clean, *columns])
 
+    def plain_worst_case(self, threat_model, eps):
+        """The papers' "Min" per example: correct under every attack of (threat_model, eps), clean aside.
+
+        Over the report's attack rows only (the sanity checks score robust accuracy alone).
+        """
+        columns = [r.plain_correct for r in self.results
+                   if r.threat_model == threat_model and r.eps == eps and r.plain_correct is not None]
+        return worst_case_accuracy(columns) if columns else None
+
     def worst_case_attacks(self, threat_model, eps):
         """Names of the attacks behind `worst_case(threat_model, eps)`."""
         names = [r.attack for r in self.results if r.threat_model == threat_model and r.eps == eps]
@@ -135,13 +150,15 @@ class RobustnessReport:
             return {"defense": "none" if tm == "none" else self.defense, "classifier": self.classifier}
 
         rows = [{**base("clean"), "threat_model": "clean", "attack": "none", "eps": 0, "params": {},
-                 "accuracy": self.clean_accuracy}]
+                 "accuracy": self.clean_accuracy, "plain_accuracy": self.clean_accuracy}]
         if self.defense != "none" and "none" in self.clean_by_threat_model:
+            bare = float(np.mean(self.clean_by_threat_model["none"]))
             rows.append({**base("none"), "threat_model": "clean", "attack": "none", "eps": 0, "params": {},
-                         "accuracy": float(np.mean(self.clean_by_threat_model["none"]))})
+                         "accuracy": bare, "plain_accuracy": bare})
         rows += [{**base(r.threat_model), **r.to_dict()} for r in self.results]
         rows += [{**base(tm), "threat_model": tm, "attack": "worst_case", "eps": eps,
-                  "params": {"attacks": self.worst_case_attacks(tm, eps)}, "accuracy": acc}
+                  "params": {"attacks": self.worst_case_attacks(tm, eps)}, "accuracy": acc,
+                  "plain_accuracy": self.plain_worst_case(tm, eps)}
                  for tm, eps, acc in self.worst_cases()]
         return rows
 
@@ -335,32 +352,35 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         if id(scored_fn) not in clean_of:
             clean_of[id(scored_fn)] = np.argmax(predict_logits(scored_fn, x, batch_size), axis=1) == y
         tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
-        chains = {}  # eps -> (robust so far, current adversarial images, attacks so far)
+        chains = {}  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
         for spec in specs:
             spec_params = _for_threat_model(tm, spec)
             params = attacks_lib.resolve_params(spec.name, **spec_params)
             eps = params.pop("eps", None)
-            robust, x_cur, before = chains.get(eps, (tm_clean, x, ())) if cascade else (tm_clean, x, ())
+            start_chain = (tm_clean, x, (), tm_clean)
+            robust, x_cur, before, plain_cur = chains.get(eps, start_chain) if cascade else start_chain
             start = time.perf_counter()
             if not before:
                 x_adv, pred, correct, cost = _attack_and_score(spec.name, attacked_fn, scored_fn, x, y, tm_clean,
                                                                batch_size, seed, progress, **spec_params)
+                plain = pred == y
             else:  # only what the attacks before left robust; the rest keeps its adversarial image
-                x_adv, correct, cost = x_cur.copy(), robust.copy(), np.zeros(len(x))
+                x_adv, correct, cost, plain = x_cur.copy(), robust.copy(), np.zeros(len(x)), plain_cur.copy()
                 idx = np.flatnonzero(robust)
                 if len(idx):
-                    x_adv[idx], _, correct[idx], cost[idx] = _attack_and_score(
+                    x_adv[idx], pred_idx, correct[idx], cost[idx] = _attack_and_score(
                         spec.name, attacked_fn, scored_fn, x[idx], y[idx], robust[idx], batch_size, seed,
                         progress, **spec_params)
+                    plain[idx] = pred_idx == y[idx]
                     if np.all(np.isnan(cost[idx])):
                         cost[:] = np.nan  # this attack does not count its evaluations
                 pred = np.argmax(predict_logits(scored_fn, x_adv[:n_samples], batch_size), axis=1)
-            chains[eps] = (correct, x_adv, before + (spec.name,))
+            chains[eps] = (correct, x_adv, before + (spec.name,), plain)
             report.results.append(AttackResult(
                 tm, spec.name, eps, _jsonable(params), float(correct.mean()),
                 time.perf_counter() - start, correct, x_adv[:n_samples], pred[:n_samples],
                 None if np.all(np.isnan(cost)) else float(np.nanmean(cost)),
-                after=before, n_attacked=int(robust.sum()) if before else len(x)))
+                after=before, n_attacked=int(robust.sum()) if before else len(x), plain_correct=plain))
             if detector is not None and tm != "none":
                 report.detection.append(detection_metrics(
                     clean_scores, tm_clean, adversarial_scores(detector, x_adv, batch_size), correct,

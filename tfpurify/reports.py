@@ -107,21 +107,22 @@ def to_markdown(report):
         f"{d['n_examples']} test examples, seed {d['seed']}, threat models: {', '.join(d['threat_models'])}. "
         "An example counts as robust under an attack only if it is correct clean and under the attack; "
         "worst case = correct under every attack of that threat model and eps, the sanity checks' attacks "
-        "included; evals/example = gradient evaluations (queries for gradient-free attacks) per example. "
+        "included; plain = the papers' metric, correct under the attack whatever happened clean; evals/example = gradient evaluations (queries for gradient-free attacks) per example. "
         + ("Cascade: an attack marked (after ...) ran only on the examples the attacks before it left robust, "
            "and its accuracy counts them too (--no-cascade: every attack on every example). "
            if d.get("settings", {}).get("cascade") else "")
         + "How to read it: docs/evaluation.md.",
         "",
-        "| defense | threat model | attack | eps | accuracy | evals/example | parameters |",
-        "|---|---|---|---|---|---|---|",
+        "| defense | threat model | attack | eps | accuracy | plain | evals/example | parameters |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in d["rows"]:
         eps = "-" if row["eps"] is None else f"{row['eps']:g}"
         attack = attack_label(row)
         evals = row.get("grad_evals_per_example")
         lines.append(f"| {row['defense']} | {row['threat_model']} | {attack} | {eps} | {_pct(row['accuracy'])} | "
-                     f"{'-' if evals is None else f'{evals:g}'} | {_fmt_params(row['params'])} |")
+                     f"{_pct(row.get('plain_accuracy'))} | {'-' if evals is None else f'{evals:g}'} | "
+                     f"{_fmt_params(row['params'])} |")
     lines += detection_lines(d["detection"])
     lines += _settings_lines(d.get("settings", {}))
     lines += sanity_lines(d["sanity_checks"], d["warnings"])
