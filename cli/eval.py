@@ -4,7 +4,7 @@ import pathlib
 
 import click
 
-from cli.options import limit_option, parse_float_list, parse_list, seed_option
+from cli.options import limit_option, parse_float_list, parse_list, runtime_options, runtime_overrides, seed_option
 
 
 @click.command("eval")
@@ -44,8 +44,10 @@ from cli.options import limit_option, parse_float_list, parse_list, seed_option
               help="Gradient-masking checks 1-4 on the first 200 examples (PGD-2k, FGSM, eps 0.5, Square).")
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
+@runtime_options
 def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
-                 early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, detector_weight, batch_size, limit, seed, sanity_checks, report_path):
+                 early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, detector_weight, batch_size, limit, seed,
+                 sanity_checks, report_path, **runtime):
     """Attack RUN (a classifier or a defense run) on the test split and write a report."""
     from tfpurify.adaptive import threat_model_pipelines
     from tfpurify.classifiers import load_classifier
@@ -57,7 +59,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
                               nb_iter=nb_iter, eps_iter=eps_iter, restarts=restarts, early_exit=early_exit,
                               version=autoattack_version, generator_run=l2l_da_run)
-    defended, info = load_defended(run, classifier_run)
+    defended, info = load_defended(run, classifier_run, runtime_overrides(runtime))
     if info["defense"] == "none":
         default_threat_models = "none"
     elif defended.robust_classifier:  # adversarial training: gray-box = white-box; none needs the plain classifier

@@ -2,6 +2,8 @@
 
 import click
 
+from cli.options import runtime_options, runtime_overrides
+
 
 @click.command("export")
 @click.argument("run")
@@ -11,7 +13,8 @@ import click
 @click.option("--version", "version", default=1, show_default=True, type=int)
 @click.option("--out", default="saved_models", show_default=True, help="Export root folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing version (atomically).")
-def export_command(run, classifier_run, name, version, out, overwrite):
+@runtime_options
+def export_command(run, classifier_run, name, version, out, overwrite, **runtime):
     """Export RUN as saved_models/NAME/VERSION with `serving_default` and `purify` signatures.
 
     RUN's report.json joins the metadata only if it was made for these exact weights.
@@ -21,7 +24,7 @@ def export_command(run, classifier_run, name, version, out, overwrite):
     from tfpurify.training import load_defended
 
     validate_name(name)
-    defended, info = load_defended(run, classifier_run)
+    defended, info = load_defended(run, classifier_run, runtime_overrides(runtime))
     summary, note = evaluation_summary(run, info["runs"])
     if note:
         click.echo(note)

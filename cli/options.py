@@ -4,12 +4,50 @@ import click
 
 from tfpurify.errors import InputValidationError
 
-__all__ = ["dataset_option", "seed_option", "limit_option", "parse_list", "parse_float_list"]
+__all__ = ["dataset_option", "seed_option", "limit_option", "parse_list", "parse_float_list", "option_type",
+           "runtime_options", "runtime_overrides"]
 
 dataset_option = click.option("--dataset", default="fashion_mnist", show_default=True,
                               help="fashion_mnist, mnist, cifar10 or svhn.")
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 limit_option = click.option("--limit", default=None, type=int, help="Use only the first N examples.")
+
+
+def option_type(field):
+    """The click type of a config field: its annotation (`classifier: str = None`), else its default's type."""
+    if field.type in (bool, int, float, str):
+        return field.type
+    if isinstance(field.default, (bool, int, float, str)):
+        return type(field.default)
+    return str
+
+
+def runtime_options(command):
+    """Adds one option per runtime field of the registered defenses (`--clean-steps` ...), default unset.
+
+    They change how a trained run is used, without retraining; a run whose defense has no such
+    field rejects the option with one line.
+    """
+    import dataclasses
+
+    from tfpurify.defenses import REGISTRY
+
+    seen = {}
+    for name, (_, config_class) in sorted(REGISTRY.items()):
+        for field in dataclasses.fields(config_class):
+            if field.metadata.get("runtime"):
+                seen.setdefault(field.name, (field, []))[1].append(name)
+    for key, (field, names) in sorted(seen.items(), reverse=True):
+        command = click.option(f"--{key.replace('_', '-')}", f"runtime_{key}", type=option_type(field), default=None,
+                               help=f"{'/'.join(names)} runs: overrides the trained run's {key} "
+                                    f"[trained default: {field.default}].")(command)
+    return command
+
+
+def runtime_overrides(kwargs):
+    """Pops the runtime options out of a command's keyword arguments: {field: value} of those given."""
+    keys = [k for k in kwargs if k.startswith("runtime_")]
+    return {k[len("runtime_"):]: v for k, v in ((k, kwargs.pop(k)) for k in keys) if v is not None}
 
 
 def parse_list(text, what):

@@ -4,7 +4,7 @@ import dataclasses
 
 import click
 
-from cli.options import dataset_option, limit_option, seed_option
+from cli.options import dataset_option, limit_option, option_type, seed_option
 
 
 @click.group()
@@ -31,15 +31,6 @@ def classifier(arch, dataset, epochs, batch_size, learning_rate, limit, seed, ou
     click.echo(f"trained {arch} on {dataset}: val_accuracy {history['val_accuracy'][-1]:.4f} -> {out}")
 
 
-def _option_type(field):
-    """The click type of a config field: its annotation (`classifier: str = None`), else its default's type."""
-    if field.type in (bool, int, float, str):
-        return field.type
-    if isinstance(field.default, (bool, int, float, str)):
-        return type(field.default)
-    return str
-
-
 def _defense_command(name, model_class, config_class):
     """One `tfpurify train <name>` command whose options are the config dataclass's fields."""
     from tfpurify.defenses import Detector
@@ -53,7 +44,7 @@ def _defense_command(name, model_class, config_class):
         click.echo(f"trained {name} on {config.dataset}: {last} -> {out}")
 
     for field in reversed(dataclasses.fields(config_class)):
-        command = click.option(f"--{field.name.replace('_', '-')}", field.name, type=_option_type(field),
+        command = click.option(f"--{field.name.replace('_', '-')}", field.name, type=option_type(field),
                                default=None, help=f"[default: {field.default}]")(command)
     if issubclass(model_class, Detector):
         command = click.option("--target-fpr", default=0.05, show_default=True, type=float,

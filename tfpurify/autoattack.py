@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["dlr_loss", "dlr_targeted_loss", "apgd", "apgd_targeted", "square", "autoattack", "AutoAttack",
-           "first_success", "iterative_gradient", "apgd_checkpoints", "runner_up_classes", "Target"]
+           "first_success", "on_active", "iterative_gradient", "apgd_checkpoints", "runner_up_classes", "Target"]
 
 
 # --------------------------------------------------------------------------- target and losses
@@ -87,7 +87,7 @@ def _loss_fn(name):
     raise ValueError(f"unknown loss {name!r}")
 
 
-def _on_active(active, fn, *tensors):
+def on_active(active, fn, *tensors):
     """Runs `fn` on the rows of `tensors` where `active`, scattering its outputs back to full rows.
 
     Inactive rows get zeros (booleans: False). Only active examples go through the model.
@@ -181,7 +181,7 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
 
     t = tf.random.uniform(tf.shape(x), -1.0, 1.0) if norm == np.inf else tf.random.normal(tf.shape(x))
     x_adv = tf.where(_expand(active), _project(x + eps * _normalize(t, norm), x, eps, norm), x)
-    loss0, grad, fooled = _on_active(active, step_fn, x_adv, y, y_target)
+    loss0, grad, fooled = on_active(active, step_fn, x_adv, y, y_target)
     evals = tf.cast(active, tf.float32) * eot_iter
     x_first = x_adv  # first successful adversarial example per example (valid where fooled)
     active = tf.logical_and(active, tf.logical_not(fooled))
@@ -204,7 +204,7 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
             z = _project(x_adv + _expand(s["step"]) * _normalize(s["grad"], norm), x, eps, norm)
         x_new = _project(x_adv + a * (z - x_adv) + (1.0 - a) * (x_adv - x_old), x, eps, norm)
         x_new = tf.where(_expand(act), x_new, x_adv)
-        loss_i, grad, fooled_i = _on_active(act, step_fn, x_new, y, y_target)
+        loss_i, grad, fooled_i = on_active(act, step_fn, x_new, y, y_target)
         newly = tf.logical_and(act, fooled_i)
         x_first = tf.where(_expand(newly), x_new, s["x_first"])
         improved = tf.logical_and(act, loss_i > s["loss_best"])
@@ -305,7 +305,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None):
 
     signs = tf.sign(tf.random.uniform([tf.shape(x)[0], 1, w, c], -1.0, 1.0))
     x_best = tf.where(_expand(active), tf.clip_by_value(x + eps * signs, 0.0, 1.0), x)
-    margin, loss = _on_active(active, margin_and_loss, x_best, y)
+    margin, loss = on_active(active, margin_and_loss, x_best, y)
     queries = tf.cast(active, tf.float32)
     margin = tf.where(active, margin, -1.0)  # inactive examples count as done
     rows, cols = tf.range(h)[:, None, None], tf.range(w)[None, :, None]
@@ -324,7 +324,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None):
         sign = tf.sign(tf.random.uniform([1, 1, c], -1.0, 1.0))
         delta = tf.cast(window, tf.float32) * 2.0 * eps * sign
         x_new = tf.clip_by_value(tf.clip_by_value(x_best + delta[None], x - eps, x + eps), 0.0, 1.0)
-        margin_new, loss_new = _on_active(act, margin_and_loss, x_new, y)
+        margin_new, loss_new = on_active(act, margin_and_loss, x_new, y)
         improved = tf.logical_and(act, loss_new < loss)
         loss = tf.where(improved, loss_new, loss)
         take = tf.logical_or(improved, tf.logical_and(act, margin_new <= 0.0))
@@ -466,7 +466,7 @@ def iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, norm=np.inf, rand
         return tf.logical_and(i < nb_iter, tf.reduce_any(active))
 
     def body(i, x_adv, momentum, active, done, x_first, evals):
-        grad, goal = _on_active(active, step_fn, x_adv, y)
+        grad, goal = on_active(active, step_fn, x_adv, y)
         goal = tf.logical_and(active, goal)
         if early_exit:  # the current point already reaches the goal: keep it, stop this example
             x_first = tf.where(_expand(goal), x_adv, x_first)
@@ -488,7 +488,7 @@ def iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, norm=np.inf, rand
 
     _, x_adv, _, active, done, x_first, evals = tf.while_loop(cond, body, state)
     if not early_exit:
-        return x_adv, _on_active(tf.ones(n, tf.bool), score_fn, x_adv, y)[0], evals
+        return x_adv, on_active(tf.ones(n, tf.bool), score_fn, x_adv, y)[0], evals
     # the point after the last step is not scored yet: one forward pass, no gradient
-    reached = tf.logical_and(active, _on_active(active, score_fn, x_adv, y)[0])
+    reached = tf.logical_and(active, on_active(active, score_fn, x_adv, y)[0])
     return tf.where(_expand(done), x_first, x_adv), tf.logical_or(done, reached), evals

@@ -4,7 +4,18 @@ import dataclasses
 
 from tfpurify.errors import InputValidationError
 
-__all__ = ["ConfigBase", "TrainingConfig"]
+__all__ = ["ConfigBase", "TrainingConfig", "runtime_field", "runtime_fields"]
+
+
+def runtime_field(default):
+    """A config field that changes only how a trained run is used (e.g. a purifier's search
+    steps): `tfpurify eval` can override it without retraining."""
+    return dataclasses.field(default=default, metadata={"runtime": True})
+
+
+def runtime_fields(config_class):
+    """Names of a config class's `runtime_field`s."""
+    return [f.name for f in dataclasses.fields(config_class) if f.metadata.get("runtime")]
 
 
 class ConfigBase:

@@ -210,15 +210,17 @@ def evaluation_summary(run_dir, runs):
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise RunFolderError(f"{path}: unreadable evaluation report ({e}); re-run tfpurify eval or delete it") from None
     if not isinstance(recorded, dict) or _digests(recorded) != _digests(runs):
-        return None, (f"note: {path} was not made for these weights (other classifier or retrained run); "
-                      "its numbers are left out of the export's metadata")
+        return None, (f"note: {path} was not made for these weights and runtime options (other classifier, "
+                      "retrained run, or other --clean-steps and the like); its numbers are left out of the "
+                      "export's metadata")
     return rows, None
 
 
 def _digests(runs):
-    """SHA-256 per role of the weights an export holds (a robust classifier's `undefended` one is not exported)."""
-    return {role: v.get("weights_sha256") if isinstance(v, dict) else None for role, v in runs.items()
-            if role != "undefended"}
+    """SHA-256 per role of the weights an export holds, with the runtime options they ran with (a robust
+    classifier's `undefended` classifier is not exported)."""
+    return {role: (v.get("weights_sha256"), json.dumps(v.get("runtime") or {}, sort_keys=True))
+            if isinstance(v, dict) else None for role, v in runs.items() if role != "undefended"}
 
 
 def predict_saved_model(path, dataset=None, limit=8):

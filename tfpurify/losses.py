@@ -13,6 +13,8 @@ __all__ = [
     "reconstruction_loss",
     "classification_loss",
     "diversity_loss",
+    "discriminator_score",
+    "latent_search_loss",
 ]
 
 
@@ -22,17 +24,18 @@ def _bce(labels_value, logits):
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
 
-def minimax_discriminator_loss(real_logits, fake_logits, fake_weights=None):
+def minimax_discriminator_loss(real_logits, fake_logits, fake_weights=None, label_smoothing=0.0):
     """-log D(real) - sum_k w_k log(1 - D(fake_k)) (Goodfellow et al. 2014; FBGAN eq. 6).
 
     Args:
       real_logits: discriminator logits on real pairs.
       fake_logits: one tensor or a list of tensors of logits on fake pairs.
       fake_weights: weights of the fake terms (default equal weights summing to 1).
+      label_smoothing: one-sided label smoothing (Salimans et al. 2016): real targets 1 - this.
     """
     fakes = fake_logits if isinstance(fake_logits, (list, tuple)) else [fake_logits]
     weights = fake_weights or [1.0 / len(fakes)] * len(fakes)
-    return _bce(1.0, real_logits) + tf.add_n([w * _bce(0.0, f) for w, f in zip(weights, fakes)])
+    return _bce(1.0 - label_smoothing, real_logits) + tf.add_n([w * _bce(0.0, f) for w, f in zip(weights, fakes)])
 
 
 def non_saturating_generator_loss(fake_logits):
@@ -89,3 +92,20 @@ def diversity_loss(x_adv_1, x_adv_2, z_1, z_2, eps=1e-8):
     xs_2 = x_adv_2 if isinstance(x_adv_2, (list, tuple)) else [x_adv_2]
     image_gap = tf.add_n([tf.reduce_mean(tf.abs(a - b)) for a, b in zip(xs_1, xs_2)]) / len(xs_1)
     return image_gap / (tf.reduce_mean(tf.abs(z_1 - z_2)) + eps)
+
+
+def discriminator_score(logits):
+    """-log D(x) = softplus(-logit), per example [N]: Cowboy's adversarial score (higher = less real)."""
+    return tf.nn.softplus(-tf.reshape(logits, [-1]))
+
+
+def latent_search_loss(x, x_generated, d_logits=None, sigma=1.0):
+    """Cowboy eq. 4, per example [N]: ||G(z) - x||^2 / (2 sigma^2) - log D(G(z)).
+
+    The squared error is summed over pixels (the paper's norm). Without `d_logits` it is
+    Defense-GAN's ||G(z) - x||^2 (Samangouei et al. 2018, eq. 2 of the Cowboy paper).
+    """
+    squared = tf.reduce_sum(tf.reshape(tf.square(x_generated - x), [tf.shape(x)[0], -1]), axis=1)
+    if d_logits is None:
+        return squared
+    return squared / (2.0 * sigma ** 2) + discriminator_score(d_logits)

@@ -16,6 +16,7 @@ import tensorflow as tf
 from tfpurify import data as data_lib
 from tfpurify.classifiers import WEIGHTS as CLASSIFIER_WEIGHTS
 from tfpurify.classifiers import load_classifier
+from tfpurify.config import runtime_fields
 from tfpurify.defenses import DefendedClassifier, Detector, RobustClassifier, get_defense
 from tfpurify.errors import InputValidationError, RunFolderError
 from tfpurify.runs import (atomic_write_text, finish_run, read_config, read_run, restore_weights, run_callbacks,
@@ -104,8 +105,13 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
     return model, history.history
 
 
-def load_defense(run_dir):
+def load_defense(run_dir, overrides=None):
     """Rebuilds a defense from its run folder's config and restores its weights.
+
+    Args:
+      run_dir: a defense run folder.
+      overrides: {field: value} for the config's runtime fields (how the trained model is used,
+        e.g. a purifier's search steps); any other field is an error.
 
     Returns:
       (model, config)
@@ -113,6 +119,14 @@ def load_defense(run_dir):
     cfg = read_run(run_dir, "defense")
     _, config_class = get_defense(cfg.get("defense"))
     config = config_class.from_dict(cfg)
+    if overrides:
+        allowed = runtime_fields(config_class)
+        wrong = sorted(set(overrides) - set(allowed))
+        if wrong:
+            options = ", ".join("--" + k.replace("_", "-") for k in wrong)
+            raise InputValidationError(f"{options} does not apply to a {cfg['defense']} run (it takes "
+                                       f"{', '.join('--' + k.replace('_', '-') for k in allowed) or 'none'})")
+        config = dataclasses.replace(config, **overrides)
     model = restore_weights(build_defense(cfg["defense"], config), run_dir, WEIGHTS)
     calibration = pathlib.Path(run_dir) / CALIBRATION
     if is_detector(model) and calibration.is_file():
@@ -123,8 +137,10 @@ def load_defense(run_dir):
     return model, config
 
 
-def load_defended(run_dir, classifier_run=None):
+def load_defended(run_dir, classifier_run=None, overrides=None):
     """A `DefendedClassifier` from a defense run + classifier run, or from a classifier run alone.
+
+    `overrides`: runtime config fields of the defense (see `load_defense`).
 
     For a defense that is itself a classifier (adversarial training), `classifier_run` is
     optional: the plain classifier behind the report's `none` rows (usually the run it started from).
@@ -139,12 +155,14 @@ def load_defended(run_dir, classifier_run=None):
     if read_config(run_dir).get("kind") == "classifier":
         if classifier_run is not None:
             raise RunFolderError(f"{run_dir} is a classifier run; --classifier is only for defense runs")
+        if overrides:
+            raise InputValidationError(f"{run_dir} is a classifier run: defense options do not apply to it")
         classifier, cconfig = load_classifier(run_dir)
         defended = DefendedClassifier(classifier)
         info = {"defense": "none", "config": cconfig.to_dict(), "classifier": cconfig.arch}
         runs = {"classifier": digest(run_dir, CLASSIFIER_WEIGHTS)}
     else:
-        defense, dconfig = load_defense(run_dir)
+        defense, dconfig = load_defense(run_dir, overrides)
         robust = isinstance(defense, RobustClassifier)
         if classifier_run is None and not robust:
             raise RunFolderError(f"{run_dir} is a defense run: name the classifier it protects with --classifier RUN")
@@ -158,7 +176,7 @@ def load_defended(run_dir, classifier_run=None):
                                           detector=defense if is_detector(defense) else None)
         info = {"defense": defense.registry_name, "config": _config_dict(defense.registry_name, dconfig),
                 "classifier": defense.arch if robust else cconfig.arch}
-        runs = {"defense": digest(run_dir, WEIGHTS)}
+        runs = {"defense": {**digest(run_dir, WEIGHTS), **({"runtime": dict(overrides)} if overrides else {})}}
         if classifier_run:
             runs["undefended" if robust else "classifier"] = digest(classifier_run, CLASSIFIER_WEIGHTS)
     dataset = (cconfig or dconfig).dataset

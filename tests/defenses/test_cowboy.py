@@ -1,0 +1,194 @@
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from cli.main import cli
+from tfpurify import adaptive, attacks, data, evaluation, export
+from tfpurify.defenses import DefendedClassifier
+from tfpurify.defenses.cowboy import Cowboy, CowboyConfig
+from tfpurify.errors import InputValidationError
+from tfpurify.training import build_defense, load_defended, load_defense, train_defense
+
+SMALL = CowboyConfig(base_filters=8, z_dim=16, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    model = build_defense("cowboy", SMALL)
+    model.compile_for_training()
+    return model
+
+
+def _with(model, **fields):
+    """The same weights under other (runtime) config fields."""
+    other = Cowboy(dataclasses.replace(model.config, **fields), model.image_shape)
+    other(tf.zeros((1, *model.image_shape)))
+    other.set_weights(model.get_weights())
+    return other
+
+
+def test_no_batch_norm_and_shapes(untrained):
+    kinds = {type(layer).__name__ for p in (untrained.generator, untrained.discriminator) for layer in p.layers}
+    assert not any("BatchNormalization" in k for k in kinds)
+    images = untrained.generator(tf.random.normal([3, SMALL.z_dim])).numpy()
+    assert images.shape == (3, 28, 28, 1) and images.min() >= 0.0 and images.max() <= 1.0
+    assert untrained.adversarial_score(images).shape == (3,)
+
+
+def test_one_fit_step_updates_both_players_without_nan(untrained):
+    x = np.random.rand(32, 28, 28, 1).astype(np.float32)
+    players = (untrained.generator, untrained.discriminator)
+    before = [[w.numpy().copy() for w in p.trainable_weights] for p in players]
+    history = untrained.fit(untrained.make_dataset(x, None, 32), epochs=1, verbose=0)
+    assert set(history.history) == {"d_loss", "g_loss", "d_real", "d_fake"}
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+    for player, old in zip(players, before):
+        assert all(not np.allclose(a, b.numpy()) for a, b in zip(old, player.trainable_weights)), player.name
+
+
+def test_bad_options_are_one_line_errors():
+    for fields, match in (({"clean_steps": -1}, "clean_steps must be >= 0"), ({"sigma": 0.0}, "sigma must be"),
+                          ({"sigma": float("inf")}, "sigma must be"), ({"mode": "magic"}, "mode must be"),
+                          ({"clean_restarts": 0}, "clean_restarts must be > 0"),
+                          ({"threshold_rule": "paper"}, "needs --classifier")):
+        with pytest.raises(InputValidationError, match=match):
+            CowboyConfig(**fields)
+
+
+def test_default_cleaning_budget_is_at_most_200_passes():
+    assert CowboyConfig().passes_per_image <= 200
+
+
+def test_search_lowers_the_loss_and_keeps_the_best_restart(untrained):
+    x = tf.constant(np.random.rand(4, 28, 28, 1).astype(np.float32))
+    start = _with(untrained, clean_steps=0, warm_start=0, clean_restarts=3, cleaning_seed=1)
+    searched = _with(untrained, clean_steps=30, warm_start=0, clean_restarts=3, cleaning_seed=1)
+    _, loss_start, _ = start.search(x)
+    z_star, loss_end, passes = searched.search(x)
+    assert np.all(loss_end.numpy() < loss_start.numpy())
+    np.testing.assert_array_equal(passes.numpy(), 3 * 30)
+    _, rows_loss, _ = searched.search_rows(x)
+    np.testing.assert_allclose(loss_end.numpy(), rows_loss.numpy().reshape(4, 3).min(axis=1))
+    np.testing.assert_allclose(searched.search_loss(z_star, x).numpy(), loss_end.numpy(), rtol=1e-4)
+
+
+def test_early_stopping_and_pruning_save_passes(untrained):
+    x = tf.constant(np.random.rand(4, 28, 28, 1).astype(np.float32))
+    full = _with(untrained, clean_steps=40, warm_start=0, clean_restarts=3, cleaning_seed=2)
+    pruned = _with(untrained, clean_steps=40, warm_start=0, clean_restarts=3, cleaning_seed=2, prune_after=5)
+    patient = _with(untrained, clean_steps=40, warm_start=0, clean_restarts=3, cleaning_seed=2, patience=1,
+                    z_learning_rate=5.0)  # steps this large stop improving quickly
+    np.testing.assert_array_equal(pruned.search(x)[2].numpy(), 3 * 5 + 35)
+    assert np.all(patient.search(x)[2].numpy() < full.search(x)[2].numpy())
+
+
+def test_cleaning_is_deterministic_for_a_seed_and_random_without(untrained):
+    x = np.random.rand(3, 28, 28, 1).astype(np.float32)
+    seeded = _with(untrained, clean_steps=3, warm_start=4, cleaning_seed=5)
+    np.testing.assert_array_equal(seeded.purify(x).numpy(), seeded.purify(x).numpy())
+    assert not seeded.stochastic and untrained.stochastic
+    free = _with(untrained, clean_steps=3, warm_start=4)
+    assert not np.array_equal(free.purify(x).numpy(), free.purify(x).numpy())
+
+
+def test_defense_gan_mode_ignores_the_discriminator(untrained):
+    x = np.random.rand(3, 28, 28, 1).astype(np.float32)
+    gan = _with(untrained, mode="defense_gan", clean_steps=5, cleaning_seed=0)
+    before = gan.purify(x).numpy()
+    for w in gan.discriminator.trainable_weights:
+        w.assign(tf.random.normal(w.shape))
+    np.testing.assert_array_equal(gan.purify(x).numpy(), before)
+    cowboy = _with(untrained, clean_steps=5, cleaning_seed=0)  # the D term changes the result
+    assert not np.array_equal(cowboy.purify(x).numpy(), before)
+
+
+def test_bpda_identity_and_unrolled_give_gradients(untrained):
+    x = tf.constant(np.random.rand(2, 28, 28, 1).astype(np.float32))
+    for model in (_with(untrained, clean_steps=2, warm_start=0, cleaning_seed=0),
+                  _with(untrained, clean_steps=2, warm_start=0, cleaning_seed=0, bpda_unroll=2)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = adaptive.bpda(model)(x)
+            total = tf.reduce_sum(out * tf.random.normal(out.shape))
+        grad = tape.gradient(total, x)
+        assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0
+        np.testing.assert_allclose(out.numpy(), model.purify(x).numpy(), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cnn_run):
+    out = tmp_path_factory.mktemp("runs") / "cowboy"
+    config = CowboyConfig(base_filters=16, z_dim=32, epochs=4, limit=3000, seed=1, classifier=str(cnn_run),
+                          clean_steps=20, clean_restarts=2, warm_start=4)
+    _, history = train_defense("cowboy", config, out, verbose=0)
+    return out
+
+
+def test_discriminator_scores_clean_above_fgsm_and_both_thresholds_are_kept(trained_run, cnn, fmnist_test):
+    model, _ = load_defense(trained_run)
+    x, y = fmnist_test
+    x_adv = attacks.run_attack("fgsm", cnn, x, y, eps=0.1)
+    auc = evaluation.roc_auc(evaluation.adversarial_scores(model, x), evaluation.adversarial_scores(model, x_adv))
+    assert auc > 0.6, auc
+    calibration = json.loads((trained_run / "calibration.json").read_text())
+    assert calibration["split"] == "validation" and calibration["rule"] == "fpr"
+    assert np.isfinite(calibration["threshold_fpr"]) and np.isfinite(calibration["threshold_paper"])
+    assert calibration["threshold"] == calibration["threshold_fpr"] == pytest.approx(float(model.threshold.numpy()))
+
+
+def test_cleaning_finds_codes_that_reconstruct_the_input(trained_run, fmnist_test):
+    model, _ = load_defense(trained_run)
+    x, _ = fmnist_test
+    cleaned = model.purify(x[:64]).numpy()
+    samples = model.generator(tf.random.normal([64, model.config.z_dim])).numpy()
+    assert np.mean((cleaned - x[:64]) ** 2) < 0.8 * np.mean((samples - x[:64]) ** 2)
+
+
+def test_export_reload_in_a_fresh_process_cleans_the_same(trained_run, cnn_run, tmp_path):
+    defended, _ = load_defended(trained_run, cnn_run, {"cleaning_seed": 7})
+    path = export.export_saved_model(defended, tmp_path, "cowboy", 1, (28, 28, 1))
+    x, _ = data.load_dataset("fashion_mnist", "test", limit=4)
+    np.save(tmp_path / "x.npy", x)
+    script = f"""
+import numpy as np, tensorflow as tf
+model = tf.saved_model.load({str(path)!r})
+x = tf.constant(np.load({str(tmp_path / 'x.npy')!r}))
+out = model.signatures["serving_default"](images=x)
+np.savez({str(tmp_path / 'out.npz')!r}, purified=model.signatures["purify"](images=x)["purified"].numpy(),
+         score=out["adversarial_score"].numpy(), probabilities=out["probabilities"].numpy())
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(out["purified"], defended.purify(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["score"], defended.detector.adversarial_score(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"], defended.predict_outputs(x)["probabilities"], atol=1e-5)
+
+
+def test_cli_eval_overrides_cleaning_and_rejects_bad_values(trained_run, cnn_run, tmp_path):
+    runner = CliRunner()
+    report = tmp_path / "r.md"
+    result = runner.invoke(cli, ["eval", str(trained_run), "--classifier", str(cnn_run), "--attacks", "fgsm",
+                                 "--threat-model", "graybox", "--limit", "16", "--no-sanity-checks",
+                                 "--clean-steps", "3", "--clean-restarts", "1", "--warm-start", "0",
+                                 "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    settings = json.loads(report.with_suffix(".json").read_text())["settings"]
+    assert settings["runs"]["defense"]["runtime"] == {"clean_steps": 3, "clean_restarts": 1, "warm_start": 0}
+    for args, match in ((["--clean-steps", "-1"], "clean_steps must be >= 0"), (["--sigma", "0"], "sigma must be")):
+        bad = runner.invoke(cli, ["eval", str(trained_run), "--classifier", str(cnn_run), *args])
+        assert bad.exit_code == 1 and "Traceback" not in bad.output
+        lines = [line for line in bad.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and match in lines[0], lines
+
+
+def test_runtime_options_do_not_apply_to_other_defenses(dae_run, cnn_run):
+    with pytest.raises(InputValidationError, match="--clean-steps does not apply to a denoising_ae run"):
+        load_defended(dae_run, cnn_run, {"clean_steps": 3})
