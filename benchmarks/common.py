@@ -1,9 +1,10 @@
-"""Helpers shared by the benchmark scripts: environment facts and results writing."""
+"""Helpers shared by the benchmark scripts: environment facts, results writing, a training time budget."""
 
 import json
 import os
 import pathlib
 import platform
+import time
 
 import tensorflow as tf
 
@@ -38,3 +39,28 @@ def write_results(name, results, markdown):
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
     print(markdown)
+
+
+class TimeBudget(tf.keras.callbacks.Callback):
+    """Stops `fit` after `seconds` of wall time (checked after every batch) and counts the images seen."""
+
+    def __init__(self, seconds, batch_size):
+        super().__init__()
+        self.seconds, self.batch_size = seconds, batch_size
+        self.images, self.start, self.first_batch_end, self.last_batch_end = 0, None, None, None
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.images += self.batch_size
+        self.last_batch_end = time.perf_counter()
+        if self.first_batch_end is None:  # the first step includes tracing the step function
+            self.first_batch_end = self.last_batch_end
+        if self.last_batch_end - self.start > self.seconds:
+            self.model.stop_training = True
+
+    def steady_images_per_second(self):
+        """Images/s after the first (tracing) step, validation passes included."""
+        elapsed = (self.last_batch_end or 0) - (self.first_batch_end or 0)
+        return round((self.images - self.batch_size) / elapsed, 1) if elapsed > 0 else None

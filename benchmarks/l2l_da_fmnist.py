@@ -18,10 +18,9 @@ import pathlib
 import sys
 import time
 
-import tensorflow as tf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, rows_table, write_results  # noqa: E402
+from common import TimeBudget, environment, rows_table, write_results  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation  # noqa: E402
 from tfpurify.defenses.adversarial_training import PGDATConfig  # noqa: E402
@@ -34,31 +33,6 @@ PAPER = {  # Table 2 (MNIST, eps 0.3): Min column, the claim to reproduce on Fas
     "l2l_da": {"Natural": 98.47, "FGSM": 97.87, "PGD10": 95.70, "PGD100": 95.15, "C&W1000": 95.26, "L2L-DA": 94.61,
                "Min": 94.61},
 }
-
-
-class TimeBudget(tf.keras.callbacks.Callback):
-    """Stops `fit` after `seconds` of wall time (checked after every batch) and counts the images seen."""
-
-    def __init__(self, seconds, batch_size):
-        super().__init__()
-        self.seconds, self.batch_size = seconds, batch_size
-        self.images, self.start, self.first_batch_end, self.last_batch_end = 0, None, None, None
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.images += self.batch_size
-        self.last_batch_end = time.perf_counter()
-        if self.first_batch_end is None:  # the first step includes tracing the step function
-            self.first_batch_end = self.last_batch_end
-        if self.last_batch_end - self.start > self.seconds:
-            self.model.stop_training = True
-
-    def steady_images_per_second(self):
-        """Images/s after the first (tracing) step, validation passes included."""
-        elapsed = (self.last_batch_end or 0) - (self.first_batch_end or 0)
-        return round((self.images - self.batch_size) / elapsed, 1) if elapsed > 0 else None
 
 
 def train_on_budget(name, config, run, seconds):

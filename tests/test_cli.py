@@ -170,6 +170,7 @@ def test_detector_is_calibrated_on_validation_data_when_training_ends(runner, cn
     assert d["settings"]["detector"]["threshold"] == calibration["threshold"]
     assert [det["threat_model"] for det in d["detection"]] == ["graybox", "whitebox"]
     assert "| accuracy on accepted |" in result.output and "system" in result.output
+    assert (tmp_path / "report-scores.png").stat().st_size > 1000  # clean vs each attack's scores
 
 
 def test_eval_refuses_an_uncalibrated_detector(runner, cnn_run, tmp_path):

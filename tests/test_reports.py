@@ -32,3 +32,11 @@ def test_write_report_writes_json_markdown_and_png(tmp_path):
     assert d["n_examples"] == 3 and d["rows"][0]["attack"] == "none"
     assert paths["grid"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".")], "temporary files left"
+
+
+def test_score_violins_are_written(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "scores.png"
+    reports.save_score_violins(path, {"clean": rng.normal(0, 1, 50), "graybox/pgd 0.1": rng.normal(2, 1, 50)},
+                               threshold=1.5)
+    assert path.stat().st_size > 1000 and not list(tmp_path.glob(".tmp-*"))

@@ -95,6 +95,8 @@ class RobustnessReport:
     clean_correct: np.ndarray = dataclasses.field(repr=False, default=None)
     results: list = dataclasses.field(default_factory=list)
     detection: list = dataclasses.field(default_factory=list)  # filled by detector defenses
+    # The detector's scores: {"clean": [N], "<threat model>/<attack> <eps>": [N]} (the violin plot)
+    detector_scores: dict = dataclasses.field(repr=False, default_factory=dict)
     warnings: list = dataclasses.field(default_factory=list)
     sanity: list = dataclasses.field(default_factory=list)
     defense: str = "none"
@@ -344,6 +346,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                                     "gradient_free_attack": _GRADIENT_FREE_CHECK},
                   "threat_models": {}, **({"runs": runs} if runs else {})})
     if detector is not None:
+        report.detector_scores["clean"] = clean_scores
         threshold = float(detector.threshold.numpy())
         report.settings["detector"] = {"threshold": threshold, **(detector.calibration or {})}
     for tm in threat_models:
@@ -382,8 +385,11 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                 None if np.all(np.isnan(cost)) else float(np.nanmean(cost)),
                 after=before, n_attacked=int(robust.sum()) if before else len(x), plain_correct=plain))
             if detector is not None and tm != "none":
+                adv_scores = adversarial_scores(detector, x_adv, batch_size)
+                label = f"{tm}/{spec.name}" + (f" (after {', '.join(before)})" if before else "")
+                report.detector_scores[label + ("" if eps is None else f" {eps:g}")] = adv_scores
                 report.detection.append(detection_metrics(
-                    clean_scores, tm_clean, adversarial_scores(detector, x_adv, batch_size), correct,
+                    clean_scores, tm_clean, adv_scores, correct,
                     threshold, threat_model=tm, attack=spec.name, eps=eps,
                     **({"after": list(before)} if before else {})))
         if not sanity_checks:

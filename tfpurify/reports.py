@@ -137,6 +137,18 @@ def write_markdown(report, path):
     atomic_write_text(path, to_markdown(report))
 
 
+def _save_figure(fig, path):
+    """Writes a matplotlib figure as PNG atomically (temporary sibling, then rename) and closes it."""
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def save_image_grid(path, rows, labels, class_names=None, title=None):
     """Saves a PNG grid: one row per image set, predicted labels under each image.
 
@@ -168,12 +180,34 @@ def save_image_grid(path, rows, labels, class_names=None, title=None):
         axes[r][0].text(-0.1, 0.5, name, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
+
+
+def save_score_violins(path, scores, threshold=None, title="detector scores"):
+    """Saves a PNG of one violin per score set (clean first), the threshold as a dashed line.
+
+    Args:
+      path: output PNG path.
+      scores: {label: [N] adversarial scores}.
+      threshold: the detector flags scores above it (None: no line).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(scores)
+    values = [np.asarray(scores[k], np.float64) for k in labels]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(labels), 3.6))
+    ax.violinplot([v[np.isfinite(v)] for v in values], showmedians=True)
+    if threshold is not None and np.isfinite(threshold):
+        ax.axhline(threshold, linestyle="--", color="gray", linewidth=1)
+        ax.text(len(labels) + 0.4, threshold, "threshold", fontsize=7, va="bottom", ha="right", color="gray")
+    ax.set_xticks(range(1, len(labels) + 1))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("adversarial score (higher = flagged)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    _save_figure(fig, path)
 
 
 def save_pictures(pictures, folder):
@@ -192,7 +226,7 @@ def write_report(report, markdown_path, class_names=None):
       dict of the paths written.
     """
     md = pathlib.Path(markdown_path)
-    paths = {"markdown": md, "json": md.with_suffix(".json"), "grid": md.with_suffix(".png")}
+    paths = {"markdown": md, "json": md.with_suffix(".json"), "grid": md.with_suffix(".png")}  # + "scores" (detectors)
     write_markdown(report, paths["markdown"])
     write_json(report, paths["json"])
     rows = {"clean": report.x_sample}
@@ -202,4 +236,9 @@ def write_report(report, markdown_path, class_names=None):
         rows[key], labels[key] = r.x_adv_sample, r.pred_sample
     save_image_grid(paths["grid"], rows, labels, class_names,
                     title=f"true labels: {', '.join(str(int(v)) for v in report.y_sample)}")
+    if report.detector_scores:  # clean vs each attack, as the Cowboy paper's Fig. 3
+        paths["scores"] = md.with_name(f"{md.stem}-scores.png")
+        save_score_violins(paths["scores"], report.detector_scores,
+                           report.settings.get("detector", {}).get("threshold"),
+                           title=f"{report.defense} detector scores")
     return paths

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from tfpurify import adaptive, attacks, data, evaluation, export
-from tfpurify.defenses import DefendedClassifier
 from tfpurify.defenses.cowboy import Cowboy, CowboyConfig
 from tfpurify.errors import InputValidationError
 from tfpurify.training import build_defense, load_defended, load_defense, train_defense

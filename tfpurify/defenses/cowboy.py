@@ -333,7 +333,17 @@ class Cowboy(Purifier, Detector):
         return z_best, loss_best, passes
 
     def clean(self, x):
-        """G(z*) for every image of the batch (Algorithm 1); no gradient flows through the search."""
+        """G(z*) for every image of the batch (Algorithm 1); no gradient flows through the search.
+
+        Called eagerly, it runs as one traced function (traced once per batch shape).
+        """
+        if not tf.executing_eagerly():
+            return self._clean(x)
+        if getattr(self, "_traced_clean", None) is None:
+            object.__setattr__(self, "_traced_clean", tf.function(self._clean))  # untracked: not saved
+        return self._traced_clean(x)
+
+    def _clean(self, x):
         return self.generator(tf.stop_gradient(self.search(tf.stop_gradient(x))[0]), training=False)
 
     def purify(self, x, training=False):
