@@ -53,7 +53,7 @@ class CowboyConfig(DefenseConfig):
     """Cowboy: a DCGAN whose discriminator detects and whose latent search with -log D cleans."""
 
     z_dim: int = 64
-    base_filters: int = 64
+    base_filters: int = 32
     label_smoothing: float = 0.0   # one-sided, on D's real targets (0: the paper's plain game)
     spectral_norm: bool = False    # on D's layers (off: the paper's plain game)
     learning_rate: float = 2e-4
