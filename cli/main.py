@@ -15,6 +15,7 @@ from cli.eval import eval_command  # noqa: E402
 from cli.export import export_command  # noqa: E402
 from cli.predict import predict_command  # noqa: E402
 from cli.train import train  # noqa: E402
+from cli.tune import tune_command  # noqa: E402
 from tfpurify.errors import TfpurifyError  # noqa: E402
 
 
@@ -48,6 +49,7 @@ def cli():
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(eval_command)
+cli.add_command(tune_command)
 cli.add_command(export_command)
 cli.add_command(predict_command)
 

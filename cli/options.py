@@ -14,12 +14,10 @@ limit_option = click.option("--limit", default=None, type=int, help="Use only th
 
 
 def option_type(field):
-    """The click type of a config field: its annotation (`classifier: str = None`), else its default's type."""
-    if field.type in (bool, int, float, str):
-        return field.type
-    if isinstance(field.default, (bool, int, float, str)):
-        return type(field.default)
-    return str
+    """The click type of a config field (`tfpurify.config.field_type`)."""
+    from tfpurify.config import field_type
+
+    return field_type(field)
 
 
 def runtime_options(command):

@@ -1,6 +1,7 @@
 """`tfpurify train ...`: reference classifiers, and every registered defense (one command each)."""
 
 import dataclasses
+import pathlib
 
 import click
 
@@ -35,10 +36,11 @@ def _defense_command(name, model_class, config_class):
     """One `tfpurify train <name>` command whose options are the config dataclass's fields."""
     from tfpurify.defenses import Detector
 
-    def command(out, strategy, target_fpr=0.05, **fields):
+    def command(out, strategy, config_file=None, target_fpr=0.05, **fields):
         from tfpurify.training import train_defense
 
-        config = config_class(**{k: v for k, v in fields.items() if v is not None})
+        given = {k: v for k, v in fields.items() if v is not None}
+        config = config_class.from_dict({**_read_config_file(config_file, name), **given})
         _, history = train_defense(name, config, out, strategy=strategy, verbose=2, target_fpr=target_fpr)
         last = {k: f"{v[-1]:.4g}" for k, v in history.items()}
         click.echo(f"trained {name} on {config.dataset}: {last} -> {out}")
@@ -50,11 +52,28 @@ def _defense_command(name, model_class, config_class):
         command = click.option("--target-fpr", default=0.05, show_default=True, type=float,
                                help="The detector's threshold flags this fraction of clean validation "
                                     "images (calibrated when training ends).")(command)
+    command = click.option("--config", "config_file", default=None,
+                           help="A config.json (a run's, or `tfpurify tune`'s best/config.json) to start from; "
+                                "options given here override its fields.")(command)
     command = click.option("--strategy", default="default", show_default=True,
                            help="default, mirrored (all local devices) or multiworker (reads TF_CONFIG).")(command)
     command = click.option("--out", required=True, help="Run folder; an unfinished run there resumes.")(command)
     doc = (config_class.__doc__ or "").strip().splitlines()[0]
     return click.command(name, help=f"Train the {name} defense. {doc}")(command)
+
+
+def _read_config_file(path, name):
+    """The config fields of a run-folder config.json for defense `name` ({} without a path)."""
+    if path is None:
+        return {}
+    from tfpurify.errors import InputValidationError
+    from tfpurify.runs import read_config
+
+    folder = pathlib.Path(path)
+    cfg = read_config(folder.parent if folder.suffix == ".json" else folder)
+    if cfg.get("defense") != name:
+        raise InputValidationError(f"{path} configures {cfg.get('defense') or cfg.get('kind')!r}, not {name}")
+    return cfg
 
 
 def add_defense_commands():

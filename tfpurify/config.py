@@ -4,7 +4,16 @@ import dataclasses
 
 from tfpurify.errors import InputValidationError
 
-__all__ = ["ConfigBase", "TrainingConfig", "runtime_field", "runtime_fields"]
+__all__ = ["ConfigBase", "TrainingConfig", "runtime_field", "runtime_fields", "field_type"]
+
+
+def field_type(field):
+    """The Python type of a config field: its annotation (`classifier: str = None`), else its default's type."""
+    if field.type in (bool, int, float, str):
+        return field.type
+    if isinstance(field.default, (bool, int, float, str)):
+        return type(field.default)
+    return str
 
 
 def runtime_field(default):
