@@ -23,11 +23,17 @@ from tfpurify.training import build_defense, make_strategy
 from tfpurify.defenses import get_defense
 
 name = sys.argv[1]
-_, config_class = get_defense(name)
+model_class, config_class = get_defense(name)
+extra = {}
+if getattr(model_class, "needs_classifier", False):  # a tiny classifier run for it to protect
+    import tempfile
+    from tfpurify.classifiers import ClassifierConfig, train_classifier
+    extra["classifier"] = tempfile.mkdtemp() + "/cnn"
+    train_classifier(ClassifierConfig(arch="cnn", epochs=1, limit=200, batch_size=64), extra["classifier"], verbose=0)
 strategy = make_strategy("mirrored")
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
 with strategy.scope():
-    model = build_defense(name, config_class(batch_size=8))
+    model = build_defense(name, config_class(batch_size=8, **extra))
     model.compile_for_training()
 rng = np.random.default_rng(0)
 x = rng.random((16, 28, 28, 1)).astype("float32")

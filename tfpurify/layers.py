@@ -11,9 +11,10 @@ with warnings.catch_warnings():  # tfa's end-of-life notice is known (see above)
     warnings.simplefilter("ignore", UserWarning)
     import tensorflow_addons as tfa
 
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["weight_norm", "ConditionalBatchNorm"]
+__all__ = ["weight_norm", "ConditionalBatchNorm", "dct_matrix", "BlockDCTQuantize"]
 
 
 def weight_norm(layer):
@@ -56,3 +57,65 @@ class ConditionalBatchNorm(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
+
+
+def dct_matrix(m):
+    """The orthonormal DCT-II matrix C [m, m]: a block's 2-D coefficients are C x C^T (scipy's norm="ortho")."""
+    n = np.arange(m)
+    c = np.sqrt(2.0 / m) * np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * m))
+    c[0] /= np.sqrt(2.0)
+    return c.astype(np.float32)
+
+
+class BlockDCTQuantize(tf.keras.layers.Layer):
+    """GCLN's quantized nonlinear transform (paper 003, section 3.2, eqs. 1-2).
+
+    Each channel is cut into `block` x `block` blocks (padded at the bottom and right by
+    reflection as needed, cropped back after), each block goes through the orthonormal 2-D DCT,
+    its coefficients are quantized to round(X / step) * step with `step` on the 0-255 pixel scale
+    (the paper's Q, 5-12), and the inverse DCT gives the image back in [0, 1]. `step` 0 is the
+    identity. The forward pass is exact; the gradient is straight-through (the identity), which is
+    both how the cleaning network trains through it and the BPDA an adaptive attacker uses.
+    """
+
+    def __init__(self, step=8.0, block=8, **kwargs):
+        super().__init__(**kwargs)
+        if step < 0 or block < 1:
+            raise ValueError(f"BlockDCTQuantize needs step >= 0 and block >= 1, got {step}, {block}")
+        self.step, self.block = float(step), int(block)
+        self.c = tf.constant(dct_matrix(self.block))
+
+    def _blocks(self, x):
+        """[N, H, W, C] -> ([N, C, H', W', b, b] blocks of 0-255 pixels, padding (ph, pw))."""
+        b = self.block
+        h, w, channels = x.shape[1], x.shape[2], x.shape[3]
+        ph, pw = -h % b, -w % b
+        if ph or pw:
+            x = tf.pad(x, [[0, 0], [0, ph], [0, pw], [0, 0]], mode="SYMMETRIC")
+        t = tf.reshape(255.0 * x, [-1, (h + ph) // b, b, (w + pw) // b, b, channels])
+        return tf.transpose(t, [0, 5, 1, 3, 2, 4]), (ph, pw)
+
+    def coefficients(self, x):
+        """The 2-D DCT coefficients of every block, [N, C, H', W', b, b] (0-255 scale)."""
+        blocks, _ = self._blocks(x)
+        return tf.einsum("ij,...jk,lk->...il", self.c, blocks, self.c)
+
+    def quantize(self, x):
+        """The exact forward transform (no straight-through gradient)."""
+        if self.step == 0:
+            return x
+        h, w, channels = x.shape[1], x.shape[2], x.shape[3]
+        blocks, (ph, pw) = self._blocks(x)
+        coeffs = tf.einsum("ij,...jk,lk->...il", self.c, blocks, self.c)
+        quantized = tf.round(coeffs / self.step) * self.step
+        restored = tf.einsum("ji,...jk,kl->...il", self.c, quantized, self.c)  # C^T Q C
+        t = tf.transpose(restored, [0, 2, 4, 3, 5, 1])
+        t = tf.reshape(t, [-1, h + ph, w + pw, channels])[:, :h, :w, :]
+        return tf.clip_by_value(t / 255.0, 0.0, 1.0)
+
+    def call(self, x):
+        x = tf.convert_to_tensor(x, tf.float32)
+        return x + tf.stop_gradient(self.quantize(x) - x)
+
+    def get_config(self):
+        return {**super().get_config(), "step": self.step, "block": self.block}

@@ -15,6 +15,8 @@ __all__ = [
     "diversity_loss",
     "discriminator_score",
     "latent_search_loss",
+    "perceptual_loss",
+    "weighted_bce",
 ]
 
 
@@ -109,3 +111,18 @@ def latent_search_loss(x, x_generated, d_logits=None, sigma=1.0):
     if d_logits is None:
         return squared
     return squared / (2.0 * sigma ** 2) + discriminator_score(d_logits)
+
+
+def perceptual_loss(features, features_reconstructed):
+    """GCLN eq. 4: ||F(x_o) - F(G(x*))||^2 per example (summed over features), averaged over the batch."""
+    diff = tf.reshape(features - features_reconstructed, [tf.shape(features)[0], -1])
+    return tf.reduce_mean(tf.reduce_sum(tf.square(diff), axis=1))
+
+
+def weighted_bce(label_value, logits, weights):
+    """Sigmoid cross-entropy against a constant label, averaged with per-example weights (0 when all are 0)."""
+    logits = tf.reshape(logits, [-1])
+    weights = tf.cast(tf.reshape(weights, [-1]), logits.dtype)
+    per_example = tf.nn.sigmoid_cross_entropy_with_logits(tf.fill(tf.shape(logits), tf.cast(label_value, logits.dtype)),
+                                                          logits)
+    return tf.reduce_sum(weights * per_example) / tf.maximum(tf.reduce_sum(weights), 1.0)

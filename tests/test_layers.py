@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.fft import dctn
+
+from tfpurify.layers import BlockDCTQuantize, dct_matrix
+
+
+def test_dct_matches_scipys_orthonormal_dct_ii():
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 16, 24, 3)).astype(np.float32)
+    coeffs = BlockDCTQuantize(step=8.0).coefficients(x).numpy()  # [N, C, H/8, W/8, 8, 8]
+    assert coeffs.shape == (2, 3, 2, 3, 8, 8)
+    block = 255.0 * x[1, 8:16, 16:24, 2]
+    np.testing.assert_allclose(coeffs[1, 2, 1, 2], dctn(block, norm="ortho"), rtol=1e-4, atol=1e-3)
+    c = dct_matrix(8)
+    np.testing.assert_allclose(c @ c.T, np.eye(8), atol=1e-6)
+
+
+def test_a_tiny_step_gives_the_input_back_and_padding_is_cropped():
+    x = np.random.default_rng(1).random((3, 28, 28, 1)).astype(np.float32)  # 28 is not a multiple of 8
+    out = BlockDCTQuantize(step=1e-4).quantize(tf.constant(x)).numpy()
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out, x, atol=1e-4)
+    np.testing.assert_array_equal(BlockDCTQuantize(step=0).quantize(tf.constant(x)).numpy(), x)
+
+
+def test_quantization_matches_a_numpy_reference_and_stays_in_range():
+    x = np.random.default_rng(2).random((1, 8, 8, 1)).astype(np.float32)
+    step = 10.0
+    c = dct_matrix(8).astype(np.float64)
+    expected = c.T @ (np.round(c @ (255.0 * x[0, :, :, 0]) @ c.T / step) * step) @ c / 255.0
+    out = BlockDCTQuantize(step=step).quantize(tf.constant(x)).numpy()[0, :, :, 0]
+    np.testing.assert_allclose(out, np.clip(expected, 0, 1), atol=1e-4)
+    assert np.abs(out - x[0, :, :, 0]).max() > 1e-3  # it does change the image
+
+
+def test_gradient_is_straight_through_and_it_traces():
+    layer = BlockDCTQuantize(step=12.0)
+    x = tf.constant(np.random.default_rng(3).random((2, 28, 28, 1)).astype(np.float32))
+    weights = tf.random.normal(x.shape)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(layer(x) * weights)
+    np.testing.assert_allclose(tape.gradient(total, x).numpy(), weights.numpy(), atol=1e-6)
+    traced = tf.function(layer, input_signature=[tf.TensorSpec([None, 28, 28, 1])])
+    np.testing.assert_allclose(traced(x).numpy(), layer.quantize(x).numpy(), atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        BlockDCTQuantize(step=-1.0)
