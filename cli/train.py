@@ -39,15 +39,17 @@ def _defense_command(name, model_class, config_class):
     def command(out, strategy, config_file=None, target_fpr=0.05, **fields):
         from tfpurify.training import train_defense
 
-        given = {k: v for k, v in fields.items() if v is not None}
+        given = {k: v for k, v in fields.items() if v is not None and v != ()}
         config = config_class.from_dict({**_read_config_file(config_file, name), **given})
         _, history = train_defense(name, config, out, strategy=strategy, verbose=2, target_fpr=target_fpr)
         last = {k: f"{v[-1]:.4g}" for k, v in history.items()}
         click.echo(f"trained {name} on {config.dataset}: {last} -> {out}")
 
     for field in reversed(dataclasses.fields(config_class)):
-        command = click.option(f"--{field.name.replace('_', '-')}", field.name, type=option_type(field),
-                               default=None, help=f"[default: {field.default}]")(command)
+        several = isinstance(field.default, tuple)  # e.g. aaa's classifier runs: repeat the option
+        command = click.option(f"--{field.name.replace('_', '-')}", field.name, type=str if several else option_type(field),
+                               multiple=several, default=None,
+                               help="repeatable" if several else f"[default: {field.default}]")(command)
     if issubclass(model_class, Detector):
         command = click.option("--target-fpr", default=0.05, show_default=True, type=float,
                                help="The detector's threshold flags this fraction of clean validation "

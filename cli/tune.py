@@ -12,6 +12,9 @@ from cli.options import limit_option, seed_option
 @click.option("--set", "sets", multiple=True, help="NAME=VALUE: a config field kept fixed; repeatable.")
 @click.option("--classifier", "classifier_run", default=None,
               help="Classifier run the defense protects (purifiers); also its `classifier` field where it has one.")
+@click.option("--objective-classifier", "objective_classifier_run", default=None,
+              help="Classifier run the objective is measured with [default: --classifier]; e.g. a transfer "
+                   "classifier for aaa.")
 @click.option("--objective", default="robust_accuracy", show_default=True,
               help="robust_accuracy (white-box PGD), clean_accuracy or worst_case (clean, FGSM and PGD).")
 @click.option("--tuner", default="random", show_default=True, help="random or hyperband.")
@@ -25,7 +28,7 @@ from cli.options import limit_option, seed_option
 @limit_option
 @seed_option
 @click.option("--out", required=True, help="Folder: trials.csv/.md, objective.png, best/config.json; resumes.")
-def tune_command(defense, params, sets, classifier_run, objective, tuner, trials, max_epochs, epochs, eps, nb_iter,
+def tune_command(defense, params, sets, classifier_run, objective_classifier_run, objective, tuner, trials, max_epochs, epochs, eps, nb_iter,
                  val_limit, limit, seed, out):
     """Search DEFENSE's hyperparameters; the objective never sees the test split."""
     import dataclasses
@@ -42,7 +45,7 @@ def tune_command(defense, params, sets, classifier_run, objective, tuner, trials
     base = config_class(**fixed)
     specs = [parse_param(text, config_class) for text in params]
     best, rows = tune(defense, specs, out, base, classifier_run, objective, tuner, trials, max_epochs, eps, nb_iter,
-                      val_limit=val_limit, seed=seed)
+                      val_limit=val_limit, seed=seed, objective_classifier_run=objective_classifier_run)
     finished = [r for r in rows if r["score"] is not None]
     click.echo(f"{len(finished)} of {len(rows)} trials finished; table: {out}/trials.md, plot: {out}/objective.png")
     click.echo("best: " + ", ".join(f"{s.name}={getattr(best, s.name)}" for s in specs))

@@ -244,7 +244,8 @@ def _plot(out, rows, params, objective):
 
 
 def tune(name, params, out, base_config=None, classifier_run=None, objective="robust_accuracy", tuner="random",
-         trials=10, max_epochs=3, eps=0.1, nb_iter=10, eot_samples=4, val_limit=500, seed=0, verbose=0):
+         trials=10, max_epochs=3, eps=0.1, nb_iter=10, eot_samples=4, val_limit=500, seed=0, verbose=0,
+         objective_classifier_run=None):
     """Searches `params` of defense `name`; writes trials.csv/.md, objective.png and best/config.json under `out`.
 
     Args:
@@ -253,6 +254,8 @@ def tune(name, params, out, base_config=None, classifier_run=None, objective="ro
       out: output folder; keras-tuner's own state lives in `out/tuner`, so a search resumes.
       base_config: the defense config the params modify (default: the config class's defaults).
       classifier_run: the classifier a purifier protects (robust classifiers need none).
+      objective_classifier_run: the classifier the objective is measured with, if not that one
+        (AAA: a transfer classifier never seen in training).
       objective: one of OBJECTIVES.
       tuner: "random" (`trials` trials of `base_config.epochs` epochs) or "hyperband" (up to
         `max_epochs` epochs per trial).
@@ -275,7 +278,8 @@ def tune(name, params, out, base_config=None, classifier_run=None, objective="ro
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise InputValidationError(f"a field is tuned twice: {', '.join(names)}")
-    classifier = load_classifier(classifier_run)[0] if classifier_run else None
+    scored_run = objective_classifier_run or classifier_run
+    classifier = load_classifier(scored_run)[0] if scored_run else None
     (x_train, y_train), (x_val, y_val) = data.load_train_val(base_config.dataset, base_config.limit,
                                                              base_config.val_fraction, base_config.seed)
     hypermodel = DefenseHyperModel(name, base_config, params, classifier, (x_train, y_train),

@@ -34,4 +34,4 @@ def get_defense(name):
     return REGISTRY[name]
 
 
-from tfpurify.defenses import adversarial_training, cowboy, denoising_ae, fbgan, gcln, l2l_da  # noqa: E402,F401  (each registers itself)
+from tfpurify.defenses import aaa, adversarial_training, cowboy, denoising_ae, fbgan, gcln, l2l_da  # noqa: E402,F401  (each registers itself)
