@@ -265,8 +265,6 @@ def tune(name, params, out, base_config=None, classifier_run=None, objective="ro
     """
     model_class, config_class = get_defense(name)
     base_config = base_config or config_class()
-    if classifier_run is None and not issubclass(model_class, RobustClassifier):
-        raise InputValidationError(f"tuning {name} needs the classifier it protects: --classifier RUN")
     if objective not in OBJECTIVES:
         raise InputValidationError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     if tuner not in TUNERS:
@@ -278,6 +276,8 @@ def tune(name, params, out, base_config=None, classifier_run=None, objective="ro
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise InputValidationError(f"a field is tuned twice: {', '.join(names)}")
+    if classifier_run is None and not issubclass(model_class, RobustClassifier):
+        raise InputValidationError(f"tuning {name} needs the classifier it protects: --classifier RUN")
     scored_run = objective_classifier_run or classifier_run
     classifier = load_classifier(scored_run)[0] if scored_run else None
     (x_train, y_train), (x_val, y_val) = data.load_train_val(base_config.dataset, base_config.limit,

@@ -147,7 +147,7 @@ class AAA(Purifier):
             c.eps_iter, c.nb_iter, rand_init=c.rand_init, early_exit=False)
         return tf.stop_gradient(x_adv)
 
-    def _losses(self, classifier, x, y, training):
+    def _objective(self, classifier, x, y, training):
         x_adv = self.adversarial_examples(classifier, x, y)
         cleaned = self.autoencoder(x_adv, training=training)
         logits = classifier(cleaned, training=False)
@@ -159,9 +159,9 @@ class AAA(Purifier):
     def _on_random_native(self, x, y, training):
         natives = self.native_classifiers
         if len(natives) == 1:
-            return self._losses(natives[0], x, y, training)
+            return self._objective(natives[0], x, y, training)
         index = tf.random.uniform([], 0, len(natives), dtype=tf.int32)  # ensemble adversarial training
-        return tf.switch_case(index, [lambda c=c: self._losses(c, x, y, training) for c in natives])
+        return tf.switch_case(index, [lambda c=c: self._objective(c, x, y, training) for c in natives])
 
     # ------------------------------------------------------------------ training (eq. 2-3)
     def compile_for_training(self):
