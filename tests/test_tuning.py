@@ -53,7 +53,8 @@ def test_tune_runs_trials_writes_its_table_and_resumes(cnn_run, tmp_path, monkey
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
     assert calls == [] and "2 of 2 trials finished" in again.output
-    # the best config trains as a run
+    # the best config trains as a run (read again: equal scores may tie-break differently on resume)
+    best = json.loads((out / "best" / "config.json").read_text())
     run = tmp_path / "best_run"
     trained = CliRunner().invoke(cli, ["train", "denoising_ae", "--config", str(out / "best" / "config.json"),
                                        "--epochs", "1", "--out", str(run)])
