@@ -49,8 +49,8 @@ def test_the_detector_pretrains_alone(cnn_run, fmnist_train_slice):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, cnn_run):
     out = tmp_path_factory.mktemp("runs") / "gcln"
-    config = GCLNConfig(classifier=str(cnn_run), filters=16, residual_blocks=2, detector_filters=16, attack_steps=5,
-                        epochs=3, limit=3000, detector_pretrain_epochs=1, learning_rate=1e-3)
+    config = GCLNConfig(classifier=str(cnn_run), filters=16, residual_blocks=2, detector_filters=16, attack_steps=3,
+                        epochs=3, limit=2000, detector_pretrain_epochs=1, learning_rate=1e-3)
     train_defense("gcln", config, out, verbose=0)
     return out
 
