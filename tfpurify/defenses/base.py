@@ -105,6 +105,13 @@ class Purifier(_TrainingHooks, keras.Model):
     def call(self, x, training=False):
         return self.purify(x, training=training)
 
+    def track(self, values):
+        """Updates the Mean trackers in `self.trackers` from {name: value}; returns every tracker's result
+        (what a custom `train_step` / `test_step` returns)."""
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
     def attack_surrogate(self, x):
         """What an adaptive attacker differentiates; defaults to `purify` itself."""
         return self.purify(x)

@@ -194,11 +194,8 @@ class Cowboy(Purifier, Detector):
         return self._track(*self._losses_on(x, training=False))
 
     def _track(self, d_loss, g_loss, real_logits, fake_logits):
-        values = {"d_loss": d_loss, "g_loss": g_loss, "d_real": tf.reduce_mean(tf.sigmoid(real_logits)),
-                  "d_fake": tf.reduce_mean(tf.sigmoid(fake_logits))}
-        for name, value in values.items():
-            self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return self.track({"d_loss": d_loss, "g_loss": g_loss, "d_real": tf.reduce_mean(tf.sigmoid(real_logits)),
+                           "d_fake": tf.reduce_mean(tf.sigmoid(fake_logits))})
 
     def call(self, x, training=False):
         """D's logit (and G built): a Keras call must not run the whole search; `purify` cleans."""

@@ -226,7 +226,7 @@ class FBGAN(Purifier):
         apply_gradients(self.d_optimizer, d_loss, d_tape, self.discriminator.trainable_weights)
         apply_gradients(self.g_optimizer, g_loss, g_tape, self.generator.trainable_weights)
         apply_gradients(self.e_optimizer, e_loss, e_tape, self.encoder.trainable_weights)
-        return self._track(d_loss=d_loss, g_loss=g_loss, e_loss=e_loss, mi_gap=mi_gap, recon_error=recon)
+        return self.track(dict(d_loss=d_loss, g_loss=g_loss, e_loss=e_loss, mi_gap=mi_gap, recon_error=recon))
 
     def test_step(self, x):
         z = self.sample_prior(tf.shape(x)[0])
@@ -236,16 +236,11 @@ class FBGAN(Purifier):
         fake, fake_features, q_categorical, q_continuous = self.discriminator([x_fake, z])
         rec, _, _, _ = self.discriminator([x_rec, e])
         mi_gap = self._mi_gap(z, q_categorical, q_continuous)
-        return self._track(
+        return self.track(dict(
             d_loss=losses.minimax_discriminator_loss(real, [fake, rec], [0.5, 0.5]) + self.config.lambda_mi * mi_gap,
             g_loss=0.5 * (losses.non_saturating_generator_loss(fake) + losses.non_saturating_generator_loss(rec)),
             e_loss=losses.feature_matching_loss(real_features, fake_features),
-            mi_gap=mi_gap, recon_error=losses.reconstruction_loss(x, x_rec))
-
-    def _track(self, **values):
-        for name, value in values.items():
-            self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+            mi_gap=mi_gap, recon_error=losses.reconstruction_loss(x, x_rec)))
 
     def call(self, x, training=False):
         self.discriminator([x, self.encode(x)], training=training)  # build every player

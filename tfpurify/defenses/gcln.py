@@ -232,16 +232,11 @@ class GCLN(Purifier, Detector):
             g_loss = self.g_on * values["g_loss"]  # zero while D pre-trains
         apply_gradients(self.d_optimizer, values["d_loss"], d_tape, self.detector_net.trainable_weights)
         apply_gradients(self.g_optimizer, g_loss, g_tape, self.cleaner.trainable_weights)
-        return self._track(values)
+        return self.track(values)
 
     def test_step(self, data):
         x, y = data
-        return self._track(self._objective(x, y, training=False))
-
-    def _track(self, values):
-        for name, value in values.items():
-            self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return self.track(self._objective(x, y, training=False))
 
     def call(self, x, training=False):
         self.detector_net(x, training=training)  # build both networks
