@@ -9,7 +9,7 @@ DEMO   ?= runs/demo
 $(BIN)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,corruptions]"
 	touch $@
 
 $(BIN)/.installed-bench: $(BIN)/.installed

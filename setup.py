@@ -28,6 +28,9 @@ setup(
         "dev": ["pytest>=7", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
         "bench": ["adversarial-robustness-toolbox>=1.17", "multiprocess"],  # ART's AutoAttack imports multiprocess
         "svhn": ["tensorflow-datasets>=4.9,<4.10"],
+        # `tfpurify eval --corruptions`: albumentations' transforms with fixed CIFAR-10-C severities;
+        # OpenCV 4.10 headless, since OpenCV 5 wheels need numpy 2 and TensorFlow 2.15 needs numpy<2
+        "corruptions": ["albumentations==2.0.8", "albucore==0.0.24", "opencv-python-headless==4.10.0.84"],
     },
     entry_points={"console_scripts": ["tfpurify = cli.main:cli"]},
 )

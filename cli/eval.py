@@ -3,8 +3,10 @@
 import pathlib
 
 import click
+import numpy as np
 
 from cli.options import limit_option, parse_float_list, parse_list, runtime_options, runtime_overrides, seed_option
+from tfpurify.errors import InputValidationError
 
 
 @click.command("eval")
@@ -14,7 +16,7 @@ from cli.options import limit_option, parse_float_list, parse_list, runtime_opti
                    "adversarially trained RUN (pgd_at, l2l_da), the plain classifier of the `none` rows.")
 @click.option("--attacks", default="fgsm,pgd", show_default=True,
               help="Comma list: fgsm, pgd, bim, mim, cw_l2, spsa, apgd_ce, apgd_dlr, apgd_t, square, autoattack, "
-                   "l2l_da (with --l2l-da-run).")
+                   "l2l_da (with --l2l-da-run); on a purifier, white-box: pgd_recon, latent.")
 @click.option("--eps", default="0.1", show_default=True, help="Comma list of L-inf budgets in [0, 1].")
 @click.option("--threat-model", default=None,
               help="Comma list of none, graybox, whitebox, transfer "
@@ -44,10 +46,16 @@ from cli.options import limit_option, parse_float_list, parse_list, runtime_opti
               help="Gradient-masking checks 1-4 on the first 200 examples (PGD-2k, FGSM, eps 0.5, Square).")
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
+@click.option("--corruptions", default=None,
+              help="Also measure accuracy under common corruptions (CIFAR-10-C definitions): all, or a comma list "
+                   "of gaussian_noise, shot_noise, impulse_noise, speckle_noise, gaussian_blur, glass_blur, "
+                   "defocus_blur, motion_blur, zoom_blur, brightness, contrast, elastic_transform, pixelate, "
+                   "jpeg_compression; bare classifier and defense side by side. Needs tfpurify[corruptions].")
+@click.option("--severities", default="1,2,3,4,5", show_default=True, help="Corruption severities (1-5).")
 @runtime_options
 def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
                  early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, detector_weight, batch_size, limit, seed,
-                 sanity_checks, report_path, **runtime):
+                 sanity_checks, report_path, corruptions, severities, **runtime):
     """Attack RUN (a classifier or a defense run) on the test split and write a report."""
     from tfpurify.adaptive import threat_model_pipelines
     from tfpurify.classifiers import load_classifier
@@ -59,6 +67,15 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
                               nb_iter=nb_iter, eps_iter=eps_iter, restarts=restarts, early_exit=early_exit,
                               version=autoattack_version, generator_run=l2l_da_run)
+    if corruptions is not None:  # fail on a bad list or a missing extra before any attack runs
+        from tfpurify import corruptions as corruptions_lib
+
+        corruption_names = corruptions_lib.parse_corruptions(corruptions)
+        severity_values = [int(s) if s.is_integer() else s for s in parse_float_list(severities, "--severities")]
+        for s in severity_values:
+            if s not in corruptions_lib.SEVERITIES:
+                raise InputValidationError(f"--severities: {s:g} is not an integer in 1-5")
+        corruptions_lib.corrupt(np.zeros((1, 2, 2, 1), np.float32), corruption_names[0], 1)
     defended, info = load_defended(run, classifier_run, runtime_overrides(runtime))
     if info["defense"] == "none":
         default_threat_models = "none"
@@ -74,6 +91,14 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,
                       detector=defended.detector, runs=info["runs"], cascade=cascade)
+    if corruptions is not None:
+        scored = {name: pipeline[1] for name, pipeline in pipelines.items()
+                  if name in ("none", "graybox") and pipeline is not None}
+        bare = {"none": scored["none"]} if "none" in scored else {}
+        defense = {info["defense"]: scored["graybox"]} if "graybox" in scored else {}
+        report.corruptions = corruptions_lib.evaluate_corruptions(
+            {**bare, **defense}, x, y, corruption_names, severity_values, batch_size, seed, info["classifier"])
+        report.corruption_grid = corruptions_lib.corruption_grid(x[0], corruption_names, (0, *severity_values), seed)
     paths = write_report(report, report_path or pathlib.Path(run) / "report.md",
                          dataset_info(info["dataset"]).class_names)
     if defended.purifier is not None:  # reconstructions, latent traversals ...

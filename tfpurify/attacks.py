@@ -45,6 +45,8 @@ class AttackDef:
     # (model_fn, params) -> f(x, y) -> (x_adv, cost): built once per run, called eagerly per batch; it
     # traces its own stages and skips those with nothing left to attack (AutoAttack, APGD's restarts)
     staged: callable = None
+    needs_purifier: bool = False  # attacks the purifier itself (`tfpurify.ae_attacks`): white-box on a defense only
+    needs_code: bool = False      # ... through its latent code (`Purifier.encode`)
 
 
 def _fgsm(model_fn, x, y, p, loss_fn):
@@ -357,6 +359,12 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
     if len(x) == 0 or (p.get("eps") == 0.0 and ATTACKS[name].bounded):
         return (x.copy(), np.zeros(len(x), np.float32)) if return_cost else x.copy()
     attack = ATTACKS[name]
+    if attack.needs_purifier and getattr(model_fn, "purifier", None) is None:
+        raise AttackConfigError(f"{name} attacks a purifier: use it under the whitebox threat model of a defense run "
+                                "(tfpurify eval DEFENSE_RUN --classifier RUN --threat-model whitebox)")
+    if attack.needs_code and not getattr(model_fn.purifier, "has_code", False):
+        raise AttackConfigError(f"{name} needs a purifier with a latent code (aaa, denoising_ae, fbgan); "
+                                f"{type(model_fn.purifier).__name__} has none")
     if attack.gradient:
         _check_differentiable(model_fn, x[:1])
     batch_size = attack.batch_size or min(int(batch_size), len(x))  # never pad beyond the data
@@ -390,3 +398,6 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
         out[start:start + n] = best[:n]
     out = _project(out, x, p)
     return (out, cost) if return_cost else out
+
+
+from tfpurify import ae_attacks  # noqa: E402,F401  (registers pgd_recon and latent)

@@ -111,6 +111,10 @@ class RobustnessReport:
     # Attacks run by the sanity checks on the first examples, folded into the worst case:
     # [(threat_model, eps, name, [N] bool correct, True outside the checked subset)].
     check_columns: list = dataclasses.field(default_factory=list)
+    # Common corruptions (`tfpurify.corruptions.evaluate_corruptions`): rows in the results schema,
+    # and one image under each corruption at severities 0-5 for the grid picture.
+    corruptions: list = dataclasses.field(default_factory=list)
+    corruption_grid: dict = dataclasses.field(repr=False, default_factory=dict)
 
     def worst_case(self, threat_model, eps):
         """Fraction of examples correct clean and under every attack of (threat_model, eps).
@@ -162,7 +166,7 @@ class RobustnessReport:
                   "params": {"attacks": self.worst_case_attacks(tm, eps)}, "accuracy": acc,
                   "plain_accuracy": self.plain_worst_case(tm, eps)}
                  for tm, eps, acc in self.worst_cases()]
-        return rows
+        return rows + [dict(r) for r in self.corruptions]
 
     def to_dict(self):
         return {
@@ -357,6 +361,10 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
         chains = {}  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
         for spec in specs:
+            if attacks_lib.get_attack(spec.name).needs_purifier and getattr(attacked_fn, "purifier", None) is None:
+                report.warnings.append(f"{spec.name} skipped under {tm}: it attacks the purifier itself, which only "
+                                       "the whitebox threat model of a defense run differentiates")
+                continue
             spec_params = _for_threat_model(tm, spec)
             params = attacks_lib.resolve_params(spec.name, **spec_params)
             eps = params.pop("eps", None)

@@ -11,7 +11,7 @@ import numpy as np
 
 from tfpurify.runs import atomic_write_text
 
-__all__ = ["attack_label", "to_markdown", "sanity_lines", "detection_lines", "write_json", "write_markdown", "save_image_grid", "save_pictures", "write_report"]
+__all__ = ["attack_label", "to_markdown", "sanity_lines", "detection_lines", "corruption_lines", "write_json", "write_markdown", "save_image_grid", "save_pictures", "write_report"]
 
 
 def _fmt_value(value):
@@ -98,6 +98,30 @@ def detection_lines(detection):
     return lines
 
 
+def corruption_lines(rows):
+    """Markdown table of common-corruption rows: one line per corruption, plain accuracy per severity.
+
+    Each cell reads `bare / defended` when the rows hold two pipelines (the classifier alone and
+    the defense), else the one accuracy.
+    """
+    if not rows:
+        return []
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    severities = sorted({r["params"]["severity"] for r in rows})
+    cells = {(r["attack"], r["params"]["severity"], r["defense"]): r["plain_accuracy"] for r in rows}
+    lines = ["", f"## Common corruptions (accuracy on corrupted test images, {' / '.join(defenses)})", "",
+             "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " | mean |",
+             "|---|" + "---|" * (len(severities) + 1)]
+    for name in dict.fromkeys(r["attack"] for r in rows):
+        def cell(values):
+            return " / ".join(_pct(v) for v in values)
+
+        per = [[cells.get((name, s, d)) for d in defenses] for s in severities]
+        means = [float(np.mean([p[i] for p in per if p[i] is not None])) for i in range(len(defenses))]
+        lines.append(f"| {name} | " + " | ".join(cell(p) for p in per) + f" | {cell(means)} |")
+    return lines
+
+
 def to_markdown(report):
     """Renders a report as a Markdown document: header, tables, settings, sanity checks, warnings."""
     d = report.to_dict()
@@ -117,6 +141,8 @@ def to_markdown(report):
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in d["rows"]:
+        if row["threat_model"] == "corruption":
+            continue  # their own table below
         eps = "-" if row["eps"] is None else f"{row['eps']:g}"
         attack = attack_label(row)
         evals = row.get("grad_evals_per_example")
@@ -124,6 +150,7 @@ def to_markdown(report):
                      f"{_pct(row.get('plain_accuracy'))} | {'-' if evals is None else f'{evals:g}'} | "
                      f"{_fmt_params(row['params'])} |")
     lines += detection_lines(d["detection"])
+    lines += corruption_lines([r for r in d["rows"] if r["threat_model"] == "corruption"])
     lines += _settings_lines(d.get("settings", {}))
     lines += sanity_lines(d["sanity_checks"], d["warnings"])
     return "\n".join(lines) + "\n"
@@ -236,6 +263,10 @@ def write_report(report, markdown_path, class_names=None):
         rows[key], labels[key] = r.x_adv_sample, r.pred_sample
     save_image_grid(paths["grid"], rows, labels, class_names,
                     title=f"true labels: {', '.join(str(int(v)) for v in report.y_sample)}")
+    if report.corruption_grid:  # one image under each corruption, severities 0-5
+        paths["corruptions"] = md.with_name(f"{md.stem}-corruptions.png")
+        save_image_grid(paths["corruptions"], report.corruption_grid, None,
+                        title="one test image under each corruption, severity 0 (left) to 5")
     if report.detector_scores:  # clean vs each attack, as the Cowboy paper's Fig. 3
         paths["scores"] = md.with_name(f"{md.stem}-scores.png")
         save_score_violins(paths["scores"], report.detector_scores,

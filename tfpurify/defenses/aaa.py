@@ -72,7 +72,7 @@ def build_conv_autoencoder(input_shape, f):
     """The paper's convolutional AE for 28x28: two stride-2 convolutions down, two up, sigmoid out."""
     x = keras.Input(input_shape)
     h = layers.Conv2D(f, 3, 2, padding="same", activation="relu")(x)
-    h = layers.Conv2D(2 * f, 3, 2, padding="same", activation="relu")(h)
+    h = layers.Conv2D(2 * f, 3, 2, padding="same", activation="relu", name="code")(h)
     h = layers.Conv2DTranspose(2 * f, 3, 2, padding="same", activation="relu")(h)
     h = layers.Conv2DTranspose(f, 3, 2, padding="same", activation="relu")(h)
     return keras.Model(x, layers.Conv2D(input_shape[-1], 3, padding="same", activation="sigmoid")(h),
@@ -86,7 +86,7 @@ def build_unet_autoencoder(input_shape, f):
     x = keras.Input(input_shape)
     e1 = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
     e2 = layers.Conv2D(2 * f, 3, 2, padding="same", activation="relu")(e1)
-    b = layers.Conv2D(4 * f, 3, 2, padding="same", activation="relu")(e2)
+    b = layers.Conv2D(4 * f, 3, 2, padding="same", activation="relu", name="code")(e2)
     d2 = layers.Conv2DTranspose(2 * f, 3, 2, padding="same", activation="relu")(b)
     d2 = layers.Conv2D(2 * f, 3, padding="same", activation="relu")(layers.Concatenate()([d2, e2]))
     d1 = layers.Conv2DTranspose(f, 3, 2, padding="same", activation="relu")(d2)
@@ -109,6 +109,9 @@ class AAA(Purifier):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "xent", "mse")}
         self.adv_accuracy = keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy")
         object.__setattr__(self, "_natives", None)  # not part of the defense's weights
+        # the bottleneck (the U-Net's skip connections bypass it), sharing the autoencoder's layers
+        object.__setattr__(self, "_encoder", keras.Model(self.autoencoder.input,
+                                                         self.autoencoder.get_layer("code").output))
 
     labelled = True
 
@@ -138,6 +141,12 @@ class AAA(Purifier):
 
     def purify(self, x, training=False):
         return self.autoencoder(x, training=training)
+
+    has_code = True
+
+    def encode(self, x, training=False):
+        """The autoencoder's bottleneck activations."""
+        return self._encoder(x, training=training)
 
     def adversarial_examples(self, classifier, x, y):
         """PGD through classifier(G(.)): the adaptive adversary of eq. 2, no gradient to any weight."""

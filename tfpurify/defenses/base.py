@@ -98,6 +98,11 @@ class Purifier(_TrainingHooks, keras.Model):
     """
 
     stochastic = False  # True: evaluate white-box attacks with EOT
+    has_code = False    # True: `encode` gives a latent code (the `latent` attack pulls it)
+
+    def encode(self, x, training=False):
+        """The purifier's latent code of `x` (purifiers with `has_code`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no latent code")
 
     def purify(self, x, training=False):
         raise NotImplementedError

@@ -62,6 +62,9 @@ class DenoisingAutoencoder(Purifier, Detector):
             layers.Conv2D(f, 3, padding="same", activation="relu"),
             layers.Conv2D(self.image_shape[-1], 3, padding="same", activation="sigmoid"),
         ], name="autoencoder")
+        # the bottleneck (after pooling and the second convolution), sharing the autoencoder's layers
+        object.__setattr__(self, "_encoder", tf.keras.Model(self.autoencoder.inputs,
+                                                            self.autoencoder.layers[2].output))
 
     @property
     def detector_enabled(self):
@@ -69,6 +72,12 @@ class DenoisingAutoencoder(Purifier, Detector):
 
     def purify(self, x, training=False):
         return self.autoencoder(x, training=training)
+
+    has_code = True
+
+    def encode(self, x, training=False):
+        """The autoencoder's bottleneck activations (half resolution)."""
+        return self._encoder(x, training=training)
 
     def adversarial_score(self, x):
         """Mean absolute reconstruction error per image (MagNet detector I, p = 1)."""

@@ -147,6 +147,8 @@ class FBGAN(Purifier):
         return list(self.trackers.values())
 
     # ------------------------------------------------------------------ codes and images
+    has_code = True
+
     def encode(self, x, training=False):
         """E(x) = [softmax(categorical logits), continuous codes], shape [N, latent_dim]."""
         categorical_logits, continuous = self.encoder(x, training=training)
