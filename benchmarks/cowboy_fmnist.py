@@ -210,7 +210,7 @@ def main():
             paper = PAPER_TABLE_2[attack]
             cmp_lines.append(f"| {attack} | {e:g} | {cell('none', 'none', attack, e)} | "
                              f"{cell('cowboy (defense_gan)', 'graybox', attack, e)} | "
-                             f"{cell('cowboy (cowboy)', 'graybox', attack, e)} | {paper[0]:.2f} | {paper[1]:.2f} |")
+                             f"{cell('cowboy (cowboy)', 'graybox', attack, e)} | {100 * paper[0]:.0f} | {100 * paper[1]:.0f} |")
     results = {"benchmark": "cowboy_fmnist", "dataset": "fashion_mnist", "n_examples": len(x),
                "n_whitebox": args.n_whitebox, "eps": eps, "training": {**timing, "budget_minutes": args.budget_minutes},
                "config": dataclasses.asdict(config), "chosen_setting": {"name": best, "overrides": chosen},
