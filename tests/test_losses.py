@@ -41,6 +41,8 @@ def test_feature_matching_and_reconstruction():
     fake = np.array([[0.0, 0.0], [2.0, 2.0]], np.float32)
     assert float(losses.feature_matching_loss(real, fake)) == pytest.approx((2 - 1) ** 2 + (3 - 1) ** 2)
     assert float(losses.reconstruction_loss(real, fake)) == pytest.approx(np.mean((real - fake) ** 2))
+    per_image = np.sum((real - fake) ** 2, axis=tuple(range(1, real.ndim))).mean()
+    assert float(losses.reconstruction_loss(real, fake, "sum")) == pytest.approx(per_image, rel=1e-5)
 
 
 def test_diversity_loss_is_mean_image_gap_over_mean_code_gap():

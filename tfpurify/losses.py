@@ -68,9 +68,13 @@ def feature_matching_loss(real_features, fake_features):
     return tf.reduce_sum(tf.square(tf.reduce_mean(real_features, axis=0) - tf.reduce_mean(fake_features, axis=0)))
 
 
-def reconstruction_loss(x, x_reconstructed):
-    """Mean squared error per example, averaged: E ||G(E(x)) - x||^2 / dim."""
-    return tf.reduce_mean(tf.square(x - x_reconstructed))
+def reconstruction_loss(x, x_reconstructed, reduction="mean"):
+    """Squared error averaged over the batch: per pixel, E ||G(E(x)) - x||^2 / dim ("mean"), or per
+    image, E ||G(E(x)) - x||^2 ("sum", dim times larger)."""
+    squared = tf.square(x - x_reconstructed)
+    if reduction == "sum":
+        return tf.reduce_mean(tf.reduce_sum(tf.reshape(squared, [tf.shape(x)[0], -1]), axis=1))
+    return tf.reduce_mean(squared)
 
 
 def classification_loss(labels, logits):

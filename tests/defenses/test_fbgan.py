@@ -89,6 +89,36 @@ def test_one_fit_step_updates_every_player_without_nan(untrained):
         assert all(np.all(np.isfinite(w.numpy())) for w in player.trainable_weights)
 
 
+def test_straight_through_code_is_the_served_code_with_the_softmax_gradient(untrained):
+    logits = tf.constant(np.random.RandomState(0).randn(4, 10).astype(np.float32))
+    z = tf.concat([tf.nn.softmax(logits), tf.constant(np.random.RandomState(1).randn(4, 8).astype(np.float32) * 2)], 1)
+    np.testing.assert_allclose(untrained.straight_through_code(z), untrained.regularize(z), atol=1e-6)
+    weights = tf.constant(np.random.RandomState(2).randn(4, 18).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        out = tf.reduce_sum(untrained.straight_through_code(z) * weights)
+    grad = tape.gradient(out, z).numpy()
+    np.testing.assert_allclose(grad[:, :10], weights.numpy()[:, :10], atol=1e-6)  # identity through the argmax
+    inside = np.abs(z.numpy()[:, 10:]) < 1
+    np.testing.assert_allclose(grad[:, 10:], np.where(inside, weights.numpy()[:, 10:], 0.0), atol=1e-6)
+
+
+def test_fit_step_with_the_test_time_code_and_the_paper_ae_sum():
+    import dataclasses
+
+    model = build_defense("fbgan", dataclasses.replace(SMALL, straight_through=True, ae_reduction="sum",
+                                                       ae_fraction=1.0))
+    model.compile_for_training()
+    x = np.random.rand(32, 28, 28, 1).astype(np.float32)
+    before = [w.numpy().copy() for w in model.encoder.trainable_weights]
+    history = model.fit(model.make_dataset(x, None, 32), epochs=1, verbose=0, callbacks=model.training_callbacks())
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+    assert history.history["recon_error"][-1] > 10  # a per-image sum over 784 pixels, not a per-pixel mean
+    assert all(not np.allclose(a, b.numpy()) for a, b in zip(before, model.encoder.trainable_weights))
+    with pytest.raises(InputValidationError, match="ae_reduction"):
+        FBGANConfig(ae_reduction="max")
+
+
 def test_ae_term_switches_on_for_the_last_fraction(untrained):
     x = np.random.rand(64, 28, 28, 1).astype(np.float32)
     untrained.config = FBGANConfig(base_filters=8, batch_size=32, ae_fraction=0.5)
@@ -115,6 +145,22 @@ def test_short_training_lowers_reconstruction_error_and_codes_track_labels(train
     x, y = data.load_dataset("fashion_mnist", "test", limit=500)
     codes = np.argmax(model.encode(x).numpy()[:, :10], axis=1)
     assert _purity(codes, y) > 0.3
+
+
+def test_diagnostics_purity_and_generated_accuracy(trained_run, cnn):
+    model, _ = load_defense(trained_run[0])
+    x, y = data.load_dataset("fashion_mnist", "test", limit=500)
+    d = model.diagnostics(x, y, cnn, per_category=20)
+    codes = np.argmax(model.encode(x).numpy()[:, :10], axis=1)
+    assert d["purity"] == pytest.approx(_purity(codes, y))
+    assert len(d["generated_accuracy"]) == 10 and len(d["category_labels"]) == 10
+    known = [g for g in d["generated_accuracy"] if g is not None]
+    assert all(0.0 <= g <= 1.0 for g in known) and d["generated_accuracy_mean"] == pytest.approx(np.mean(known))
+    # a classifier that always answers class c is right on exactly the categories whose label is c
+    c = next(label for label in d["category_labels"] if label >= 0)
+    constant = model.diagnostics(x, y, lambda images: tf.one_hot(tf.fill([tf.shape(images)[0]], c), 10), 5)
+    assert constant["generated_accuracy"] == [None if label < 0 else float(label == c)
+                                              for label in d["category_labels"]]
 
 
 def test_pictures(trained_run):
