@@ -18,7 +18,7 @@ def _recon_error(defended, x):
 
 
 def test_pgd_recon_without_its_term_is_pgd(defended_dae, batch):
-    x, y = batch
+    x, y = batch[0][:32], batch[1][:32]
     target = adaptive.whitebox_target(defended_dae)
     plain = attacks.run_attack("pgd", target, x, y, eps=0.1, nb_iter=5, rand_init=False)
     recon = attacks.run_attack("pgd_recon", target, x, y, eps=0.1, nb_iter=5, rand_init=False, recon_weight=0.0)
@@ -26,7 +26,7 @@ def test_pgd_recon_without_its_term_is_pgd(defended_dae, batch):
 
 
 def test_pgd_recon_keeps_the_reconstruction_close_and_stays_in_the_ball(defended_dae, batch):
-    x, y = batch
+    x, y = batch[0][:32], batch[1][:32]
     target = adaptive.whitebox_target(defended_dae)
     kwargs = dict(eps=0.1, nb_iter=10, early_exit=False)
     free = attacks.run_attack("pgd_recon", target, x, y, recon_weight=0.0, **kwargs)
