@@ -17,7 +17,6 @@ Training is cached in run folders (runs/bench-aaa-*): a rerun only evaluates.
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 import time
@@ -25,12 +24,12 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, TimeBudget, environment, rows_table, write_results  # noqa: E402
+from common import RESULTS, environment, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, attacks, classifiers, corruptions, data, evaluation, reports  # noqa: E402
 from tfpurify.defenses.aaa import AAAConfig  # noqa: E402
 from tfpurify.defenses.adversarial_training import PGDATConfig  # noqa: E402
-from tfpurify.training import load_defended, train_defense  # noqa: E402
+from tfpurify.training import load_defended  # noqa: E402
 
 # Paper Table 5 (Fashion-MNIST, eps 0.2): (Natural, PGD-100, CW-L2) per model, native and transfer.
 PAPER = {"natural": {"native": (92.55, 5.40, 0.0), "transfer": (89.74, 4.33, 0.0)},
@@ -45,19 +44,6 @@ def classifier_run(arch, path):
     if not (path / "classifier.weights.h5").exists():
         classifiers.train_classifier(classifiers.ClassifierConfig(arch=arch, epochs=3), path, verbose=2)
     return path
-
-
-def train_on_budget(name, config, run, seconds):
-    timing = run / "timing.json"
-    if not (run / "defense.weights.h5").exists():
-        budget = TimeBudget(seconds, config.batch_size)
-        start = time.perf_counter()
-        train_defense(name, config, run, callbacks=[budget], verbose=2)
-        elapsed = time.perf_counter() - start
-        timing.write_text(json.dumps({"train_seconds": round(elapsed, 1), "images": budget.images,
-                                      "images_per_second": round(budget.images / elapsed, 1),
-                                      "steady_images_per_second": budget.steady_images_per_second()}) + "\n")
-    return json.loads(timing.read_text())
 
 
 def cw_rows(target, scored, x, y, clean_correct, labels):

@@ -64,3 +64,21 @@ class TimeBudget(tf.keras.callbacks.Callback):
         """Images/s after the first (tracing) step, validation passes included."""
         elapsed = (self.last_batch_end or 0) - (self.first_batch_end or 0)
         return round((self.images - self.batch_size) / elapsed, 1) if elapsed > 0 else None
+
+
+def train_on_budget(name, config, run, seconds):
+    """Trains defense `name` into `run` for `seconds` of wall time (unless the run exists) and returns
+    its timing record (run/timing.json): seconds, images seen, images/s, steady images/s."""
+    from tfpurify.training import train_defense
+
+    run = pathlib.Path(run)
+    timing = run / "timing.json"
+    if not (run / "defense.weights.h5").exists():
+        budget = TimeBudget(seconds, config.batch_size)
+        start = time.perf_counter()
+        train_defense(name, config, run, callbacks=[budget], verbose=2)
+        elapsed = time.perf_counter() - start
+        timing.write_text(json.dumps({"train_seconds": round(elapsed, 1), "images": budget.images,
+                                      "images_per_second": round(budget.images / elapsed, 1),
+                                      "steady_images_per_second": budget.steady_images_per_second()}) + "\n")
+    return json.loads(timing.read_text()) if timing.exists() else {}  # a run trained elsewhere: no timing

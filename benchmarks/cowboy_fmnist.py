@@ -29,11 +29,11 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, TimeBudget, environment, rows_table, write_results  # noqa: E402
+from common import RESULTS, environment, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, attacks, classifiers, data, evaluation, reports  # noqa: E402
 from tfpurify.defenses.cowboy import CowboyConfig  # noqa: E402
-from tfpurify.training import load_defended, train_defense  # noqa: E402
+from tfpurify.training import load_defended  # noqa: E402
 
 # Paper Table 2 (Fashion-MNIST, 5000 cleaning steps): accuracy on cleaned adversarial examples.
 PAPER_TABLE_2 = {"fgsm": (0.43, 0.44), "pgd": (0.48, 0.48), "bim": (0.11, 0.13), "mim": (0.27, 0.32)}
@@ -129,15 +129,7 @@ def main():
     if not (clf_run / "classifier.weights.h5").exists():
         classifiers.train_classifier(classifiers.ClassifierConfig(arch="cnn", epochs=3), clf_run, verbose=2)
     config = CowboyConfig(classifier=str(clf_run), epochs=200)
-    timing_path = run / "timing.json"
-    if not (run / "defense.weights.h5").exists():
-        budget = TimeBudget(60 * args.budget_minutes, config.batch_size)
-        start = time.perf_counter()
-        train_defense("cowboy", config, run, callbacks=[budget], verbose=2)
-        timing_path.write_text(json.dumps({"train_seconds": round(time.perf_counter() - start, 1),
-                                           "images": budget.images,
-                                           "steady_images_per_second": budget.steady_images_per_second()}) + "\n")
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    timing = train_on_budget("cowboy", config, run, 60 * args.budget_minutes)
 
     # 2. the sweep, on validation images (the train split)
     (_, _), (x_val, y_val) = data.load_train_val("fashion_mnist", None, config.val_fraction, config.seed)

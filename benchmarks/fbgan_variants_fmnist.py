@@ -19,17 +19,15 @@ Training is cached in runs/bench-fbgan-<variant>: a rerun only evaluates.
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import TimeBudget, environment, rows_table, write_results  # noqa: E402
+from common import environment, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation  # noqa: E402
 from tfpurify.defenses.fbgan import FBGANConfig  # noqa: E402
-from tfpurify.training import load_defended, train_defense  # noqa: E402
+from tfpurify.training import load_defended  # noqa: E402
 
 BASE = dict(base_filters=16, ae_weight=1.0, ae_fraction=0.2, epochs=200)
 VARIANTS = {
@@ -41,17 +39,6 @@ VARIANTS = {
     "all four": {"ae_reduction": "sum", "straight_through": True, "continuous_weight": 0.1, "base_filters": 32},
 }
 PAPER = {"clean": 0.822, "graybox pgd 0.1": 0.769, "whitebox pgd 0.1": 0.505}
-
-
-def train_on_budget(config, run, seconds):
-    timing = run / "timing.json"
-    if not (run / "defense.weights.h5").exists():
-        budget = TimeBudget(seconds, config.batch_size)
-        start = time.perf_counter()
-        train_defense("fbgan", config, run, callbacks=[budget], verbose=2)
-        timing.write_text(json.dumps({"train_seconds": round(time.perf_counter() - start, 1), "images": budget.images,
-                                      "steady_images_per_second": budget.steady_images_per_second()}) + "\n")
-    return json.loads(timing.read_text())
 
 
 def main():
@@ -77,7 +64,7 @@ def main():
     for name in names:
         config = FBGANConfig(**{**BASE, **VARIANTS[name]})
         run = pathlib.Path(f"runs/bench-fbgan-{name.replace(' ', '-').replace('.', '')}")
-        timing = train_on_budget(config, run, 60 * args.budget_minutes)
+        timing = train_on_budget("fbgan", config, run, 60 * args.budget_minutes)
         summary[name] = {"overrides": VARIANTS[name], "training": timing}
         for regularized in (True, False):
             defended, _ = load_defended(run, clf_run, {"white_box_regularization": regularized})

@@ -13,19 +13,18 @@ Usage: python benchmarks/l2l_da_fmnist.py [--budget-minutes 45] [--eps 0.1] [--n
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 import time
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import TimeBudget, environment, rows_table, write_results  # noqa: E402
+from common import environment, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation  # noqa: E402
 from tfpurify.defenses.adversarial_training import PGDATConfig  # noqa: E402
 from tfpurify.defenses.l2l_da import L2LDAConfig  # noqa: E402
-from tfpurify.training import load_defended, train_defense  # noqa: E402
+from tfpurify.training import load_defended  # noqa: E402
 
 PAPER = {  # Table 2 (MNIST, eps 0.3): Min column, the claim to reproduce on Fashion-MNIST
     "pgd_at": {"Natural": 98.52, "FGSM": 96.14, "PGD10": 92.21, "PGD100": 90.22, "C&W1000": 88.92, "L2L-DA": 89.49,
@@ -33,20 +32,6 @@ PAPER = {  # Table 2 (MNIST, eps 0.3): Min column, the claim to reproduce on Fas
     "l2l_da": {"Natural": 98.47, "FGSM": 97.87, "PGD10": 95.70, "PGD100": 95.15, "C&W1000": 95.26, "L2L-DA": 94.61,
                "Min": 94.61},
 }
-
-
-def train_on_budget(name, config, run, seconds):
-    """Trains (unless the run exists) and returns its timing record."""
-    timing = run / "timing.json"
-    if not (run / "defense.weights.h5").exists():
-        budget = TimeBudget(seconds, config.batch_size)
-        start = time.perf_counter()
-        train_defense(name, config, run, callbacks=[budget], verbose=2)
-        elapsed = time.perf_counter() - start
-        timing.write_text(json.dumps({"train_seconds": round(elapsed, 1), "images": budget.images,
-                                      "images_per_second": round(budget.images / elapsed, 1),
-                                      "steady_images_per_second": budget.steady_images_per_second()}) + "\n")
-    return json.loads(timing.read_text())
 
 
 def main():
