@@ -22,8 +22,8 @@ def bpda(purifier):
         return lambda x: purifier.purify(x)  # differentiable as it is
 
     def forward_real_backward_surrogate(x):
-        surrogate = purifier.attack_surrogate(x)
-        return surrogate + tf.stop_gradient(purifier.purify(x) - surrogate)
+        purified, surrogate = purifier.purify_and_surrogate(x)
+        return surrogate + tf.stop_gradient(purified - surrogate)
 
     return forward_real_backward_surrogate
 

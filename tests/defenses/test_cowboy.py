@@ -121,6 +121,14 @@ def test_bpda_identity_and_unrolled_give_gradients(untrained):
         np.testing.assert_allclose(out.numpy(), model.purify(x).numpy(), atol=1e-6)
 
 
+def test_unrolled_bpda_searches_once(untrained):
+    model = _with(untrained, clean_steps=2, warm_start=0, cleaning_seed=0, bpda_unroll=1)
+    calls, search = [], model.search
+    object.__setattr__(model, "search", lambda x: calls.append(1) or search(x))
+    adaptive.bpda(model)(tf.constant(np.random.rand(2, 28, 28, 1).astype(np.float32)))
+    assert len(calls) == 1
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, cnn_run):
     out = tmp_path_factory.mktemp("runs") / "cowboy"

@@ -121,6 +121,10 @@ class Purifier(_TrainingHooks, keras.Model):
         """What an adaptive attacker differentiates; defaults to `purify` itself."""
         return self.purify(x)
 
+    def purify_and_surrogate(self, x):
+        """(purify(x), attack_surrogate(x)) for BPDA; override where both can share work (one search)."""
+        return self.purify(x), self.attack_surrogate(x)
+
     def pictures(self, x):
         """{picture name: {row title: images}} for reports; rows become image-grid rows."""
         return {"reconstruction": {"input": np.asarray(x), "purified": self.purify(x).numpy()}}
