@@ -19,6 +19,13 @@ def environment():
             "machine": platform.machine()}
 
 
+def machine():
+    """One line for reports: cores, architecture, TensorFlow version."""
+    env = environment()
+    return (f"{env['cpu_count']} cores, {env['machine']}, {'GPU' if env['gpu'] else 'no GPU'}, "
+            f"TensorFlow {env['tensorflow']}")
+
+
 def rows_table(rows):
     """Markdown table of result rows (threat model always shown)."""
     lines = ["| defense | classifier | threat model | attack | eps | accuracy | plain | parameters |",
