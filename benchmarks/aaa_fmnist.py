@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, environment, rows_table, train_on_budget, write_results  # noqa: E402
+from common import RESULTS, environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, attacks, classifiers, corruptions, data, evaluation, reports  # noqa: E402
 from tfpurify.defenses.aaa import AAAConfig  # noqa: E402
@@ -171,7 +171,7 @@ def main():
                "configs": {k: dataclasses.asdict(c) for k, (_, c) in configs.items()}, "rows": rows + corruption_rows,
                "reports": reports_out, "paper_table_5": PAPER, "environment": environment()}
     md = (f"# AAA on Fashion-MNIST (eps {args.eps:g}, {len(x)} test images), the paper's Table 5 layout\n\n"
-          f"Each model trains {args.budget_minutes:g} minutes of wall time on this CPU ({environment()}); "
+          f"Each model trains {args.budget_minutes:g} minutes of wall time on this CPU ({machine()}); "
           f"PGD inside training: {args.nb_iter} steps of {eps_iter:.3g} (paper: 40 of 0.01, a budget choice). AAA's "
           "natives: `cnn` + `lenet5`; `mlp` never seen (transfer). Accuracy in %: correct clean and under the attack "
           "(white-box, end to end through the autoencoder); natural rows attack the bare classifier. CW-L2 counts "

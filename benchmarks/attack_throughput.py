@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, rows_table, write_results  # noqa: E402
+from common import environment, machine, rows_table, write_results  # noqa: E402
 
 from tfpurify import attacks, classifiers, data  # noqa: E402
 
@@ -89,7 +89,7 @@ def main():
           f"| IBM ART `ProjectedGradientDescent` | {art:.2f} | {len(x) / art:.1f} |\n\n"
           f"Median of {args.repeats} interleaved runs each (tfpurify {[round(t, 2) for t in ours_times]} s, "
           f"ART {[round(t, 2) for t in art_times]} s). Speed-up: **{art / ours:.2f}x** (target >= 2x). "
-          f"Environment: {environment()}.\n\n"
+          f"Environment: {machine()}.\n\n"
           f"Accuracy of the classifier (threat model none = attack on the bare classifier):\n\n{rows_table(rows)}\n")
     write_results("attack_throughput", results, md)
 

@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, rows_table, write_results  # noqa: E402
+from common import environment, machine, rows_table, write_results  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation  # noqa: E402
 from tfpurify.training import load_defended  # noqa: E402
@@ -77,7 +77,7 @@ def main():
           "left robust.\n\n"
           "| defense | threat model | worst case, off | worst case, on | seconds, off | seconds, on | "
           "evals, off | evals, on | speed-up |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines)
-          + f"\n\nAll rows in the results schema:\n\n{rows_table(rows)}\n\nEnvironment: {environment()}.\n")
+          + f"\n\nAll rows in the results schema:\n\n{rows_table(rows)}\n\nEnvironment: {machine()}.\n")
     write_results("cascade_fmnist", results, md)
 
 

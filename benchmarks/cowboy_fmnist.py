@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, environment, rows_table, train_on_budget, write_results  # noqa: E402
+from common import RESULTS, environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, attacks, classifiers, data, evaluation, reports  # noqa: E402
 from tfpurify.defenses.cowboy import CowboyConfig  # noqa: E402
@@ -218,7 +218,7 @@ def main():
     md = (f"# Cowboy vs Defense-GAN (Fashion-MNIST, cnn, {len(x)} test images; white-box on the first "
           f"{args.n_whitebox})\n\n"
           f"GAN trained {timing.get('train_seconds', '?')} s ({args.budget_minutes:g}-minute budget) on this CPU "
-          f"({environment()}).\n\n"
+          f"({machine()}).\n\n"
           f"White-box: PGD-40{'' if args.whitebox_checks or args.no_pgd80 else ' and PGD-80'} end to end, BPDA through the latent "
           f"search, EOT over {args.eot_samples} draws of its random starts, detector-aware; "
           + ("sanity checks 1-4 on." if args.whitebox_checks else

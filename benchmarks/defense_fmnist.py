@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, rows_table, write_results  # noqa: E402
+from common import environment, machine, rows_table, write_results  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation, export, reports  # noqa: E402
 from tfpurify.defenses import get_defense  # noqa: E402
@@ -177,7 +177,7 @@ def main():
                                                                                      d["warnings"])).strip()
           + f"\n\n| exported SavedModel latency | p50 ms | p99 ms |\n|---|---|---|\n{lat}\n\n"
           f"Training wall time: {train_time}; purification throughput (batch 256): "
-          f"{results['timings']['purify_images_per_second']} images/s. Environment: {environment()}.\n")
+          f"{results['timings']['purify_images_per_second']} images/s. Environment: {machine()}.\n")
     write_results(name, results, md)
 
 

@@ -23,7 +23,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, rows_table, train_on_budget, write_results  # noqa: E402
+from common import environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation  # noqa: E402
 from tfpurify.defenses.fbgan import FBGANConfig  # noqa: E402
@@ -104,7 +104,7 @@ def main():
                "configs": {n: dataclasses.asdict(FBGANConfig(**{**BASE, **VARIANTS[n]})) for n in names},
                "rows": rows, "paper_table_1": PAPER, "environment": environment()}
     md = (f"# FBGAN training variants (Fashion-MNIST, cnn, {len(x)} test images, eps 0.1)\n\n"
-          f"Each variant trains {args.budget_minutes:g} minutes on this CPU ({environment()}), one change to the "
+          f"Each variant trains {args.budget_minutes:g} minutes on this CPU ({machine()}), one change to the "
           f"baseline ({BASE}) each. Accuracy in %: robust (correct clean and attacked), the papers' plain metric in "
           "parentheses; white-box = PGD-40 through BPDA. Purity and G(one-hot k) accuracy on "
           f"{len(x_val)} validation images of the training split.\n\n" + "\n".join(lines)

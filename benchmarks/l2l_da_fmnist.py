@@ -19,7 +19,7 @@ import time
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, rows_table, train_on_budget, write_results  # noqa: E402
+from common import environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation  # noqa: E402
 from tfpurify.defenses.adversarial_training import PGDATConfig  # noqa: E402
@@ -99,7 +99,7 @@ def main():
                "paper_table_2": PAPER, "environment": environment()}
     md = (f"# Plain vs PGD-10 adversarial training vs L2L-DA (Fashion-MNIST, eps {args.eps}, {len(x)} test images)\n\n"
           f"Each defense fine-tunes the plain `cnn` for {args.budget_minutes:g} minutes of wall time on this CPU "
-          f"({environment()}). Accuracy in % (correct clean and under the attack), robust classifiers attacked "
+          f"({machine()}). Accuracy in % (correct clean and under the attack), robust classifiers attacked "
           "directly (white-box = gray-box). Min = per-example worst case over every column and the sanity "
           "checks' attacks. APGD-DLR stands in for the paper's C&W (a margin loss inside the eps-ball).\n\n"
           "| model | Natural | FGSM | PGD-10 | PGD-100 | APGD-DLR | MIM | l2l_da | AutoAttack | Min | train images/s |\n"
