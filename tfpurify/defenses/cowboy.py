@@ -353,15 +353,16 @@ class Cowboy(Purifier, Detector):
 
     def attack_surrogate(self, x):
         """BPDA: the identity (default), or `bpda_unroll` descent steps from the found code, differentiated."""
-        return self.purify_and_surrogate(x)[1]
+        if not self.config.bpda_unroll:
+            return x
+        return self._unrolled(x, tf.stop_gradient(self.search(x)[0]))
 
     def purify_and_surrogate(self, x):
-        """One search serves both BPDA halves: G(z*) forward, the unrolled steps from z* backward."""
+        """With `bpda_unroll`, one search serves both BPDA halves: G(z*) forward, the steps unrolled from z*
+        backward (with `clean_only_detected` the detector gates the forward pass: two calls)."""
+        if not self.config.bpda_unroll or self.config.clean_only_detected:
+            return super().purify_and_surrogate(x)
         x = tf.convert_to_tensor(x, tf.float32)
-        if not self.config.bpda_unroll:
-            return self.purify(x), x
-        if self.config.clean_only_detected:  # the forward pass gates on the detector: search apart
-            return self.purify(x), self._unrolled(x, tf.stop_gradient(self.search(x)[0]))
         z = tf.stop_gradient(self.search(tf.stop_gradient(x))[0])
         return self.generator(z, training=False), self._unrolled(x, z)
 
