@@ -37,6 +37,10 @@ OTHERS = {"pgd_at (eps 0.1)": ("l2l_da_fmnist.json", "pgd_at"), "denoising_ae": 
           "fbgan": ("fbgan_fmnist.json", None)}
 
 
+def pct(value):
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
 def tune_gcln(cnn_run, out, trials, limit, epochs):
     """Random search over (quant_step, perceptual_weight); returns (best config, trial rows)."""
     params = [tuning.parse_param("quant_step=4:16", GCLNConfig), tuning.parse_param("perceptual_weight=0.1:0.9",
@@ -117,7 +121,7 @@ def main():
         for r in table:
             if r["defense"] == model and r["threat_model"] == tm and r["attack"] == attack and r["eps"] == eps and \
                     (nb_iter is None or r["params"].get("nb_iter") == nb_iter):
-                return "-" if r.get(key) is None else f"{100 * r[key]:.1f}"
+                return pct(r.get(key))
         return "-"
 
     def auc(model, eps):
@@ -141,9 +145,6 @@ def main():
                 table.append(f"| {label} (own results file) | {eps:g} | {cell(label, 'clean', 'none', 0, table=others)} | - | "
                              f"- | {cell(label, 'whitebox', 'pgd', eps, nb_iter=40, table=others)} | - | - | "
                              f"**{cell(label, 'whitebox', 'worst_case', eps, table=others)}** | - | - |")
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.1f}"
-
     trial_lines = ["| trial | quant_step | lambda | robust accuracy (val) |", "|---|---|---|---|"] + [
         f"| {t['trial']} | {t['quant_step']:.2f} | {t['perceptual_weight']:.2f} | "
         f"{pct(t['robust_accuracy'])} |"
