@@ -43,8 +43,7 @@ def pct(value):
 
 def tune_gcln(cnn_run, out, trials, limit, epochs):
     """Random search over (quant_step, perceptual_weight); returns (best config, trial rows)."""
-    params = [tuning.parse_param("quant_step=4:16", GCLNConfig), tuning.parse_param("perceptual_weight=0.1:0.9",
-                                                                                     GCLNConfig)]
+    params = [tuning.parse_param(text, GCLNConfig) for text in ("quant_step=4:16", "perceptual_weight=0.1:0.9")]
     base = GCLNConfig(classifier=str(cnn_run), limit=limit, epochs=epochs)
     return tuning.tune("gcln", params, out, base_config=base, classifier_run=str(cnn_run), trials=trials,
                        eps=0.1, nb_iter=10, val_limit=500)
