@@ -13,9 +13,12 @@
    case per example, plain (paper) and robust accuracy; detection metrics at both thresholds and
    the violin plot of the scores (paper Fig. 3).
 
-Usage: python benchmarks/cowboy_fmnist.py [--budget-minutes 60] [--n 1000] [--n-sweep 200]
-       [--n-whitebox 200] [--eps 0.1,0.2] [--whitebox-checks]
-Each phase is cached (the run folder, results/cowboy_fmnist_sweep.json): a rerun continues.
+Usage: python benchmarks/cowboy_fmnist.py [--budget-minutes 60 | --epochs N] [--n 1000] [--n-sweep 200]
+       [--n-whitebox 200] [--eps 0.1,0.2] [--unroll 5] [--whitebox-checks] [--train-only]
+Each phase is cached (the run folder, results/cowboy_fmnist_sweep.json, which is redone when the
+GAN is retrained): a rerun continues. `--epochs` trains a fixed number of epochs instead of a
+wall-clock budget (for training beside another job: the time is then not a budget); `--train-only`
+stops after training.
 """
 
 import argparse
@@ -59,9 +62,11 @@ SWEEP = {  # name -> runtime overrides
 }
 
 
-def sweep(run, clf_run, x, y, x_fgsm, path):
-    """Cleaned accuracy, passes and images/s for every SWEEP setting (cached in `path`)."""
-    results = json.loads(path.read_text()) if path.exists() else {}
+def sweep(run, clf_run, x, y, x_fgsm, path, gan):
+    """Cleaned accuracy, passes and images/s for every SWEEP setting (cached in `path` for the GAN
+    whose training record is `gan`; another GAN's cache is redone)."""
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    results = cached.get("settings", {}) if cached.get("gan") == gan else {}
     for name, overrides in SWEEP.items():
         if name in results:
             continue
@@ -85,8 +90,35 @@ def sweep(run, clf_run, x, y, x_fgsm, path):
                          "fgsm_cleaned_accuracy": classifiers.accuracy(defended.classifier, cleaned, y),
                          "clean_cleaned_accuracy": classifiers.accuracy(defended.classifier, clean_cleaned, y)}
         print(name, results[name], flush=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
+        path.write_text(json.dumps({"gan": gan, "settings": results}, indent=2) + "\n")
     return results
+
+
+def unrolled_whitebox(args, run, clf_run, overrides, x, y, white, wb, wb_rows):
+    """PGD-40 again with BPDA through `args.unroll` unrolled descent steps (`bpda_unroll`) on the
+    white-box images; the worst-case rows become the per-example worst case over both surrogates."""
+    n = args.n_whitebox
+    defended, _ = load_defended(run, clf_run, {**overrides, "bpda_unroll": args.unroll})
+    pgd40 = [s for s in white if s.name == "pgd" and s.params.get("nb_iter", 40) == 40]
+    unrolled = evaluation.evaluate(defended, x[:n], y[:n], pgd40, threat_model="whitebox",
+                                   pipelines=adaptive.threat_model_pipelines(defended, eot_samples=args.eot_samples),
+                                   defense=wb.defense, classifier="cnn", dataset="fashion_mnist", progress=True,
+                                   cascade=False, detector=defended.detector, sanity_checks=False)
+    rows = [r for r in wb_rows if r["attack"] != "worst_case"]
+    rows += [dict(r, n_examples=n, params={**r["params"], "bpda_unroll": args.unroll})
+             for r in unrolled.to_dict()["rows"] if r["threat_model"] == "whitebox" and r["attack"] != "worst_case"]
+    clean = wb.clean_by_threat_model.get("whitebox", wb.clean_correct)
+    for r in wb_rows:
+        if r["attack"] != "worst_case" or r["eps"] is None:
+            rows += [r] if r["attack"] == "worst_case" else []
+            continue
+        results = [a for a in wb.results + unrolled.results if a.threat_model == "whitebox" and a.eps == r["eps"]]
+        checks = [c for tm, e, _, c in wb.check_columns if tm == "whitebox" and e == r["eps"]]
+        plain = [a.plain_correct for a in results if a.plain_correct is not None]
+        rows.append(dict(r, accuracy=evaluation.worst_case_accuracy([clean, *[a.correct for a in results], *checks]),
+                         plain_accuracy=evaluation.worst_case_accuracy(plain) if plain else None,
+                         params={**r["params"], "attacks": r["params"]["attacks"] + [f"pgd-40 (bpda_unroll {args.unroll})"]}))
+    return rows
 
 
 def plot_passes(results, path):
@@ -113,11 +145,15 @@ def main():
     parser.add_argument("--classifier-run", default="runs/bench-cnn")
     parser.add_argument("--run", default="runs/bench-cowboy")
     parser.add_argument("--budget-minutes", type=float, default=60)
+    parser.add_argument("--epochs", type=int, default=None, help="train this many epochs, no wall-clock budget")
+    parser.add_argument("--train-only", action="store_true", help="stop after training the GAN")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--n-sweep", type=int, default=200)
     parser.add_argument("--n-whitebox", type=int, default=200)
     parser.add_argument("--eps", default="0.1,0.2")
     parser.add_argument("--eot-samples", type=int, default=4)
+    parser.add_argument("--unroll", type=int, default=5,
+                        help="also attack white-box through this many unrolled descent steps (0: BPDA identity only)")
     parser.add_argument("--no-pgd80", action="store_true", help="without the white-box PGD-80 row (time)")
     parser.add_argument("--whitebox-checks", action="store_true",
                         help="run sanity checks 1-4 white-box too (check 4, Square with 5000 queries, costs 5000 "
@@ -128,15 +164,17 @@ def main():
     clf_run, run = pathlib.Path(args.classifier_run), pathlib.Path(args.run)
     if not (clf_run / "classifier.weights.h5").exists():
         classifiers.train_classifier(classifiers.ClassifierConfig(arch="cnn", epochs=3), clf_run, verbose=2)
-    config = CowboyConfig(classifier=str(clf_run), epochs=200)
-    timing = train_on_budget("cowboy", config, run, 60 * args.budget_minutes)
+    config = CowboyConfig(classifier=str(clf_run), epochs=args.epochs or 200)
+    timing = train_on_budget("cowboy", config, run, float("inf") if args.epochs else 60 * args.budget_minutes)
+    if args.train_only:
+        return
 
     # 2. the sweep, on validation images (the train split)
     (_, _), (x_val, y_val) = data.load_train_val("fashion_mnist", None, config.val_fraction, config.seed)
     x_val, y_val = x_val[:args.n_sweep], y_val[:args.n_sweep]
     cnn, _ = classifiers.load_classifier(clf_run)
     x_val_fgsm = attacks.run_attack("fgsm", cnn, x_val, y_val, eps=0.1)
-    sweep_results = sweep(run, clf_run, x_val, y_val, x_val_fgsm, RESULTS / "cowboy_fmnist_sweep.json")
+    sweep_results = sweep(run, clf_run, x_val, y_val, x_val_fgsm, RESULTS / "cowboy_fmnist_sweep.json", timing)
     plot_passes(sweep_results, RESULTS / "cowboy_fmnist_passes.png")
     within = {k: r for k, r in sweep_results.items()
               if r["passes_per_image"] <= 200 and r["overrides"].get("mode", "cowboy") == "cowboy"}
@@ -161,8 +199,10 @@ def main():
                                  pipelines=pipelines, defense=f"cowboy ({mode})", classifier="cnn",
                                  dataset="fashion_mnist", progress=True, cascade=False, detector=defended.detector,
                                  sanity_checks=args.whitebox_checks, sanity_n=min(100, args.n_whitebox))
-        seconds = time.perf_counter() - start
         wb_rows = [dict(r, n_examples=args.n_whitebox) for r in wb.to_dict()["rows"] if r["threat_model"] != "clean"]
+        if args.unroll:
+            wb_rows = unrolled_whitebox(args, run, clf_run, {**chosen, "mode": mode}, x, y, white, wb, wb_rows)
+        seconds = time.perf_counter() - start
         rows += [r for r in report.to_dict()["rows"] if mode == "cowboy" or r["defense"] != "none"] + wb_rows
         reports_out[mode] = {"sanity_checks": report.to_dict()["sanity_checks"] + wb.to_dict()["sanity_checks"],
                              "warnings": report.warnings + wb.warnings, "settings": report.to_dict()["settings"],
@@ -210,17 +250,20 @@ def main():
                              f"{cell('cowboy (defense_gan)', 'graybox', attack, e)} | "
                              f"{cell('cowboy (cowboy)', 'graybox', attack, e)} | {100 * paper[0]:.0f} | {100 * paper[1]:.0f} |")
     results = {"benchmark": "cowboy_fmnist", "dataset": "fashion_mnist", "n_examples": len(x),
-               "n_whitebox": args.n_whitebox, "eps": eps, "training": {**timing, "budget_minutes": args.budget_minutes},
+               "n_whitebox": args.n_whitebox, "eps": eps, "training": {**timing, "budget_minutes": None if args.epochs else args.budget_minutes,
+                                                         "epochs": args.epochs},
                "config": dataclasses.asdict(config), "chosen_setting": {"name": best, "overrides": chosen},
                "sweep": sweep_results, "detection": detection, "detection_metrics": detection_metrics,
                "rows": rows, "reports": reports_out, "paper_table_1": PAPER_TABLE_1, "paper_table_2": PAPER_TABLE_2,
                "environment": environment()}
     md = (f"# Cowboy vs Defense-GAN (Fashion-MNIST, cnn, {len(x)} test images; white-box on the first "
           f"{args.n_whitebox})\n\n"
-          f"GAN trained {timing.get('train_seconds', '?')} s ({args.budget_minutes:g}-minute budget) on this CPU "
+          f"GAN trained {timing.get('train_seconds', '?')} s, {timing.get('images', '?')} images "
+          f"({f'{args.epochs} epochs' if args.epochs else f'{args.budget_minutes:g}-minute budget'}) on this CPU "
           f"({machine()}).\n\n"
           f"White-box: PGD-40{'' if args.whitebox_checks or args.no_pgd80 else ' and PGD-80'} end to end, BPDA through the latent "
-          f"search, EOT over {args.eot_samples} draws of its random starts, detector-aware; "
+          f"search (the identity{f', and PGD-40 again through {args.unroll} unrolled descent steps from the found code' if args.unroll else ''}), "
+          f"EOT over {args.eot_samples} draws of its random starts, detector-aware; the worst case is over all of them; "
           + ("sanity checks 1-4 on." if args.whitebox_checks else
              "white-box sanity checks off: check 4 (Square, 5000 queries) costs 5000 latent searches per robust "
              f"example, hours on this CPU{'' if args.no_pgd80 else '; PGD-80 stands in for check 1 in the worst case'}. Gray-box rows have no "
