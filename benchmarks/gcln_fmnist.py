@@ -77,6 +77,68 @@ def other_rows(eps_values):
     return out
 
 
+def render(results):
+    """The Markdown twin of a results dict (also `--render`: redo it from the committed JSON)."""
+    rows, others, details, timings = results["rows"], results["other_defenses"], results["details"], results["timings"]
+    eps_values, tuning_info = results["eps"], results["tuning"]
+
+    def cell(model, tm, attack, eps, key="accuracy", nb_iter=None, table=rows):
+        for r in table:
+            if r["defense"] == model and r["threat_model"] == tm and r["attack"] == attack and r["eps"] == eps and \
+                    (nb_iter is None or r["params"].get("nb_iter") == nb_iter):
+                return pct(r.get(key))
+        return "-"
+
+    def both(model, tm, attack, eps, **kw):
+        return f"{cell(model, tm, attack, eps, **kw)} ({cell(model, tm, attack, eps, key='plain_accuracy', **kw)})"
+
+    def auc(model, eps):
+        aucs = [det["roc_auc"] for det in details.get(model, {}).get("detection", [])
+                if det["threat_model"] == "whitebox" and det["eps"] == eps and det["roc_auc"] is not None]
+        return f"{min(aucs):.2f}" if aucs else "-"
+
+    table = ["| model | eps | clean | gray-box PGD-40 (plain) | FGSM | PGD-40 | PGD-100 x2 | CW-L2 | worst case (plain) | "
+             "detector ROC-AUC (white-box, lowest) | train images/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model in results["configs"]:
+        for eps in eps_values:
+            table.append(
+                f"| {model} | {eps:g} | {cell(model, 'clean', 'none', 0)} | "
+                f"{both(model, 'graybox', 'pgd', eps, nb_iter=40)} | {cell(model, 'whitebox', 'fgsm', eps)} | "
+                f"{cell(model, 'whitebox', 'pgd', eps, nb_iter=40)} | {cell(model, 'whitebox', 'pgd', eps, nb_iter=100)} | "
+                f"{cell(model, 'whitebox', 'cw_l2', None)} | **{cell(model, 'whitebox', 'worst_case', eps)}** "
+                f"({cell(model, 'whitebox', 'worst_case', eps, key='plain_accuracy')}) | "
+                f"{auc(model, eps)} | {timings[model].get('steady_images_per_second', '-')} |")
+    for label in OTHERS:
+        for eps in eps_values:
+            if cell(label, 'whitebox', 'worst_case', eps, table=others) != "-":
+                table.append(f"| {label} (own results file) | {eps:g} | {cell(label, 'clean', 'none', 0, table=others)} | - | "
+                             f"- | {cell(label, 'whitebox', 'pgd', eps, nb_iter=40, table=others)} | - | - | "
+                             f"**{cell(label, 'whitebox', 'worst_case', eps, table=others)}** | - | - |")
+    trials = tuning_info["trials"]
+    trial_lines = ["| trial | quant_step | lambda | robust accuracy (val) |", "|---|---|---|---|"] + [
+        f"| {t['trial']} | {t['quant_step']:.2f} | {t['perceptual_weight']:.2f} | {pct(t['robust_accuracy'])} |"
+        for t in sorted(trials, key=lambda t: t["quant_step"] or 0)]
+    budget, tune_seconds = results["budget_minutes"], results["tune_seconds"]
+    tune_time = "time not recorded" if tune_seconds is None else f"{tune_seconds:.0f} s"
+    return (f"# GCLN on Fashion-MNIST ({results['n_examples']} test images, `cnn` classifier)\n\n"
+            f"Each model trains {budget:g} minutes of wall time on this CPU ({results.get('machine') or machine()}). "
+            "Accuracy in %: correct clean and under the attack; in brackets the papers' plain metric (correct under "
+            "the attack, whatever happened clean). White-box: end to end, BPDA through the "
+            "quantizer (straight-through), detector-aware; gray-box: the classifier attacked alone. Worst case: "
+            "per example over clean, every white-box attack at that eps and the sanity checks' attacks (CW-L2 is "
+            "unbounded and reported apart). GCLN's paper reports only CIFAR-10 and SVHN: its anchor here is PGD "
+            f"adversarial training at eps 0.1, {100 * ANCHOR:.1f} % in FBGAN's Table 1 (the goal: a white-box worst "
+            "case at eps 0.1 at or above it).\n\n" + "\n".join(table) + "\n\n"
+            f"## Tuning (`gcln_fmnist_tuning.png`; {len(trials)} random-search trials, {tuning_info['epochs']} epochs on "
+            f"{tuning_info['limit']} training images each, {tune_time})\n\nObjective: "
+            f"{tuning_info['objective']}. The paper finds q 8-12 best (its Fig. 3).\n\n"
+            + "\n".join(trial_lines) + "\n\n## Detection and sanity checks\n\n"
+            + "\n".join(line for model, det in details.items() for line in
+                        [f"### {model}", "", f"Evaluation: {det['eval_seconds']:.0f} s.", "", *reports.detection_lines(det["detection"]),
+                         *reports.sanity_lines(det["sanity_checks"], det["warnings"]), ""])
+            + f"\n## All rows\n\n{rows_table(rows)}\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=20, help="training wall time per model")
@@ -85,7 +147,12 @@ def main():
     parser.add_argument("--tune-epochs", type=int, default=3, help="the first trains only the detector")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--eps", default="0.1,0.2")
+    parser.add_argument("--render", action="store_true", help="only redo the Markdown from the results JSON")
     args = parser.parse_args()
+    if args.render:
+        results = json.loads((RESULTS / "gcln_fmnist.json").read_text())
+        write_results("gcln_fmnist", results, render(results))
+        return
     eps_values = [float(e) for e in args.eps.split(",")]
     cnn_run = pathlib.Path("runs/bench-cnn")
     if not (cnn_run / "classifier.weights.h5").exists():
@@ -93,8 +160,12 @@ def main():
 
     start = time.perf_counter()
     tune_dir = pathlib.Path("runs/bench-gcln-tune")
+    tune_timing = tune_dir / "timing.json"
+    tuned_before = (tune_dir / "trials.csv").exists()
     best, trials = tune_gcln(cnn_run, tune_dir, args.trials, args.tune_limit, args.tune_epochs)
-    tune_seconds = round(time.perf_counter() - start, 1)
+    if not tuned_before:
+        tune_timing.write_text(json.dumps({"tune_seconds": round(time.perf_counter() - start, 1)}) + "\n")
+    tune_seconds = json.loads(tune_timing.read_text())["tune_seconds"] if tune_timing.exists() else None
     shutil.copy(tune_dir / "objective.png", RESULTS / "gcln_fmnist_tuning.png")
 
     configs = {"gcln q5": GCLNConfig(classifier=str(cnn_run), quant_step=5.0, epochs=200),
@@ -115,39 +186,6 @@ def main():
                           "eval_seconds": round(time.perf_counter() - start, 1)}
         print(model, [(r["threat_model"], r["attack"], r["eps"], r["accuracy"]) for r in d["rows"]], flush=True)
     others = other_rows(eps_values)
-
-    def cell(model, tm, attack, eps, key="accuracy", nb_iter=None, table=rows):
-        for r in table:
-            if r["defense"] == model and r["threat_model"] == tm and r["attack"] == attack and r["eps"] == eps and \
-                    (nb_iter is None or r["params"].get("nb_iter") == nb_iter):
-                return pct(r.get(key))
-        return "-"
-
-    def auc(model, eps):
-        aucs = [det["roc_auc"] for det in details.get(model, {}).get("detection", [])
-                if det["threat_model"] == "whitebox" and det["eps"] == eps and det["roc_auc"] is not None]
-        return f"{min(aucs):.2f}" if aucs else "-"
-
-    table = ["| model | eps | clean | gray-box PGD-40 | FGSM | PGD-40 | PGD-100 x2 | CW-L2 | worst case | "
-             "detector ROC-AUC (white-box, lowest) | train images/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for model in configs:
-        for eps in eps_values:
-            table.append(
-                f"| {model} | {eps:g} | {cell(model, 'clean', 'none', 0)} | "
-                f"{cell(model, 'graybox', 'pgd', eps, nb_iter=40)} | {cell(model, 'whitebox', 'fgsm', eps)} | "
-                f"{cell(model, 'whitebox', 'pgd', eps, nb_iter=40)} | {cell(model, 'whitebox', 'pgd', eps, nb_iter=100)} | "
-                f"{cell(model, 'whitebox', 'cw_l2', None)} | **{cell(model, 'whitebox', 'worst_case', eps)}** | "
-                f"{auc(model, eps)} | {timings[model].get('steady_images_per_second', '-')} |")
-    for label in OTHERS:
-        for eps in eps_values:
-            if cell(label, 'whitebox', 'worst_case', eps, table=others) != "-":
-                table.append(f"| {label} (own results file) | {eps:g} | {cell(label, 'clean', 'none', 0, table=others)} | - | "
-                             f"- | {cell(label, 'whitebox', 'pgd', eps, nb_iter=40, table=others)} | - | - | "
-                             f"**{cell(label, 'whitebox', 'worst_case', eps, table=others)}** | - | - |")
-    trial_lines = ["| trial | quant_step | lambda | robust accuracy (val) |", "|---|---|---|---|"] + [
-        f"| {t['trial']} | {t['quant_step']:.2f} | {t['perceptual_weight']:.2f} | "
-        f"{pct(t['robust_accuracy'])} |"
-        for t in sorted(trials, key=lambda t: t["quant_step"] or 0)]
     results = {"benchmark": "gcln_fmnist", "dataset": "fashion_mnist", "n_examples": len(x), "eps": eps_values,
                "budget_minutes": args.budget_minutes, "timings": timings, "tune_seconds": tune_seconds,
                "tuning": {"trials": trials, "limit": args.tune_limit, "epochs": args.tune_epochs,
@@ -155,24 +193,8 @@ def main():
                           "best": {"quant_step": best.quant_step, "perceptual_weight": best.perceptual_weight}},
                "configs": {k: dataclasses.asdict(c) for k, c in configs.items()}, "rows": rows,
                "other_defenses": others, "details": details, "anchor_pgd_at_fbgan_table_1": ANCHOR,
-               "environment": environment()}
-    md = (f"# GCLN on Fashion-MNIST ({len(x)} test images, `cnn` classifier)\n\n"
-          f"Each model trains {args.budget_minutes:g} minutes of wall time on this CPU ({machine()}). "
-          "Accuracy in %: correct clean and under the attack. White-box: end to end, BPDA through the "
-          "quantizer (straight-through), detector-aware; gray-box: the classifier attacked alone. Worst case: "
-          "per example over clean, every white-box attack at that eps and the sanity checks' attacks (CW-L2 is "
-          "unbounded and reported apart). GCLN's paper reports only CIFAR-10 and SVHN: its anchor here is PGD "
-          f"adversarial training at eps 0.1, {100 * ANCHOR:.1f} % in FBGAN's Table 1 (the goal: a white-box worst "
-          "case at eps 0.1 at or above it).\n\n" + "\n".join(table) + "\n\n"
-          f"## Tuning (`gcln_fmnist_tuning.png`; {len(trials)} random-search trials, {args.tune_epochs} epochs on "
-          f"{args.tune_limit} training images each, {tune_seconds:.0f} s)\n\nObjective: white-box PGD-10 accuracy "
-          "at eps 0.1 on 500 validation images of the training split. The paper finds q 8-12 best (its Fig. 3).\n\n"
-          + "\n".join(trial_lines) + "\n\n## Detection and sanity checks\n\n"
-          + "\n".join(line for model, det in details.items() for line in
-                      [f"### {model}", *reports.detection_lines(det["detection"]),
-                       *reports.sanity_lines(det["sanity_checks"], det["warnings"]), ""])
-          + f"\n## All rows\n\n{rows_table(rows)}\n")
-    write_results("gcln_fmnist", results, md)
+               "environment": environment(), "machine": machine()}
+    write_results("gcln_fmnist", results, render(results))
 
 
 if __name__ == "__main__":
