@@ -119,7 +119,7 @@ def render(results):
         f"| {t['trial']} | {t['quant_step']:.2f} | {t['perceptual_weight']:.2f} | {pct(t['robust_accuracy'])} |"
         for t in sorted(trials, key=lambda t: t["quant_step"] or 0)]
     budget, tune_seconds = results["budget_minutes"], results["tune_seconds"]
-    tune_time = "time not recorded" if tune_seconds is None else f"{tune_seconds:.0f} s"
+    tune_time = tuning_info.get("note", "time not recorded") if tune_seconds is None else f"{tune_seconds:.0f} s"
     return (f"# GCLN on Fashion-MNIST ({results['n_examples']} test images, `cnn` classifier)\n\n"
             f"Each model trains {budget:g} minutes of wall time on this CPU ({results.get('machine') or machine()}). "
             "Accuracy in %: correct clean and under the attack; in brackets the papers' plain metric (correct under "
