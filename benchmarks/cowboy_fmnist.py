@@ -109,8 +109,10 @@ def unrolled_whitebox(args, run, clf_run, overrides, x, y, white, wb, wb_rows):
              for r in unrolled.to_dict()["rows"] if r["threat_model"] == "whitebox" and r["attack"] != "worst_case"]
     clean = wb.clean_by_threat_model.get("whitebox", wb.clean_correct)
     for r in wb_rows:
-        if r["attack"] != "worst_case" or r["eps"] is None:
-            rows += [r] if r["attack"] == "worst_case" else []
+        if r["attack"] != "worst_case":
+            continue
+        if r["eps"] is None:  # CW-L2's row: no PGD-40 at "no eps"
+            rows.append(r)
             continue
         results = [a for a in wb.results + unrolled.results if a.threat_model == "whitebox" and a.eps == r["eps"]]
         checks = [c for tm, e, _, c in wb.check_columns if tm == "whitebox" and e == r["eps"]]
