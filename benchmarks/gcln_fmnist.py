@@ -136,6 +136,7 @@ def render(results):
             + "\n".join(line for model, det in details.items() for line in
                         [f"### {model}", "", f"Evaluation: {det['eval_seconds']:.0f} s.", "", *reports.detection_lines(det["detection"]),
                          *reports.sanity_lines(det["sanity_checks"], det["warnings"]), ""])
+            + "".join(f"\n{note}\n" for note in results.get("notes", []))
             + f"\n## All rows\n\n{rows_table(rows)}\n")
 
 
