@@ -8,7 +8,7 @@ Robust classifiers are attacked directly (white-box; gray-box is the same thing)
 fine-tune the plain `cnn` and stop when the budget is spent; training images/s is reported, since
 L2L-DA promises robustness for less compute than PGD-k training.
 
-Usage: python benchmarks/l2l_da_fmnist.py [--budget-minutes 45] [--eps 0.1] [--n 1000]
+Usage: python benchmarks/l2l_da_fmnist.py [--budget-minutes 45] [--eps 0.1] [--n 1000] [--tag T] [--train-only pgd_at]
 """
 
 import argparse
@@ -41,7 +41,13 @@ def main():
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--tag", default="", help="suffix of run folders and results (another eps or budget)")
+    parser.add_argument("--train-only", default=None,
+                        help="train only these models (comma-separated from pgd_at,l2l_da) and stop; a later run "
+                             "reuses them")
     args = parser.parse_args()
+    only = args.train_only.split(",") if args.train_only else []
+    if not set(only) <= {"pgd_at", "l2l_da"}:
+        parser.error(f"--train-only takes pgd_at and/or l2l_da, got {args.train_only!r}")
 
     clf_run = pathlib.Path(args.classifier_run)
     if not (clf_run / "classifier.weights.h5").exists():
@@ -51,6 +57,10 @@ def main():
     configs = {"pgd_at": PGDATConfig(classifier=str(clf_run), eps=args.eps, nb_iter=10, epochs=100),
                "l2l_da": L2LDAConfig(classifier=str(clf_run), eps=args.eps, epochs=100)}
     runs = {name: pathlib.Path(f"runs/bench-{name}{suffix}") for name in configs}
+    if only:
+        for name in only:
+            train_on_budget(name, configs[name], runs[name], seconds)
+        return
     timings = {name: train_on_budget(name, config, runs[name], seconds) for name, config in configs.items()}
 
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
