@@ -107,18 +107,15 @@ def unrolled_whitebox(args, run, clf_run, overrides, x, y, white, wb, wb_rows):
     rows = [r for r in wb_rows if r["attack"] != "worst_case"]
     rows += [dict(r, n_examples=n, params={**r["params"], "bpda_unroll": args.unroll})
              for r in unrolled.to_dict()["rows"] if r["threat_model"] == "whitebox" and r["attack"] != "worst_case"]
-    clean = wb.clean_by_threat_model.get("whitebox", wb.clean_correct)
+    both = dataclasses.replace(wb, results=wb.results + unrolled.results)  # the report's own worst case over both
     for r in wb_rows:
         if r["attack"] != "worst_case":
             continue
         if r["eps"] is None:  # CW-L2's row: no PGD-40 at "no eps"
             rows.append(r)
             continue
-        results = [a for a in wb.results + unrolled.results if a.threat_model == "whitebox" and a.eps == r["eps"]]
-        checks = [c for tm, e, _, c in wb.check_columns if tm == "whitebox" and e == r["eps"]]
-        plain = [a.plain_correct for a in results if a.plain_correct is not None]
-        rows.append(dict(r, accuracy=evaluation.worst_case_accuracy([clean, *[a.correct for a in results], *checks]),
-                         plain_accuracy=evaluation.worst_case_accuracy(plain) if plain else None,
+        rows.append(dict(r, accuracy=both.worst_case("whitebox", r["eps"]),
+                         plain_accuracy=both.plain_worst_case("whitebox", r["eps"]),
                          params={**r["params"], "attacks": r["params"]["attacks"] + [f"pgd-40 (bpda_unroll {args.unroll})"]}))
     return rows
 

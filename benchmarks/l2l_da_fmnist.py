@@ -57,11 +57,9 @@ def main():
     configs = {"pgd_at": PGDATConfig(classifier=str(clf_run), eps=args.eps, nb_iter=10, epochs=100),
                "l2l_da": L2LDAConfig(classifier=str(clf_run), eps=args.eps, epochs=100)}
     runs = {name: pathlib.Path(f"runs/bench-{name}{suffix}") for name in configs}
+    timings = {name: train_on_budget(name, configs[name], runs[name], seconds) for name in only or configs}
     if only:
-        for name in only:
-            train_on_budget(name, configs[name], runs[name], seconds)
         return
-    timings = {name: train_on_budget(name, config, runs[name], seconds) for name, config in configs.items()}
 
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
     eps = [args.eps]
