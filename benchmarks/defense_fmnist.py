@@ -37,6 +37,10 @@ PAPER_ANCHORS = {
               "attack": "pgd", "eps": 0.1, "accuracy": 0.717}],
     "fbgan": [
         {"source": "FBGAN Table 1", "threat_model": "clean", "attack": "none", "eps": 0, "accuracy": 0.822},
+        {"source": "FBGAN Table 1", "threat_model": "graybox", "attack": "fgsm", "eps": 0.1, "accuracy": 0.763},
+        {"source": "FBGAN Table 1", "threat_model": "graybox", "attack": "fgsm", "eps": 0.3, "accuracy": 0.410},
+        {"source": "FBGAN Table 1", "threat_model": "whitebox", "attack": "fgsm", "eps": 0.1, "accuracy": 0.627},
+        {"source": "FBGAN Table 1", "threat_model": "whitebox", "attack": "fgsm", "eps": 0.3, "accuracy": 0.492},
         {"source": "FBGAN Table 1", "threat_model": "graybox", "attack": "pgd", "eps": 0.1, "accuracy": 0.769},
         {"source": "FBGAN Table 1", "threat_model": "graybox", "attack": "pgd", "eps": 0.3, "accuracy": 0.588},
         {"source": "FBGAN Table 1", "threat_model": "whitebox", "attack": "pgd", "eps": 0.1, "accuracy": 0.505},

@@ -133,6 +133,41 @@ def test_restarts_pick_fooled_and_unflagged_over_higher_loss(monkeypatch):
     np.testing.assert_allclose(x_adv, 0.01, atol=1e-6)
 
 
+class ZeroGradientRounding(RoundingPurifier):
+    """Rounding whose gradient is zero rather than missing, as an argmax's is: attacks run, blind."""
+
+    def purify(self, x, training=False):
+        return super().purify(x) + 0.0 * x
+
+
+def test_whitebox_no_bpda_is_the_served_pipeline_with_its_own_gradients(cnn, fmnist_test):
+    x, y = fmnist_test
+    defended = DefendedClassifier(cnn, purifier=ZeroGradientRounding(levels=4))
+    pipelines = adaptive.threat_model_pipelines(defended)
+    plain, scored = pipelines["whitebox_no_bpda"]
+    assert scored is defended
+    assert plain.settings["bpda"].startswith("off: plain gradients")
+    xt = tf.constant(x[:8])
+    np.testing.assert_allclose(plain(xt), defended(xt), atol=1e-5)
+    grads = {}
+    for name in ("whitebox", "whitebox_no_bpda"):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y[:8], pipelines[name][0](xt)))
+        grads[name] = tape.gradient(loss, xt)
+    # rounding passes a zero gradient: without BPDA the attacker is blind, with it it is not
+    assert float(tf.reduce_max(tf.abs(grads["whitebox_no_bpda"]))) == 0
+    assert float(tf.reduce_max(tf.abs(grads["whitebox"]))) > 0
+    report = evaluation.evaluate(defended, x[:64], y[:64], evaluation.make_attack_specs(["pgd"], [0.1], nb_iter=10),
+                                 threat_model=["whitebox", "whitebox_no_bpda"], pipelines=pipelines, sanity_n=64)
+    acc = {r.threat_model: r.accuracy for r in report.results}
+    assert acc["whitebox_no_bpda"] > acc["whitebox"] + 0.2, acc  # the masked gradient leaves it "robust"
+    failed = {tm: [c["check"] for c in report.sanity if c["threat_model"] == tm and c["status"] == "failed"]
+              for tm in ("whitebox", "whitebox_no_bpda")}
+    # the checks flag the masked gradient (eps 0.5 and Square find what PGD cannot), not the BPDA attack
+    assert failed["whitebox_no_bpda"] and not failed["whitebox"], report.sanity
+
+
 def test_whitebox_target_records_its_settings(cnn):
     rounding = adaptive.whitebox_target(DefendedClassifier(cnn, purifier=RoundingPurifier()))
     assert rounding.settings["bpda"] == "RoundingPurifier.attack_surrogate"

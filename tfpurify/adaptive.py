@@ -6,6 +6,12 @@
   draws, so each gradient step averages over the randomness.
 - Detector-aware: where a detector exists, the attack loss subtracts its adversarial score, so the
   attacker tries to fool the classifier and evade the detector at once.
+
+The threat model `whitebox_no_bpda` attacks the served pipeline with its own gradients and no
+surrogate: the protocol of papers that report white-box numbers without BPDA. Where the purifier is
+not differentiable (an argmax, a quantizer) its gradients are zero or wrong, so the attack is weak
+by construction; the sanity checks are expected to flag it. It is a row to set beside a paper's
+number, never a robustness claim.
 """
 
 import tensorflow as tf
@@ -79,14 +85,19 @@ class DetectorAwareTarget:
         return ce - logits[:, -1]
 
 
-def whitebox_target(defended, eot_samples=1, detector_weight=1.0):
+def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True):
     """What a white-box attacker differentiates: classifier(BPDA(purifier)(x)), EOT, detector.
 
-    The returned callable carries `settings`: the BPDA mode, EOT samples and detector weight that
-    shaped it, for the report.
+    use_bpda=False: plain backpropagation through `purifier.purify`, the served function itself
+    (the `whitebox_no_bpda` threat model). The returned callable carries `settings`: the BPDA
+    mode, EOT samples and detector weight that shaped it, for the report.
     """
     purifier = defended.purifier
-    purify = (lambda x: x) if purifier is None else bpda(purifier)
+    surrogate = purifier is not None and type(purifier).attack_surrogate is not Purifier.attack_surrogate
+    if purifier is None:
+        purify = lambda x: x  # noqa: E731
+    else:
+        purify = bpda(purifier) if use_bpda else purifier.purify
 
     def logits(x):
         return defended.classifier(purify(x))
@@ -104,8 +115,10 @@ def whitebox_target(defended, eot_samples=1, detector_weight=1.0):
     target.settings = {
         "attacked": "end to end (purifier and classifier)" if purifier is not None else "classifier",
         "bpda": "none" if purifier is None else (
-            "off (purifier differentiable)" if type(purifier).attack_surrogate is Purifier.attack_surrogate
-            else f"{type(purifier).__name__}.attack_surrogate"),
+            "off (purifier differentiable)" if not surrogate
+            else f"{type(purifier).__name__}.attack_surrogate" if use_bpda
+            else "off: plain gradients of the served pipeline, no surrogate (the papers' protocol; expect "
+                 "the sanity checks to flag gradient masking)"),
         "eot_samples": int(eot_samples) if stochastic else 1,
         "detector_weight": float(detector_weight) if aware else 0.0,
     }
@@ -124,10 +137,12 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
 
     none: the bare classifier attacked and scored (the undefended row); graybox: the bare
     classifier attacked, the defense scored; whitebox: end to end (BPDA, EOT, detector-aware);
-    transfer: an independent surrogate attacked, the defense scored. A bare classifier (no
-    purifier, no detector) has no graybox or whitebox entry: they would repeat `none`. An
-    adversarially trained classifier is attacked directly under graybox and whitebox (the same
-    thing), and `none` is its `undefended` classifier, if it has one (else None: not available).
+    whitebox_no_bpda: end to end with plain gradients, no BPDA surrogate (the papers' protocol,
+    the same as whitebox where the purifier is differentiable); transfer: an independent surrogate
+    attacked, the defense scored. A bare classifier (no purifier, no detector) has no graybox or
+    whitebox entry: they would repeat `none`. An adversarially trained classifier is attacked
+    directly under graybox and whitebox (the same thing), and `none` is its `undefended`
+    classifier, if it has one (else None: not available).
     """
     if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
         raise AttackConfigError(f"eot_samples must be an integer >= 1, got {eot_samples!r}")
@@ -148,6 +163,8 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
     if defended.purifier is not None or defended.detector is not None:
         pipelines["graybox"] = (classifier, defended)
         pipelines["whitebox"] = (whitebox_target(defended, eot_samples, detector_weight), defended)
+        pipelines["whitebox_no_bpda"] = (whitebox_target(defended, eot_samples, detector_weight, use_bpda=False),
+                                         defended)
     if surrogate is not None:
         pipelines["transfer"] = (_described(surrogate, attacked="surrogate classifier"), defended)
     return pipelines

@@ -34,10 +34,10 @@ __all__ = [
     "adversarial_scores",
 ]
 
-THREAT_MODELS = ("none", "graybox", "whitebox", "transfer")
+THREAT_MODELS = ("none", "graybox", "whitebox", "whitebox_no_bpda", "transfer")
 # Threat models in which the attacker differentiates the very pipeline it is scored on; the
 # gradient-masking sanity checks apply to these.
-_GRADIENT_THREAT_MODELS = ("none", "whitebox")
+_GRADIENT_THREAT_MODELS = ("none", "whitebox", "whitebox_no_bpda")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +274,8 @@ class _Pipelines:
             need = {"transfer": "a surrogate classifier (--surrogate RUN)",
                     "none": "the plain classifier (--classifier RUN) beside an adversarially trained one",
                     "graybox": "a defense run (tfpurify eval DEFENSE_RUN --classifier RUN)",
-                    "whitebox": "a defense run (tfpurify eval DEFENSE_RUN --classifier RUN)"}
+                    "whitebox": "a defense run (tfpurify eval DEFENSE_RUN --classifier RUN)",
+                    "whitebox_no_bpda": "a defense run with a purifier (tfpurify eval DEFENSE_RUN --classifier RUN)"}
             raise AttackConfigError(f"threat model {threat_model!r} needs {need.get(threat_model, 'more input')}")
         return self.table[threat_model]
 

@@ -75,6 +75,23 @@ def test_bpda_surrogate_gives_gradients_through_the_argmax(untrained):
     np.testing.assert_allclose(adaptive.bpda(untrained)(x), untrained.purify(x), atol=1e-6)
 
 
+def test_paper_protocol_target_is_the_regularized_pipeline_without_a_surrogate(untrained, cnn):
+    assert untrained.config.white_box_regularization
+    pipelines = adaptive.threat_model_pipelines(DefendedClassifier(cnn, purifier=untrained))
+    x = tf.constant(np.random.RandomState(0).rand(4, 28, 28, 1).astype(np.float32))
+    y = tf.constant([0, 1, 2, 3])
+    grads = {}
+    for name, target in (("paper", pipelines["whitebox_no_bpda"][0]), ("bpda", pipelines["whitebox"][0]),
+                         ("by hand", lambda images: cnn(untrained.purify(images)))):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, target(x)))
+        grads[name] = tape.gradient(loss, x).numpy()
+        np.testing.assert_allclose(target(x), cnn(untrained.purify(x)), atol=1e-5)
+    np.testing.assert_allclose(grads["paper"], grads["by hand"], atol=1e-7)  # exactly the served pipeline
+    assert not np.allclose(grads["paper"], grads["bpda"], atol=1e-7)  # BPDA adds the argmax's surrogate gradient
+
+
 def test_one_fit_step_updates_every_player_without_nan(untrained):
     x = np.random.rand(32, 28, 28, 1).astype(np.float32)
     players = (untrained.encoder, untrained.generator, untrained.discriminator)
