@@ -49,7 +49,7 @@ def write_results(name, results, markdown):
 
 
 class TimeBudget(tf.keras.callbacks.Callback):
-    """Stops `fit` after `seconds` of wall time (checked after every batch) and counts the images seen."""
+    """Stops `fit` after `seconds` of wall time (checked after every batch; None: never) and counts the images seen."""
 
     def __init__(self, seconds, batch_size):
         super().__init__()
@@ -64,7 +64,7 @@ class TimeBudget(tf.keras.callbacks.Callback):
         self.last_batch_end = time.perf_counter()
         if self.first_batch_end is None:  # the first step includes tracing the step function
             self.first_batch_end = self.last_batch_end
-        if self.last_batch_end - self.start > self.seconds:
+        if self.seconds is not None and self.last_batch_end - self.start > self.seconds:
             self.model.stop_training = True
 
     def steady_images_per_second(self):
@@ -73,9 +73,10 @@ class TimeBudget(tf.keras.callbacks.Callback):
         return round((self.images - self.batch_size) / elapsed, 1) if elapsed > 0 else None
 
 
-def train_on_budget(name, config, run, seconds):
-    """Trains defense `name` into `run` for `seconds` of wall time (unless the run exists) and returns
-    its timing record (run/timing.json): seconds, images seen, images/s, steady images/s."""
+def train_on_budget(name, config, run, seconds=None):
+    """Trains defense `name` into `run` for `seconds` of wall time (None: the config's epochs, timed)
+    unless the run exists, and returns its timing record (run/timing.json): seconds, images seen,
+    images/s, steady images/s."""
     from tfpurify.training import train_defense
 
     run = pathlib.Path(run)
