@@ -89,15 +89,17 @@ def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True)
     """What a white-box attacker differentiates: classifier(BPDA(purifier)(x)), EOT, detector.
 
     use_bpda=False: plain backpropagation through `purifier.purify`, the served function itself
-    (the `whitebox_no_bpda` threat model). The returned callable carries `settings`: the BPDA
-    mode, EOT samples and detector weight that shaped it, for the report.
+    (the `whitebox_no_bpda` threat model); where it passes no gradient at all (a bare `tf.round`),
+    the attacker gets zeros, as plain backpropagation would, and runs blind instead of stopping.
+    The returned callable carries `settings`: the BPDA mode, EOT samples and detector weight that
+    shaped it, for the report.
     """
     purifier = defended.purifier
     surrogate = purifier is not None and type(purifier).attack_surrogate is not Purifier.attack_surrogate
     if purifier is None:
         purify = lambda x: x  # noqa: E731
     else:
-        purify = bpda(purifier) if use_bpda else purifier.purify
+        purify = bpda(purifier) if use_bpda else (lambda x: purifier.purify(x) + 0.0 * x)  # noqa: E731
 
     def logits(x):
         return defended.classifier(purify(x))
