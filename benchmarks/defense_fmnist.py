@@ -119,6 +119,9 @@ def main():
     parser.add_argument("--tag", default="", help="suffix of the results name and run folder (a second config)")
     parser.add_argument("--no-autoattack", action="store_true", help="FGSM and PGD only (faster)")
     args = parser.parse_args()
+    if args.defense == "fbgan" and not args.tag:  # fbgan_fmnist.{json,md} belong to benchmarks/fbgan_fmnist.py
+        parser.error("FBGAN's own benchmark is benchmarks/fbgan_fmnist.py (its paper's Table 1 layout, with "
+                     "fbgan_fmnist.json); give --tag T here to write fbgan_fmnist_T instead")
 
     _, config_class = get_defense(args.defense)
     clf_run = pathlib.Path(args.classifier_run)
