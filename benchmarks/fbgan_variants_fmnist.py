@@ -20,18 +20,22 @@ never reach it; and images seen, not seconds, set a GAN's quality, so a variant 
 machine was busy is still comparable. Each variant's training seconds and images/s are reported.
 
 Usage: python benchmarks/fbgan_variants_fmnist.py [--epochs 8] [--n 1000] [--only NAME,...] [--train-only]
+       [--reuse]
 Every variant trains first, then all are evaluated; training is cached in
 runs/bench-fbgan-<variant>-e<epochs> (a rerun only evaluates; an interrupted one resumes from its
-last checkpoint, and its timing then covers only the resumed part).
+last checkpoint, and its timing then covers only the resumed part). --reuse keeps the rows of the
+variants the committed results already hold with the same config, epochs and test images, and
+evaluates only the others (a variant added later joins the same table).
 """
 
 import argparse
 import dataclasses
+import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
+from common import RESULTS, environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
 from fbgan_fmnist import paper_value  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation  # noqa: E402
@@ -63,6 +67,7 @@ def main():
     parser.add_argument("--n-val", type=int, default=2000)
     parser.add_argument("--only", default=None, help="comma list of variants")
     parser.add_argument("--train-only", action="store_true", help="train the variants and stop")
+    parser.add_argument("--reuse", action="store_true", help="keep the committed rows of unchanged variants")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(VARIANTS)
     if set(names) - set(VARIANTS):
@@ -87,7 +92,13 @@ def main():
     x_val, y_val = x_val[:args.n_val], y_val[:args.n_val]
     specs = evaluation.make_attack_specs(["pgd"], [0.1])
     rows = []
+    previous = _previous(configs, len(x)) if args.reuse else {}
     for name in names:
+        if name in previous:
+            summary[name], reused = previous[name]
+            rows += reused
+            print(name, "reused from the committed results", flush=True)
+            continue
         for regularized in (True, False):
             defended, _ = load_defended(runs[name], clf_run, {"white_box_regularization": regularized})
             label = f"fbgan {name} ({'one-hot + clip' if regularized else 'soft codes'})"
@@ -133,6 +144,19 @@ def main():
           f"{len(x_val)} validation images of the training split.\n\n" + "\n".join(lines)
           + f"\n\nAll rows:\n\n{rows_table(rows)}\n")
     write_results("fbgan_variants_fmnist", results, md)
+
+
+def _previous(configs, n):
+    """{variant: (summary, rows)} of the committed results whose variant has the same config and test images."""
+    path = RESULTS / "fbgan_variants_fmnist.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if old["n_examples"] != n:
+        return {}
+    return {name: (old["variants"][name], [r for r in old["rows"] if r["variant"] == name])
+            for name, config in configs.items()
+            if name in old["variants"] and old["configs"].get(name) == dataclasses.asdict(config)}
 
 
 if __name__ == "__main__":
