@@ -22,9 +22,14 @@ from tfpurify.errors import AttackConfigError
 __all__ = ["bpda", "eot", "DetectorAwareTarget", "whitebox_target", "threat_model_pipelines"]
 
 
+def _has_surrogate(purifier):
+    """True where the purifier's class overrides `Purifier.attack_surrogate` (a BPDA backward pass)."""
+    return type(purifier).attack_surrogate is not Purifier.attack_surrogate
+
+
 def bpda(purifier):
     """x -> purifier.purify(x) forward, with gradients of purifier.attack_surrogate(x)."""
-    if type(purifier).attack_surrogate is Purifier.attack_surrogate:
+    if not _has_surrogate(purifier):
         return lambda x: purifier.purify(x)  # differentiable as it is
 
     def forward_real_backward_surrogate(x):
@@ -95,7 +100,7 @@ def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True)
     shaped it, for the report.
     """
     purifier = defended.purifier
-    surrogate = purifier is not None and type(purifier).attack_surrogate is not Purifier.attack_surrogate
+    surrogate = purifier is not None and _has_surrogate(purifier)
     if purifier is None:
         purify = lambda x: x  # noqa: E731
     else:
