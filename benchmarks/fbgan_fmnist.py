@@ -15,8 +15,10 @@ on the adversarial example) in parentheses, the per-example worst case per colum
 categorical code's purity and the classifier's accuracy on G(one-hot k) samples, and the paper's
 Table 1 rows (its 71.7 % is PGD adversarial training, not FBGAN).
 
-Usage: python benchmarks/fbgan_fmnist.py --epochs 30 [--set ae_reduction=sum ...] [--n 1000]
+Usage: python benchmarks/fbgan_fmnist.py --epochs 30 [--set base_filters=16 ...] [--n 1000]
        [--eps 0.1,0.3] [--tag T] [--train-only]
+The committed results: --epochs 40 --set base_filters=16 (fbgan_fmnist.md) and the same run at
+8 epochs, --tag e8 (the variants' "ae sum + straight-through" run).
 Training is cached in runs/bench-fbgan-final[-T]; a rerun only evaluates.
 """
 

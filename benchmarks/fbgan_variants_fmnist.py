@@ -42,7 +42,8 @@ from tfpurify import adaptive, classifiers, data, evaluation  # noqa: E402
 from tfpurify.defenses.fbgan import FBGANConfig  # noqa: E402
 from tfpurify.training import load_defended  # noqa: E402
 
-BASE = dict(base_filters=16, ae_weight=1.0, ae_fraction=0.2)
+# the baseline pins what FBGANConfig defaulted to before these results made "ae sum + straight-through" the default
+BASE = dict(base_filters=16, ae_weight=1.0, ae_fraction=0.2, ae_reduction="mean", straight_through=False)
 VARIANTS = {
     "baseline": {},
     "ae sum": {"ae_reduction": "sum"},
