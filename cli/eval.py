@@ -20,7 +20,7 @@ from tfpurify.errors import InputValidationError
 @click.option("--eps", default="0.1", show_default=True, help="Comma list of L-inf budgets in [0, 1].")
 @click.option("--threat-model", default=None,
               help="Comma list of none, graybox, whitebox, whitebox_no_bpda (plain gradients, no BPDA: the "
-                   "papers' protocol, expect the sanity checks to flag it), transfer "
+                   "papers' protocol: a row beside theirs, masked where a non-differentiable part decides), transfer "
                    "[default: none for a classifier run, none,graybox,whitebox for a defense run].")
 @click.option("--surrogate", default=None, help="Classifier run to craft transfer attacks on.")
 @click.option("--nb-iter", default=None, type=int,

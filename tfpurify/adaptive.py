@@ -8,10 +8,11 @@
   attacker tries to fool the classifier and evade the detector at once.
 
 The threat model `whitebox_no_bpda` attacks the served pipeline with its own gradients and no
-surrogate: the protocol of papers that report white-box numbers without BPDA. Where the purifier is
-not differentiable (an argmax, a quantizer) its gradients are zero or wrong, so the attack is weak
-by construction; the sanity checks are expected to flag it. It is a row to set beside a paper's
-number, never a robustness claim.
+surrogate: the protocol of papers that report white-box numbers without BPDA. Where a
+non-differentiable part (an argmax, a quantizer) carries the decision, its zero gradients blind the
+attack and the sanity checks should flag it; where the decision also passes through differentiable
+parts (FBGAN's clipped continuous codes) the attack still works. Either way it is a row to set
+beside a paper's number, never a robustness claim.
 """
 
 import tensorflow as tf
@@ -124,8 +125,8 @@ def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True)
         "bpda": "none" if purifier is None else (
             "off (purifier differentiable)" if not surrogate
             else f"{type(purifier).__name__}.attack_surrogate" if use_bpda
-            else "off: plain gradients of the served pipeline, no surrogate (the papers' protocol; expect "
-                 "the sanity checks to flag gradient masking)"),
+            else "off: plain gradients of the served pipeline, no surrogate (the papers' protocol; where a "
+                 "non-differentiable part carries the decision, the sanity checks should flag masking)"),
         "eot_samples": int(eot_samples) if stochastic else 1,
         "detector_weight": float(detector_weight) if aware else 0.0,
     }
