@@ -25,7 +25,8 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.15.1"],
-        "dev": ["pytest>=7", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+        "dev": ["pytest>=7", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6",
+                "import-linter==2.16"],  # tests/test_architecture.py: the layer contracts of .importlinter
         "bench": ["adversarial-robustness-toolbox>=1.17", "multiprocess"],  # ART's AutoAttack imports multiprocess
         "svhn": ["tensorflow-datasets>=4.9,<4.10"],
         # `tfpurify eval --corruptions`: albumentations' transforms with fixed CIFAR-10-C severities;

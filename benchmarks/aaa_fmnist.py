@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import RESULTS, environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
-from tfpurify import adaptive, attacks, classifiers, corruptions, data, evaluation, reports  # noqa: E402
+from tfpurify import adaptive, attacks, classifiers, corruptions, data, evaluation, metrics, reports  # noqa: E402
 from tfpurify.defenses.aaa import AAAConfig  # noqa: E402
 from tfpurify.defenses.adversarial_training import PGDATConfig  # noqa: E402
 from tfpurify.training import load_defended  # noqa: E402
@@ -82,7 +82,7 @@ def evaluate_model(model, defended, scored_name, role, x, y, eps):
             if not (r["threat_model"] == "clean" and r["defense"] == "none" and model != "natural")]
     columns = [r.correct for r in report.results if r.threat_model == tm]
     columns += [c for t, _, _, c in report.check_columns if t == tm]
-    minimum = evaluation.worst_case_accuracy([clean, *columns, cw_robust])
+    minimum = metrics.worst_case_accuracy([clean, *columns, cw_robust])
     rows += [cw_row, {**labels, "attack": "min (white-box columns, CW-L2, checks)", "eps": eps, "params": {},
                       "accuracy": minimum, "plain_accuracy": None}]
     return rows, report

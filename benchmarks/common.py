@@ -8,7 +8,10 @@ import time
 
 import tensorflow as tf
 
+from tfpurify import registry
 from tfpurify.reports import attack_label
+
+registry.load()  # benchmark scripts stand at the top: every defense and attack, installed plug-ins included
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

@@ -34,7 +34,7 @@ import tensorflow as tf
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import RESULTS, environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
-from tfpurify import adaptive, attacks, classifiers, data, evaluation, reports  # noqa: E402
+from tfpurify import adaptive, attacks, classifiers, data, evaluation, metrics, reports  # noqa: E402
 from tfpurify.defenses.cowboy import CowboyConfig  # noqa: E402
 from tfpurify.training import load_defended  # noqa: E402
 
@@ -216,7 +216,7 @@ def main():
                     continue
                 detection[label] = {rule: {"tpr": float(np.mean(s > t)), "fpr": float(np.mean(clean_scores > t))}
                                     for rule, t in thresholds.items() if t is not None}
-                detection[label]["roc_auc"] = evaluation.roc_auc(clean_scores, s)
+                detection[label]["roc_auc"] = metrics.roc_auc(clean_scores, s)
             reports.save_score_violins(RESULTS / "cowboy_fmnist_scores.png", scores, thresholds["fpr"],
                                        title="Cowboy: -log D(x), clean vs each attack (test images)")
             detection_metrics = report.detection + wb.detection

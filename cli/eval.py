@@ -5,8 +5,19 @@ import pathlib
 import click
 import numpy as np
 
-from cli.options import limit_option, parse_float_list, parse_list, runtime_options, runtime_overrides, seed_option
+from cli.options import (limit_option, parse_float_list, parse_list, registries, runtime_options, runtime_overrides,
+                         seed_option)
 from tfpurify.errors import InputValidationError
+
+
+
+
+def _attacks_help():
+    """The --attacks help: every registered attack, built-in and plug-in."""
+    attacks = registries()[1]
+    on_purifier = [name for name, attack in sorted(attacks.items()) if attack.needs_purifier]
+    return (f"Comma list: {', '.join(name for name in sorted(attacks) if name not in on_purifier)} (l2l_da with "
+            f"--l2l-da-run); on a purifier, white-box: {', '.join(on_purifier)}.")
 
 
 @click.command("eval")
@@ -14,9 +25,7 @@ from tfpurify.errors import InputValidationError
 @click.option("--classifier", "classifier_run", default=None,
               help="Classifier run the defense RUN protects (needed when RUN is a purifier); for an "
                    "adversarially trained RUN (pgd_at, l2l_da), the plain classifier of the `none` rows.")
-@click.option("--attacks", default="fgsm,pgd", show_default=True,
-              help="Comma list: fgsm, pgd, bim, mim, cw_l2, spsa, apgd_ce, apgd_dlr, apgd_t, square, autoattack, "
-                   "l2l_da (with --l2l-da-run); on a purifier, white-box: pgd_recon, latent.")
+@click.option("--attacks", default="fgsm,pgd", show_default=True, help=_attacks_help())
 @click.option("--eps", default="0.1", show_default=True, help="Comma list of L-inf budgets in [0, 1].")
 @click.option("--threat-model", default=None,
               help="Comma list of none, graybox, whitebox, whitebox_no_bpda (plain gradients, no BPDA: the "

@@ -10,13 +10,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 import click  # noqa: E402
 
+from tfpurify import registry  # noqa: E402
+from tfpurify.errors import TfpurifyError  # noqa: E402
+
+try:  # the commands' options come from the registries: built-ins and installed plug-ins
+    registry.load()
+except TfpurifyError as e:  # a broken plug-in: one line, as for every library error
+    click.echo(f"Error: {e}", err=True)
+    raise SystemExit(1) from None
+
 from cli.data import data  # noqa: E402
 from cli.eval import eval_command  # noqa: E402
 from cli.export import export_command  # noqa: E402
 from cli.predict import predict_command  # noqa: E402
 from cli.train import train  # noqa: E402
 from cli.tune import tune_command  # noqa: E402
-from tfpurify.errors import TfpurifyError  # noqa: E402
 
 
 def _quiet_python_logs():

@@ -5,12 +5,19 @@ import click
 from tfpurify.errors import InputValidationError
 
 __all__ = ["dataset_option", "seed_option", "limit_option", "parse_list", "parse_float_list", "option_type",
-           "runtime_options", "runtime_overrides"]
+           "registries", "runtime_options", "runtime_overrides"]
 
 dataset_option = click.option("--dataset", default="fashion_mnist", show_default=True,
                               help="fashion_mnist, mnist, cifar10 or svhn.")
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 limit_option = click.option("--limit", default=None, type=int, help="Use only the first N examples.")
+
+
+def registries():
+    """(defenses, attacks): the registries, built-ins and installed plug-ins loaded (once, `tfpurify.registry.load`)."""
+    from tfpurify import registry
+
+    return registry.load()
 
 
 def option_type(field):
@@ -28,10 +35,8 @@ def runtime_options(command):
     """
     import dataclasses
 
-    from tfpurify.defenses import REGISTRY
-
     seen = {}
-    for name, (_, config_class) in sorted(REGISTRY.items()):
+    for name, (_, config_class) in sorted(registries()[0].items()):
         for field in dataclasses.fields(config_class):
             if field.metadata.get("runtime"):
                 seen.setdefault(field.name, (field, []))[1].append(name)

@@ -5,7 +5,7 @@ import pathlib
 
 import click
 
-from cli.options import dataset_option, limit_option, option_type, seed_option
+from cli.options import dataset_option, limit_option, option_type, registries, seed_option
 
 
 @click.group()
@@ -79,9 +79,7 @@ def _read_config_file(path, name):
 
 
 def add_defense_commands():
-    from tfpurify.defenses import REGISTRY
-
-    for name, (model_class, config_class) in sorted(REGISTRY.items()):
+    for name, (model_class, config_class) in sorted(registries()[0].items()):
         train.add_command(_defense_command(name, model_class, config_class))
 
 

@@ -9,7 +9,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfpurify import classifiers, data  # noqa: E402
+from tfpurify import classifiers, data, registry  # noqa: E402
+
+registry.load()  # the tests are the top: built-in defenses and attacks, and any installed plug-in
 
 
 @pytest.fixture(autouse=True)

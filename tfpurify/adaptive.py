@@ -118,7 +118,7 @@ def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True)
                                      defended.detector.threshold)
     elif target is logits:
         target = lambda x: logits(x)  # noqa: E731  (a fresh callable to carry the settings)
-    if purifier is not None:  # for the attacks on the purifier itself (tfpurify.ae_attacks)
+    if purifier is not None:  # for the attacks on the purifier itself (tfpurify.attacks.purifier)
         target.purifier, target.purify = purifier, purify
     target.settings = {
         "attacked": "end to end (purifier and classifier)" if purifier is not None else "classifier",

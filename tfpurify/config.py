@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from tfpurify.data import dataset_info
 from tfpurify.errors import InputValidationError
 
 __all__ = ["ConfigBase", "TrainingConfig", "runtime_field", "runtime_fields", "field_type"]
@@ -57,21 +58,15 @@ class TrainingConfig(ConfigBase):
     seed: int = 0
 
     def __post_init__(self):
-        from tfpurify.data import dataset_info  # raises DatasetUnavailableError for unknown names
-
-        dataset_info(self.dataset)
+        dataset_info(self.dataset)  # raises DatasetUnavailableError for unknown names
         self.require_positive("epochs", "batch_size", "learning_rate")
         if not 0.0 < self.val_fraction < 1.0:
             raise InputValidationError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
     @property
     def input_shape(self):
-        from tfpurify.data import dataset_info
-
         return dataset_info(self.dataset).input_shape
 
     @property
     def num_classes(self):
-        from tfpurify.data import dataset_info
-
         return dataset_info(self.dataset).num_classes

@@ -33,6 +33,7 @@ Install with `pip install 'tfpurify[corruptions]'`.
 
 import numpy as np
 
+from tfpurify.classifiers import predict_logits
 from tfpurify.errors import InputValidationError
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "parse_corruptions", "corrupt", "evaluate_corruptions", "corruption_grid"]
@@ -139,8 +140,6 @@ def evaluate_corruptions(pipelines, x, y, names, severities=SEVERITIES, batch_si
       params {"severity": s}; `accuracy` counts an example if it is right clean and corrupted (as the
       attack rows do), `plain_accuracy` if right corrupted (CIFAR-10-C's metric).
     """
-    from tfpurify.classifiers import predict_logits
-
     for s in severities:
         _check_severity(s)
     y = np.asarray(y)

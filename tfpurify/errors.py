@@ -11,6 +11,7 @@ __all__ = [
     "RunFolderError",
     "AttackConfigError",
     "InputValidationError",
+    "PluginError",
 ]
 
 
@@ -36,3 +37,7 @@ class AttackConfigError(TfpurifyError, ValueError):
 
 class InputValidationError(TfpurifyError, ValueError):
     """Images or labels have the wrong shape, dtype or values (NaN, Inf, out of range)."""
+
+
+class PluginError(TfpurifyError):
+    """An installed plug-in (entry-point groups `tfpurify.defenses`, `tfpurify.attacks`) fails to load."""

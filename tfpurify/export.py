@@ -25,7 +25,8 @@ import uuid
 
 import tensorflow as tf
 
-from tfpurify.errors import InputValidationError, TfpurifyError
+from tfpurify.data import dataset_info, load_dataset
+from tfpurify.errors import InputValidationError, RunFolderError, TfpurifyError
 
 __all__ = ["ExportError", "export_saved_model", "METADATA_ASSET", "RESERVED_METADATA", "validate_name",
            "predict_request", "evaluation_summary", "predict_saved_model"]
@@ -199,8 +200,6 @@ def evaluation_summary(run_dir, runs):
     Raises:
       RunFolderError: report.json exists but is unreadable.
     """
-    from tfpurify.errors import RunFolderError
-
     path = pathlib.Path(run_dir) / "report.json"
     if not path.is_file():
         return None, None
@@ -233,8 +232,6 @@ def predict_saved_model(path, dataset=None, limit=8):
       ExportError: `path` is not a tfpurify export.
     """
     import numpy as np
-
-    from tfpurify.data import dataset_info, load_dataset
 
     meta_path = pathlib.Path(path) / "assets" / METADATA_ASSET
     try:

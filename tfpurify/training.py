@@ -14,20 +14,19 @@ import pathlib
 import tensorflow as tf
 
 from tfpurify import data as data_lib
+from tfpurify import registry
 from tfpurify.classifiers import WEIGHTS as CLASSIFIER_WEIGHTS
 from tfpurify.classifiers import load_classifier
-from tfpurify.config import runtime_fields
-from tfpurify.defenses import DefendedClassifier, Detector, RobustClassifier, get_defense
+from tfpurify.defenses import registry as defenses_registry
+from tfpurify.defenses.base import DefendedClassifier, RobustClassifier
+from tfpurify.defenses.registry import CALIBRATION, WEIGHTS, build_defense, get_defense, is_detector
 from tfpurify.errors import InputValidationError, RunFolderError
-from tfpurify.runs import (atomic_write_text, finish_run, read_config, read_run, restore_weights, run_callbacks,
-                           start_run, weights_digest)
+from tfpurify.runs import atomic_write_text, finish_run, read_config, run_callbacks, start_run, weights_digest
 
 __all__ = ["STRATEGIES", "make_strategy", "build_defense", "is_detector", "train_defense", "load_defense",
            "load_defended"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
-WEIGHTS = "defense.weights.h5"
-CALIBRATION = "calibration.json"
 
 
 def make_strategy(name="default"):
@@ -41,23 +40,8 @@ def make_strategy(name="default"):
     raise InputValidationError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
 
 
-def build_defense(name, config):
-    """Builds (and calls once, so its weights exist) a registered defense from its config."""
-    model_class, config_class = get_defense(name)
-    if not isinstance(config, config_class):
-        config = config_class.from_dict(dict(config))
-    model = model_class(config, config.input_shape)
-    model(tf.zeros((1, *config.input_shape)))
-    return model
-
-
 def _config_dict(name, config):
     return {"kind": "defense", "defense": name, **dataclasses.asdict(config)}
-
-
-def is_detector(model):
-    """True for a defense whose detector is present and switched on."""
-    return isinstance(model, Detector) and model.detector_enabled
 
 
 def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbose=2, target_fpr=0.05):
@@ -76,6 +60,7 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
     Returns:
       (model, history dict)
     """
+    registry.load()
     _, config_class = get_defense(name)
     if not isinstance(config, config_class):
         config = config_class.from_dict(dict(config))
@@ -106,35 +91,16 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
 
 
 def load_defense(run_dir, overrides=None):
-    """Rebuilds a defense from its run folder's config and restores its weights.
+    """Rebuilds a defense (built-in or plug-in) from its run folder and restores its weights.
 
-    Args:
-      run_dir: a defense run folder.
-      overrides: {field: value} for the config's runtime fields (how the trained model is used,
-        e.g. a purifier's search steps); any other field is an error.
+    `tfpurify.defenses.registry.load_defense` after `tfpurify.registry.load()`; `overrides` are
+    runtime config fields (see there).
 
     Returns:
       (model, config)
     """
-    cfg = read_run(run_dir, "defense")
-    _, config_class = get_defense(cfg.get("defense"))
-    config = config_class.from_dict(cfg)
-    if overrides:
-        allowed = runtime_fields(config_class)
-        wrong = sorted(set(overrides) - set(allowed))
-        if wrong:
-            options = ", ".join("--" + k.replace("_", "-") for k in wrong)
-            raise InputValidationError(f"{options} does not apply to a {cfg['defense']} run (it takes "
-                                       f"{', '.join('--' + k.replace('_', '-') for k in allowed) or 'none'})")
-        config = dataclasses.replace(config, **overrides)
-    model = restore_weights(build_defense(cfg["defense"], config), run_dir, WEIGHTS)
-    calibration = pathlib.Path(run_dir) / CALIBRATION
-    if is_detector(model) and calibration.is_file():
-        try:
-            model.calibration = json.loads(calibration.read_text())
-        except (OSError, ValueError) as e:
-            raise RunFolderError(f"{calibration}: unreadable ({e})") from None
-    return model, config
+    registry.load()
+    return defenses_registry.load_defense(run_dir, overrides)
 
 
 def load_defended(run_dir, classifier_run=None, overrides=None):

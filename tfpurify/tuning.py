@@ -20,13 +20,13 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
-from tfpurify import adaptive, attacks, data
+from tfpurify import adaptive, attacks, data, registry
 from tfpurify.classifiers import load_classifier, predict_logits
 from tfpurify.config import field_type
-from tfpurify.defenses import DefendedClassifier, RobustClassifier, get_defense
+from tfpurify.defenses.base import DefendedClassifier, RobustClassifier
+from tfpurify.defenses.registry import build_defense, get_defense, is_detector
 from tfpurify.errors import InputValidationError
 from tfpurify.runs import atomic_write_text
-from tfpurify.training import build_defense, is_detector
 
 __all__ = ["ParamSpec", "parse_param", "parse_assignment", "OBJECTIVES", "TUNERS", "objective_metrics",
            "DefenseHyperModel", "tune"]
@@ -263,6 +263,7 @@ def tune(name, params, out, base_config=None, classifier_run=None, objective="ro
     Returns:
       (best config, rows of the trials table)
     """
+    registry.load()
     model_class, config_class = get_defense(name)
     base_config = base_config or config_class()
     if objective not in OBJECTIVES:

@@ -10,7 +10,8 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from cli.main import cli
-from tfpurify import adaptive, attacks, data, evaluation, export
+from tfpurify import adaptive, attacks, data, export, metrics
+from tfpurify.defenses.base import adversarial_scores
 from tfpurify.defenses.cowboy import Cowboy, CowboyConfig
 from tfpurify.errors import InputValidationError
 from tfpurify.training import build_defense, load_defended, load_defense, train_defense
@@ -142,7 +143,7 @@ def test_discriminator_scores_clean_above_fgsm_and_both_thresholds_are_kept(trai
     model, _ = load_defense(trained_run)
     x, y = fmnist_test
     x_adv = attacks.run_attack("fgsm", cnn, x, y, eps=0.1)
-    auc = evaluation.roc_auc(evaluation.adversarial_scores(model, x), evaluation.adversarial_scores(model, x_adv))
+    auc = metrics.roc_auc(adversarial_scores(model, x), adversarial_scores(model, x_adv))
     assert auc > 0.6, auc
     calibration = json.loads((trained_run / "calibration.json").read_text())
     assert calibration["split"] == "validation" and calibration["rule"] == "fpr"

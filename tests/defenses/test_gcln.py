@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpurify import adaptive, attacks, classifiers, evaluation, export
+from tfpurify import adaptive, attacks, classifiers, export, metrics
+from tfpurify.defenses.base import adversarial_scores
 from tfpurify.defenses.gcln import GCLNConfig
 from tfpurify.errors import InputValidationError
 from tfpurify.training import build_defense, load_defended, load_defense, train_defense
@@ -59,7 +60,7 @@ def test_detector_tells_clean_from_pgd(trained_run, cnn, fmnist_test):
     model, _ = load_defense(trained_run)
     x, y = fmnist_test
     x_adv = attacks.run_attack("pgd", cnn, x, y, eps=0.1, nb_iter=10)
-    auc = evaluation.roc_auc(evaluation.adversarial_scores(model, x), evaluation.adversarial_scores(model, x_adv))
+    auc = metrics.roc_auc(adversarial_scores(model, x), adversarial_scores(model, x_adv))
     assert auc > 0.7, auc
 
 

@@ -1,37 +1,15 @@
-"""Registry of defenses: name -> (ModelClass, ConfigClass).
+"""Defenses: what every defense plugs into (`base`), the registry (`registry`), one module per defense.
 
 Adding a defense is adding a module that decorates its model class with `@register("name",
-NameConfig)` and importing it at the bottom of this file; `tfpurify train <name>`, `eval` and
-`export` then find it.
+NameConfig)` (from `tfpurify.defenses.registry`) and naming it in `tfpurify.registry`'s built-ins,
+or, from another package, in the entry-point group `tfpurify.defenses`. `tfpurify.registry.load()`
+imports them all once; `tfpurify train <name>`, `eval` and `export` then find it. This package
+imports none of its defense modules itself.
 """
 
 from tfpurify.defenses.base import (DefendedClassifier, DefenseConfig, Detector, Purifier, RobustClassifier,
                                     RobustClassifierConfig)
-from tfpurify.errors import RunFolderError
+from tfpurify.defenses.registry import REGISTRY, get_defense, register
 
 __all__ = ["REGISTRY", "register", "get_defense", "DefendedClassifier", "DefenseConfig", "Detector", "Purifier",
            "RobustClassifier", "RobustClassifierConfig"]
-
-REGISTRY = {}
-
-
-def register(name, config_class):
-    """Class decorator: registers a defense model class under `name` with its config class."""
-
-    def decorate(model_class):
-        model_class.registry_name = name
-        model_class.config_class = config_class
-        REGISTRY[name] = (model_class, config_class)
-        return model_class
-
-    return decorate
-
-
-def get_defense(name):
-    """(ModelClass, ConfigClass) of a registered defense, or a clear error."""
-    if name not in REGISTRY:
-        raise RunFolderError(f"unknown defense {name!r}; registered: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
-
-
-from tfpurify.defenses import aaa, adversarial_training, cowboy, denoising_ae, fbgan, gcln, l2l_da  # noqa: E402,F401  (each registers itself)

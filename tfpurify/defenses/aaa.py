@@ -22,9 +22,11 @@ import dataclasses
 
 import tensorflow as tf
 
-from tfpurify import autoattack, losses
-from tfpurify.defenses import register
+from tfpurify import losses
+from tfpurify.attacks.loop import iterative_gradient
+from tfpurify.classifiers import load_classifier
 from tfpurify.defenses.base import DefenseConfig, Purifier, apply_gradients
+from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
 
 __all__ = ["AAAConfig", "AAA", "LOSSES"]
@@ -126,8 +128,6 @@ class AAA(Purifier):
             if not self.config.classifier:
                 raise InputValidationError("aaa is trained through the classifiers it protects: --classifier RUN "
                                            "(repeat it for an ensemble)")
-            from tfpurify.classifiers import load_classifier
-
             natives = []
             for run in self.config.classifier:
                 model, cconfig = load_classifier(run)
@@ -151,7 +151,7 @@ class AAA(Purifier):
     def adversarial_examples(self, classifier, x, y):
         """PGD through classifier(G(.)): the adaptive adversary of eq. 2, no gradient to any weight."""
         c = self.config
-        x_adv, _, _ = autoattack.iterative_gradient(
+        x_adv, _, _ = iterative_gradient(
             lambda images: classifier(self.autoencoder(images, training=False), training=False), x, y, c.eps,
             c.eps_iter, c.nb_iter, rand_init=c.rand_init, early_exit=False)
         return tf.stop_gradient(x_adv)

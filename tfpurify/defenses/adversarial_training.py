@@ -5,7 +5,7 @@ Each training step crafts PGD examples against the classifier as it is at that s
 `eps_iter` inside the L-inf ball of radius `eps`, from a uniform random start, the classifier in
 inference mode), then updates the classifier on
 `(1 - adv_weight) * L(x) + adv_weight * L(x_adv)` (Madry: `adv_weight` 1; Goodfellow et al.'s
-half-and-half mix: 0.5). The PGD loop is tfpurify's graph loop (`autoattack.iterative_gradient`,
+half-and-half mix: 0.5). The PGD loop is tfpurify's graph loop (`attacks.loop.iterative_gradient`,
 no early exit), so one traced step holds one copy of the model however large k is. It may start
 from a trained classifier run (`classifier`), which it fine-tunes.
 """
@@ -14,9 +14,10 @@ import dataclasses
 
 import tensorflow as tf
 
-from tfpurify import autoattack, losses
-from tfpurify.defenses import register
+from tfpurify import losses
+from tfpurify.attacks.loop import iterative_gradient
 from tfpurify.defenses.base import RobustClassifier, RobustClassifierConfig, apply_gradients
+from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
 
 __all__ = ["PGDATConfig", "PGDAdversarialTraining", "pgd_examples"]
@@ -52,7 +53,7 @@ class PGDATConfig(RobustClassifierConfig):
 
 def pgd_examples(classifier, x, y, eps, eps_iter, nb_iter, rand_init=True):
     """PGD examples against `classifier` in inference mode, no early exit, no gradient to its weights."""
-    x_adv, _, _ = autoattack.iterative_gradient(
+    x_adv, _, _ = iterative_gradient(
         lambda images: classifier(images, training=False), x, y, eps, eps_iter, nb_iter,
         rand_init=rand_init, early_exit=False)
     return tf.stop_gradient(tf.clip_by_value(x_adv, 0.0, 1.0))

@@ -12,11 +12,15 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfpurify import metrics
+from tfpurify.classifiers import ARCHITECTURES, build_classifier, load_classifier
 from tfpurify.config import TrainingConfig
-from tfpurify.errors import InputValidationError
+from tfpurify.data import to_tf_dataset
+from tfpurify.errors import InputValidationError, RunFolderError
+from tfpurify.runs import read_run
 
 __all__ = ["DefenseConfig", "RobustClassifierConfig", "Purifier", "Detector", "RobustClassifier",
-           "DefendedClassifier", "apply_gradients"]
+           "DefendedClassifier", "apply_gradients", "adversarial_scores"]
 
 keras = tf.keras
 
@@ -60,12 +64,8 @@ class RobustClassifierConfig(DefenseConfig):
         if self.arch is None:  # read once, when the run is configured; a saved config names the arch
             arch = "cnn"
             if self.classifier is not None:
-                from tfpurify.runs import read_run
-
                 arch = read_run(self.classifier, "classifier").get("arch", "cnn")
             object.__setattr__(self, "arch", arch)
-        from tfpurify.classifiers import ARCHITECTURES
-
         if self.arch not in ARCHITECTURES:
             raise InputValidationError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
@@ -77,8 +77,6 @@ class _TrainingHooks:
 
     def make_dataset(self, x, y, batch_size, shuffle=False, seed=0):
         """The `tf.data` pipeline `fit` consumes."""
-        from tfpurify.data import to_tf_dataset
-
         return to_tf_dataset(x, y if self.labelled else None, batch_size, shuffle=shuffle, seed=seed)
 
     def compile_for_training(self):
@@ -171,16 +169,14 @@ class Detector:
         """
         if not 0.0 < target_fpr < 1.0:
             raise InputValidationError(f"target_fpr must be in (0, 1), got {target_fpr}")
-        from tfpurify.evaluation import adversarial_scores, roc_auc  # evaluation builds on this module
-
         scores = adversarial_scores(self, x_clean)
-        threshold = float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
+        threshold = metrics.calibrate_threshold(scores, target_fpr)
         self.threshold.assign(threshold)
-        result = {"threshold": threshold, "target_fpr": float(target_fpr), "fpr": float(np.mean(scores > threshold)),
+        result = {"threshold": threshold, "target_fpr": float(target_fpr), "fpr": metrics.flag_rate(scores, threshold),
                   "n": int(len(scores))}
         if x_adv is not None:
             adv_scores = adversarial_scores(self, x_adv)
-            result.update(tpr=float(np.mean(adv_scores > threshold)), roc_auc=roc_auc(scores, adv_scores))
+            result.update(tpr=metrics.flag_rate(adv_scores, threshold), roc_auc=metrics.roc_auc(scores, adv_scores))
         self.calibration = result
         return result
 
@@ -195,8 +191,6 @@ class RobustClassifier(_TrainingHooks, keras.Model):
 
     def __init__(self, config, input_shape=(28, 28, 1), loss_names=(), **kwargs):
         super().__init__(**kwargs)
-        from tfpurify.classifiers import build_classifier
-
         self.config = config
         self.arch = config.arch
         self.image_shape = tuple(input_shape)
@@ -224,9 +218,6 @@ class RobustClassifier(_TrainingHooks, keras.Model):
         """Copies the weights of `config.classifier` (a classifier run), checking that it fits."""
         if self.config.classifier is None:
             return
-        from tfpurify.classifiers import load_classifier
-        from tfpurify.errors import RunFolderError
-
         start, start_config = load_classifier(self.config.classifier)
         if start_config.arch != self.arch or start_config.dataset != self.config.dataset:
             raise RunFolderError(f"{self.config.classifier} is a {start_config.arch} on {start_config.dataset}; this "
@@ -280,3 +271,9 @@ class DefendedClassifier(keras.Model):
             out["adversarial_score"] = score
             out["is_adversarial"] = score > self.detector.threshold
         return out
+
+
+def adversarial_scores(detector, x, batch_size=256):
+    """A detector's adversarial scores over `x`, computed in batches, as a numpy array [N]."""
+    return np.concatenate([np.asarray(detector.adversarial_score(tf.constant(x[i:i + batch_size])))
+                           for i in range(0, len(x), batch_size)])

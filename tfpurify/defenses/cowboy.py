@@ -34,11 +34,13 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tfpurify import losses
-from tfpurify.autoattack import on_active
+from tfpurify import losses, metrics
+from tfpurify.attacks import run_attack
+from tfpurify.attacks.loop import on_active
+from tfpurify.classifiers import load_classifier
 from tfpurify.config import runtime_field
-from tfpurify.defenses import register
-from tfpurify.defenses.base import DefenseConfig, Detector, Purifier, apply_gradients
+from tfpurify.defenses.base import DefenseConfig, Detector, Purifier, adversarial_scores, apply_gradients
+from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
 
 __all__ = ["CowboyConfig", "Cowboy"]
@@ -218,17 +220,13 @@ class Cowboy(Purifier, Detector):
         result = super().calibrate(x_clean, target_fpr, x_adv)
         result = {**result, "rule": self.config.threshold_rule, "threshold_fpr": result["threshold"]}
         if self.config.classifier is not None:
-            from tfpurify.attacks import run_attack
-            from tfpurify.classifiers import load_classifier
-            from tfpurify.evaluation import adversarial_scores
-
             classifier, _ = load_classifier(self.config.classifier)
             x_fgsm = run_attack("fgsm", classifier, x_clean, eps=self.config.threshold_eps)
             d = np.exp(-adversarial_scores(self, x_fgsm).astype(np.float64))  # D(x) back from -log D(x)
             p = self.config.threshold_p
             paper = float(-np.log(max(np.mean(d ** p) ** (1.0 / p), 1e-12)))
             clean_scores = adversarial_scores(self, x_clean)
-            result.update(threshold_paper=paper, fpr_paper=float(np.mean(clean_scores > paper)),
+            result.update(threshold_paper=paper, fpr_paper=metrics.flag_rate(clean_scores, paper),
                           paper_attack={"attack": "fgsm", "eps": self.config.threshold_eps, "p": p,
                                         "classifier": self.config.classifier})
             if self.config.threshold_rule == "paper":

@@ -12,8 +12,8 @@ import dataclasses
 
 import tensorflow as tf
 
-from tfpurify.defenses import register
 from tfpurify.defenses.base import DefenseConfig, Detector, Purifier
+from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
 
 __all__ = ["DenoisingAEConfig", "DenoisingAutoencoder"]

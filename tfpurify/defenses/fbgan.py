@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from tfpurify import losses
 from tfpurify.config import runtime_field
-from tfpurify.defenses import register
 from tfpurify.defenses.base import DefenseConfig, Purifier, apply_gradients
+from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
 from tfpurify.layers import weight_norm
 

@@ -31,9 +31,10 @@ import dataclasses
 import tensorflow as tf
 
 from tfpurify import losses
-from tfpurify.defenses import register
+from tfpurify.classifiers import load_classifier
 from tfpurify.defenses.adversarial_training import pgd_examples
 from tfpurify.defenses.base import DefenseConfig, Detector, Purifier, apply_gradients
+from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
 from tfpurify.layers import BlockDCTQuantize
 
@@ -143,8 +144,6 @@ class GCLN(Purifier, Detector):
         if self._target is None:
             if self.config.classifier is None:
                 raise InputValidationError("gcln trains against the classifier it protects: --classifier RUN")
-            from tfpurify.classifiers import load_classifier
-
             classifier, cconfig = load_classifier(self.config.classifier)
             if cconfig.dataset != self.config.dataset:
                 raise InputValidationError(f"the classifier run is on {cconfig.dataset}, this run on {self.config.dataset}")

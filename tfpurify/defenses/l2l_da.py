@@ -36,9 +36,10 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tfpurify import attacks, losses
-from tfpurify.defenses import register
+from tfpurify import losses
+from tfpurify.attacks import AttackDef, register_attack
 from tfpurify.defenses.base import RobustClassifier, RobustClassifierConfig, apply_gradients
+from tfpurify.defenses.registry import load_defense, register
 from tfpurify.errors import AttackConfigError, InputValidationError
 from tfpurify.layers import ConditionalBatchNorm
 
@@ -254,8 +255,6 @@ class L2LDA(RobustClassifier):
 
 def _load_generator(p):
     """The generator and its recursion settings from an l2l_da run (built once, outside tf.function)."""
-    from tfpurify.training import load_defense  # training imports the registry, which imports this module
-
     model, config = load_defense(p["generator_run"])
     if not isinstance(model, L2LDA):
         raise AttackConfigError(f"{p['generator_run']} is not an l2l_da run")
@@ -287,7 +286,7 @@ def _l2l_da_attack(model_fn, x, y, p, loss_fn):
     return best, tf.fill(tf.shape(y), float(p["draws"] * p["steps"]))
 
 
-attacks.register_attack("l2l_da", attacks.AttackDef(
+register_attack("l2l_da", AttackDef(
     _l2l_da_attack,
     {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "targeted": False, "generator_run": None,
      "draws": 10},

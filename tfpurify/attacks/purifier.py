@@ -13,21 +13,22 @@ differentiable view of it, BPDA included); elsewhere they are skipped with a war
   success is the classifier's mistake on the purified x', checked every step (first success
   kept). Needs a purifier with a code (`Purifier.encode`: aaa, denoising_ae, fbgan).
 
-Both return (x_adv, gradient evaluations per example) like the other attacks in `tfpurify.attacks`.
+Both run on the shared graph loop (`tfpurify.attacks.loop.iterative_gradient`) and return
+(x_adv, gradient evaluations per example) like the other attacks in `tfpurify.attacks`.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from tfpurify import autoattack
-from tfpurify.attacks import AttackDef, register_attack
+from tfpurify.attacks.loop import Target, iterative_gradient
+from tfpurify.attacks.registry import AttackDef, register_attack
 from tfpurify.errors import AttackConfigError
 
 __all__ = ["ReconstructionAwareTarget", "nearest_other_class_codes"]
 
 
 class ReconstructionAwareTarget:
-    """[logits | weight * ||purify(x) - x||^2]; `attack_loss` = xent - that term (the `autoattack.Target` protocol)."""
+    """[logits | weight * ||purify(x) - x||^2]; `attack_loss` = xent - that term (the `loop.Target` protocol)."""
 
     def __init__(self, logits_fn, purify, weight):
         self.logits_fn, self.purify, self.weight = logits_fn, purify, float(weight)
@@ -46,7 +47,7 @@ class ReconstructionAwareTarget:
 
 
 def _logits_fn(model_fn):
-    target = autoattack.Target(model_fn)  # a detector-aware target: its logits (the detector term is dropped)
+    target = Target(model_fn)  # a detector-aware target: its logits (the detector term is dropped)
     return (lambda x: target.parts(x)[0]) if target.aware else model_fn
 
 
@@ -54,7 +55,7 @@ def _pgd_recon(model_fn, x, y, p, loss_fn):
     purifier = model_fn.purifier  # run_attack checked it is there
     target = ReconstructionAwareTarget(_logits_fn(model_fn), getattr(model_fn, "purify", purifier.purify),
                                        p["recon_weight"])
-    x_adv, _, evals = autoattack.iterative_gradient(target, x, y, p["eps"], p["eps_iter"], p["nb_iter"],
+    x_adv, _, evals = iterative_gradient(target, x, y, p["eps"], p["eps_iter"], p["nb_iter"],
                                                     rand_init=p["rand_init"], early_exit=p["early_exit"])
     return x_adv, evals
 
@@ -81,28 +82,15 @@ def _latent(model_fn, x, y, p, loss_fn):
     logits_fn = _logits_fn(model_fn)
     y = tf.cast(y, tf.int64)
     targets = tf.stop_gradient(nearest_other_class_codes(_flat_code(purifier, x), y))
-    eps, step = p["eps"], p["eps_iter"]
-    n = tf.shape(y)
 
-    def cond(i, x_adv, active, x_first, evals):
-        return tf.logical_and(i < p["nb_iter"], tf.reduce_any(active))
+    def objective(images, labels, target_codes):  # ascend -distance: the loop's sign step descends it
+        distance = tf.reduce_sum(tf.square(_flat_code(purifier, images) - target_codes), axis=1)
+        fooled = tf.not_equal(tf.argmax(logits_fn(images), axis=1), labels)
+        return -distance, fooled
 
-    def body(i, x_adv, active, x_first, evals):
-        with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            distance = tf.reduce_sum(tf.square(_flat_code(purifier, x_adv) - targets))
-        grad = tape.gradient(distance, x_adv)
-        fooled = tf.logical_and(active, tf.not_equal(tf.argmax(logits_fn(x_adv), axis=1), y))
-        x_first = tf.where(fooled[:, None, None, None], x_adv, x_first)
-        active = tf.logical_and(active, tf.logical_not(fooled))
-        stepped = tf.clip_by_value(tf.clip_by_value(x_adv - step * tf.sign(grad), x - eps, x + eps),
-                                   p["clip_min"], p["clip_max"])
-        x_adv = tf.where(active[:, None, None, None], stepped, x_adv)
-        return i + 1, x_adv, active, x_first, evals + tf.cast(active, tf.float32)
-
-    state = (tf.constant(0), tf.identity(x), tf.ones(n, tf.bool), tf.identity(x), tf.zeros(n))
-    _, x_adv, active, x_first, evals = tf.while_loop(cond, body, state)
-    return tf.where(active[:, None, None, None], x_adv, x_first), evals
+    x_adv, _, evals = iterative_gradient(model_fn, x, y, p["eps"], p["eps_iter"], p["nb_iter"],
+                                         objective=objective, side=(targets,))
+    return x_adv, evals
 
 
 def _check(p):

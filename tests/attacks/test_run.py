@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpurify import attacks, classifiers
+from tfpurify import attacks, classifiers, registry
 from tfpurify.errors import AttackConfigError
 
 EPS = 0.1
@@ -24,13 +24,12 @@ FAST = {
 
 # Learned attacks need a trained run: l2l_da's constraints are tested in tests/defenses/test_l2l_da.py.
 LEARNED = {"l2l_da"}
-# Attacks on a purifier itself need a defense: tested in tests/test_ae_attacks.py.
+# Attacks on a purifier itself need a defense: tested in tests/attacks/test_purifier.py.
 ON_PURIFIERS = {"pgd_recon", "latent"}
 
 
 def test_every_attack_is_checked_here_or_with_its_defense():
-    import tfpurify.defenses  # noqa: F401  (registers the learned attacks)
-
+    registry.load()  # registers the learned attacks (conftest did too)
     assert set(attacks.ATTACKS) == set(FAST) | LEARNED | ON_PURIFIERS
 
 
@@ -109,42 +108,7 @@ def test_model_fn_can_be_any_callable(cnn, fmnist_test):
     assert classifiers.accuracy(cnn, x_adv, y[:32]) < classifiers.accuracy(cnn, x[:32], y[:32])
 
 
-@pytest.mark.parametrize("name,params,match", [
-    ("pgd", {"eps": -0.1}, "eps must be"),
-    ("pgd", {"eps": 0.1, "eps_iter": 0.2}, "eps_iter"),
-    ("pgd", {"eps": 0.1, "norm": 3}, "unknown norm"),
-    ("pgd", {"eps": 1.5}, "larger than the pixel range"),
-    ("pgd", {"eps": float("nan")}, "eps must be"),
-    ("pgd", {"nb_iter": 0}, "nb_iter"),
-    ("fgsm", {"nb_iter": 3}, "does not take nb_iter"),
-    ("spsa", {"norm": 2}, "only norm inf"),
-    ("pgd", {"eps": 0.1, "eps_iter": 0.0}, "eps_iter"),
-    ("pgd", {"eps": 0.1, "eps_iter": -0.01}, "eps_iter"),
-    ("bim", {"nb_iter": 2.5}, "nb_iter"),
-    ("spsa", {"spsa_samples": 7}, "must be even"),
-    ("spsa", {"learning_rate": 0.0}, "learning_rate"),
-    ("spsa", {"delta": -1.0}, "delta"),
-    ("mim", {"decay_factor": -0.5}, "decay_factor"),
-    ("deepfool", {}, "unknown attack"),
-])
-def test_invalid_parameters_raise_value_errors(name, params, match, cnn, fmnist_test):
-    x, y = fmnist_test
-    with pytest.raises(AttackConfigError, match=match) as info:
-        attacks.run_attack(name, cnn, x[:2], y[:2], **params)
-    assert isinstance(info.value, ValueError)
-
-
 def test_label_count_must_match(cnn, fmnist_test):
     x, y = fmnist_test
     with pytest.raises(AttackConfigError, match="labels"):
         attacks.run_attack("fgsm", cnn, x[:4], y[:3])
-
-
-def test_spsa_learning_rate_sets_its_step(cnn, fmnist_test):
-    """cleverhans' SPSAAdam drops `lr` under Keras 2.15; ours must take the step it is given."""
-    x, y = fmnist_test
-    common = dict(eps=0.1, nb_iter=1, spsa_samples=16, seed=3)
-    small = attacks.run_attack("spsa", cnn, x[:2], y[:2], learning_rate=0.001, **common)
-    large = attacks.run_attack("spsa", cnn, x[:2], y[:2], learning_rate=0.05, **common)
-    # same random start (seed), one Adam step of about learning_rate per pixel apart
-    assert np.mean(np.abs(large - small)) > 0.01

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from tfpurify import adaptive, attacks, classifiers, evaluation
-from tfpurify.ae_attacks import nearest_other_class_codes
+from tfpurify.attacks.purifier import nearest_other_class_codes
 from tfpurify.errors import AttackConfigError
 
 

@@ -16,10 +16,8 @@
   example the first successful adversarial example, each stage traced on its own and skipped when
   nothing is left robust; `version="rand"` runs APGD-CE and APGD-DLR with EOT over
   20 draws instead, for stochastic defenses.
-- `iterative_gradient`: PGD / BIM / MIM on the same loop (cleverhans' update rules), so they stop
-  on an example as soon as it is fooled.
 
-Every loop is a `tf.while_loop` (no unrolled Python loop: the graph holds one copy of the model),
+Registered as `apgd_ce`, `apgd_dlr`, `apgd_t`, `square` and `autoattack`. Every loop is a `tf.while_loop` (no unrolled Python loop: the graph holds one copy of the model),
 runs only the still-active examples through the model (gathered, then scattered back) and counts
 gradient evaluations (or queries) per example. An example is active until the attack's goal is
 reached: misclassified, and against a detector-aware target (`adaptive.DetectorAwareTarget`)
@@ -33,33 +31,14 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from tfpurify.attacks.loop import Target, expand, normalize, on_active, project
+from tfpurify.attacks.registry import COMMON, AttackDef, register_attack
+
 __all__ = ["dlr_loss", "dlr_targeted_loss", "apgd", "apgd_targeted", "square", "autoattack", "AutoAttack",
-           "first_success", "on_active", "iterative_gradient", "apgd_checkpoints", "runner_up_classes", "Target"]
+           "first_success", "apgd_checkpoints", "runner_up_classes"]
 
 
-# --------------------------------------------------------------------------- target and losses
-
-class Target:
-    """What an attack needs from a callable: logits, a detector penalty, the attack's goal."""
-
-    def __init__(self, model_fn):
-        self.model_fn = model_fn
-        self.to_logits = getattr(model_fn, "logits", None)
-        self.is_flagged = getattr(model_fn, "flagged", None)
-        self.aware = self.to_logits is not None
-
-    def parts(self, x):
-        """(logits, penalty [N], flagged [N] bool) of a batch."""
-        return self.split(self.model_fn(x))
-
-    def split(self, out):
-        """(logits, penalty [N], flagged [N] bool) of the callable's outputs."""
-        n = tf.shape(out)[:1]
-        if not self.aware:
-            return out, tf.zeros(n), tf.zeros(n, tf.bool)
-        flagged = self.is_flagged(out) if self.is_flagged is not None else tf.zeros(n, tf.bool)
-        return self.to_logits(out), out[:, -1], flagged
-
+# --------------------------------------------------------------------------- losses
 
 def dlr_loss(logits, y):
     """Difference of Logits Ratio (Croce & Hein 2020, eq. 6): -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)."""
@@ -87,26 +66,6 @@ def _loss_fn(name):
     raise ValueError(f"unknown loss {name!r}")
 
 
-def on_active(active, fn, *tensors):
-    """Runs `fn` on the rows of `tensors` where `active`, scattering its outputs back to full rows.
-
-    Inactive rows get zeros (booleans: False). Only active examples go through the model.
-    """
-    idx = tf.where(active)[:, 0]
-    n_active = tf.size(idx)
-    # An empty batch never reaches the model (oneDNN convolutions fail on one): with no active
-    # row, run row 0 and scatter nothing.
-    idx_run = tf.cond(n_active > 0, lambda: idx, lambda: tf.zeros([1], tf.int64))
-    outs = fn(*[tf.gather(t, idx_run) for t in tensors])
-    n = tf.shape(active, out_type=tf.int64)[0]
-
-    def scatter(o):
-        shape = tf.concat([[n], tf.shape(o, out_type=tf.int64)[1:]], axis=0)
-        return tf.scatter_nd(idx_run[:n_active, None], o[:n_active], shape)
-
-    return tuple(scatter(o) for o in outs)
-
-
 def _grad_step(target, loss, eot_iter=1):
     """f(x, y, y_target) -> (loss [n], grad, fooled [n]); gradients averaged over `eot_iter` draws."""
 
@@ -125,25 +84,6 @@ def _grad_step(target, loss, eot_iter=1):
         return losses / eot_iter, grads / eot_iter, fooled
 
     return fn
-
-
-def _project(x_adv, x, eps, norm):
-    """Into the eps-ball of `norm` around x and into [0, 1]."""
-    if norm == np.inf:
-        return tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
-    delta = x_adv - x
-    norms = tf.sqrt(tf.reduce_sum(tf.square(delta), axis=[1, 2, 3], keepdims=True) + 1e-12)
-    return tf.clip_by_value(x + delta * tf.minimum(1.0, eps / norms), 0.0, 1.0)
-
-
-def _normalize(t, norm):
-    if norm == np.inf:
-        return t / (tf.reduce_max(tf.abs(t), axis=[1, 2, 3], keepdims=True) + 1e-12)
-    return t / (tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2, 3], keepdims=True)) + 1e-12)
-
-
-def _expand(v):
-    return tf.reshape(v, [-1, 1, 1, 1])
 
 
 # --------------------------------------------------------------------------- APGD
@@ -180,7 +120,7 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
     first, decrement, minimum = apgd_checkpoints(n_iter)
 
     t = tf.random.uniform(tf.shape(x), -1.0, 1.0) if norm == np.inf else tf.random.normal(tf.shape(x))
-    x_adv = tf.where(_expand(active), _project(x + eps * _normalize(t, norm), x, eps, norm), x)
+    x_adv = tf.where(expand(active), project(x + eps * normalize(t, norm), x, eps, norm), x)
     loss0, grad, fooled = on_active(active, step_fn, x_adv, y, y_target)
     evals = tf.cast(active, tf.float32) * eot_iter
     x_first = x_adv  # first successful adversarial example per example (valid where fooled)
@@ -199,17 +139,17 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
         a = tf.where(s["i"] > 0, 0.75, 1.0)
         x_adv, x_old = s["x_adv"], s["x_old"]
         if norm == np.inf:
-            z = _project(x_adv + _expand(s["step"]) * tf.sign(s["grad"]), x, eps, norm)
+            z = project(x_adv + expand(s["step"]) * tf.sign(s["grad"]), x, eps, norm)
         else:
-            z = _project(x_adv + _expand(s["step"]) * _normalize(s["grad"], norm), x, eps, norm)
-        x_new = _project(x_adv + a * (z - x_adv) + (1.0 - a) * (x_adv - x_old), x, eps, norm)
-        x_new = tf.where(_expand(act), x_new, x_adv)
+            z = project(x_adv + expand(s["step"]) * normalize(s["grad"], norm), x, eps, norm)
+        x_new = project(x_adv + a * (z - x_adv) + (1.0 - a) * (x_adv - x_old), x, eps, norm)
+        x_new = tf.where(expand(act), x_new, x_adv)
         loss_i, grad, fooled_i = on_active(act, step_fn, x_new, y, y_target)
         newly = tf.logical_and(act, fooled_i)
-        x_first = tf.where(_expand(newly), x_new, s["x_first"])
+        x_first = tf.where(expand(newly), x_new, s["x_first"])
         improved = tf.logical_and(act, loss_i > s["loss_best"])
-        x_best = tf.where(_expand(improved), x_new, s["x_best"])
-        grad_best = tf.where(_expand(improved), grad, s["grad_best"])
+        x_best = tf.where(expand(improved), x_new, s["x_best"])
+        grad_best = tf.where(expand(improved), grad, s["grad_best"])
         loss_best = tf.where(improved, loss_i, s["loss_best"])
         increases = s["increases"] + tf.cast(tf.logical_and(act, loss_i > s["loss_prev"]), tf.float32)
         counter = s["counter"] + 1
@@ -221,14 +161,14 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
         stalled = tf.logical_and(tf.equal(s["reduced_last"], 0.0), s["loss_best_last"] >= loss_best)
         reduce = tf.logical_and(tf.logical_and(at_check, act), tf.logical_or(oscillating, stalled))
         step = tf.where(reduce, s["step"] / 2.0, s["step"])
-        x_next = tf.where(_expand(reduce), x_best, x_new)
-        grad_next = tf.where(_expand(reduce), grad_best, grad)
+        x_next = tf.where(expand(reduce), x_best, x_new)
+        grad_next = tf.where(expand(reduce), grad_best, grad)
         reduced_last = tf.where(at_check, tf.cast(reduce, tf.float32), s["reduced_last"])
         loss_best_last = tf.where(at_check, loss_best, s["loss_best_last"])
         increases = tf.where(at_check, tf.zeros_like(increases), increases)
         k = tf.where(at_check, tf.maximum(k - decrement, minimum), k)
         counter = tf.where(at_check, 0, counter)
-        return [dict(i=s["i"] + 1, x_adv=x_next, x_old=tf.where(_expand(act), x_adv, x_old), grad=grad_next,
+        return [dict(i=s["i"] + 1, x_adv=x_next, x_old=tf.where(expand(act), x_adv, x_old), grad=grad_next,
                      step=step, x_best=x_best, grad_best=grad_best, loss_best=loss_best,
                      loss_prev=tf.where(act, loss_i, s["loss_prev"]), increases=increases, counter=counter, k=k,
                      loss_best_last=loss_best_last, reduced_last=reduced_last,
@@ -237,7 +177,7 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
                      evals=s["evals"] + tf.cast(act, tf.float32) * eot_iter)]
 
     s = tf.while_loop(cond, body, [state])[0]
-    return tf.where(_expand(s["fooled"]), s["x_first"], s["x_best"]), s["fooled"], s["evals"]
+    return tf.where(expand(s["fooled"]), s["x_first"], s["x_best"]), s["fooled"], s["evals"]
 
 
 def apgd_targeted(model_fn, x, y, eps, norm=np.inf, n_iter=100, n_target_classes=9, active=None):
@@ -260,7 +200,7 @@ def apgd_targeted(model_fn, x, y, eps, norm=np.inf, n_iter=100, n_target_classes
         todo = tf.logical_and(active, tf.logical_not(fooled))
         x_t, fooled_t, evals_t = apgd(model_fn, x, y, eps, norm, n_iter, "dlr_targeted", targets[:, rank], todo)
         found = tf.logical_and(todo, fooled_t)
-        return rank + 1, tf.where(_expand(found), x_t, x_out), tf.logical_or(fooled, found), evals + evals_t
+        return rank + 1, tf.where(expand(found), x_t, x_out), tf.logical_or(fooled, found), evals + evals_t
 
     _, x_out, fooled, evals = tf.while_loop(
         cond, body, [tf.constant(0), tf.identity(x), tf.zeros(tf.shape(y), tf.bool), tf.cast(active, tf.float32)])
@@ -304,7 +244,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None):
         return margin, margin + penalty
 
     signs = tf.sign(tf.random.uniform([tf.shape(x)[0], 1, w, c], -1.0, 1.0))
-    x_best = tf.where(_expand(active), tf.clip_by_value(x + eps * signs, 0.0, 1.0), x)
+    x_best = tf.where(expand(active), tf.clip_by_value(x + eps * signs, 0.0, 1.0), x)
     margin, loss = on_active(active, margin_and_loss, x_best, y)
     queries = tf.cast(active, tf.float32)
     margin = tf.where(active, margin, -1.0)  # inactive examples count as done
@@ -329,7 +269,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None):
         loss = tf.where(improved, loss_new, loss)
         take = tf.logical_or(improved, tf.logical_and(act, margin_new <= 0.0))
         margin = tf.where(take, margin_new, margin)
-        x_best = tf.where(_expand(take), x_new, x_best)
+        x_best = tf.where(expand(take), x_new, x_best)
         return i + 1, x_best, margin, loss, queries + tf.cast(act, tf.float32)
 
     _, x_best, margin, _, queries = tf.while_loop(cond, body, [tf.constant(0), x_best, margin, loss, queries])
@@ -360,7 +300,7 @@ def first_success(stages, x, fooled, cost, keep_last=False):
             break
         x_a, fooled_a, cost_a = run(todo)
         take = todo if keep_last else tf.logical_and(todo, fooled_a)
-        x_out = tf.where(_expand(take), x_a, x_out)
+        x_out = tf.where(expand(take), x_a, x_out)
         fooled = tf.logical_or(fooled, tf.logical_and(todo, fooled_a))
         cost += cost_a
     return x_out, fooled, cost
@@ -412,83 +352,50 @@ def autoattack(model_fn, x, y, eps, norm=np.inf, version="standard", n_iter=100,
     return AutoAttack(model_fn, eps, norm, version, n_iter, n_target_classes, n_queries, eot_iter)(x, y)
 
 
-# --------------------------------------------------------------------------- PGD / BIM / MIM
+# --------------------------------------------------------------------------- the registry's entries
 
-def iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, norm=np.inf, rand_init=False, decay_factor=None,
-                       early_exit=True, targeted=False):
-    """PGD (rand_init), BIM, or MIM (`decay_factor`) with cleverhans' update rules, in one graph loop.
+def _apgd(loss):
+    """Staged APGD: one traced run, called once per restart on what the restarts before left robust."""
 
-    With `early_exit` an example stops at its first success and keeps that adversarial example
-    (untargeted: misclassified and, against a detector-aware target, unflagged; targeted: the
-    target class); without it, every example takes all `nb_iter` steps (cleverhans' behaviour)
-    and returns its last iterate.
+    def build(model_fn, p):
+        once = tf.function(lambda x, y, active: apgd(
+            model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], loss, active=active, eot_iter=p["eot_iter"]))
 
-    Returns:
-      (x_adv, goal reached [N] bool, gradient evaluations [N] float)
-    """
-    y = tf.cast(y, tf.int64)
-    target = Target(model_fn)
-    if target.aware:
-        loss_of = lambda out, labels: model_fn.attack_loss(labels=labels, logits=out)  # noqa: E731
-    else:
-        loss_of = lambda out, labels: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, out)  # noqa: E731
-    sign = -1.0 if targeted else 1.0
+        def run(x, y):
+            n = tf.shape(x)[:1]
+            x_adv, _, cost = first_success([functools.partial(once, x, y)] * p["n_restarts"], x,
+                                           tf.zeros(n, tf.bool), tf.zeros(n), keep_last=True)
+            return x_adv, cost
 
-    def goal_of(out, labels):
-        logits, _, flagged = target.split(out)
-        hit = tf.equal(tf.argmax(logits, axis=1), labels)
-        return tf.logical_and(hit if targeted else tf.logical_not(hit), tf.logical_not(flagged))
+        return run
 
-    def step_fn(images, labels):
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            out = model_fn(images)
-            total = tf.reduce_sum(sign * loss_of(out, labels))
-        return tape.gradient(total, images), goal_of(out, labels)
+    return build
 
-    def score_fn(images, labels):
-        return (goal_of(model_fn(images), labels),)
 
-    if rand_init:  # cleverhans: uniform in the L-inf ball, or uniform in the L2 ball
-        if norm == np.inf:
-            start = tf.random.uniform(tf.shape(x), -eps, eps)
-        else:
-            dim = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
-            radius = eps * tf.pow(tf.random.uniform(tf.shape(x)[:1]), 1.0 / dim)
-            start = _normalize(tf.random.normal(tf.shape(x)), 2) * _expand(radius)
-        x_adv = _project(x + start, x, eps, norm)
-    else:
-        x_adv = tf.identity(x)
-    n = tf.shape(y)
-    state = (tf.constant(0), x_adv, tf.zeros_like(x), tf.ones(n, tf.bool), tf.zeros(n, tf.bool), x_adv, tf.zeros(n))
+def _apgd_t(model_fn, x, y, p, loss_fn):
+    x_adv, _, cost = apgd_targeted(model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], p["n_target_classes"])
+    return x_adv, cost
 
-    def cond(i, x_adv, momentum, active, done, x_first, evals):
-        return tf.logical_and(i < nb_iter, tf.reduce_any(active))
 
-    def body(i, x_adv, momentum, active, done, x_first, evals):
-        grad, goal = on_active(active, step_fn, x_adv, y)
-        goal = tf.logical_and(active, goal)
-        if early_exit:  # the current point already reaches the goal: keep it, stop this example
-            x_first = tf.where(_expand(goal), x_adv, x_first)
-            done = tf.logical_or(done, goal)
-            moving = tf.logical_and(active, tf.logical_not(goal))
-        else:
-            moving = active
-        if decay_factor is not None:  # MIM: cleverhans normalizes by the mean absolute gradient
-            mean_abs = tf.reduce_mean(tf.abs(grad), axis=[1, 2, 3], keepdims=True)
-            momentum = decay_factor * momentum + grad / tf.maximum(mean_abs, 1e-12)
-            grad = momentum
-        if norm == np.inf:
-            update = tf.sign(grad)
-        else:
-            update = _normalize(grad, 2)
-        stepped = _project(x_adv + eps_iter * update, x, eps, norm)
-        x_adv = tf.where(_expand(moving), stepped, x_adv)
-        return i + 1, x_adv, momentum, moving, done, x_first, evals + tf.cast(active, tf.float32)
+def _square(model_fn, x, y, p, loss_fn):
+    x_adv, _, queries = square(model_fn, x, y, p["eps"], p["n_queries"], p["p_init"])
+    return x_adv, queries
 
-    _, x_adv, _, active, done, x_first, evals = tf.while_loop(cond, body, state)
-    if not early_exit:
-        return x_adv, on_active(tf.ones(n, tf.bool), score_fn, x_adv, y)[0], evals
-    # the point after the last step is not scored yet: one forward pass, no gradient
-    reached = tf.logical_and(active, on_active(active, score_fn, x_adv, y)[0])
-    return tf.where(_expand(done), x_first, x_adv), tf.logical_or(done, reached), evals
+
+def _autoattack(model_fn, p):
+    run = AutoAttack(model_fn, p["eps"], p["norm"], p["version"], p["nb_iter"], p["n_target_classes"],
+                     p["n_queries"], p["eot_iter"])
+    return lambda x, y: run(x, y)[::2]  # (x_adv, cost)
+
+
+_APGD = {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "nb_iter": 100, "n_restarts": 1,
+         "eot_iter": 1}
+
+register_attack("apgd_ce", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("ce")))
+register_attack("apgd_dlr", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("dlr")))
+register_attack("apgd_t", AttackDef(_apgd_t, {**_APGD, "n_target_classes": 9}, takes_loss=True))
+register_attack("square", AttackDef(_square, {**COMMON, "n_queries": 5000, "p_init": 0.8}, gradient=False,
+                                    takes_loss=True))
+register_attack("autoattack", AttackDef(
+    None, {**_APGD, "version": "standard", "n_target_classes": 9, "n_queries": 5000, "eot_iter": 20},
+    takes_loss=True, staged=_autoattack))

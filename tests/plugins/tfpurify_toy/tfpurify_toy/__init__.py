@@ -1,0 +1,1 @@
+"""A toy tfpurify plug-in (see pyproject.toml): `defense` and `attack` register themselves on import."""

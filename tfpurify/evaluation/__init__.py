@@ -1,0 +1,15 @@
+"""Robustness evaluation: `evaluate(...) -> RobustnessReport`.
+
+- `run`: `evaluate`, the evaluation loop (clean accuracy, attacks per threat model and eps,
+  cascade, detector metrics per attack).
+- `report`: `RobustnessReport` and its `AttackResult` rows, the worst case per threat model.
+- `sanity`: checks 1-4 against gradient masking, whose attacks join the worst case.
+
+The numbers computed from scores and verdicts (ROC-AUC, worst case, tolerance, detector metrics)
+live in `tfpurify.metrics`.
+"""
+
+from tfpurify.evaluation.report import AttackResult, RobustnessReport
+from tfpurify.evaluation.run import THREAT_MODELS, AttackSpec, evaluate, make_attack_specs
+
+__all__ = ["THREAT_MODELS", "AttackSpec", "AttackResult", "RobustnessReport", "make_attack_specs", "evaluate"]

@@ -1,0 +1,157 @@
+"""What an evaluation measured: `AttackResult` per attack row, `RobustnessReport` for the whole run.
+
+`tfpurify.reports` writes a report as JSON, Markdown and PNG; `rows()` gives the rows in the
+benchmark results' schema (`defense, classifier, threat_model, attack, eps, params, accuracy`,
+plus `plain_accuracy`, the papers' metric).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from tfpurify.metrics import worst_case_accuracy
+
+__all__ = ["AttackResult", "RobustnessReport", "jsonable"]
+
+
+@dataclasses.dataclass
+class AttackResult:
+    threat_model: str
+    attack: str
+    eps: float
+    params: dict
+    accuracy: float
+    seconds: float
+    correct: np.ndarray = dataclasses.field(repr=False, default=None)
+    x_adv_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+    pred_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+    grad_evals: float = None  # model evaluations per example (gradients, or queries); None: not counted
+    # Cascade: the attacks that ran before this one at (threat_model, eps); this attack ran only on
+    # the `n_attacked` examples they left robust, and `accuracy` is robust under all of them.
+    after: tuple = ()
+    n_attacked: int = None
+    # The papers' metric: classified correctly under the attack, whatever happened clean.
+    plain_correct: np.ndarray = dataclasses.field(repr=False, default=None)
+
+    @property
+    def plain_accuracy(self):
+        return None if self.plain_correct is None else float(np.mean(self.plain_correct))
+
+    def to_dict(self):
+        row = {"threat_model": self.threat_model, "attack": self.attack, "eps": self.eps,
+               "params": jsonable(self.params), "accuracy": self.accuracy, "plain_accuracy": self.plain_accuracy,
+               "grad_evals_per_example": None if self.grad_evals is None else round(self.grad_evals, 2),
+               "seconds": round(self.seconds, 3)}
+        if self.after:
+            row.update(after=list(self.after), n_attacked=self.n_attacked)
+        return row
+
+
+@dataclasses.dataclass
+class RobustnessReport:
+    """Everything one evaluation measured; `reports.py` writes it as JSON, Markdown and PNG."""
+
+    n_examples: int
+    seed: int
+    clean_accuracy: float
+    clean_correct: np.ndarray = dataclasses.field(repr=False, default=None)
+    results: list = dataclasses.field(default_factory=list)
+    detection: list = dataclasses.field(default_factory=list)  # filled by detector defenses
+    # The detector's scores: {"clean": [N], "<threat model>/<attack> <eps>": [N]} (the violin plot)
+    detector_scores: dict = dataclasses.field(repr=False, default_factory=dict)
+    warnings: list = dataclasses.field(default_factory=list)
+    sanity: list = dataclasses.field(default_factory=list)
+    defense: str = "none"
+    classifier: str = ""
+    dataset: str = ""
+    threat_models: tuple = ("none",)
+    clean_by_threat_model: dict = dataclasses.field(default_factory=dict)  # tm -> [N] bool
+    x_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+    y_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+    clean_pred_sample: np.ndarray = dataclasses.field(repr=False, default=None)
+    settings: dict = dataclasses.field(default_factory=dict)  # everything that shaped the numbers
+    # Attacks run by the sanity checks on the first examples, folded into the worst case:
+    # [(threat_model, eps, name, [N] bool correct, True outside the checked subset)].
+    check_columns: list = dataclasses.field(default_factory=list)
+    # Common corruptions (`tfpurify.corruptions.evaluate_corruptions`): rows in the results schema,
+    # and one image under each corruption at severities 0-5 for the grid picture.
+    corruptions: list = dataclasses.field(default_factory=list)
+    corruption_grid: dict = dataclasses.field(repr=False, default_factory=dict)
+
+    def worst_case(self, threat_model, eps):
+        """Fraction of examples correct clean and under every attack of (threat_model, eps).
+
+        The attacks the sanity checks ran at this eps (PGD-2k, the gradient-free attack) count
+        too: a report never prints a worst case that its own checks beat.
+        """
+        columns = [r.correct for r in self.results if r.threat_model == threat_model and r.eps == eps]
+        columns += [c for tm, e, _, c in self.check_columns if tm == threat_model and e == eps]
+        clean = self.clean_by_threat_model.get(threat_model, self.clean_correct)
+        return worst_case_accuracy([clean, *columns])
+
+    def plain_worst_case(self, threat_model, eps):
+        """The papers' "Min" per example: correct under every attack of (threat_model, eps), clean aside.
+
+        Over the report's attack rows only (the sanity checks score robust accuracy alone).
+        """
+        columns = [r.plain_correct for r in self.results
+                   if r.threat_model == threat_model and r.eps == eps and r.plain_correct is not None]
+        return worst_case_accuracy(columns) if columns else None
+
+    def worst_case_attacks(self, threat_model, eps):
+        """Names of the attacks behind `worst_case(threat_model, eps)`."""
+        names = [r.attack for r in self.results if r.threat_model == threat_model and r.eps == eps]
+        return names + [f"{name} (sanity check)" for tm, e, name, _ in self.check_columns
+                        if tm == threat_model and e == eps]
+
+    def worst_cases(self):
+        """[(threat_model, eps, accuracy)] for every (threat model, eps) with attacks."""
+        keys = []
+        for r in self.results:
+            if (r.threat_model, r.eps) not in keys:
+                keys.append((r.threat_model, r.eps))
+        return [(tm, eps, self.worst_case(tm, eps)) for tm, eps in keys]
+
+    def rows(self):
+        """Rows in the benchmarks/results schema (clean row, attack rows, worst-case rows)."""
+        def base(tm):  # in a defense's report, threat model "none" is the bare classifier
+            return {"defense": "none" if tm == "none" else self.defense, "classifier": self.classifier}
+
+        rows = [{**base("clean"), "threat_model": "clean", "attack": "none", "eps": 0, "params": {},
+                 "accuracy": self.clean_accuracy, "plain_accuracy": self.clean_accuracy}]
+        if self.defense != "none" and "none" in self.clean_by_threat_model:
+            bare = float(np.mean(self.clean_by_threat_model["none"]))
+            rows.append({**base("none"), "threat_model": "clean", "attack": "none", "eps": 0, "params": {},
+                         "accuracy": bare, "plain_accuracy": bare})
+        rows += [{**base(r.threat_model), **r.to_dict()} for r in self.results]
+        rows += [{**base(tm), "threat_model": tm, "attack": "worst_case", "eps": eps,
+                  "params": {"attacks": self.worst_case_attacks(tm, eps)}, "accuracy": acc,
+                  "plain_accuracy": self.plain_worst_case(tm, eps)}
+                 for tm, eps, acc in self.worst_cases()]
+        return rows + [dict(r) for r in self.corruptions]
+
+    def to_dict(self):
+        return {
+            "defense": self.defense, "classifier": self.classifier, "dataset": self.dataset,
+            "n_examples": self.n_examples, "seed": self.seed, "threat_models": list(self.threat_models),
+            "clean_accuracy": self.clean_accuracy,
+            "settings": jsonable(self.settings),
+            "rows": self.rows(), "detection": jsonable(self.detection),
+            "sanity_checks": jsonable(self.sanity), "warnings": list(self.warnings),
+        }
+
+
+def jsonable(value):
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return "inf" if math.isinf(v) else v
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value

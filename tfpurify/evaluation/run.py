@@ -1,0 +1,240 @@
+"""Robustness evaluation: clean accuracy, accuracy per attack and threat model, worst case.
+
+Rules: every number names its threat model; an example counts as robust under an attack only if
+it is classified correctly both clean and under that attack; the worst case is the mean over
+examples of the per-example minimum over every attack of a threat model at one eps (including
+the attacks the sanity checks ran); sanity checks 1-4 run with every gradient (none, white-box)
+evaluation, failures become warnings in the report, never hidden, and a check that does not run
+is recorded as skipped with its reason. Every setting that shaped a number (seed, attack
+parameters, BPDA mode, EOT samples, detector weight and threshold, checks) is in the report.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+
+from tfpurify import attacks as attacks_lib
+from tfpurify.classifiers import predict_logits
+from tfpurify.data import validate_images
+from tfpurify.defenses.base import adversarial_scores
+from tfpurify.errors import AttackConfigError, InputValidationError
+from tfpurify.evaluation.report import AttackResult, RobustnessReport, jsonable
+from tfpurify.evaluation.sanity import GRADIENT_FREE_CHECK, attack_and_score, run_sanity_checks, skip_checks
+from tfpurify.metrics import detection_metrics
+
+__all__ = ["THREAT_MODELS", "AttackSpec", "make_attack_specs", "evaluate"]
+
+THREAT_MODELS = ("none", "graybox", "whitebox", "whitebox_no_bpda", "transfer")
+# Threat models in which the attacker differentiates the very pipeline it is scored on; the
+# gradient-masking sanity checks apply to these.
+_GRADIENT_THREAT_MODELS = ("none", "whitebox", "whitebox_no_bpda")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """One attack with its parameters (cleverhans names), e.g. AttackSpec("pgd", {"eps": 0.1})."""
+
+    name: str
+    params: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def eps(self):
+        return self.params.get("eps", attacks_lib.get_attack(self.name).defaults.get("eps"))
+
+
+def make_attack_specs(names, eps_values, **params):
+    """The cross product of attack names and eps values, sharing the other parameters.
+
+    `eps_iter` given as None becomes eps / 4 per eps. CW-L2 is unbounded, so it gets one spec.
+    """
+    specs = []
+    for name in names:
+        accepted = attacks_lib.get_attack(name).defaults
+        common = {k: v for k, v in params.items() if k in accepted and v is not None}
+        if accepted.get("eps", 0.0) is None:  # unbounded (CW-L2)
+            specs.append(AttackSpec(name, common))
+            continue
+        for eps in eps_values:
+            spec_params = {**common, "eps": float(eps)}
+            attacks_lib.resolve_params(name, **spec_params)  # fail early, before any attack runs
+            specs.append(AttackSpec(name, spec_params))
+    return specs
+
+
+def _as_specs(attacks):
+    specs = []
+    for a in attacks:
+        if isinstance(a, AttackSpec):
+            specs.append(a)
+        elif isinstance(a, str):
+            specs.append(AttackSpec(a, {}))
+        else:
+            name, params = a
+            specs.append(AttackSpec(name, dict(params)))
+    return specs
+
+
+class _Pipelines:
+    """Which callable the attacker differentiates and which one is scored, per threat model."""
+
+    def __init__(self, model_fn, surrogate_fn=None, extra=None):
+        self.table = {"none": (model_fn, model_fn)}
+        if surrogate_fn is not None:
+            self.table["transfer"] = (surrogate_fn, model_fn)
+        self.table.update(extra or {})
+
+    def get(self, threat_model):
+        if threat_model not in THREAT_MODELS:
+            raise AttackConfigError(f"unknown threat model {threat_model!r}; choose from {', '.join(THREAT_MODELS)}")
+        if self.table.get(threat_model) is None:
+            need = {"transfer": "a surrogate classifier (--surrogate RUN)",
+                    "none": "the plain classifier (--classifier RUN) beside an adversarially trained one",
+                    "graybox": "a defense run (tfpurify eval DEFENSE_RUN --classifier RUN)",
+                    "whitebox": "a defense run (tfpurify eval DEFENSE_RUN --classifier RUN)",
+                    "whitebox_no_bpda": "a defense run with a purifier (tfpurify eval DEFENSE_RUN --classifier RUN)"}
+            raise AttackConfigError(f"threat model {threat_model!r} needs {need.get(threat_model, 'more input')}")
+        return self.table[threat_model]
+
+
+def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surrogate_fn=None,
+             pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
+             defense="none", classifier="", dataset="", progress=False, n_samples=10, detector=None,
+             runs=None, cascade=True):
+    """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
+
+    Args:
+      model_fn: callable images -> logits: the pipeline being scored (classifier or defense).
+      x, y: test images [N, H, W, C] in [0, 1] and true labels [N].
+      attacks: AttackSpec objects, attack names, or (name, params) pairs.
+      threat_model: a name or a list of names from THREAT_MODELS.
+      surrogate_fn: independently trained classifier for the `transfer` threat model.
+      pipelines: extra {threat_model: (attacked_fn, scored_fn)} (graybox/whitebox, added by the
+        defense core). An attacked callable's `settings` dict (BPDA, EOT, detector weight) is
+        recorded in the report.
+      batch_size, seed: passed to every attack.
+      sanity_checks: run checks 1-4 on the first `sanity_n` examples for gradient threat models;
+        a check that does not run is recorded as skipped, with the reason.
+      defense, classifier, dataset: names recorded in the report.
+      progress: progress bars on attacks.
+      n_samples: how many examples to keep for the image grid.
+      detector: a `Detector` with a calibrated threshold: adds ROC-AUC and TPR over successful
+        adversarial examples of clean-correct inputs, FPR on clean inputs, "detected or correct",
+        the whole system's accuracy and the accuracy on accepted inputs, per attack.
+      runs: {role: {path, weights_sha256}} of the run folders evaluated, recorded in the settings
+        (an export checks its report against them).
+      cascade: at each (threat model, eps), run each attack only on the examples the attacks
+        before it (in the order given) left robust, as AutoAttack does within itself: the worst
+        case for less compute. An attack's row then counts robustness under it *and* the attacks
+        before it (`after`, `n_attacked` in the row). False: every attack runs on every example
+        and each row is that attack's own number.
+
+    Returns:
+      RobustnessReport
+
+    Raises:
+      InputValidationError: bad images or labels, or a detector whose threshold was never set.
+      AttackConfigError: unknown attack or threat model, bad attack parameters.
+    """
+    x = validate_images(x)
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+        raise InputValidationError(f"labels must be integers of shape [{len(x)}], got {y.dtype} {y.shape}")
+    if len(x) == 0:
+        raise InputValidationError("no examples to evaluate")
+    if detector is not None and not detector.is_calibrated:
+        raise InputValidationError(
+            "the detector's threshold was never calibrated; calibrate it on validation data "
+            "(tfpurify train does, or Detector.calibrate) before evaluating")
+    threat_models = [threat_model] if isinstance(threat_model, str) else list(threat_model)
+    table = _Pipelines(model_fn, surrogate_fn, pipelines)
+    for tm in threat_models:
+        table.get(tm)  # fail before spending time on attacks
+    specs = _as_specs(attacks)
+    for spec in specs:
+        attacks_lib.resolve_params(spec.name, **spec.params)
+
+    clean_pred = np.argmax(predict_logits(model_fn, x, batch_size), axis=1)
+    clean_correct = clean_pred == y
+    clean_of = {id(model_fn): clean_correct}  # clean correctness per scored pipeline
+    clean_scores = None if detector is None else adversarial_scores(detector, x, batch_size)
+    report = RobustnessReport(
+        n_examples=len(x), seed=seed, clean_accuracy=float(clean_correct.mean()),
+        clean_correct=clean_correct, defense=defense, classifier=classifier, dataset=dataset,
+        threat_models=tuple(threat_models), x_sample=x[:n_samples], y_sample=y[:n_samples],
+        clean_pred_sample=clean_pred[:n_samples],
+        settings={"seed": seed, "batch_size": batch_size, "cascade": bool(cascade),
+                  "sanity_checks": {"enabled": bool(sanity_checks), "n": min(sanity_n, len(x)),
+                                    "gradient_free_attack": GRADIENT_FREE_CHECK},
+                  "threat_models": {}, **({"runs": runs} if runs else {})})
+    if detector is not None:
+        report.detector_scores["clean"] = clean_scores
+        threshold = float(detector.threshold.numpy())
+        report.settings["detector"] = {"threshold": threshold, **(detector.calibration or {})}
+    for tm in threat_models:
+        attacked_fn, scored_fn = table.get(tm)
+        report.settings["threat_models"][tm] = dict(getattr(attacked_fn, "settings", {}))
+        if id(scored_fn) not in clean_of:
+            clean_of[id(scored_fn)] = np.argmax(predict_logits(scored_fn, x, batch_size), axis=1) == y
+        tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
+        chains = {}  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
+        for spec in specs:
+            if attacks_lib.get_attack(spec.name).needs_purifier and getattr(attacked_fn, "purifier", None) is None:
+                report.warnings.append(f"{spec.name} skipped under {tm}: it attacks the purifier itself, which only "
+                                       "the whitebox threat model of a defense run differentiates")
+                continue
+            spec_params = _for_threat_model(tm, spec)
+            params = attacks_lib.resolve_params(spec.name, **spec_params)
+            eps = params.pop("eps", None)
+            start_chain = (tm_clean, x, (), tm_clean)
+            robust, x_cur, before, plain_cur = chains.get(eps, start_chain) if cascade else start_chain
+            start = time.perf_counter()
+            if not before:
+                x_adv, pred, correct, cost = attack_and_score(spec.name, attacked_fn, scored_fn, x, y, tm_clean,
+                                                               batch_size, seed, progress, **spec_params)
+                plain = pred == y
+            else:  # only what the attacks before left robust; the rest keeps its adversarial image
+                x_adv, correct, cost, plain = x_cur.copy(), robust.copy(), np.zeros(len(x)), plain_cur.copy()
+                idx = np.flatnonzero(robust)
+                if len(idx):
+                    x_adv[idx], pred_idx, correct[idx], cost[idx] = attack_and_score(
+                        spec.name, attacked_fn, scored_fn, x[idx], y[idx], robust[idx], batch_size, seed,
+                        progress, **spec_params)
+                    plain[idx] = pred_idx == y[idx]
+                    if np.all(np.isnan(cost[idx])):
+                        cost[:] = np.nan  # this attack does not count its evaluations
+                pred = np.argmax(predict_logits(scored_fn, x_adv[:n_samples], batch_size), axis=1)
+            chains[eps] = (correct, x_adv, before + (spec.name,), plain)
+            report.results.append(AttackResult(
+                tm, spec.name, eps, jsonable(params), float(correct.mean()),
+                time.perf_counter() - start, correct, x_adv[:n_samples], pred[:n_samples],
+                None if np.all(np.isnan(cost)) else float(np.nanmean(cost)),
+                after=before, n_attacked=int(robust.sum()) if before else len(x), plain_correct=plain))
+            if detector is not None and tm != "none":
+                adv_scores = adversarial_scores(detector, x_adv, batch_size)
+                label = f"{tm}/{spec.name}" + (f" (after {', '.join(before)})" if before else "")
+                report.detector_scores[label + ("" if eps is None else f" {eps:g}")] = adv_scores
+                report.detection.append(detection_metrics(
+                    clean_scores, tm_clean, adv_scores, correct,
+                    threshold, threat_model=tm, attack=spec.name, eps=eps,
+                    **({"after": list(before)} if before else {})))
+        if not sanity_checks:
+            skip_checks(report, tm, "sanity checks were turned off (--no-sanity-checks)")
+        elif tm not in _GRADIENT_THREAT_MODELS:
+            skip_checks(report, tm, f"the checks detect gradient masking, and under {tm} the attacker does "
+                                     "not differentiate the pipeline it is scored on")
+        else:
+            n = min(sanity_n, len(x))
+            run_sanity_checks(report, tm, attacked_fn, scored_fn, x[:n], y[:n], tm_clean[:n], batch_size, seed)
+    return report
+
+
+def _for_threat_model(tm, spec):
+    """The attack's parameters under `tm`: no early exit where the attacker does not see the scored pipeline.
+
+    Under graybox and transfer, stopping when the attacked model is fooled yields the weakest
+    example that fools it, which transfers worst: there, PGD/BIM/MIM take all their steps.
+    """
+    if tm in ("graybox", "transfer") and "early_exit" in attacks_lib.get_attack(spec.name).defaults:
+        return {**spec.params, "early_exit": False}
+    return spec.params

@@ -1,0 +1,138 @@
+"""Sanity checks 1-4 against gradient masking (Athalye et al. 2018; Carlini et al. 2019).
+
+Run by `tfpurify.evaluation.evaluate` on the first examples of every threat model in which the
+attacker differentiates the pipeline it is scored on. A failure becomes a warning in the report,
+never hidden; the attacks a check runs join the worst case; a check that does not run is recorded
+as skipped, with its reason.
+"""
+
+import numpy as np
+
+from tfpurify import attacks as attacks_lib
+from tfpurify.classifiers import predict_logits
+from tfpurify.metrics import binomial_tolerance
+
+__all__ = ["CHECKS", "GRADIENT_FREE_CHECK", "attack_and_score", "run_sanity_checks", "skip_checks"]
+
+
+def attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False,
+                      **params):
+    """Crafts x_adv on `attacked_fn`, classifies it with `scored_fn`.
+
+    Returns:
+      (x_adv, pred, robust per example, model evaluations per example)
+    """
+    x_adv, cost = attacks_lib.run_attack(name, attacked_fn, x, y, batch_size=batch_size, seed=seed,
+                                         progress=progress, return_cost=True, **params)
+    pred = np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1)
+    return x_adv, pred, clean_correct & (pred == y), cost
+
+
+# Check 4's gradient-free attack: the Square Attack with AutoAttack's budget (5000 queries, p_init
+# 0.8), stopping on an example once it is broken.
+GRADIENT_FREE_CHECK = {"attack": "square", "n_queries": 5000, "p_init": 0.8}
+CHECKS = {1: "PGD-2k vs PGD-k", 2: "PGD vs FGSM", 3: "PGD at eps 0.5", 4: "gradient-free vs gradient attacks"}
+
+
+def skip_checks(report, tm, reason, checks=tuple(CHECKS)):
+    for check in checks:
+        report.sanity.append({"threat_model": tm, "check": check, "name": CHECKS[check], "status": "skipped",
+                              "passed": None, "reason": reason})
+
+
+def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed):
+    """Checks 1-4 against gradient masking on the first n examples; failures become warnings.
+
+    1. PGD-2k vs PGD-k: 2k iterations clearly *above* k means more iterations helped the defense
+       (masking or randomness); clearly *below* means PGD-k had not converged. Either fails, and
+       PGD-2k joins the worst case.
+    2. PGD must not be clearly weaker than FGSM.
+    3. PGD at eps 0.5 must bring accuracy to ~0.
+    4. A gradient-free attack (Square, 5000 queries), run on the examples every gradient attack
+       left robust, must not break clearly more of them; what it breaks joins the worst case.
+    "Clearly" is two binomial standard errors, at least 2 points (`metrics.binomial_tolerance`).
+    """
+    n = len(x)
+    full = report.n_examples
+
+    def correct_on_subset(name, **params):
+        return attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, **params)[2]
+
+    def record(check, passed, detail, warning):
+        report.sanity.append({"threat_model": tm, "check": check, "name": CHECKS[check],
+                              "status": "passed" if passed else "failed", "passed": bool(passed), **detail})
+        if not passed:
+            report.warnings.append(f"[{tm}] sanity check {check} failed: {warning}")
+
+    def fold(eps, name, subset_correct):
+        column = np.ones(full, bool)
+        column[:n] = subset_correct
+        report.check_columns.append((tm, eps, name, column))
+
+    pgd_results = [r for r in report.results if r.threat_model == tm and r.attack == "pgd"]
+    if not pgd_results:
+        skip_checks(report, tm, "no pgd attack in this evaluation", (1, 2))
+    for r in pgd_results:
+        base = {k: v for k, v in r.params.items() if k in ("eps_iter", "nb_iter", "restarts", "norm")}
+        base["norm"] = attacks_lib.parse_norm(base.get("norm", "inf"))
+        k = base["nb_iter"]
+        # A cascaded row counts the attacks before it too: the checks need PGD-k on its own.
+        pgd_k = r.correct[:n] if not r.after else correct_on_subset("pgd", eps=r.eps, **base)
+        acc_k = float(np.mean(pgd_k))
+        correct_2k = correct_on_subset("pgd", eps=r.eps, **{**base, "nb_iter": 2 * k})
+        fold(r.eps, f"pgd-{2 * k} on the first {n}", correct_2k)
+        acc_2k = float(np.mean(correct_2k))
+        tol = binomial_tolerance(acc_k, n)
+        if acc_2k > acc_k + tol:
+            why = (f"PGD-{2 * k} accuracy {acc_2k:.3f} > PGD-{k} {acc_k:.3f} at eps {r.eps} (more iterations "
+                   "helped the defense: gradients are masked or the defense is random)")
+        else:
+            why = (f"PGD-{2 * k} accuracy {acc_2k:.3f} < PGD-{k} {acc_k:.3f} at eps {r.eps} (PGD-{k} had not "
+                   f"converged: the numbers above overestimate robustness; the worst case includes PGD-{2 * k})")
+        record(1, abs(acc_2k - acc_k) <= tol,
+               {"eps": r.eps, f"pgd_{k}": acc_k, f"pgd_{2 * k}": acc_2k, "n": n, "tolerance": tol}, why)
+        fgsm = [f for f in report.results if f.threat_model == tm and f.attack == "fgsm" and f.eps == r.eps
+                and not f.after]
+        acc_fgsm = float(np.mean(fgsm[0].correct[:n] if fgsm else correct_on_subset("fgsm", eps=r.eps,
+                                                                                   norm=base["norm"])))
+        tol = binomial_tolerance(acc_fgsm, n)
+        record(2, acc_k <= acc_fgsm + tol,
+               {"eps": r.eps, "pgd": acc_k, "fgsm": acc_fgsm, "n": n, "tolerance": tol},
+               f"PGD accuracy {acc_k:.3f} > FGSM {acc_fgsm:.3f} at eps {r.eps} "
+               f"(an iterative attack should beat a single step: gradients may be masked)")
+    large_eps = 0.5
+    acc_large = float(np.mean(correct_on_subset("pgd", eps=large_eps, eps_iter=large_eps / 10, nb_iter=40)))
+    record(3, acc_large <= 0.05, {"eps": large_eps, "pgd": acc_large, "n": n, "threshold": 0.05},
+           f"PGD accuracy {acc_large:.3f} at eps {large_eps} is not ~0 (gradients are masked)")
+    _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold)
+
+
+def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold):
+    """Check 4: a gradient-free attack on what the gradient attacks left robust must not break clearly more."""
+    n = len(x)
+    name = GRADIENT_FREE_CHECK["attack"]
+    eps_values = sorted({r.eps for r in report.results if r.threat_model == tm and r.eps
+                         and attacks_lib.get_attack(r.attack).gradient})
+    if not eps_values:
+        skip_checks(report, tm, "no gradient attack with an eps budget in this evaluation", (4,))
+    params = {k: v for k, v in GRADIENT_FREE_CHECK.items() if k != "attack"}
+    for eps in eps_values:
+        columns = [r.correct[:n] for r in report.results if r.threat_model == tm and r.eps == eps
+                   and attacks_lib.get_attack(r.attack).gradient]
+        columns += [c[:n] for t, e, _, c in report.check_columns if t == tm and e == eps]
+        robust = np.all(np.stack([clean_correct, *columns]), axis=0)
+        after = robust.copy()
+        if robust.any():  # attack only what is left: the rest is already counted as broken
+            after[robust] = attack_and_score(name, attacked_fn, scored_fn, x[robust], y[robust],
+                                              clean_correct[robust], batch_size, seed, eps=eps, **params)[2]
+        fold(eps, f"{name} on the first {n}", after)
+        acc_grad, acc_after = float(np.mean(robust)), float(np.mean(after))
+        broken = int(robust.sum() - after.sum())
+        tol = binomial_tolerance(acc_grad, n)
+        record(4, acc_grad - acc_after <= tol,
+               {"eps": eps, "gradient_attacks": acc_grad, "with_gradient_free": acc_after,
+                "broken_by_gradient_free_only": broken, "n": n, "tolerance": tol,
+                "gradient_free_attack": dict(GRADIENT_FREE_CHECK)},
+               f"{name} broke {broken} of the {int(robust.sum())} examples every gradient attack left robust at "
+               f"eps {eps} (accuracy {acc_grad:.3f} -> {acc_after:.3f}): a gradient-free attack does clearly "
+               f"better, so gradients are masked; the worst case includes {name}")
