@@ -26,10 +26,9 @@ from tfpurify.defenses import aaa, adversarial_training, cowboy, denoising_ae, f
 from tfpurify.defenses.registry import REGISTRY
 from tfpurify.errors import PluginError
 
-__all__ = ["GROUPS", "BUILTIN_DEFENSES", "load"]
+__all__ = ["GROUPS", "load"]
 
 GROUPS = {"tfpurify.defenses": REGISTRY, "tfpurify.attacks": ATTACKS}
-BUILTIN_DEFENSES = tuple(sorted(REGISTRY))  # what this module's imports registered
 
 
 @functools.cache
