@@ -5,8 +5,8 @@ import pathlib
 import click
 import numpy as np
 
-from cli.options import (limit_option, parse_float_list, parse_list, registries, runtime_options, runtime_overrides,
-                         seed_option)
+from cli.options import (COUNT, NON_NEGATIVE, POSITIVE, limit_option, parse_float_list, parse_list, registries,
+                         runtime_options, runtime_overrides, seed_option)
 from tfpurify.errors import InputValidationError
 
 
@@ -32,10 +32,10 @@ def _attacks_help():
                    "papers' protocol: a row beside theirs, masked where a non-differentiable part decides), transfer "
                    "[default: none for a classifier run, none,graybox,whitebox for a defense run].")
 @click.option("--surrogate", default=None, help="Classifier run to craft transfer attacks on.")
-@click.option("--nb-iter", default=None, type=int,
+@click.option("--nb-iter", default=None, type=COUNT,
               help="Iterations of pgd/bim/mim [default: 40] and of the APGD attacks [default: 100].")
-@click.option("--eps-iter", default=None, type=float, help="Step size (default eps/4).")
-@click.option("--restarts", default=1, show_default=True, type=int, help="PGD random restarts.")
+@click.option("--eps-iter", default=None, type=POSITIVE, help="Step size (default eps/4).")
+@click.option("--restarts", default=1, show_default=True, type=COUNT, help="PGD random restarts.")
 @click.option("--early-exit/--no-early-exit", default=True, show_default=True,
               help="PGD/BIM/MIM stop on an example at its first success (off: cleverhans' fixed steps).")
 @click.option("--cascade/--no-cascade", default=True, show_default=True,
@@ -45,11 +45,11 @@ def _attacks_help():
               help="standard (APGD-CE, APGD-T, Square) or rand (APGD-CE, APGD-DLR with EOT, stochastic defenses).")
 @click.option("--l2l-da-run", default=None,
               help="An l2l_da run folder: its trained generator is the `l2l_da` attack (10 z draws per example).")
-@click.option("--eot-samples", default=8, show_default=True, type=int,
+@click.option("--eot-samples", default=8, show_default=True, type=COUNT,
               help="Draws averaged per gradient (EOT) for stochastic purifiers, white-box.")
-@click.option("--detector-weight", default=1.0, show_default=True, type=float,
+@click.option("--detector-weight", default=1.0, show_default=True, type=NON_NEGATIVE,
               help="Weight of the detector score in the white-box attack loss.")
-@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--batch-size", default=256, show_default=True, type=COUNT)
 @limit_option
 @seed_option
 @click.option("--sanity-checks/--no-sanity-checks", default=True, show_default=True,

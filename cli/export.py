@@ -2,7 +2,7 @@
 
 import click
 
-from cli.options import runtime_options, runtime_overrides
+from cli.options import COUNT, runtime_options, runtime_overrides
 
 
 @click.command("export")
@@ -10,7 +10,7 @@ from cli.options import runtime_options, runtime_overrides
 @click.option("--classifier", "classifier_run", default=None,
               help="Classifier run the defense RUN protects (needed when RUN is a defense).")
 @click.option("--name", required=True, help="Model name: saved_models/NAME/VERSION.")
-@click.option("--version", "version", default=1, show_default=True, type=int)
+@click.option("--version", "version", default=1, show_default=True, type=COUNT)
 @click.option("--out", default="saved_models", show_default=True, help="Export root folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing version (atomically).")
 @runtime_options

@@ -1,16 +1,59 @@
 """Reusable click options and parsers shared by the commands."""
 
+import math
+
 import click
 
 from tfpurify.errors import InputValidationError
 
-__all__ = ["dataset_option", "seed_option", "limit_option", "parse_list", "parse_float_list", "option_type",
-           "registries", "runtime_options", "runtime_overrides"]
+__all__ = ["Number", "COUNT", "SEED", "POSITIVE", "NON_NEGATIVE", "FRACTION", "dataset_option", "seed_option",
+           "limit_option", "parse_list", "parse_float_list", "option_type", "registries", "runtime_options",
+           "runtime_overrides"]
+
+
+class Number(click.ParamType):
+    """A number option checked while the command line is parsed, before any work: one line and exit 1.
+
+    Args:
+      kind: int or float.
+      low, high: the bounds; `open_low` / `open_high` exclude them.
+    """
+
+    def __init__(self, kind, low=None, high=None, open_low=False, open_high=False):
+        self.kind, self.low, self.high, self.open_low, self.open_high = kind, low, high, open_low, open_high
+        self.name = f"{kind.__name__} {self._range()}".strip()
+
+    def _range(self):
+        low = "" if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
+        high = "" if self.high is None else f"{'<' if self.open_high else '<='} {self.high:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+    def convert(self, value, param, ctx):
+        option = param.opts[0] if param is not None and param.opts else "a number option"
+        try:
+            number = self.kind(value)
+        except (TypeError, ValueError):
+            raise InputValidationError(f"{option}: {value!r} is not {'an integer' if self.kind is int else 'a number'}") \
+                from None
+        if not math.isfinite(number):
+            raise InputValidationError(f"{option} must be a finite number, got {value}")
+        too_low = self.low is not None and (number <= self.low if self.open_low else number < self.low)
+        too_high = self.high is not None and (number >= self.high if self.open_high else number > self.high)
+        if too_low or too_high:
+            raise InputValidationError(f"{option} must be {self._range()}, got {value}")
+        return number
+
+
+COUNT = Number(int, low=1)                   # batch sizes, limits, iterations, restarts, epochs, trials
+SEED = Number(int, low=0)
+POSITIVE = Number(float, low=0.0, open_low=True)                          # step sizes, learning rates
+NON_NEGATIVE = Number(float, low=0.0)                                     # weights
+FRACTION = Number(float, low=0.0, high=1.0, open_low=True, open_high=True)  # rates such as a target FPR
 
 dataset_option = click.option("--dataset", default="fashion_mnist", show_default=True,
                               help="fashion_mnist, mnist, cifar10 or svhn.")
-seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
-limit_option = click.option("--limit", default=None, type=int, help="Use only the first N examples.")
+seed_option = click.option("--seed", default=0, show_default=True, type=SEED, help="Random seed.")
+limit_option = click.option("--limit", default=None, type=COUNT, help="Use only the first N examples.")
 
 
 def registries():

@@ -5,7 +5,7 @@ import pathlib
 
 import click
 
-from cli.options import dataset_option, limit_option, option_type, registries, seed_option
+from cli.options import COUNT, FRACTION, POSITIVE, dataset_option, limit_option, option_type, registries, seed_option
 
 
 @click.group()
@@ -16,9 +16,9 @@ def train():
 @train.command("classifier")
 @click.option("--arch", default="cnn", show_default=True, help="cnn, lenet5, mlp or resnet20.")
 @dataset_option
-@click.option("--epochs", default=3, show_default=True, type=int)
-@click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--learning-rate", default=1e-3, show_default=True, type=float)
+@click.option("--epochs", default=3, show_default=True, type=COUNT)
+@click.option("--batch-size", default=128, show_default=True, type=COUNT)
+@click.option("--learning-rate", default=1e-3, show_default=True, type=POSITIVE)
 @limit_option
 @seed_option
 @click.option("--out", required=True, help="Run folder to write; an unfinished run there resumes.")
@@ -51,7 +51,7 @@ def _defense_command(name, model_class, config_class):
                                multiple=several, default=None,
                                help="repeatable" if several else f"[default: {field.default}]")(command)
     if issubclass(model_class, Detector):
-        command = click.option("--target-fpr", default=0.05, show_default=True, type=float,
+        command = click.option("--target-fpr", default=0.05, show_default=True, type=FRACTION,
                                help="The detector's threshold flags this fraction of clean validation "
                                     "images (calibrated when training ends).")(command)
     command = click.option("--config", "config_file", default=None,

@@ -2,7 +2,7 @@
 
 import click
 
-from cli.options import limit_option, seed_option
+from cli.options import COUNT, POSITIVE, limit_option, seed_option
 
 
 @click.command("tune")
@@ -18,12 +18,12 @@ from cli.options import limit_option, seed_option
 @click.option("--objective", default="robust_accuracy", show_default=True,
               help="robust_accuracy (white-box PGD), clean_accuracy or worst_case (clean, FGSM and PGD).")
 @click.option("--tuner", default="random", show_default=True, help="random or hyperband.")
-@click.option("--trials", default=10, show_default=True, type=int, help="Trials of the random search.")
-@click.option("--max-epochs", default=3, show_default=True, type=int, help="Hyperband's epochs per trial at most.")
-@click.option("--epochs", default=None, type=int, help="Epochs per random-search trial [default: the config's].")
-@click.option("--eps", default=0.1, show_default=True, type=float, help="L-inf budget of the objective's attacks.")
-@click.option("--nb-iter", default=10, show_default=True, type=int, help="PGD iterations of the objective.")
-@click.option("--val-limit", default=500, show_default=True, type=int,
+@click.option("--trials", default=10, show_default=True, type=COUNT, help="Trials of the random search.")
+@click.option("--max-epochs", default=3, show_default=True, type=COUNT, help="Hyperband's epochs per trial at most.")
+@click.option("--epochs", default=None, type=COUNT, help="Epochs per random-search trial [default: the config's].")
+@click.option("--eps", default=0.1, show_default=True, type=POSITIVE, help="L-inf budget of the objective's attacks.")
+@click.option("--nb-iter", default=10, show_default=True, type=COUNT, help="PGD iterations of the objective.")
+@click.option("--val-limit", default=500, show_default=True, type=COUNT,
               help="Validation images (of the training split) the objective is measured on.")
 @limit_option
 @seed_option

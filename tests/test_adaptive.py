@@ -212,3 +212,29 @@ def test_detector_with_a_threshold_set_by_hand_is_evaluated(cnn, fmnist_test):
                                  detector=detector)
     assert report.settings["detector"] == {"threshold": 0.5}
     assert report.detection[0]["threshold"] == 0.5
+
+
+def test_eot_keeps_each_example_to_itself():
+    """Distinct inputs with known per-draw outputs: EOT averages each example's own draws, never another's."""
+    n, samples = 3, 4
+    x = tf.constant(np.arange(1, n + 1, dtype=np.float32).reshape(n, 1, 1, 1) / 10.0)  # 0.1, 0.2, 0.3
+
+    def drawn(images):  # row r of the tiled batch is draw r // n of example r % n
+        draw = tf.cast(tf.range(tf.shape(images)[0]) // n, tf.float32)
+        value = tf.reshape(images, [-1])
+        return tf.stack([10.0 * value + draw, -10.0 * value, tf.zeros_like(value)], axis=1)
+
+    out = adaptive.eot(drawn, samples)(x).numpy()
+    expected = []
+    for i in range(n):
+        v = (i + 1) / 10.0
+        logits = np.array([[10 * v + d, -10 * v, 0.0] for d in range(samples)])
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        expected.append(np.log(probs.mean(axis=0) + 1e-12))
+    np.testing.assert_allclose(out, np.array(expected), rtol=1e-5, atol=1e-5)
+    # the gradient of one example's output reaches its own input only
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        first = adaptive.eot(drawn, samples)(x)[0, 0]
+    grad = tape.gradient(first, x).numpy().ravel()
+    assert grad[0] != 0 and np.all(grad[1:] == 0), grad

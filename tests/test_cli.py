@@ -214,3 +214,32 @@ def test_eval_autoattack_reports_its_cost(runner, cnn_run, tmp_path):
     assert "after" not in rows["autoattack"]  # --no-cascade: AutoAttack's own number on every example
     _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "autoattack",
                                         "--autoattack-version", "fast"]), "version must be standard or rand")
+
+
+@pytest.mark.parametrize("args,match", [
+    (["eval", "RUN", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["eval", "RUN", "--batch-size", "-4"], "--batch-size must be >= 1, got -4"),
+    (["eval", "RUN", "--batch-size", "2.5"], "--batch-size: '2.5' is not an integer"),
+    (["eval", "RUN", "--limit", "0"], "--limit must be >= 1"),
+    (["eval", "RUN", "--nb-iter", "0"], "--nb-iter must be >= 1"),
+    (["eval", "RUN", "--restarts", "0"], "--restarts must be >= 1"),
+    (["eval", "RUN", "--eot-samples", "0"], "--eot-samples must be >= 1"),
+    (["eval", "RUN", "--eps-iter", "0"], "--eps-iter must be > 0"),
+    (["eval", "RUN", "--eps-iter", "nan"], "--eps-iter must be a finite number"),
+    (["eval", "RUN", "--detector-weight", "-1"], "--detector-weight must be >= 0"),
+    (["eval", "RUN", "--seed", "-1"], "--seed must be >= 0"),
+    (["train", "classifier", "--out", "OUT", "--epochs", "0"], "--epochs must be >= 1"),
+    (["train", "classifier", "--out", "OUT", "--learning-rate", "0"], "--learning-rate must be > 0"),
+    (["train", "cowboy", "--out", "OUT", "--target-fpr", "1.5"], "--target-fpr must be > 0 and < 1"),
+    (["tune", "denoising_ae", "--param", "noise_std=0.1:0.5", "--out", "OUT", "--trials", "0"],
+     "--trials must be >= 1"),
+    (["tune", "denoising_ae", "--param", "noise_std=0.1:0.5", "--out", "OUT", "--val-limit", "-5"],
+     "--val-limit must be >= 1"),
+    (["export", "RUN", "--name", "m", "--version", "0", "--out", "OUT"], "--version must be >= 1"),
+    (["predict", "PATH", "--limit", "0"], "--limit must be >= 1"),
+])
+def test_number_options_are_checked_before_any_work(runner, tmp_path, args, match):
+    # RUN, OUT and PATH do not exist: the number is refused first, before any folder is read or written
+    args = [str(tmp_path / a) if a in ("RUN", "OUT", "PATH") else a for a in args]
+    _one_line_error(runner.invoke(cli, args), match)
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""Every registered defense takes a `fit` step under MirroredStrategy on two logical CPUs.
+"""Every registered defense takes a `fit` step under MirroredStrategy on two logical CPUs, and a
+deterministic step there equals the single-device step.
 
 Logical devices must be configured before TensorFlow starts, so the test runs in a fresh process.
 """
@@ -48,6 +49,28 @@ for name in sys.argv[1:]:
     changed = sum(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
     assert changed == len(before), f"{name}: {changed} of {len(before)} weights moved"
     print("OK", name, losses, flush=True)
+
+# One deterministic step (no random start, no noise; SGD, whose step scales with the gradient, unlike
+# Adam's) on one device and under the strategy: the same weights, as each replica's gradient is its
+# share of the global batch's.
+single = tf.distribute.get_strategy()
+for name, fields in (("pgd_at", {"rand_init": False, "nb_iter": 3}), ("denoising_ae", {"noise_std": 0.0})):
+    _, config_class = get_defense(name)
+    models = []
+    for scope in (single, strategy):
+        with scope.scope():
+            model = build_defense(name, config_class(batch_size=16, **fields))
+            model.compile(optimizer=tf.keras.optimizers.SGD(0.01), **({"loss": "mse"} if name == "denoising_ae" else {}))
+        models.append(model)
+    models[1].set_weights(models[0].get_weights())
+    start = [w.numpy() for w in models[0].trainable_weights]
+    for model in models:
+        model.fit(model.make_dataset(x, y, 16), epochs=1, steps_per_epoch=1, verbose=0)
+    one, two = ([w.numpy() for w in m.trainable_weights] for m in models)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(start, one))
+    apart = max(float(np.abs(a - b).max()) for a, b in zip(one, two))
+    assert moved > 1e-6 and apart < 1e-3 * moved, (name, moved, apart)
+    print("SAME", name, moved, apart, flush=True)
 """
 
 
@@ -58,4 +81,6 @@ def test_every_defense_takes_a_fit_step_under_mirrored_strategy_on_two_cpus():
     result = subprocess.run([sys.executable, "-c", SCRIPT, *names], capture_output=True, text=True,
                             timeout=900, env=env)
     done = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK ")]
-    assert result.returncode == 0 and done == names, (done, result.stderr[-3000:])
+    same = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("SAME ")]
+    assert result.returncode == 0 and done == names and same == ["pgd_at", "denoising_ae"], \
+        (done, same, result.stderr[-3000:])

@@ -1,6 +1,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -138,24 +139,45 @@ def _servable_version(path):
     return json.loads((pathlib.Path(path) / "assets" / export.METADATA_ASSET).read_text())
 
 
-def test_overwrite_survives_a_crash_between_renames(defended_dae, tmp_path, monkeypatch):
-    """A kill between two renames of the swap must leave a servable version (the old or the new)."""
+def test_overwrite_swaps_in_one_step_never_remove_then_rename(defended_dae, tmp_path, monkeypatch):
+    """Replacing a version is one atomic exchange of two folders (renameat2): no moment without a servable version.
+
+    A remove-then-rename (os.replace, os.rename, rmtree of the old version first) would leave such a moment.
+    """
     export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 1})
-    real_replace, calls = os.replace, []
+    final = tmp_path / "m" / "1"
+    real_exchange, real_rmtree, exchanged = export._exchange, shutil.rmtree, []
 
-    def replace_then_die(src, dst):
-        calls.append((src, dst))
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed between the renames")
-        return real_replace(src, dst)
+    def window(*args, **kwargs):
+        raise AssertionError(f"a rename during the overwrite: {args}")
 
-    monkeypatch.setattr(os, "replace", replace_then_die)
-    try:
-        export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 2}, overwrite=True)
-    except KeyboardInterrupt:
-        pass
+    def exchange(a, b):
+        exchanged.append(pathlib.Path(b))
+        real_exchange(a, b)
+        assert _servable_version(b)["v"] == 2  # the new version is in place at once
+
+    def rmtree(path, *args, **kwargs):
+        assert _servable_version(final)["v"] == 2, "a version folder was removed before the swap"
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", window)
+    monkeypatch.setattr(os, "rename", window)
+    monkeypatch.setattr(export, "_exchange", exchange)
+    monkeypatch.setattr(export.shutil, "rmtree", rmtree)
+    export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 2}, overwrite=True)
     monkeypatch.undo()
-    assert _servable_version(tmp_path / "m" / "1")["v"] in (1, 2)
+    assert exchanged == [final] and _servable_version(final)["v"] == 2
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
+
+
+def test_overwrite_without_an_atomic_swap_keeps_the_old_version(defended_dae, tmp_path, monkeypatch):
+    export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 1})
+    monkeypatch.setattr(export.ctypes, "CDLL", lambda *args, **kwargs: object())  # a C library without renameat2
+    with pytest.raises(export.ExportError, match="atomically"):
+        export.export_saved_model(defended_dae, tmp_path, "m", 1, SHAPE, metadata={"v": 2}, overwrite=True)
+    monkeypatch.undo()
+    assert _servable_version(tmp_path / "m" / "1")["v"] == 1
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
 
 
 def test_overwrite_crash_while_writing_keeps_the_old_version(defended_dae, tmp_path, monkeypatch):
@@ -220,3 +242,104 @@ def test_evaluation_summary_only_for_the_weights_it_was_made_for(tmp_path):
     assert rows is None and "not made for these weights" in note
     (tmp_path / "report.json").write_text(json.dumps({"rows": report["rows"]}))  # made before digests existed
     assert export.evaluation_summary(tmp_path, runs)[0] is None
+
+
+# Every registered defense, untrained and small (what is checked is the export, not the defense):
+# entry -> (registry name, config fields); a purifier protects the session's cnn.
+EVERY_DEFENSE = {
+    "aaa": ("aaa", {"filters": 8, "classifier": "CNN"}),
+    "cowboy": ("cowboy", {"base_filters": 8, "z_dim": 8, "clean_steps": 3, "clean_restarts": 2, "warm_start": 4,
+                          "cleaning_seed": 0}),
+    "cowboy_clean_only_detected": ("cowboy", {"base_filters": 8, "z_dim": 8, "clean_steps": 3, "clean_restarts": 2,
+                                              "warm_start": 4, "cleaning_seed": 0, "clean_only_detected": True}),
+    "denoising_ae": ("denoising_ae", {"filters": 8}),
+    "fbgan": ("fbgan", {"base_filters": 8}),
+    "gcln": ("gcln", {"filters": 8, "residual_blocks": 1, "detector_filters": 8, "classifier": "CNN"}),
+    "l2l_da": ("l2l_da", {"generator_filters": 8}),
+    "pgd_at": ("pgd_at", {}),
+}
+
+EXPORT_CHECK = """
+import json, sys
+import numpy as np, tensorflow as tf
+folder = sys.argv[1]
+x = tf.constant(np.load(folder + "/x.npy"))
+bad = {"nan": np.where(np.arange(x.shape[0])[:, None, None, None] == 1, np.nan, x.numpy()),
+       "inf": np.where(np.arange(x.shape[0])[:, None, None, None] == 1, np.inf, x.numpy()),
+       "shape": np.zeros((2, 28, 28, 3), np.float32), "empty": np.zeros((0, 28, 28, 1), np.float32)}
+verdicts, outputs = {}, {}
+for name in sys.argv[2:]:
+    model = tf.saved_model.load(f"{folder}/{name}/1")
+    for signature in ("serving_default", "purify"):
+        fn = model.signatures[signature]
+        for key, value in fn(images=x).items():
+            outputs[f"{name}/{signature}/{key}"] = value.numpy()
+        for case, images in bad.items():
+            try:
+                out = fn(images=tf.constant(images.astype(np.float32)))
+                verdicts[f"{name}/{signature}/{case}"] = {k: list(v.shape) for k, v in out.items()}
+            except Exception as e:  # what a client gets back
+                verdicts[f"{name}/{signature}/{case}"] = type(e).__name__ + ": " + " ".join(str(e).split())[-600:]
+np.savez(folder + "/outputs.npz", **outputs)
+open(folder + "/verdicts.json", "w").write(json.dumps(verdicts))
+"""
+
+
+@pytest.fixture(scope="module")
+def every_defense_exported(cnn, cnn_run, fmnist_test, fmnist_train_slice, tmp_path_factory):
+    """Each entry of EVERY_DEFENSE exported; reloaded in one fresh process that serves good and bad inputs."""
+    from tfpurify.defenses.registry import build_defense, is_detector
+
+    folder = tmp_path_factory.mktemp("every_defense")
+    x = fmnist_test[0][:6]
+    np.save(folder / "x.npy", x)
+    expected = {}
+    for entry, (name, fields) in EVERY_DEFENSE.items():
+        fields = {k: ((str(cnn_run),) if name == "aaa" else str(cnn_run)) if v == "CNN" else v
+                  for k, v in fields.items()}
+        model = build_defense(name, fields)
+        if is_detector(model):
+            model.calibrate(fmnist_train_slice[0][:64])
+        if hasattr(model, "purify"):
+            defended = DefendedClassifier(cnn, purifier=model, detector=model if is_detector(model) else None)
+        else:  # the defense is the classifier
+            defended = DefendedClassifier(model)
+        defended(tf.zeros((1, *SHAPE)))
+        export.export_saved_model(defended, folder, entry, 1, SHAPE)
+        expected[entry] = {"serving_default": {k: v.numpy() for k, v in defended.predict_outputs(x).items()},
+                           "purify": {"purified": np.asarray(defended.purify(x))}}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(folder), *EVERY_DEFENSE], check=True, timeout=600,
+                   env=env)
+    return expected, np.load(folder / "outputs.npz"), json.loads((folder / "verdicts.json").read_text())
+
+
+def test_every_defense_is_in_the_export_check():
+    from tfpurify.defenses.registry import REGISTRY
+
+    assert {name for name, _ in EVERY_DEFENSE.values()} == set(REGISTRY)
+
+
+@pytest.mark.parametrize("entry", sorted(EVERY_DEFENSE))
+def test_every_defense_reloads_in_a_fresh_process_with_equal_outputs(every_defense_exported, entry):
+    expected, outputs, _ = every_defense_exported
+    for signature, values in expected[entry].items():
+        for key, value in values.items():
+            served = outputs[f"{entry}/{signature}/{key}"]
+            if value.dtype.kind == "f":
+                np.testing.assert_allclose(served, value, atol=1e-4, err_msg=f"{entry} {signature} {key}")
+            else:
+                np.testing.assert_array_equal(served, value, err_msg=f"{entry} {signature} {key}")
+    if entry.startswith("cowboy") or entry == "gcln":
+        assert {"adversarial_score", "is_adversarial"} <= set(expected[entry]["serving_default"])
+
+
+@pytest.mark.parametrize("entry", sorted(EVERY_DEFENSE))
+@pytest.mark.parametrize("signature", ["serving_default", "purify"])
+def test_every_defense_refuses_bad_inputs_and_serves_an_empty_batch(every_defense_exported, entry, signature):
+    _, _, verdicts = every_defense_exported
+    for case in ("nan", "inf"):
+        assert "images contain NaN or Inf" in str(verdicts[f"{entry}/{signature}/{case}"]), verdicts
+    assert "images must have shape [N, 28, 28, 1]" in str(verdicts[f"{entry}/{signature}/shape"]), verdicts
+    empty = verdicts[f"{entry}/{signature}/empty"]
+    assert isinstance(empty, dict) and all(shape[0] == 0 for shape in empty.values()), empty

@@ -50,9 +50,23 @@ def validate_name(name):
     return name
 
 
-def _checked(images):
-    images = tf.debugging.assert_all_finite(images, "images contain NaN or Inf")
+def _checked(images, input_shape):
+    """The request's images, checked in the graph: their shape and finite values; pixels clipped into [0, 1]."""
+    expected = tf.constant(input_shape, tf.int32)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            tf.shape(images)[1:], expected,
+            message=f"images must have shape [N, {', '.join(str(d) for d in input_shape)}]")]):
+        images = tf.debugging.assert_all_finite(images, "images contain NaN or Inf")
     return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def _any_batch(fn, images):
+    """fn's {name: [N, ...]} outputs, also for an empty batch (N = 0), which oneDNN convolutions refuse
+    with a cryptic error: an empty batch runs one blank image and returns none of its rows."""
+    n = tf.shape(images)[0]
+    blank = tf.zeros(tf.concat([[1], tf.shape(images)[1:]], axis=0), images.dtype)
+    outputs = fn(tf.cond(n > 0, lambda: images, lambda: blank))
+    return {name: value[:n] for name, value in outputs.items()}
 
 
 def export_saved_model(defended, base_dir, name, version, input_shape, metadata=None, overwrite=False):
@@ -152,10 +166,10 @@ def _write(defended, path, input_shape, metadata):
     spec = tf.TensorSpec([None, *input_shape], tf.float32, name="images")
 
     def serve(images):
-        return defended.predict_outputs(_checked(images))
+        return _any_batch(defended.predict_outputs, _checked(images, input_shape))
 
     def purify(images):
-        return {"purified": defended.purify(_checked(images))}
+        return _any_batch(lambda batch: {"purified": defended.purify(batch)}, _checked(images, input_shape))
 
     # Plain functions with `input_signature`: given tf.functions instead, ExportArchive picks each
     # endpoint's "first trace" from the tracing cache, and once a stale cache entry put the

@@ -73,7 +73,7 @@ def start_run(out_dir, config_dict):
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "config.json").is_file() and (out_dir / "backup").exists():
-        if read_config(out_dir) != config_dict:
+        if read_config(out_dir) != json.loads(json.dumps(config_dict)):  # as written: tuples are lists in JSON
             raise RunFolderError(f"{out_dir} holds an unfinished run with a different config; use another --out")
     write_config(out_dir, config_dict)
     return out_dir

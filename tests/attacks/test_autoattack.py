@@ -125,3 +125,19 @@ def test_rand_version_averages_gradients_over_draws(cnn, fmnist_test):
     adversarial = classifiers.accuracy(defended, x_adv, y[:64])
     tf.random.set_seed(1)
     assert adversarial < classifiers.accuracy(defended, x[:64], y[:64]) - 0.2
+
+
+def test_autoattack_finds_what_masked_cross_entropy_hides(cnn, fmnist_test):
+    """Logits scaled by 1e4: cross-entropy saturates and its gradient underflows to zero on confident
+    examples, so APGD-CE stalls; the DLR loss of the later stages is scale-invariant and breaks them."""
+    x, y = fmnist_test[0][:64], fmnist_test[1][:64]
+
+    def saturated(images):
+        return 1e4 * cnn(images)
+
+    small = dict(eps=0.1, nb_iter=10)
+    ce = classifiers.accuracy(saturated, attacks.run_attack("apgd_ce", saturated, x, y, **small), y)
+    aa = classifiers.accuracy(saturated, attacks.run_attack("autoattack", saturated, x, y, n_target_classes=3,
+                                                            n_queries=100, **small), y)
+    plain = classifiers.accuracy(cnn, attacks.run_attack("apgd_ce", cnn, x, y, **small), y)
+    assert aa < ce - 0.3 and aa <= plain + 0.05, (ce, aa, plain)

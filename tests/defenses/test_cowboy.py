@@ -200,3 +200,18 @@ def test_cli_eval_overrides_cleaning_and_rejects_bad_values(trained_run, cnn_run
 def test_runtime_options_do_not_apply_to_other_defenses(dae_run, cnn_run):
     with pytest.raises(InputValidationError, match="--clean-steps does not apply to a denoising_ae run"):
         load_defended(dae_run, cnn_run, {"clean_steps": 3})
+
+
+def test_paper_threshold_rule_flags_below_the_lp_mean_of_d_over_fgsm(trained_run, cnn, fmnist_train_slice):
+    """Paper 3.4: the threshold is the L^p average of D over FGSM examples; flagged when D falls below it."""
+    model, config = load_defense(trained_run)
+    x_val = fmnist_train_slice[0][:500]
+    model.config = dataclasses.replace(config, threshold_rule="paper", threshold_p=2.0)
+    result = model.calibrate(x_val, target_fpr=0.05)
+    x_fgsm = attacks.run_attack("fgsm", cnn, x_val, eps=config.threshold_eps)
+    d = tf.sigmoid(model.discriminator(x_fgsm)).numpy().ravel().astype(np.float64)  # D(x) on FGSM examples
+    expected = -np.log(np.mean(d ** 2) ** 0.5)  # flagged when -log D(x) is above -log of the L^2 mean
+    assert result["rule"] == "paper" and result["threshold"] == pytest.approx(expected, rel=1e-4)
+    assert float(model.threshold.numpy()) == pytest.approx(expected, rel=1e-4)
+    assert result["threshold_fpr"] != pytest.approx(expected, rel=1e-3)  # the other rule gives another threshold
+    assert result["fpr"] == pytest.approx(float(np.mean(model.is_adversarial(x_val).numpy())))

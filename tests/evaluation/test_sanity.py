@@ -1,6 +1,9 @@
+import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfpurify import evaluation
+from tfpurify.evaluation import sanity
 
 
 def test_masked_gradients_trigger_sanity_warnings(cnn, fmnist_test):
@@ -62,3 +65,84 @@ def test_skipped_checks_are_recorded_with_their_reason(cnn, fmnist_test):
     assert reasons[1] == reasons[2] == "no pgd attack in this evaluation"
     assert reasons[3] is None and reasons[4] is None  # these ran
     assert "check 1, 2 skipped: no pgd attack" in reports.to_markdown(no_pgd)
+
+
+def _report_with_pgd(n_examples, pgd_correct, **extra_rows):
+    """A report with a PGD-10 row at eps 0.1 (and other rows), as `evaluate` leaves it before the checks."""
+    report = evaluation.RobustnessReport(n_examples=n_examples, seed=0, clean_accuracy=1.0,
+                                         clean_correct=np.ones(n_examples, bool))
+    params = {"eps_iter": 0.025, "nb_iter": 10, "restarts": 1, "norm": "inf"}
+    report.results.append(evaluation.AttackResult("none", "pgd", 0.1, params, float(np.mean(pgd_correct)), 0.0,
+                                                  np.asarray(pgd_correct, bool)))
+    for name, correct in extra_rows.items():
+        report.results.append(evaluation.AttackResult("none", name, 0.1, {}, float(np.mean(correct)), 0.0,
+                                                      np.asarray(correct, bool)))
+    return report
+
+
+def _fake_attacks(monkeypatch, verdicts):
+    """Replaces the checks' attacks by fixed verdicts: verdicts(name, params) -> [n] bool correct."""
+    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, **params):
+        correct = np.asarray(verdicts(name, params), bool)[:len(x)] & clean_correct
+        return x, np.where(correct, y, (y + 1) % 10), correct, np.zeros(len(x))
+
+    monkeypatch.setattr(sanity, "attack_and_score", fake)
+
+
+def _checks(report, n):
+    x, y = np.zeros((n, 28, 28, 1), np.float32), np.zeros(n, np.int64)
+    sanity.run_sanity_checks(report, "none", None, None, x, y, np.ones(n, bool), 64, 0)
+    return {c["check"]: c for c in report.sanity}
+
+
+def _column(n, robust):
+    return np.arange(n) < robust  # the first `robust` examples correct
+
+
+@pytest.mark.parametrize("pgd_2k_robust,passed,why", [
+    (90, False, "more iterations helped the defense"),   # PGD-20 far above PGD-10: masking or randomness
+    (10, False, "had not converged"),                     # PGD-20 far below PGD-10: PGD-10 overestimates
+    (52, True, None),                                     # within two standard errors
+])
+def test_check_1_fails_in_both_directions(monkeypatch, pgd_2k_robust, passed, why):
+    n = 100
+    def verdicts(name, params):
+        if name == "pgd" and params["eps"] == 0.1:
+            return _column(n, pgd_2k_robust)
+        return np.zeros(n, bool) if name == "pgd" else _column(n, 100)  # eps 0.5 breaks all; FGSM, Square none
+
+    _fake_attacks(monkeypatch, verdicts)
+    report = _report_with_pgd(n, _column(n, 50), fgsm=_column(n, 60))
+    checks = _checks(report, n)
+    assert checks[1]["passed"] is passed and checks[1]["pgd_10"] == 0.5 and checks[1]["pgd_20"] == pgd_2k_robust / n
+    assert (why is None) == (not any("check 1" in w for w in report.warnings))
+    if why:
+        assert any(why in w for w in report.warnings), report.warnings
+    assert checks[2]["passed"] and checks[3]["passed"] and checks[4]["passed"]
+
+
+def test_check_2_fails_when_pgd_is_weaker_than_fgsm(monkeypatch):
+    n = 100
+    _fake_attacks(monkeypatch, lambda name, params: _column(n, 70 if params["eps"] == 0.1 else 0)
+                  if name == "pgd" else _column(n, 100))
+    report = _report_with_pgd(n, _column(n, 70), fgsm=_column(n, 40))
+    checks = _checks(report, n)
+    assert checks[2]["passed"] is False and checks[2]["pgd"] == 0.7 and checks[2]["fgsm"] == 0.4
+    assert any("sanity check 2 failed" in w for w in report.warnings)
+    assert checks[1]["passed"]
+
+
+def test_the_checks_attacks_join_the_worst_case_only_on_their_subset(monkeypatch):
+    """Examples outside the checked subset stay robust unless a reported attack broke them."""
+    full, n = 10, 4
+    # PGD-20 breaks the whole checked subset; Square breaks nothing more
+    _fake_attacks(monkeypatch, lambda name, params: np.zeros(n, bool) if name == "pgd" else np.ones(n, bool))
+    report = _report_with_pgd(full, np.ones(full, bool))
+    _checks(report, n)
+    assert report.worst_case("none", 0.1) == pytest.approx(0.6)  # the 6 examples outside the subset
+    pgd_2k = next(c for tm, eps, name, c in report.check_columns if name.startswith("pgd-20"))
+    np.testing.assert_array_equal(pgd_2k, np.arange(full) >= n)
+    # an attack row that broke an example outside the subset still counts there
+    report = _report_with_pgd(full, np.arange(full) != 7)
+    _checks(report, n)
+    assert report.worst_case("none", 0.1) == pytest.approx(0.5)

@@ -136,6 +136,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
       InputValidationError: bad images or labels, or a detector whose threshold was never set.
       AttackConfigError: unknown attack or threat model, bad attack parameters.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputValidationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     x = validate_images(x)
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
