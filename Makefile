@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= runs/demo
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench mutation clean
 
 $(BIN)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(BIN)/.installed: setup.py
 
 $(BIN)/.installed-bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+$(BIN)/.installed-mutation: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,mutation]"
 	touch $@
 
 # The main job end to end: train a classifier and a defense, evaluate them (gray-box and white-box,
@@ -36,5 +40,12 @@ bench: $(BIN)/.installed-bench
 	$(BIN)/python benchmarks/attack_throughput.py
 	$(BIN)/python benchmarks/autoattack_fmnist.py
 
+# Mutation testing (mutmut) of the modules setup.cfg's [mutmut] section names, with the fast tests it
+# names; what survives, and why each survivor is kept: benchmarks/results/mutation.md.
+mutation: $(BIN)/.installed-mutation
+	rm -rf mutants
+	TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) runs mutants *.egg-info

@@ -28,6 +28,7 @@ setup(
         "dev": ["pytest>=7", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6",
                 "import-linter==2.16"],  # tests/test_architecture.py: the layer contracts of .importlinter
         "bench": ["adversarial-robustness-toolbox>=1.17", "multiprocess"],  # ART's AutoAttack imports multiprocess
+        "mutation": ["mutmut==3.8.1"],  # make mutation
         "svhn": ["tensorflow-datasets>=4.9,<4.10"],
         # `tfpurify eval --corruptions`: albumentations' transforms with fixed CIFAR-10-C severities;
         # OpenCV 4.10 headless, since OpenCV 5 wheels need numpy 2 and TensorFlow 2.15 needs numpy<2

@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from tests.toys import BrightnessDetector, NoisyPurifier, RoundingPurifier
 from tfpurify import adaptive, attacks, classifiers, evaluation
-from tfpurify.defenses import DefendedClassifier
+from tfpurify.defenses import DefendedClassifier, Detector
 from tfpurify.errors import AttackConfigError, InputValidationError
 
 
@@ -238,3 +238,189 @@ def test_eot_keeps_each_example_to_itself():
         first = adaptive.eot(drawn, samples)(x)[0, 0]
     grad = tape.gradient(first, x).numpy().ravel()
     assert grad[0] != 0 and np.all(grad[1:] == 0), grad
+
+
+# ---------------------------------------------------------------- fast tests on toy models (make mutation)
+
+def _toy_classifier():
+    """A fixed linear classifier on 2x2 images: logits = flattened pixels @ W (no training)."""
+    weights = tf.constant(np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0 - 0.5)
+    return lambda x: tf.reshape(x, [-1, 4]) @ weights
+
+
+def _toy_images():
+    return tf.constant(np.array([0.0, 0.4, 0.6, 0.9, 0.3, 0.2, 0.8, 0.7], np.float32).reshape(2, 2, 2, 1))
+
+
+def _gradient(fn, x, column=0):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = tf.reduce_sum(fn(x)[:, column])
+    return tape.gradient(out, x)
+
+
+def test_bpda_is_the_purifier_forward_and_its_surrogate_backward():
+    x, rounding = _toy_images(), RoundingPurifier(levels=2)
+    through = adaptive.bpda(rounding)
+    np.testing.assert_array_equal(through(x), rounding.purify(x))  # forward: the real purifier
+    np.testing.assert_array_equal(_gradient(lambda v: through(v)[:, 0, 0], x), _gradient(lambda v: v[:, 0, 0], x))
+    noisy = NoisyPurifier()
+    tf.random.set_seed(0)
+    first = adaptive.bpda(noisy)(x)
+    tf.random.set_seed(0)
+    np.testing.assert_array_equal(first, noisy.purify(x))  # no surrogate: the purifier itself
+
+
+def test_whitebox_targets_and_their_settings_on_toys():
+    classifier, x = _toy_classifier(), _toy_images()
+    rounding = DefendedClassifier(classifier, purifier=RoundingPurifier(levels=2))
+    target = adaptive.whitebox_target(rounding)
+    np.testing.assert_allclose(target(x), classifier(rounding.purifier.purify(x)), atol=1e-6)
+    assert target.purifier is rounding.purifier and target.settings == {
+        "attacked": "end to end (purifier and classifier)", "bpda": "RoundingPurifier.attack_surrogate",
+        "eot_samples": 1, "detector_weight": 0.0}
+    plain = adaptive.whitebox_target(rounding, use_bpda=False)
+    np.testing.assert_array_equal(plain(x), target(x))  # the same served function (a zero pixel included)
+    assert float(tf.reduce_max(tf.abs(_gradient(plain, x)))) == 0.0  # rounding passes no gradient
+    assert float(tf.reduce_max(tf.abs(_gradient(target, x)))) > 0.0
+    assert plain.settings["bpda"] == (
+        "off: plain gradients of the served pipeline, no surrogate (the papers' protocol; where a non-differentiable "
+        "part carries the decision, the sanity checks should flag masking)")
+    noisy = adaptive.whitebox_target(DefendedClassifier(classifier, purifier=NoisyPurifier()), eot_samples=3,
+                                     detector_weight=2.0)
+    assert noisy.settings == {"attacked": "end to end (purifier and classifier)", "bpda": "off (purifier differentiable)",
+                              "eot_samples": 3, "detector_weight": 0.0}  # no detector: its weight is not used
+    # EOT: log of the mean softmax over draws, so each row's probabilities sum to 1 (raw logits do not)
+    np.testing.assert_allclose(tf.reduce_logsumexp(noisy(x), axis=1), 0.0, atol=1e-5)
+    assert float(tf.reduce_max(tf.abs(tf.reduce_logsumexp(classifier(x), axis=1)))) > 0.1
+    single = adaptive.whitebox_target(DefendedClassifier(classifier, purifier=NoisyPurifier()))  # one draw: no EOT
+    assert single.settings["eot_samples"] == 1
+    assert float(tf.reduce_max(tf.abs(tf.reduce_logsumexp(single(x), axis=1)))) > 0.1
+    bare = adaptive.whitebox_target(DefendedClassifier(classifier), eot_samples=3)
+    assert bare.settings == {"attacked": "classifier", "bpda": "none", "eot_samples": 1, "detector_weight": 0.0}
+    assert not hasattr(bare, "purifier")
+    np.testing.assert_allclose(bare(x), classifier(x))
+
+
+def test_detector_aware_target_on_a_toy():
+    classifier, x = _toy_classifier(), _toy_images()
+    detector = BrightnessDetector()
+    detector.threshold.assign(0.5)
+    defended = DefendedClassifier(classifier, purifier=detector, detector=detector)
+    assert adaptive.whitebox_target(defended).settings["detector_weight"] == 1.0  # aware by default, weight 1
+    target = adaptive.whitebox_target(defended, detector_weight=2.0)
+    assert target.settings["detector_weight"] == 2.0 and target.settings["eot_samples"] == 1
+    out = target(x).numpy()
+    scores = detector.adversarial_score(x).numpy()  # mean pixel: 0.5 and 0.5 -> 0.5, 0.5
+    np.testing.assert_allclose(out[:, :-1], classifier(x), atol=1e-6)
+    np.testing.assert_allclose(out[:, -1], 2.0 * scores, atol=1e-6)
+    labels = tf.constant([1, 2])
+    expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, classifier(x)) - 2.0 * scores
+    np.testing.assert_allclose(target.attack_loss(labels=labels, logits=target(x)), expected, atol=1e-6)
+    np.testing.assert_array_equal(target.logits(target(x)), out[:, :-1])
+    brighter = tf.constant(np.full((2, 2, 2, 1), 0.6, np.float32))
+    np.testing.assert_array_equal(target.flagged(target(x)), scores > 0.5)
+    np.testing.assert_array_equal(target.flagged(target(brighter)), [True, True])
+    never = adaptive.DetectorAwareTarget(classifier, detector.adversarial_score, 1.0)  # no threshold: never flags
+    np.testing.assert_array_equal(never.flagged(never(brighter)), [False, False])
+    for weight in (0.0, -1.0):
+        with pytest.raises(AttackConfigError, match="must be > 0"):
+            adaptive.DetectorAwareTarget(classifier, detector.adversarial_score, weight)
+    ignored = adaptive.whitebox_target(defended, detector_weight=0.0)  # weight 0: the attack ignores it
+    assert ignored.settings["detector_weight"] == 0.0 and not hasattr(ignored, "attack_loss")
+
+
+def test_threat_model_pipelines_on_toys():
+    classifier, surrogate = _toy_classifier(), _toy_classifier()
+    bare = adaptive.threat_model_pipelines(DefendedClassifier(classifier), surrogate)
+    assert sorted(bare) == ["none", "transfer"] and bare["none"][1] is classifier
+    assert bare["none"][0].settings == {"attacked": "classifier"}
+    assert bare["transfer"][0].settings == {"attacked": "surrogate classifier"}
+    defended = DefendedClassifier(classifier, purifier=RoundingPurifier())
+    pipelines = adaptive.threat_model_pipelines(defended, eot_samples=2)
+    assert sorted(pipelines) == ["graybox", "none", "whitebox", "whitebox_no_bpda"]
+    assert pipelines["graybox"][0] is pipelines["none"][0] and pipelines["graybox"][1] is defended
+    assert pipelines["whitebox"][1] is defended and pipelines["whitebox_no_bpda"][1] is defended
+    assert pipelines["whitebox"][0].settings["bpda"] == "RoundingPurifier.attack_surrogate"
+    assert pipelines["whitebox_no_bpda"][0].settings["bpda"].startswith("off: plain gradients")
+    for bad in (0, True, 1.5):
+        with pytest.raises(AttackConfigError, match="eot_samples"):
+            adaptive.threat_model_pipelines(defended, eot_samples=bad)
+    with pytest.raises(AttackConfigError, match="detector_weight"):
+        adaptive.threat_model_pipelines(defended, detector_weight=-0.5)
+
+
+def test_threat_model_pipelines_of_an_adversarially_trained_classifier():
+    import types
+
+    robust, plain, surrogate = _toy_classifier(), _toy_classifier(), _toy_classifier()
+    # what threat_model_pipelines reads of a DefendedClassifier around a RobustClassifier
+    defended = types.SimpleNamespace(robust_classifier=True, classifier=robust, undefended=plain)
+    pipelines = adaptive.threat_model_pipelines(defended, surrogate)
+    assert sorted(pipelines) == ["graybox", "none", "transfer", "whitebox"]
+    assert pipelines["whitebox"] == pipelines["graybox"] and pipelines["whitebox"][1] is defended
+    assert pipelines["whitebox"][0].settings == {
+        "attacked": "the adversarially trained classifier itself (gray-box = white-box: no purifier)"}
+    assert pipelines["none"][1] is plain and pipelines["none"][0].settings == {"attacked": "plain classifier"}
+    assert pipelines["transfer"][1] is defended
+    x = _toy_images()
+    np.testing.assert_allclose(pipelines["whitebox"][0](x), robust(x))
+    np.testing.assert_allclose(pipelines["none"][0](x), plain(x))
+    np.testing.assert_allclose(pipelines["transfer"][0](x), surrogate(x))
+    alone = adaptive.threat_model_pipelines(types.SimpleNamespace(robust_classifier=True, classifier=robust,
+                                                                  undefended=None))
+    assert alone["none"] is None and "transfer" not in alone
+
+
+class _NoisyBrightness(NoisyPurifier, Detector):
+    """A stochastic purifier that is its own detector (score: mean pixel)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._init_detector()
+
+    def adversarial_score(self, x):
+        return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
+
+
+def test_pipelines_hand_their_settings_to_both_white_box_targets():
+    import types
+
+    classifier, x = _toy_classifier(), _toy_images()
+    noisy = _NoisyBrightness()
+    defended = DefendedClassifier(classifier, purifier=noisy, detector=noisy)
+    defaults = adaptive.threat_model_pipelines(defended)
+    for tm in ("whitebox", "whitebox_no_bpda"):
+        assert (defaults[tm][0].settings["eot_samples"], defaults[tm][0].settings["detector_weight"]) == (1, 1.0)
+    chosen = adaptive.threat_model_pipelines(defended, eot_samples=3, detector_weight=2.0)
+    for tm in ("whitebox", "whitebox_no_bpda"):
+        assert (chosen[tm][0].settings["eot_samples"], chosen[tm][0].settings["detector_weight"]) == (3, 2.0)
+    for weight in (0.0, 0.5):  # 0: the attack ignores the detector; any weight >= 0 is allowed
+        assert adaptive.threat_model_pipelines(defended, detector_weight=weight)["whitebox"][0].settings[
+            "detector_weight"] == weight
+    np.testing.assert_allclose(defaults["none"][0](x), classifier(x))
+    without_flag = types.SimpleNamespace(classifier=classifier, purifier=None, detector=None)  # no robust_classifier
+    assert sorted(adaptive.threat_model_pipelines(without_flag)) == ["none"]
+
+
+def test_transfer_pipelines_attack_the_surrogate():
+    import types
+
+    classifier, surrogate, x = _toy_classifier(), lambda images: -_toy_classifier()(images), _toy_images()
+    for defended in (DefendedClassifier(classifier),
+                     types.SimpleNamespace(robust_classifier=True, classifier=classifier, undefended=None)):
+        attacked, scored = adaptive.threat_model_pipelines(defended, surrogate)["transfer"]
+        assert attacked.settings == {"attacked": "surrogate classifier"} and scored is defended
+        np.testing.assert_allclose(attacked(x), surrogate(x))
+
+
+def test_eot_of_a_vanishing_probability_stays_finite_and_the_default_weight_is_one():
+    certain = adaptive.eot(lambda images: tf.tile(tf.constant([[100.0, -100.0]]), [tf.shape(images)[0], 1]), 2)
+    out = certain(tf.zeros((3, 2, 2, 1))).numpy()  # class 1's probability underflows to 0 in every draw
+    np.testing.assert_allclose(out[:, 0], 0.0, atol=1e-6)
+    np.testing.assert_allclose(out[:, 1], np.log(1e-12), rtol=1e-5)
+    classifier, x = _toy_classifier(), _toy_images()
+    scores = tf.reduce_mean(tf.reshape(x, [2, -1]), axis=1)
+    target = adaptive.DetectorAwareTarget(classifier, lambda images: tf.reduce_mean(tf.reshape(images, [2, -1]), axis=1))
+    np.testing.assert_allclose(target(x)[:, -1], scores, atol=1e-6)  # weight 1 unless given
+    assert target.flagged(target(x)).dtype == tf.bool

@@ -29,3 +29,86 @@ def test_plain_accuracy_ignores_clean_errors_and_its_worst_case_is_per_example()
     assert rows["none"]["plain_accuracy"] == rows["none"]["accuracy"] == 0.75  # the clean row
     worst = rows["worst_case"]
     assert worst["accuracy"] == 0.25 and worst["plain_accuracy"] == 0.5  # examples 0 and 3
+
+
+def _golden_report():
+    """A defense's report with every kind of row: two threat models, two eps, a cascaded row, a row
+    without the papers' metric, the sanity checks' columns, a corruption row and numpy values."""
+    c = lambda *bits: np.array(bits, bool)  # noqa: E731
+    report = evaluation.RobustnessReport(
+        n_examples=4, seed=3, clean_accuracy=0.75, clean_correct=c(1, 1, 1, 0), defense="dae", classifier="cnn",
+        dataset="fashion_mnist", threat_models=("none", "whitebox"),
+        clean_by_threat_model={"none": c(1, 1, 0, 0), "whitebox": c(1, 1, 1, 0)},
+        settings={"seed": 3, "detector": {"threshold": np.float32(np.inf)}, "n": np.int64(4), "on": np.bool_(True),
+                  "steps": (np.float32(0.5), 2)},
+        sanity=[{"check": 1, "passed": np.bool_(True)}], warnings=["a warning"],
+        detection=[{"attack": "pgd", "roc_auc": np.float64(0.75)}],
+        corruptions=[{"defense": "dae", "classifier": "cnn", "threat_model": "corruption",
+                      "attack": "gaussian_noise", "eps": None, "params": {"severity": 1}, "accuracy": 0.5}])
+    report.results += [
+        evaluation.AttackResult("none", "pgd", 0.1, {"nb_iter": np.int64(10), "norm": np.inf}, 0.5, 1.23456,
+                                c(1, 0, 1, 0), grad_evals=12.3456, plain_correct=c(1, 0, 0, 1)),
+        evaluation.AttackResult("whitebox", "fgsm", 0.1, {}, 0.5, 0.5, c(1, 1, 0, 0), plain_correct=c(1, 1, 0, 1)),
+        evaluation.AttackResult("whitebox", "pgd", 0.1, {"restarts": 2}, 0.25, 2.0, c(1, 0, 0, 0), grad_evals=40.0,
+                                after=("fgsm",), n_attacked=2, plain_correct=c(1, 0, 0, 1)),
+        evaluation.AttackResult("whitebox", "pgd", 0.2, {}, 0.0, 1.0, c(0, 0, 0, 0)),
+    ]
+    report.check_columns += [("whitebox", 0.1, "square on the first 2", c(0, 1, 1, 1)),
+                             ("none", 0.2, "pgd-20 on the first 2", c(0, 0, 0, 0)),
+                             ("whitebox", 0.2, "square on the first 2", c(1, 1, 1, 1))]
+    return report
+
+
+def test_report_rows_and_json_in_full():
+    """The whole JSON of a report, by hand: every key, every number, in order."""
+    bare, defended = {"defense": "none", "classifier": "cnn"}, {"defense": "dae", "classifier": "cnn"}
+    square = "square on the first 2 (sanity check)"
+    rows = [
+        {**defended, "threat_model": "clean", "attack": "none", "eps": 0, "params": {}, "accuracy": 0.75,
+         "plain_accuracy": 0.75},
+        {**bare, "threat_model": "clean", "attack": "none", "eps": 0, "params": {}, "accuracy": 0.5,
+         "plain_accuracy": 0.5},
+        {**bare, "threat_model": "none", "attack": "pgd", "eps": 0.1, "params": {"nb_iter": 10, "norm": "inf"},
+         "accuracy": 0.5, "plain_accuracy": 0.5, "grad_evals_per_example": 12.35, "seconds": 1.235},
+        {**defended, "threat_model": "whitebox", "attack": "fgsm", "eps": 0.1, "params": {}, "accuracy": 0.5,
+         "plain_accuracy": 0.75, "grad_evals_per_example": None, "seconds": 0.5},
+        {**defended, "threat_model": "whitebox", "attack": "pgd", "eps": 0.1, "params": {"restarts": 2},
+         "accuracy": 0.25, "plain_accuracy": 0.5, "grad_evals_per_example": 40.0, "seconds": 2.0,
+         "after": ["fgsm"], "n_attacked": 2},
+        {**defended, "threat_model": "whitebox", "attack": "pgd", "eps": 0.2, "params": {}, "accuracy": 0.0,
+         "plain_accuracy": None, "grad_evals_per_example": None, "seconds": 1.0},
+        # worst cases: per example over the clean column of the threat model and every column at that eps
+        {**bare, "threat_model": "none", "attack": "worst_case", "eps": 0.1, "params": {"attacks": ["pgd"]},
+         "accuracy": 0.25, "plain_accuracy": 0.5},
+        {**defended, "threat_model": "whitebox", "attack": "worst_case", "eps": 0.1,
+         "params": {"attacks": ["fgsm", "pgd", square]}, "accuracy": 0.0, "plain_accuracy": 0.5},
+        {**defended, "threat_model": "whitebox", "attack": "worst_case", "eps": 0.2,
+         "params": {"attacks": ["pgd", square]}, "accuracy": 0.0, "plain_accuracy": None},
+        {**defended, "threat_model": "corruption", "attack": "gaussian_noise", "eps": None, "params": {"severity": 1},
+         "accuracy": 0.5},
+    ]
+    expected = {"defense": "dae", "classifier": "cnn", "dataset": "fashion_mnist", "n_examples": 4, "seed": 3,
+                "threat_models": ["none", "whitebox"], "clean_accuracy": 0.75,
+                "settings": {"seed": 3, "detector": {"threshold": "inf"}, "n": 4, "on": True, "steps": [0.5, 2]},
+                "rows": rows, "detection": [{"attack": "pgd", "roc_auc": 0.75}],
+                "sanity_checks": [{"check": 1, "passed": True}], "warnings": ["a warning"]}
+    got = _golden_report().to_dict()
+    assert got == expected
+    assert [type(v) for v in got["settings"].values()] == [int, dict, int, bool, list]  # plain JSON types
+
+
+def test_worst_case_queries_by_threat_model_and_eps():
+    report = _golden_report()
+    assert report.worst_case("none", 0.1) == 0.25 and report.plain_worst_case("none", 0.1) == 0.5
+    assert report.worst_case("whitebox", 0.1) == 0.0 and report.plain_worst_case("whitebox", 0.2) is None
+    assert report.worst_case_attacks("none", 0.2) == ["pgd-20 on the first 2 (sanity check)"]
+    assert report.worst_cases() == [("none", 0.1, 0.25), ("whitebox", 0.1, 0.0), ("whitebox", 0.2, 0.0)]
+
+
+def test_a_classifier_report_has_one_clean_row():
+    """With no defense, the `none` threat model is the scored classifier itself: no second, bare clean row."""
+    report = evaluation.RobustnessReport(n_examples=2, seed=0, clean_accuracy=0.5, clean_correct=np.array([1, 0], bool),
+                                         clean_by_threat_model={"none": np.array([1, 0], bool)})
+    assert [r for r in report.rows() if r["threat_model"] == "clean"] == [
+        {"defense": "none", "classifier": "", "threat_model": "clean", "attack": "none", "eps": 0, "params": {},
+         "accuracy": 0.5, "plain_accuracy": 0.5}]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpurify import evaluation
+from tfpurify import evaluation, metrics
 from tfpurify.evaluation import sanity
 
 
@@ -118,6 +118,10 @@ def test_check_1_fails_in_both_directions(monkeypatch, pgd_2k_robust, passed, wh
     assert (why is None) == (not any("check 1" in w for w in report.warnings))
     if why:
         assert any(why in w for w in report.warnings), report.warnings
+    if pgd_2k_robust == 10:
+        assert report.warnings == [
+            "[none] sanity check 1 failed: PGD-20 accuracy 0.100 < PGD-10 0.500 at eps 0.1 (PGD-10 had not converged: "
+            "the numbers above overestimate robustness; the worst case includes PGD-20)"]
     assert checks[2]["passed"] and checks[3]["passed"] and checks[4]["passed"]
 
 
@@ -146,3 +150,150 @@ def test_the_checks_attacks_join_the_worst_case_only_on_their_subset(monkeypatch
     report = _report_with_pgd(full, np.arange(full) != 7)
     _checks(report, n)
     assert report.worst_case("none", 0.1) == pytest.approx(0.5)
+
+
+def test_the_checks_in_full_attacks_called_and_everything_recorded(monkeypatch):
+    """One passing run of checks 1-4, by hand: which attacks run on which examples of which pipeline
+    with which parameters, and every number, column and verdict the report keeps."""
+    full, n = 12, 10
+    attacked, scored = object(), object()  # the checks must hand each attack the pipelines they were given
+    calls = []
+    verdict = {("pgd", 0.1): lambda i: i < 5, ("pgd", 0.5): lambda i: False, ("square", 0.1): lambda i: i != 4}
+
+    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, **params):
+        rows = [int(round(v * 100)) for v in x[:, 0, 0, 0]]  # row i of the subset holds the value i / 100
+        calls.append((name, attacked_fn is attacked, scored_fn is scored, rows, list(clean_correct), list(y),
+                      batch_size, seed, params))
+        correct = np.array([verdict[(name, params["eps"])](i) for i in rows]) & clean_correct
+        return x, np.where(correct, y, (y + 1) % 10), correct, np.zeros(len(x))
+
+    monkeypatch.setattr(sanity, "attack_and_score", fake)
+    report = _report_with_pgd(full, np.arange(full) < 6, fgsm=np.arange(full) < 8)
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None, None, None] / 100, 28, axis=1).repeat(28, axis=2)
+    y = np.arange(n, dtype=np.int64) % 3
+    sanity.run_sanity_checks(report, "none", attacked, scored, x, y, np.ones(n, bool), 64, 5)
+
+    ten, five = list(range(10)), list(range(5))
+    assert calls == [
+        ("pgd", True, True, ten, [True] * 10, list(y), 64, 5,
+         {"eps": 0.1, "eps_iter": 0.025, "nb_iter": 20, "restarts": 1, "norm": np.inf}),  # PGD-2k, as PGD-k ran
+        ("pgd", True, True, ten, [True] * 10, list(y), 64, 5, {"eps": 0.5, "eps_iter": 0.05, "nb_iter": 40}),
+        ("square", True, True, five, [True] * 5, list(y[:5]), 64, 5, {"eps": 0.1, "n_queries": 5000, "p_init": 0.8}),
+    ]
+    tolerance = metrics.binomial_tolerance
+    assert report.sanity == [
+        {"threat_model": "none", "check": 1, "name": "PGD-2k vs PGD-k", "status": "passed", "passed": True,
+         "eps": 0.1, "pgd_10": 0.6, "pgd_20": 0.5, "n": 10, "tolerance": tolerance(0.6, 10)},
+        {"threat_model": "none", "check": 2, "name": "PGD vs FGSM", "status": "passed", "passed": True,
+         "eps": 0.1, "pgd": 0.6, "fgsm": 0.8, "n": 10, "tolerance": tolerance(0.8, 10)},
+        {"threat_model": "none", "check": 3, "name": "PGD at eps 0.5", "status": "passed", "passed": True,
+         "eps": 0.5, "pgd": 0.0, "n": 10, "threshold": 0.05},
+        {"threat_model": "none", "check": 4, "name": "gradient-free vs gradient attacks", "status": "passed",
+         "passed": True, "eps": 0.1, "gradient_attacks": 0.5, "with_gradient_free": 0.4,
+         "broken_by_gradient_free_only": 1, "n": 10, "tolerance": tolerance(0.5, 10),
+         "gradient_free_attack": {"attack": "square", "n_queries": 5000, "p_init": 0.8}},
+    ]
+    assert report.warnings == []
+    columns = [(tm, eps, name, list(column)) for tm, eps, name, column in report.check_columns]
+    assert columns == [("none", 0.1, "pgd-20 on the first 10", [True] * 5 + [False] * 5 + [True] * 2),
+                       ("none", 0.1, "square on the first 10", [True] * 4 + [False] * 6 + [True] * 2)]
+    assert report.worst_case("none", 0.1) == pytest.approx(4 / 12)
+
+
+def test_failed_checks_say_why_in_the_warnings(monkeypatch):
+    n = 100
+    _fake_attacks(monkeypatch, lambda name, params: _column(n, {0.1: 90, 0.5: 30}[params["eps"]]) if name == "pgd"
+                  else _column(n, 10))  # Square breaks everything PGD left
+    report = _report_with_pgd(n, _column(n, 50), fgsm=_column(n, 20))
+    _checks(report, n)
+    assert report.warnings == [
+        "[none] sanity check 1 failed: PGD-20 accuracy 0.900 > PGD-10 0.500 at eps 0.1 (more iterations helped the "
+        "defense: gradients are masked or the defense is random)",
+        "[none] sanity check 2 failed: PGD accuracy 0.500 > FGSM 0.200 at eps 0.1 (an iterative attack should beat "
+        "a single step: gradients may be masked)",
+        "[none] sanity check 3 failed: PGD accuracy 0.300 at eps 0.5 is not ~0 (gradients are masked)",
+        "[none] sanity check 4 failed: square broke 10 of the 20 examples every gradient attack left robust at eps "
+        "0.1 (accuracy 0.200 -> 0.100): a gradient-free attack does clearly better, so gradients are masked; the "
+        "worst case includes square",
+    ]
+    assert [(c["check"], c["status"], c["passed"]) for c in report.sanity] == [
+        (1, "failed", False), (2, "failed", False), (3, "failed", False), (4, "failed", False)]
+
+
+def _logged_fake(monkeypatch, verdict):
+    """Fake attacks that log (name, rows, params) and answer verdict(name, params)(row index) -> correct."""
+    calls = []
+
+    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, **params):
+        rows = [int(round(v * 100)) for v in x[:, 0, 0, 0]]
+        calls.append((name, rows, params))
+        correct = np.array([verdict(name, params)(i) for i in rows], bool) & clean_correct
+        return x, np.where(correct, y, (y + 1) % 10), correct, np.zeros(len(x))
+
+    monkeypatch.setattr(sanity, "attack_and_score", fake)
+    return calls
+
+
+def _indexed(n):
+    return np.repeat(np.arange(n, dtype=np.float32)[:, None, None, None] / 100, 28, axis=1).repeat(28, axis=2)
+
+
+def test_a_cascaded_l2_pgd_row_other_rows_and_the_boundaries(monkeypatch):
+    """PGD-k reruns on its own where its row is cascaded; L2 carries over; rows and check columns of
+    another threat model, eps or a gradient-free attack do not count; check 3 passes at exactly 5 %; an
+    eps no attack left anything robust at runs no Square."""
+    n = 20
+    table = {("pgd", 0.1, 5): 11, ("pgd", 0.1, 10): 10, ("fgsm", 0.1, None): 14, ("pgd", 0.5, 40): 1}
+    calls = _logged_fake(monkeypatch, lambda name, p: (lambda i: i != 3) if name == "square"
+                         else (lambda i: i < table[(name, p["eps"], p.get("nb_iter"))]))
+    report = evaluation.RobustnessReport(n_examples=n, seed=0, clean_accuracy=1.0, clean_correct=np.ones(n, bool))
+    row = lambda tm, name, eps, params, robust, **kw: evaluation.AttackResult(  # noqa: E731
+        tm, name, eps, params, robust / n, 0.0, np.arange(n) < robust, **kw)
+    report.results += [row("none", "square", 0.1, {}, 12),
+                       row("none", "pgd", 0.1, {"eps_iter": 0.5, "nb_iter": 5, "restarts": 1, "norm": 2}, 10,
+                           after=("square",), n_attacked=12),
+                       row("whitebox", "fgsm", 0.1, {}, 0), row("none", "fgsm", 0.3, {}, 0)]
+    report.check_columns.append(("whitebox", 0.1, "pgd-20 on the first 20", np.zeros(n, bool)))  # another model's
+    x, y = _indexed(n), np.zeros(n, np.int64)
+    sanity.run_sanity_checks(report, "none", None, None, x, y, np.ones(n, bool), 64, 0)
+    everything = list(range(n))
+    assert calls == [
+        ("pgd", everything, {"eps": 0.1, "eps_iter": 0.5, "nb_iter": 5, "restarts": 1, "norm": 2}),
+        ("pgd", everything, {"eps": 0.1, "eps_iter": 0.5, "nb_iter": 10, "restarts": 1, "norm": 2}),
+        ("fgsm", everything, {"eps": 0.1, "norm": 2}),
+        ("pgd", everything, {"eps": 0.5, "eps_iter": 0.05, "nb_iter": 40}),
+        ("square", list(range(10)), {"eps": 0.1, "n_queries": 5000, "p_init": 0.8}),
+    ]
+    tolerance, square = metrics.binomial_tolerance, {"attack": "square", "n_queries": 5000, "p_init": 0.8}
+    passed = {"threat_model": "none", "status": "passed", "passed": True}
+    assert report.sanity == [
+        {**passed, "check": 1, "name": "PGD-2k vs PGD-k", "eps": 0.1, "pgd_5": 0.55, "pgd_10": 0.5, "n": n,
+         "tolerance": tolerance(0.55, n)},
+        {**passed, "check": 2, "name": "PGD vs FGSM", "eps": 0.1, "pgd": 0.55, "fgsm": 0.7, "n": n,
+         "tolerance": tolerance(0.7, n)},
+        {**passed, "check": 3, "name": "PGD at eps 0.5", "eps": 0.5, "pgd": 0.05, "n": n, "threshold": 0.05},
+        {**passed, "check": 4, "name": "gradient-free vs gradient attacks", "eps": 0.1, "gradient_attacks": 0.5,
+         "with_gradient_free": 0.45, "broken_by_gradient_free_only": 1, "n": n, "tolerance": tolerance(0.5, n),
+         "gradient_free_attack": square},
+        {**passed, "check": 4, "name": "gradient-free vs gradient attacks", "eps": 0.3, "gradient_attacks": 0.0,
+         "with_gradient_free": 0.0, "broken_by_gradient_free_only": 0, "n": n, "tolerance": tolerance(0.0, n),
+         "gradient_free_attack": square},
+    ]
+
+
+def test_checks_without_pgd_or_gradient_attacks_are_skipped_with_their_reason(monkeypatch):
+    n = 10
+    calls = _logged_fake(monkeypatch, lambda name, p: lambda i: False)
+    report = evaluation.RobustnessReport(n_examples=n, seed=0, clean_accuracy=1.0, clean_correct=np.ones(n, bool))
+    report.results.append(evaluation.AttackResult("none", "square", 0.1, {}, 1.0, 0.0, np.ones(n, bool)))
+    sanity.run_sanity_checks(report, "none", None, None, _indexed(n), np.zeros(n, np.int64), np.ones(n, bool), 64, 0)
+    skipped = {"threat_model": "none", "status": "skipped", "passed": None}
+    assert report.sanity == [
+        {**skipped, "check": 1, "name": "PGD-2k vs PGD-k", "reason": "no pgd attack in this evaluation"},
+        {**skipped, "check": 2, "name": "PGD vs FGSM", "reason": "no pgd attack in this evaluation"},
+        {"threat_model": "none", "check": 3, "name": "PGD at eps 0.5", "status": "passed", "passed": True,
+         "eps": 0.5, "pgd": 0.0, "n": n, "threshold": 0.05},
+        {**skipped, "check": 4, "name": "gradient-free vs gradient attacks",
+         "reason": "no gradient attack with an eps budget in this evaluation"},
+    ]
+    assert [name for name, _, _ in calls] == ["pgd"]

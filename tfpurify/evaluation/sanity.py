@@ -74,7 +74,7 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
         skip_checks(report, tm, "no pgd attack in this evaluation", (1, 2))
     for r in pgd_results:
         base = {k: v for k, v in r.params.items() if k in ("eps_iter", "nb_iter", "restarts", "norm")}
-        base["norm"] = attacks_lib.parse_norm(base.get("norm", "inf"))
+        base["norm"] = attacks_lib.parse_norm(base["norm"])  # a row's params are resolved: norm is there
         k = base["nb_iter"]
         # A cascaded row counts the attacks before it too: the checks need PGD-k on its own.
         pgd_k = r.correct[:n] if not r.after else correct_on_subset("pgd", eps=r.eps, **base)
