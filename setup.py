@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.15.1"],
-        "dev": ["pytest>=7", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6",
+        "dev": ["pytest>=7", "pytest-xdist==3.8.0", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6",
                 "import-linter==2.16"],  # tests/test_architecture.py: the layer contracts of .importlinter
         "bench": ["adversarial-robustness-toolbox>=1.17", "multiprocess"],  # ART's AutoAttack imports multiprocess
         "mutation": ["mutmut==3.8.1"],  # make mutation

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpurify import classifiers, evaluation
+from tfpurify import attacks, classifiers, evaluation
 from tfpurify.errors import AttackConfigError, InputValidationError
 
 
@@ -94,3 +94,263 @@ def test_make_attack_specs_validates_early():
     assert [(s.name, s.eps) for s in specs] == [
         ("fgsm", 0.1), ("fgsm", 0.2), ("pgd", 0.1), ("pgd", 0.2), ("cw_l2", None)]
     assert "nb_iter" not in specs[0].params and specs[2].params["nb_iter"] == 7
+
+
+# ---------------------------------------------------------------- fast tests on toy models (make mutation)
+
+def _linear(threshold):
+    """Class 0 while an image's mean pixel stays below `threshold` (a differentiable toy classifier)."""
+    def logits(images):
+        m = tf.reduce_mean(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1)
+        return tf.stack([threshold - m, m - threshold], axis=1)
+    return logits
+
+
+def _shift_attacks(monkeypatch, calls):
+    """Toy attacks: `half` adds eps / 2 to every pixel (and has an early exit), `up` adds eps."""
+    from tfpurify.attacks.registry import COMMON, AttackDef
+
+    def shift(name, fraction):
+        def fn(model_fn, x, y, p, loss_fn):
+            calls.append((name, [int(round(float(v) * 10)) for v in x[:, 0, 0, 0]], p["eps"], p.get("early_exit")))
+            return x + fraction * p["eps"]
+        return fn
+
+    monkeypatch.setitem(attacks.ATTACKS, "half", AttackDef(shift("half", 0.5), {**COMMON, "early_exit": True},
+                                                           graph=False, cost=lambda p: 1.0))
+    monkeypatch.setitem(attacks.ATTACKS, "up", AttackDef(shift("up", 1.0), dict(COMMON), graph=False,
+                                                         cost=lambda p: 2.0))
+
+
+@pytest.mark.parametrize("cascade", [True, False])
+def test_evaluate_by_hand_on_toy_models(monkeypatch, cascade):
+    """Every row of an evaluation of toy models under four threat models, recomputed by hand."""
+    calls = []
+    _shift_attacks(monkeypatch, calls)
+    n, v = 8, np.arange(8) / 10.0
+    x = np.repeat(v.astype(np.float32)[:, None, None, None], 2, axis=1).repeat(2, axis=2)
+    y = np.zeros(n, np.int64)
+    bare, defended, surrogate = _linear(0.63), _linear(0.47), _linear(0.55)
+    attacked = lambda images: defended(images)  # noqa: E731
+    attacked.settings = {"bpda": "toy"}
+    thresholds = {"none": 0.63, "graybox": 0.47, "whitebox": 0.47, "transfer": 0.47}
+    report = evaluation.evaluate(
+        defended, x, y, evaluation.make_attack_specs(["half", "up"], [0.1, 0.2]),
+        threat_model=["none", "graybox", "whitebox", "transfer"], surrogate_fn=surrogate,
+        pipelines={"none": (bare, bare), "graybox": (bare, defended), "whitebox": (attacked, defended)},
+        batch_size=8, seed=4, sanity_checks=False, defense="toy", classifier="linear", cascade=cascade)
+
+    assert report.clean_accuracy == 5 / 8 and list(report.clean_correct) == list(v < 0.47)
+    expected = {}  # (threat model, attack, eps) -> (row, call)
+    for tm, t in thresholds.items():
+        clean = v < t
+        np.testing.assert_array_equal(report.clean_by_threat_model[tm], clean)
+        early_exit = tm not in ("graybox", "transfer")  # no early exit where the attacked model is not the scored one
+        for eps in (0.1, 0.2):
+            half_plain = v + eps / 2 < t
+            half = clean & half_plain
+            expected[tm, "half", eps] = ((tm, "half", eps, half.mean(), half_plain.mean(), 1.0, (), n),
+                                         ("half", list(range(n)), eps, early_exit))
+            attacked_rows = half if cascade else np.ones(n, bool)  # cascade: only what `half` left robust
+            up_plain = np.where(attacked_rows, v + eps < t, half_plain)
+            up = (half if cascade else clean) & (v + eps < t)
+            expected[tm, "up", eps] = ((tm, "up", eps, up.mean(), up_plain.mean(), 2.0 * attacked_rows.mean(),
+                                        ("half",) if cascade else (), int(attacked_rows.sum())),
+                                       ("up", [int(i) for i in np.flatnonzero(attacked_rows)], eps, None))
+    order = [(tm, name, eps) for tm in thresholds for name in ("half", "up") for eps in (0.1, 0.2)]
+    got = [(r.threat_model, r.attack, r.eps, r.accuracy, r.plain_accuracy, r.grad_evals, r.after, r.n_attacked)
+           for r in report.results]
+    assert got == [expected[key][0] for key in order]
+    assert calls == [expected[key][1] for key in order]
+    for tm, t in thresholds.items():  # the worst case per example over both attacks at an eps
+        for eps in (0.1, 0.2):
+            assert report.worst_case(tm, eps) == np.mean((v < t) & (v + eps / 2 < t) & (v + eps < t))
+    assert report.settings == {
+        "seed": 4, "batch_size": 8, "cascade": cascade,
+        "sanity_checks": {"enabled": False, "n": 8, "gradient_free_attack": {"attack": "square", "n_queries": 5000,
+                                                                             "p_init": 0.8}},
+        "threat_models": {"none": {}, "graybox": {}, "whitebox": {"bpda": "toy"}, "transfer": {}}}
+    assert report.threat_models == ("none", "graybox", "whitebox", "transfer") and report.n_examples == n
+    assert report.defense == "toy" and report.classifier == "linear" and report.seed == 4
+
+
+def _toy_data(n=8):
+    v = np.arange(n) / 10.0  # image i is filled with i / 10
+    return np.repeat(v.astype(np.float32)[:, None, None, None], 2, axis=1).repeat(2, axis=2), np.zeros(n, np.int64)
+
+
+def test_evaluate_detector_rows_samples_and_skipped_attacks_on_toys(monkeypatch):
+    from tests.toys import BrightnessDetector
+    from tfpurify.attacks.registry import COMMON, AttackDef
+
+    calls = []
+    _shift_attacks(monkeypatch, calls)
+    monkeypatch.setitem(attacks.ATTACKS, "onpur", AttackDef(lambda m, x, y, p, l: x, dict(COMMON), graph=False,
+                                                            needs_purifier=True))
+    x, y = _toy_data()
+    bare, defended = _linear(0.63), _linear(0.47)
+    detector = BrightnessDetector()
+    detector.threshold.assign(0.35)  # flags a mean pixel above 0.35
+    attacked = lambda images: defended(images)  # noqa: E731
+    attacked.purifier = detector  # what a white-box target of a purifier carries
+    specs = evaluation.make_attack_specs(["half", "onpur", "up"], [0.1])
+    report = evaluation.evaluate(defended, x, y, specs, threat_model=["none", "graybox", "whitebox"],
+                                 pipelines={"none": (bare, bare), "graybox": (bare, defended),
+                                            "whitebox": (attacked, defended)},
+                                 sanity_checks=False, detector=detector, n_samples=3)
+    assert [(r.threat_model, r.attack) for r in report.results] == [
+        ("none", "half"), ("none", "up"), ("graybox", "half"), ("graybox", "up"),
+        ("whitebox", "half"), ("whitebox", "onpur"), ("whitebox", "up")]  # skipped where it cannot run, not more
+    assert report.warnings == [
+        "onpur skipped under none: it attacks the purifier itself, which only the whitebox threat model of a "
+        "defense run differentiates",
+        "onpur skipped under graybox: it attacks the purifier itself, which only the whitebox threat model of a "
+        "defense run differentiates"]
+    assert report.settings["detector"] == {"threshold": pytest.approx(0.35)}
+    labels = [(d["threat_model"], d["attack"], d["eps"], d.get("after")) for d in report.detection]
+    assert labels == [("graybox", "half", 0.1, None), ("graybox", "up", 0.1, ["half"]),
+                      ("whitebox", "half", 0.1, None), ("whitebox", "onpur", 0.1, ["half"]),
+                      ("whitebox", "up", 0.1, ["half", "onpur"])]
+    assert sorted(report.detector_scores) == sorted(
+        ["clean", "graybox/half 0.1", "graybox/up (after half) 0.1", "whitebox/half 0.1",
+         "whitebox/onpur (after half) 0.1", "whitebox/up (after half, onpur) 0.1"])
+    np.testing.assert_allclose(report.detector_scores["clean"], np.arange(8) / 10.0, atol=1e-6)
+    np.testing.assert_allclose(report.detector_scores["graybox/half 0.1"], np.arange(8) / 10.0 + 0.05, atol=1e-6)
+    half = report.detection[0]  # graybox half at 0.1: scored by the defended toy, flagged above 0.35
+    assert (half["n_clean"], half["n_adversarial"], half["fpr"]) == (5, 0, 0.5)  # none broken; 0.4-0.7 flagged
+    up = report.detection[1]  # `up` at 0.1 breaks example 4 (0.4 + 0.1 is above 0.47), which the detector flags
+    assert (up["n_adversarial"], up["tpr"], up["detected_or_correct"]) == (1, 1.0, 1.0)
+    first = report.results[0]
+    assert first.x_adv_sample.shape == (3, 2, 2, 1) and list(first.pred_sample) == [0, 0, 0]
+    np.testing.assert_allclose(first.x_adv_sample[:, 0, 0, 0], [0.05, 0.15, 0.25], atol=1e-6)
+    assert list(report.y_sample) == [0, 0, 0] and report.x_sample.shape == (3, 2, 2, 1)
+    assert list(report.clean_pred_sample) == [0, 0, 0]
+    cascaded = report.results[1]  # `up` after `half`: the sample keeps `half`'s image where `half` broke it
+    assert list(cascaded.pred_sample) == [0, 0, 0]
+    uncalibrated = BrightnessDetector()
+    with pytest.raises(InputValidationError, match="never calibrated"):
+        evaluation.evaluate(defended, x, y, specs[:1], sanity_checks=False, detector=uncalibrated)
+
+
+def test_evaluate_refuses_what_it_cannot_measure_on_toys(monkeypatch):
+    _shift_attacks(monkeypatch, [])
+    x, y = _toy_data()
+    toy, specs = _linear(0.47), evaluation.make_attack_specs(["half"], [0.1])
+    for bad, match in ((0, "batch_size"), (-4, "batch_size"), (2.5, "batch_size"), (True, "batch_size")):
+        with pytest.raises(InputValidationError, match=match):
+            evaluation.evaluate(toy, x, y, specs, batch_size=bad, sanity_checks=False)
+    with pytest.raises(InputValidationError, match=r"labels must be integers of shape \[8\], got int64 \(7,\)"):
+        evaluation.evaluate(toy, x, y[:7], specs, sanity_checks=False)
+    with pytest.raises(InputValidationError, match="labels must be integers"):
+        evaluation.evaluate(toy, x, y.astype(np.float32), specs, sanity_checks=False)
+    with pytest.raises(InputValidationError, match="no examples"):
+        evaluation.evaluate(toy, x[:0], y[:0], specs, sanity_checks=False)
+    with pytest.raises(AttackConfigError, match="unknown threat model 'grey'"):
+        evaluation.evaluate(toy, x, y, specs, threat_model="grey", sanity_checks=False)
+    with pytest.raises(AttackConfigError, match="needs a surrogate classifier"):
+        evaluation.evaluate(toy, x, y, specs, threat_model="transfer", sanity_checks=False)
+    with pytest.raises(AttackConfigError, match="threat model 'graybox' needs a defense run"):
+        evaluation.evaluate(toy, x, y, specs, threat_model="graybox", sanity_checks=False)
+    with pytest.raises(AttackConfigError, match="needs the plain classifier"):
+        evaluation.evaluate(toy, x, y, specs, pipelines={"none": None}, sanity_checks=False)
+    with pytest.raises(AttackConfigError, match="unknown attack"):
+        evaluation.evaluate(toy, x, y, ["nosuch"], sanity_checks=False)
+
+
+def test_attack_specs_from_names_pairs_and_specs(monkeypatch):
+    _shift_attacks(monkeypatch, [])
+    x, y = _toy_data()
+    report = evaluation.evaluate(_linear(0.47), x, y, ["half", ("up", {"eps": 0.2}), evaluation.AttackSpec("half", {
+        "eps": 0.3})], sanity_checks=False, cascade=False)
+    assert [(r.attack, r.eps) for r in report.results] == [("half", 0.1), ("up", 0.2), ("half", 0.3)]
+    assert evaluation.AttackSpec("up").eps == 0.1 and evaluation.AttackSpec("up", {"eps": 0.3}).eps == 0.3
+    specs = evaluation.make_attack_specs(["half", "cw_l2", "up"], [0.1, 0.2], nb_iter=7, early_exit=None,
+                                         max_iterations=5)
+    assert specs == [evaluation.AttackSpec("half", {"eps": 0.1}), evaluation.AttackSpec("half", {"eps": 0.2}),
+                     evaluation.AttackSpec("cw_l2", {"max_iterations": 5}),  # unbounded: one spec, no eps
+                     evaluation.AttackSpec("up", {"eps": 0.1}), evaluation.AttackSpec("up", {"eps": 0.2})]
+    # parameters an attack does not take are left out
+    assert evaluation.make_attack_specs(["pgd"], [0.1], nb_iter=7) == [evaluation.AttackSpec("pgd", {
+        "nb_iter": 7, "eps": 0.1})]
+    with pytest.raises(AttackConfigError, match="eps"):
+        evaluation.make_attack_specs(["half"], [-0.1])  # checked before any attack runs
+
+
+def test_evaluate_hands_the_checks_and_attacks_what_they_need_on_toys(monkeypatch):
+    from tfpurify.attacks.registry import COMMON, AttackDef
+    from tfpurify.evaluation import run as run_module
+
+    _shift_attacks(monkeypatch, [])
+    monkeypatch.setitem(attacks.ATTACKS, "nocost", AttackDef(lambda m, x, y, p, l: x + p["eps"], dict(COMMON),
+                                                             graph=False))  # counts no evaluations
+    checked, attacked_with, real = [], [], run_module.attack_and_score
+
+    def attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False,
+                         **params):
+        attacked_with.append((name, len(x), batch_size, seed, progress))
+        return real(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress, **params)
+
+    monkeypatch.setattr(run_module, "attack_and_score", attack_and_score)
+    monkeypatch.setattr(run_module, "run_sanity_checks", lambda *args: checked.append(args))
+    x, y = _toy_data()
+    bare, defended = _linear(0.63), _linear(0.47)
+    runs = {"defense": {"path": "runs/toy", "weights_sha256": "abc"}}
+    report = evaluation.evaluate(defended, x, y, evaluation.make_attack_specs(["nocost", "up"], [0.1]),
+                                 threat_model=["none", "graybox", "whitebox", "transfer"], surrogate_fn=bare,
+                                 pipelines={"none": (bare, bare), "graybox": (bare, defended),
+                                            "whitebox": (defended, defended)},
+                                 batch_size=3, seed=9, sanity_n=5, dataset="fashion_mnist", progress=True, runs=runs)
+    assert report.dataset == "fashion_mnist" and report.settings["runs"] == runs
+    assert report.settings["sanity_checks"]["n"] == 5 and report.settings["sanity_checks"]["enabled"] is True
+    # the checks run where the attacker differentiates the scored pipeline, on the first sanity_n examples
+    assert [(args[1], args[2] is pipeline[0], args[3] is pipeline[1], len(args[4]), len(args[5]), list(args[6]),
+             args[7], args[8]) for args, pipeline in zip(checked, [(bare, bare), (defended, defended)])] == [
+        ("none", True, True, 5, 5, list(np.arange(5) / 10 < 0.63), 3, 9),
+        ("whitebox", True, True, 5, 5, list(np.arange(5) / 10 < 0.47), 3, 9)]
+    assert all(args[0] is report for args in checked)
+    np.testing.assert_array_equal(checked[0][4], x[:5])
+    np.testing.assert_array_equal(checked[0][5], y[:5])
+    skipped = [(c["threat_model"], c["check"], c["reason"]) for c in report.sanity]
+    reason = "the checks detect gradient masking, and under {} the attacker does not differentiate the pipeline it " \
+             "is scored on"
+    assert skipped == [(tm, check, reason.format(tm)) for tm in ("graybox", "transfer") for check in (1, 2, 3, 4)]
+    # every attack gets the batch size, the seed and the progress bar; `up` runs on what `nocost` left robust
+    assert [a[0] for a in attacked_with] == ["nocost", "up"] * 4
+    assert all(a[2:] == (3, 9, True) for a in attacked_with)
+    rows = {(r.threat_model, r.attack): r for r in report.results}
+    assert rows["none", "nocost"].grad_evals is None and rows["none", "up"].grad_evals == pytest.approx(
+        2.0 * rows["none", "up"].n_attacked / 8)
+    assert all(0.0 <= r.seconds < 60.0 for r in report.results)
+    assert rows["whitebox", "nocost"].params == {"norm": "inf", "clip_min": 0.0, "clip_max": 1.0, "targeted": False}
+    off = evaluation.evaluate(defended, x, y, evaluation.make_attack_specs(["up", "nocost"], [0.1]),
+                              sanity_checks=False, batch_size=1)
+    assert [(c["threat_model"], c["check"], c["reason"]) for c in off.sanity] == [
+        ("none", check, "sanity checks were turned off (--no-sanity-checks)") for check in (1, 2, 3, 4)]
+    assert off.results[1].after == ("up",) and off.results[1].grad_evals is None  # cascaded, and counts nothing
+    del attacked_with[:]
+    with pytest.raises(AttackConfigError, match="eps must be"):  # every spec is checked before any attack runs
+        evaluation.evaluate(defended, x, y, [("up", {"eps": 0.1}), ("half", {"eps": -1.0})], sanity_checks=False)
+    assert attacked_with == []
+
+
+def test_evaluate_defaults_on_toys(monkeypatch):
+    from tfpurify.evaluation import run as run_module
+
+    _shift_attacks(monkeypatch, [])
+    checked = []
+    monkeypatch.setattr(run_module, "run_sanity_checks", lambda *args: checked.append(args))
+    v = np.arange(12, dtype=np.float32) / 12
+    x, y = np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2), np.zeros(12, np.int64)
+    report = evaluation.evaluate(_linear(0.47), x, y, evaluation.make_attack_specs(["half", "up"], [0.1]))
+    assert report.settings == {"seed": 0, "batch_size": 256, "cascade": True,
+                               "sanity_checks": {"enabled": True, "n": 12, "gradient_free_attack": {
+                                   "attack": "square", "n_queries": 5000, "p_init": 0.8}},
+                               "threat_models": {"none": {}}}
+    assert (report.defense, report.classifier, report.dataset, report.threat_models) == ("none", "", "", ("none",))
+    assert len(report.x_sample) == 10 and len(checked) == 1 and len(checked[0][4]) == 12
+    assert (checked[0][7], checked[0][8]) == (256, 0)
+    assert report.results[1].after == ("half",)
+    v = np.arange(201, dtype=np.float32) / 201  # more examples than the checks take by default (200)
+    x, y = np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2), np.zeros(201, np.int64)
+    report = evaluation.evaluate(_linear(0.47), x, y, evaluation.make_attack_specs(["up"], [0.1]))
+    assert report.settings["sanity_checks"]["n"] == 200 and len(checked[1][4]) == 200
