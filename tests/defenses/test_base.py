@@ -6,7 +6,8 @@ from tests.toys import BrightnessDetector, RoundingPurifier
 from tfpurify import data
 from tfpurify.defenses import REGISTRY, DefendedClassifier, get_defense
 from tfpurify.defenses.denoising_ae import DenoisingAEConfig, DenoisingAutoencoder
-from tfpurify.errors import RunFolderError
+from tfpurify.defenses.base import Purifier, adversarial_scores, apply_gradients
+from tfpurify.errors import InputValidationError, RunFolderError
 
 
 def test_registry_dispatch():
@@ -67,3 +68,164 @@ def test_threshold_is_saved_with_the_weights(tmp_path):
     again(tf.zeros((1, 28, 28, 1)))
     again.load_weights(str(tmp_path / "d.weights.h5"))
     assert float(again.threshold.numpy()) == pytest.approx(0.25)
+
+
+# ---------------------------------------------------------------- fast tests on toys (make mutation)
+
+def _toy_images(n=8):
+    v = np.arange(n, dtype=np.float32) / 10  # image i is filled with i / 10: its brightness score
+    return np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2)
+
+
+def _toy_logits(images, training=False):
+    m = tf.reduce_mean(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1)
+    return tf.stack([0.45 - m, m - 0.45, tf.zeros_like(m)], axis=1)
+
+
+def test_detector_calibration_by_hand():
+    detector = BrightnessDetector()
+    assert not detector.is_calibrated and float(detector.threshold.numpy()) == np.inf
+    threshold = detector.threshold  # saved with the weights, never moved by an optimiser
+    assert not threshold.trainable and threshold.dtype == tf.float32 and threshold.name.startswith("threshold")
+    assert threshold not in detector.trainable_weights
+    np.testing.assert_array_equal(detector.is_adversarial(_toy_images()), [False] * 8)  # +inf flags nothing
+    result = detector.calibrate(_toy_images(), target_fpr=0.25)
+    # scores 0.0 ... 0.7; the 0.75 quantile rounded up to a score that occurs: 0.6; flagged above it: 0.7
+    assert result == {"threshold": pytest.approx(0.6), "target_fpr": 0.25, "fpr": 0.125, "n": 8}
+    assert detector.is_calibrated and float(detector.threshold.numpy()) == pytest.approx(0.6)
+    assert detector.calibration is result
+    np.testing.assert_array_equal(detector.is_adversarial(_toy_images()), [False] * 7 + [True])
+    with_adv = detector.calibrate(_toy_images(), target_fpr=0.25, x_adv=_toy_images() + 0.25)
+    # attacked scores 0.25 ... 0.95: above 0.6 are 0.65 ... 0.95 (4 of 8); ranked against the clean ones
+    assert with_adv["tpr"] == 0.5 and with_adv["roc_auc"] == pytest.approx(49 / 64)  # 3 + 4 + ... + 8 + 8 + 8 pairs
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(InputValidationError, match="target_fpr"):
+            detector.calibrate(_toy_images(), target_fpr=bad)
+    assert detector.calibrate(_toy_images())["target_fpr"] == 0.05  # the default
+
+
+def test_adversarial_scores_in_batches():
+    detector = BrightnessDetector()
+    for batch_size in (3, 8, 256):
+        np.testing.assert_allclose(adversarial_scores(detector, _toy_images(), batch_size=batch_size),
+                                   np.arange(8) / 10, atol=1e-6)
+    np.testing.assert_allclose(adversarial_scores(detector, _toy_images()), np.arange(8) / 10, atol=1e-6)
+
+
+def test_defended_classifier_outputs_on_toys():
+    x = _toy_images()
+    bare = DefendedClassifier(_toy_logits)
+    assert not bare.robust_classifier and bare.purify(x) is x
+    np.testing.assert_allclose(bare(x), _toy_logits(x))
+    assert set(bare.predict_outputs(x)) == {"probabilities", "classes"}
+    detector = BrightnessDetector()
+    detector.threshold.assign(0.35)
+    rounding = RoundingPurifier(levels=2)
+    defended = DefendedClassifier(_toy_logits, purifier=rounding, detector=detector)
+    purified = rounding.purify(x)
+    np.testing.assert_allclose(defended.purify(x), purified)
+    np.testing.assert_allclose(defended(x), _toy_logits(purified))
+    out = defended.predict_outputs(x)
+    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(_toy_logits(purified)), atol=1e-6)
+    np.testing.assert_array_equal(out["classes"], np.argmax(_toy_logits(purified), axis=1))
+    np.testing.assert_allclose(out["adversarial_score"], np.arange(8) / 10, atol=1e-6)  # of the input, not purified
+    np.testing.assert_array_equal(out["is_adversarial"], np.arange(8) / 10 > 0.35)
+    assert defended.undefended is None and "undefended" not in [v.name for v in defended.variables]
+    detector.threshold.assign(0.5)  # image 5's score is exactly 0.5: flagged only above the threshold
+    np.testing.assert_array_equal(defended.predict_outputs(x)["is_adversarial"], np.arange(8) / 10 > 0.5)
+    assert DefendedClassifier(_toy_logits, undefended=_toy_logits).undefended is _toy_logits
+
+
+def test_purifier_defaults_and_trackers():
+    rounding = RoundingPurifier(levels=2)
+    x = tf.constant(_toy_images())
+    purified, surrogate = rounding.purify_and_surrogate(x)
+    np.testing.assert_allclose(purified, rounding.purify(x))
+    np.testing.assert_allclose(surrogate, x)  # its BPDA surrogate: the identity
+    np.testing.assert_allclose(rounding(x), rounding.purify(x))
+    assert not rounding.stochastic and not rounding.has_code
+    with pytest.raises(NotImplementedError, match="RoundingPurifier has no latent code"):
+        rounding.encode(x)
+    pictures = rounding.pictures(_toy_images())
+    assert list(pictures) == ["reconstruction"] and list(pictures["reconstruction"]) == ["input", "purified"]
+    np.testing.assert_allclose(pictures["reconstruction"]["purified"], rounding.purify(x))
+    np.testing.assert_array_equal(pictures["reconstruction"]["input"], _toy_images())
+    plain = Purifier()
+    with pytest.raises(NotImplementedError):
+        plain.purify(x)
+    identity = BrightnessDetector()
+    np.testing.assert_allclose(identity.attack_surrogate(x), x)  # default surrogate: purify itself
+    identity.trackers = {"d_loss": tf.keras.metrics.Mean(name="d_loss")}
+    identity.track({"d_loss": 1.0})
+    assert {k: float(v) for k, v in identity.track({"d_loss": 3.0}).items()} == {"d_loss": 2.0}
+
+
+def test_apply_gradients_dense_and_sparse():
+    dense, table = tf.Variable([1.0, 2.0]), tf.Variable([[1.0], [2.0], [3.0]])
+    optimizer = tf.keras.optimizers.SGD(0.5)
+    with tf.GradientTape(persistent=True) as tape:
+        loss = tf.reduce_sum(3.0 * dense) + tf.reduce_sum(tf.gather(table, [2, 0]))  # a gather: sparse gradient
+    apply_gradients(optimizer, loss, tape, [dense, table])
+    np.testing.assert_allclose(dense.numpy(), [-0.5, 0.5])  # 1 - 0.5 * 3, 2 - 0.5 * 3
+    np.testing.assert_allclose(table.numpy().ravel(), [0.5, 2.0, 2.5])  # rows 0 and 2 moved by 0.5
+
+
+def test_robust_classifier_config_takes_its_architecture(tmp_path):
+    from tfpurify.defenses.base import RobustClassifierConfig
+    from tfpurify.runs import write_config
+
+    assert RobustClassifierConfig().arch == "cnn"
+    assert RobustClassifierConfig(arch="mlp").arch == "mlp"
+    write_config(tmp_path, {"kind": "classifier", "arch": "lenet5", "dataset": "fashion_mnist"})
+    assert RobustClassifierConfig(classifier=str(tmp_path)).arch == "lenet5"  # from the run it starts from
+    write_config(tmp_path, {"kind": "classifier", "dataset": "fashion_mnist"})
+    assert RobustClassifierConfig(classifier=str(tmp_path)).arch == "cnn"
+    with pytest.raises(InputValidationError, match="unknown architecture 'vgg'; choose one of cnn"):
+        RobustClassifierConfig(arch="vgg")
+
+
+def test_make_dataset_feeds_labels_only_where_the_defense_takes_them():
+    rounding = RoundingPurifier()
+    x, y = _toy_images(), np.arange(8) % 3
+    (images,) = [b for b in rounding.make_dataset(x, y, 8)]
+    assert isinstance(images, tf.Tensor) and images.shape == (8, 2, 2, 1)
+    labelled = RoundingPurifier()
+    labelled.labelled = True
+    (pair,) = [b for b in labelled.make_dataset(x, y, 8)]
+    np.testing.assert_array_equal(pair[1], y)
+    batches = [b.numpy() for b in rounding.make_dataset(x, y, 3)]
+    assert [len(b) for b in batches] == [3, 3, 2]
+    np.testing.assert_array_equal(np.concatenate(batches), x)  # in order unless shuffled
+    shuffled = [np.concatenate([b.numpy() for b in rounding.make_dataset(x, y, 8, shuffle=True, seed=s)])
+                for s in (1, 1, 2)]
+    np.testing.assert_array_equal(shuffled[0], shuffled[1])  # the seed fixes the order
+    assert not np.array_equal(shuffled[0], x) and not np.array_equal(shuffled[0], shuffled[2])
+    with pytest.raises(NotImplementedError):
+        rounding.compile_for_training()
+    assert rounding.training_callbacks() == []
+
+
+class _PhasePurifier(Purifier):
+    """Brightens by 0.25 in training only: shows which phase it was called in."""
+
+    def purify(self, x, training=False):
+        return x + (0.25 if training else 0.0)
+
+
+def _phase_logits(images, training=False):
+    return _toy_logits(images) + (100.0 if training else 0.0)
+
+
+def test_inference_is_the_default_phase_and_training_passes_through():
+    """Served outputs come from the inference phase (no dropout, batch statistics frozen) unless asked."""
+    x = tf.constant(_toy_images())
+    purifier = _PhasePurifier()
+    np.testing.assert_allclose(purifier(x), x)
+    np.testing.assert_allclose(purifier(x, training=True), x + 0.25)
+    defended = DefendedClassifier(_phase_logits, purifier=purifier)
+    np.testing.assert_allclose(defended.purify(x), x)
+    np.testing.assert_allclose(defended.purify(x, training=True), x + 0.25)
+    np.testing.assert_allclose(defended(x), _toy_logits(x))
+    np.testing.assert_allclose(defended(x, training=True), _toy_logits(x + 0.25) + 100.0)
+    np.testing.assert_allclose(defended.predict_outputs(x)["probabilities"], tf.nn.softmax(_toy_logits(x)),
+                               atol=1e-6)
