@@ -205,3 +205,10 @@ def test_nothing_in_the_package_unpickles_data():
     for path in package.rglob("*.py"):
         text = path.read_text()
         assert not re.search(r"\bimport pickle\b|pickle\.loads?\(|allow_pickle=True", text), path
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True, "8", None])
+def test_batch_size_must_be_a_positive_integer(bad):
+    with pytest.raises(InputValidationError, match="batch_size must be an integer >= 1"):
+        data.validate_batch_size(bad)
+    assert data.validate_batch_size(np.int64(3)) == 3 and data.validate_batch_size(1) == 1

@@ -30,6 +30,7 @@ __all__ = [
     "train_val_split",
     "load_train_val",
     "to_tf_dataset",
+    "validate_batch_size",
     "validate_images",
 ]
 
@@ -330,6 +331,13 @@ def _check_arrays(info, x, y, source):
     if len(y) and (y.min() < 0 or y.max() >= info.num_classes):
         raise DataFormatError(f"{source}: labels range over [{y.min()}, {y.max()}], "
                               f"expected 0..{info.num_classes - 1}")
+
+
+def validate_batch_size(batch_size):
+    """`batch_size` if it is an integer >= 1, else InputValidationError (booleans are not integers here)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputValidationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
 
 
 def validate_images(x, name="images", input_shape=None):

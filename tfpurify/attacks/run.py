@@ -13,7 +13,7 @@ import tqdm
 
 from tfpurify.attacks.loop import Target
 from tfpurify.attacks.registry import ATTACKS, resolve_params
-from tfpurify.data import validate_images
+from tfpurify.data import validate_batch_size, validate_images
 from tfpurify.errors import AttackConfigError
 
 __all__ = ["run_attack"]
@@ -108,8 +108,7 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
       with `return_cost`, the pair (x_adv, cost [N]).
     """
     p = resolve_params(name, **params)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise AttackConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    validate_batch_size(batch_size)
     x = validate_images(x)
     if y is not None:
         y = np.asarray(y, dtype=np.int64).reshape(-1)

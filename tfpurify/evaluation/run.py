@@ -16,7 +16,7 @@ import numpy as np
 
 from tfpurify import attacks as attacks_lib
 from tfpurify.classifiers import predict_logits
-from tfpurify.data import validate_images
+from tfpurify.data import validate_batch_size, validate_images
 from tfpurify.defenses.base import adversarial_scores
 from tfpurify.errors import AttackConfigError, InputValidationError
 from tfpurify.evaluation.report import AttackResult, RobustnessReport, jsonable
@@ -136,8 +136,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
       InputValidationError: bad images or labels, or a detector whose threshold was never set.
       AttackConfigError: unknown attack or threat model, bad attack parameters.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputValidationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    validate_batch_size(batch_size)
     x = validate_images(x)
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
