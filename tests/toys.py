@@ -1,5 +1,6 @@
 """Tiny purifiers and detectors with known behaviour, for testing the defense plumbing."""
 
+import numpy as np
 import tensorflow as tf
 
 from tfpurify.defenses.base import Detector, Purifier
@@ -40,3 +41,19 @@ class BrightnessDetector(Purifier, Detector):
 
     def adversarial_score(self, x):
         return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
+
+
+def brightness_images(n=8):
+    """n 2x2 grey images, image i filled with i / 10: its mean pixel (the toys' score) is i / 10."""
+    v = np.arange(n, dtype=np.float32) / 10
+    return np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2)
+
+
+def threshold_classifier(threshold):
+    """Logits of class 0 while an image's mean pixel stays below `threshold`, else class 1 (differentiable)."""
+
+    def logits(images, training=False):
+        m = tf.reduce_mean(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1)
+        return tf.stack([threshold - m, m - threshold], axis=1)
+
+    return logits

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.toys import BrightnessDetector, RoundingPurifier
+from tests.toys import BrightnessDetector, RoundingPurifier, brightness_images, threshold_classifier
 from tfpurify import data
 from tfpurify.defenses import REGISTRY, DefendedClassifier, get_defense
 from tfpurify.defenses.denoising_ae import DenoisingAEConfig, DenoisingAutoencoder
@@ -72,14 +72,7 @@ def test_threshold_is_saved_with_the_weights(tmp_path):
 
 # ---------------------------------------------------------------- fast tests on toys (make mutation)
 
-def _toy_images(n=8):
-    v = np.arange(n, dtype=np.float32) / 10  # image i is filled with i / 10: its brightness score
-    return np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2)
-
-
-def _toy_logits(images, training=False):
-    m = tf.reduce_mean(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1)
-    return tf.stack([0.45 - m, m - 0.45, tf.zeros_like(m)], axis=1)
+_toy_logits = threshold_classifier(0.45)
 
 
 def test_detector_calibration_by_hand():
@@ -88,32 +81,32 @@ def test_detector_calibration_by_hand():
     threshold = detector.threshold  # saved with the weights, never moved by an optimiser
     assert not threshold.trainable and threshold.dtype == tf.float32 and threshold.name.startswith("threshold")
     assert threshold not in detector.trainable_weights
-    np.testing.assert_array_equal(detector.is_adversarial(_toy_images()), [False] * 8)  # +inf flags nothing
-    result = detector.calibrate(_toy_images(), target_fpr=0.25)
+    np.testing.assert_array_equal(detector.is_adversarial(brightness_images()), [False] * 8)  # +inf flags nothing
+    result = detector.calibrate(brightness_images(), target_fpr=0.25)
     # scores 0.0 ... 0.7; the 0.75 quantile rounded up to a score that occurs: 0.6; flagged above it: 0.7
     assert result == {"threshold": pytest.approx(0.6), "target_fpr": 0.25, "fpr": 0.125, "n": 8}
     assert detector.is_calibrated and float(detector.threshold.numpy()) == pytest.approx(0.6)
     assert detector.calibration is result
-    np.testing.assert_array_equal(detector.is_adversarial(_toy_images()), [False] * 7 + [True])
-    with_adv = detector.calibrate(_toy_images(), target_fpr=0.25, x_adv=_toy_images() + 0.25)
+    np.testing.assert_array_equal(detector.is_adversarial(brightness_images()), [False] * 7 + [True])
+    with_adv = detector.calibrate(brightness_images(), target_fpr=0.25, x_adv=brightness_images() + 0.25)
     # attacked scores 0.25 ... 0.95: above 0.6 are 0.65 ... 0.95 (4 of 8); ranked against the clean ones
     assert with_adv["tpr"] == 0.5 and with_adv["roc_auc"] == pytest.approx(49 / 64)  # 3 + 4 + ... + 8 + 8 + 8 pairs
     for bad in (0.0, 1.0, -0.1, 1.5):
         with pytest.raises(InputValidationError, match="target_fpr"):
-            detector.calibrate(_toy_images(), target_fpr=bad)
-    assert detector.calibrate(_toy_images())["target_fpr"] == 0.05  # the default
+            detector.calibrate(brightness_images(), target_fpr=bad)
+    assert detector.calibrate(brightness_images())["target_fpr"] == 0.05  # the default
 
 
 def test_adversarial_scores_in_batches():
     detector = BrightnessDetector()
     for batch_size in (3, 8, 256):
-        np.testing.assert_allclose(adversarial_scores(detector, _toy_images(), batch_size=batch_size),
+        np.testing.assert_allclose(adversarial_scores(detector, brightness_images(), batch_size=batch_size),
                                    np.arange(8) / 10, atol=1e-6)
-    np.testing.assert_allclose(adversarial_scores(detector, _toy_images()), np.arange(8) / 10, atol=1e-6)
+    np.testing.assert_allclose(adversarial_scores(detector, brightness_images()), np.arange(8) / 10, atol=1e-6)
 
 
 def test_defended_classifier_outputs_on_toys():
-    x = _toy_images()
+    x = brightness_images()
     bare = DefendedClassifier(_toy_logits)
     assert not bare.robust_classifier and bare.purify(x) is x
     np.testing.assert_allclose(bare(x), _toy_logits(x))
@@ -138,7 +131,7 @@ def test_defended_classifier_outputs_on_toys():
 
 def test_purifier_defaults_and_trackers():
     rounding = RoundingPurifier(levels=2)
-    x = tf.constant(_toy_images())
+    x = tf.constant(brightness_images())
     purified, surrogate = rounding.purify_and_surrogate(x)
     np.testing.assert_allclose(purified, rounding.purify(x))
     np.testing.assert_allclose(surrogate, x)  # its BPDA surrogate: the identity
@@ -146,10 +139,10 @@ def test_purifier_defaults_and_trackers():
     assert not rounding.stochastic and not rounding.has_code
     with pytest.raises(NotImplementedError, match="RoundingPurifier has no latent code"):
         rounding.encode(x)
-    pictures = rounding.pictures(_toy_images())
+    pictures = rounding.pictures(brightness_images())
     assert list(pictures) == ["reconstruction"] and list(pictures["reconstruction"]) == ["input", "purified"]
     np.testing.assert_allclose(pictures["reconstruction"]["purified"], rounding.purify(x))
-    np.testing.assert_array_equal(pictures["reconstruction"]["input"], _toy_images())
+    np.testing.assert_array_equal(pictures["reconstruction"]["input"], brightness_images())
     plain = Purifier()
     with pytest.raises(NotImplementedError):
         plain.purify(x)
@@ -186,7 +179,7 @@ def test_robust_classifier_config_takes_its_architecture(tmp_path):
 
 def test_make_dataset_feeds_labels_only_where_the_defense_takes_them():
     rounding = RoundingPurifier()
-    x, y = _toy_images(), np.arange(8) % 3
+    x, y = brightness_images(), np.arange(8) % 3
     (images,) = [b for b in rounding.make_dataset(x, y, 8)]
     assert isinstance(images, tf.Tensor) and images.shape == (8, 2, 2, 1)
     labelled = RoundingPurifier()
@@ -218,7 +211,7 @@ def _phase_logits(images, training=False):
 
 def test_inference_is_the_default_phase_and_training_passes_through():
     """Served outputs come from the inference phase (no dropout, batch statistics frozen) unless asked."""
-    x = tf.constant(_toy_images())
+    x = tf.constant(brightness_images())
     purifier = _PhasePurifier()
     np.testing.assert_allclose(purifier(x), x)
     np.testing.assert_allclose(purifier(x, training=True), x + 0.25)

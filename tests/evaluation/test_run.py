@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.toys import brightness_images, threshold_classifier
 from tfpurify import attacks, classifiers, evaluation
 from tfpurify.errors import AttackConfigError, InputValidationError
 
@@ -98,14 +99,6 @@ def test_make_attack_specs_validates_early():
 
 # ---------------------------------------------------------------- fast tests on toy models (make mutation)
 
-def _linear(threshold):
-    """Class 0 while an image's mean pixel stays below `threshold` (a differentiable toy classifier)."""
-    def logits(images):
-        m = tf.reduce_mean(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1)
-        return tf.stack([threshold - m, m - threshold], axis=1)
-    return logits
-
-
 def _shift_attacks(monkeypatch, calls):
     """Toy attacks: `half` adds eps / 2 to every pixel (and has an early exit), `up` adds eps."""
     from tfpurify.attacks.registry import COMMON, AttackDef
@@ -128,9 +121,9 @@ def test_evaluate_by_hand_on_toy_models(monkeypatch, cascade):
     calls = []
     _shift_attacks(monkeypatch, calls)
     n, v = 8, np.arange(8) / 10.0
-    x = np.repeat(v.astype(np.float32)[:, None, None, None], 2, axis=1).repeat(2, axis=2)
+    x = brightness_images(n)
     y = np.zeros(n, np.int64)
-    bare, defended, surrogate = _linear(0.63), _linear(0.47), _linear(0.55)
+    bare, defended, surrogate = threshold_classifier(0.63), threshold_classifier(0.47), threshold_classifier(0.55)
     attacked = lambda images: defended(images)  # noqa: E731
     attacked.settings = {"bpda": "toy"}
     thresholds = {"none": 0.63, "graybox": 0.47, "whitebox": 0.47, "transfer": 0.47}
@@ -175,8 +168,7 @@ def test_evaluate_by_hand_on_toy_models(monkeypatch, cascade):
 
 
 def _toy_data(n=8):
-    v = np.arange(n) / 10.0  # image i is filled with i / 10
-    return np.repeat(v.astype(np.float32)[:, None, None, None], 2, axis=1).repeat(2, axis=2), np.zeros(n, np.int64)
+    return brightness_images(n), np.zeros(n, np.int64)
 
 
 def test_evaluate_detector_rows_samples_and_skipped_attacks_on_toys(monkeypatch):
@@ -188,7 +180,7 @@ def test_evaluate_detector_rows_samples_and_skipped_attacks_on_toys(monkeypatch)
     monkeypatch.setitem(attacks.ATTACKS, "onpur", AttackDef(lambda m, x, y, p, l: x, dict(COMMON), graph=False,
                                                             needs_purifier=True))
     x, y = _toy_data()
-    bare, defended = _linear(0.63), _linear(0.47)
+    bare, defended = threshold_classifier(0.63), threshold_classifier(0.47)
     detector = BrightnessDetector()
     detector.threshold.assign(0.35)  # flags a mean pixel above 0.35
     attacked = lambda images: defended(images)  # noqa: E731
@@ -235,7 +227,7 @@ def test_evaluate_detector_rows_samples_and_skipped_attacks_on_toys(monkeypatch)
 def test_evaluate_refuses_what_it_cannot_measure_on_toys(monkeypatch):
     _shift_attacks(monkeypatch, [])
     x, y = _toy_data()
-    toy, specs = _linear(0.47), evaluation.make_attack_specs(["half"], [0.1])
+    toy, specs = threshold_classifier(0.47), evaluation.make_attack_specs(["half"], [0.1])
     for bad, match in ((0, "batch_size"), (-4, "batch_size"), (2.5, "batch_size"), (True, "batch_size")):
         with pytest.raises(InputValidationError, match=match):
             evaluation.evaluate(toy, x, y, specs, batch_size=bad, sanity_checks=False)
@@ -260,7 +252,7 @@ def test_evaluate_refuses_what_it_cannot_measure_on_toys(monkeypatch):
 def test_attack_specs_from_names_pairs_and_specs(monkeypatch):
     _shift_attacks(monkeypatch, [])
     x, y = _toy_data()
-    report = evaluation.evaluate(_linear(0.47), x, y, ["half", ("up", {"eps": 0.2}), evaluation.AttackSpec("half", {
+    report = evaluation.evaluate(threshold_classifier(0.47), x, y, ["half", ("up", {"eps": 0.2}), evaluation.AttackSpec("half", {
         "eps": 0.3})], sanity_checks=False, cascade=False)
     assert [(r.attack, r.eps) for r in report.results] == [("half", 0.1), ("up", 0.2), ("half", 0.3)]
     assert evaluation.AttackSpec("up").eps == 0.1 and evaluation.AttackSpec("up", {"eps": 0.3}).eps == 0.3
@@ -293,7 +285,7 @@ def test_evaluate_hands_the_checks_and_attacks_what_they_need_on_toys(monkeypatc
     monkeypatch.setattr(run_module, "attack_and_score", attack_and_score)
     monkeypatch.setattr(run_module, "run_sanity_checks", lambda *args: checked.append(args))
     x, y = _toy_data()
-    bare, defended = _linear(0.63), _linear(0.47)
+    bare, defended = threshold_classifier(0.63), threshold_classifier(0.47)
     runs = {"defense": {"path": "runs/toy", "weights_sha256": "abc"}}
     report = evaluation.evaluate(defended, x, y, evaluation.make_attack_specs(["nocost", "up"], [0.1]),
                                  threat_model=["none", "graybox", "whitebox", "transfer"], surrogate_fn=bare,
@@ -341,7 +333,7 @@ def test_evaluate_defaults_on_toys(monkeypatch):
     monkeypatch.setattr(run_module, "run_sanity_checks", lambda *args: checked.append(args))
     v = np.arange(12, dtype=np.float32) / 12
     x, y = np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2), np.zeros(12, np.int64)
-    report = evaluation.evaluate(_linear(0.47), x, y, evaluation.make_attack_specs(["half", "up"], [0.1]))
+    report = evaluation.evaluate(threshold_classifier(0.47), x, y, evaluation.make_attack_specs(["half", "up"], [0.1]))
     assert report.settings == {"seed": 0, "batch_size": 256, "cascade": True,
                                "sanity_checks": {"enabled": True, "n": 12, "gradient_free_attack": {
                                    "attack": "square", "n_queries": 5000, "p_init": 0.8}},
@@ -352,5 +344,5 @@ def test_evaluate_defaults_on_toys(monkeypatch):
     assert report.results[1].after == ("half",)
     v = np.arange(201, dtype=np.float32) / 201  # more examples than the checks take by default (200)
     x, y = np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2), np.zeros(201, np.int64)
-    report = evaluation.evaluate(_linear(0.47), x, y, evaluation.make_attack_specs(["up"], [0.1]))
+    report = evaluation.evaluate(threshold_classifier(0.47), x, y, evaluation.make_attack_specs(["up"], [0.1]))
     assert report.settings["sanity_checks"]["n"] == 200 and len(checked[1][4]) == 200
