@@ -162,8 +162,8 @@ def _exchange(a, b):
                       "instead (TF Serving serves the highest)")
 
 
-def _write(defended, path, input_shape, metadata):
-    spec = tf.TensorSpec([None, *input_shape], tf.float32, name="images")
+def _endpoints(defended, input_shape):
+    """{signature name: images -> {output name: tensor}}: what the export serves."""
 
     def serve(images):
         return _any_batch(defended.predict_outputs, _checked(images, input_shape))
@@ -171,13 +171,18 @@ def _write(defended, path, input_shape, metadata):
     def purify(images):
         return _any_batch(lambda batch: {"purified": defended.purify(batch)}, _checked(images, input_shape))
 
+    return {"serving_default": serve, "purify": purify}
+
+
+def _write(defended, path, input_shape, metadata):
+    spec = tf.TensorSpec([None, *input_shape], tf.float32, name="images")
     # Plain functions with `input_signature`: given tf.functions instead, ExportArchive picks each
     # endpoint's "first trace" from the tracing cache, and once a stale cache entry put the
     # serving function under the `purify` signature.
     archive = tf.keras.export.ExportArchive()
     archive.track(defended)
-    archive.add_endpoint("serving_default", serve, input_signature=[spec])
-    archive.add_endpoint("purify", purify, input_signature=[spec])
+    for name, fn in _endpoints(defended, input_shape).items():
+        archive.add_endpoint(name, fn, input_signature=[spec])
     interactive = tf.keras.utils.is_interactive_logging_enabled()
     tf.keras.utils.disable_interactive_logging()  # write_out prints every signature otherwise
     try:

@@ -30,7 +30,8 @@ def weight_norm(layer):
 class ConditionalBatchNorm(tf.keras.layers.Layer):
     """Class-conditional batch normalization (de Vries et al. 2017; Dumoulin et al. 2017).
 
-    Normalizes with the batch statistics (moving averages at inference) like `BatchNormalization`,
+    Normalizes with the batch statistics (moving averages at inference) like `BatchNormalization`
+    (of the global batch under `tf.distribute`: synchronized over replicas),
     then scales and shifts with a gamma and beta *per class*: out = gamma[y] * x_hat + beta[y], so
     the label steers every layer it sits in. Call it as `layer([x, y])` with integer labels y [N].
     gamma starts at 1 and beta at 0: before training it is plain batch norm.
@@ -39,7 +40,8 @@ class ConditionalBatchNorm(tf.keras.layers.Layer):
     def __init__(self, num_classes, momentum=0.99, epsilon=1e-3, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
-        self.norm = tf.keras.layers.BatchNormalization(center=False, scale=False, momentum=momentum, epsilon=epsilon)
+        self.norm = tf.keras.layers.BatchNormalization(center=False, scale=False, momentum=momentum, epsilon=epsilon,
+                                                       synchronized=True)
 
     def build(self, input_shape):
         channels = input_shape[0][-1]

@@ -113,7 +113,8 @@ class AttackGenerator(keras.Model):
         self.out = layers.Conv2D(channels, 3, padding="same", activation="tanh")
 
     def _norm(self, num_classes):
-        return ConditionalBatchNorm(num_classes) if self.use_label else layers.BatchNormalization()
+        # statistics of the global batch under tf.distribute: the attacker does not change with the device count
+        return ConditionalBatchNorm(num_classes) if self.use_label else layers.BatchNormalization(synchronized=True)
 
     def _normalize(self, i, h, y, training):
         norm = self.norms[i]
