@@ -13,6 +13,11 @@ from tfpurify import classifiers, data, registry  # noqa: E402
 
 registry.load()  # the tests are the top: built-in defenses and attacks, and any installed plug-in
 
+if os.environ.get("TFPURIFY_TEST_EAGER") == "1":
+    # `make mutation`: mutmut runs each mutant in a fork of a warm process, where TensorFlow's thread
+    # pools are gone and any graph function would wait forever; tf.functions run eagerly instead
+    tf.config.run_functions_eagerly(True)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

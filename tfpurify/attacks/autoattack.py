@@ -10,9 +10,10 @@
   move.
 - `square`: the Square Attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient
   black-box adversarial attack via random search", ECCV), L-inf, margin loss, p_init 0.8 and the
-  official schedule of the square size rescaled to the query budget (5000 by default).
+  official schedule of the square size, rescaled to the query budget (5000 by default) as the
+  official SquareAttack does by default (`rescale_schedule`).
 - `autoattack` / `AutoAttack`: the standard sequence APGD-CE -> APGD-T (9 targets) -> Square
-  (5000 queries), each run only on the examples still robust after the previous ones, keeping per
+  (5000 queries, the schedule not rescaled, as the original's AutoAttack builds it), each run only on the examples still robust after the previous ones, keeping per
   example the first successful adversarial example, each stage traced on its own and skipped when
   nothing is left robust; `version="rand"` runs APGD-CE and APGD-DLR with EOT over
   20 draws instead, for stochastic defenses.
@@ -215,16 +216,27 @@ def runner_up_classes(logits, k=9):
 
 # --------------------------------------------------------------------------- Square
 
-def _square_p(i, n_queries, p_init):
-    """Fraction of pixels changed at query i (official schedule, rescaled to 10000 queries)."""
-    it = tf.cast(tf.cast(i, tf.float32) / n_queries * 10000.0, tf.int32)
+def _square_p(i, n_queries, p_init, rescale_schedule=True):
+    """Fraction of pixels changed at query i: the official `p_selection`, p_init halved after 10, 50, 200,
+    500, 1000, 2000, 4000, 6000 and 8000 iterations, counted on a scale of 10000 queries where
+    `rescale_schedule` (the official SquareAttack's default), as they come where not (AutoAttack's)."""
+    it = tf.cast(i, tf.int32)
+    if rescale_schedule:
+        it = tf.cast(tf.cast(i, tf.float32) / n_queries * 10000.0, tf.int32)
     bounds = tf.constant([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
     halvings = tf.reduce_sum(tf.cast(it > bounds, tf.int32))
     return p_init / tf.pow(2.0, tf.cast(halvings, tf.float32))
 
 
-def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None):
+def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale_schedule=True):
     """Square Attack, L-inf, margin loss: random search over square-shaped updates (no gradients).
+
+    As the official `square.py` (L-inf): vertical stripes of +-eps as the start, one square of side
+    round(sqrt(p * pixels)) per query moved to +-eps around x with one sign per channel, kept where the
+    loss falls or the example is fooled, p from `_square_p`. An example is fooled when the argmax of
+    its logits is not its label (and a detector-aware target does not flag it): a tie with the true
+    class, which the official margin counts as success, is not one where the argmax still says the
+    true class.
 
     Returns:
       (x_adv, fooled [N] bool, queries [N] float)
@@ -239,8 +251,9 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None):
         logits, penalty, flagged = target.parts(images)
         z_y = tf.gather(logits, labels, batch_dims=1)
         other = tf.reduce_max(logits - 1e9 * tf.one_hot(labels, tf.shape(logits)[1]), axis=1)
-        margin = z_y - other  # <= 0: misclassified
-        margin = tf.where(flagged, tf.maximum(margin, 1e-6), margin)  # flagged is not success
+        margin = z_y - other
+        right = tf.equal(tf.argmax(logits, axis=1), labels)  # a tie won by the true class is no success
+        margin = tf.where(tf.logical_or(right, flagged), tf.maximum(margin, 1e-6), margin)  # <= 0: fooled
         return margin, margin + penalty
 
     signs = tf.sign(tf.random.uniform([tf.shape(x)[0], 1, w, c], -1.0, 1.0))
@@ -255,7 +268,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None):
 
     def body(i, x_best, margin, loss, queries):
         act = margin > 0.0
-        p = _square_p(i, n_queries, p_init)
+        p = _square_p(i, n_queries, p_init, rescale_schedule)
         s = tf.cast(tf.round(tf.sqrt(p * n_features / c)), tf.int32)
         s = tf.clip_by_value(s, 1, min(h, w) - 1)
         vh = tf.random.uniform([], 0, h - s, dtype=tf.int32)
@@ -323,8 +336,9 @@ class AutoAttack:
         if version == "standard":
             stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act),
                       lambda x, y, act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, act)]
-            if norm == np.inf:
-                stages.append(lambda x, y, act: square(model_fn, x, y, eps, n_queries, active=act))
+            if norm == np.inf:  # as the original's AutoAttack builds it: resc_schedule=False
+                stages.append(lambda x, y, act: square(model_fn, x, y, eps, n_queries, active=act,
+                                                       rescale_schedule=False))
         elif version == "rand":
             stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, eot_iter=eot_iter),
                       lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "dlr", active=act, eot_iter=eot_iter)]
@@ -378,7 +392,8 @@ def _apgd_t(model_fn, x, y, p, loss_fn):
 
 
 def _square(model_fn, x, y, p, loss_fn):
-    x_adv, _, queries = square(model_fn, x, y, p["eps"], p["n_queries"], p["p_init"])
+    x_adv, _, queries = square(model_fn, x, y, p["eps"], p["n_queries"], p["p_init"],
+                               rescale_schedule=p["rescale_schedule"])
     return x_adv, queries
 
 
@@ -394,7 +409,8 @@ _APGD = {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "nb_iter"
 register_attack("apgd_ce", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("ce")))
 register_attack("apgd_dlr", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("dlr")))
 register_attack("apgd_t", AttackDef(_apgd_t, {**_APGD, "n_target_classes": 9}, takes_loss=True))
-register_attack("square", AttackDef(_square, {**COMMON, "n_queries": 5000, "p_init": 0.8}, gradient=False,
+register_attack("square", AttackDef(_square, {**COMMON, "n_queries": 5000, "p_init": 0.8, "rescale_schedule": True},
+                                    gradient=False,
                                     takes_loss=True))
 register_attack("autoattack", AttackDef(
     None, {**_APGD, "version": "standard", "n_target_classes": 9, "n_queries": 5000, "eot_iter": 20},

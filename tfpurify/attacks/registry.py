@@ -95,8 +95,9 @@ def resolve_params(name, **params):
         raise AttackConfigError(f"autoattack version must be standard or rand, got {p['version']!r}")
     if "p_init" in p and (not _is_number(p["p_init"]) or not 0 < p["p_init"] <= 1):
         raise AttackConfigError(f"p_init must be in (0, 1], got {p['p_init']!r}")
-    if "early_exit" in p and not isinstance(p["early_exit"], (bool, np.bool_)):
-        raise AttackConfigError(f"early_exit must be true or false, got {p['early_exit']!r}")
+    for flag in ("early_exit", "rescale_schedule"):
+        if flag in p and not isinstance(p[flag], (bool, np.bool_)):
+            raise AttackConfigError(f"{flag} must be true or false, got {p[flag]!r}")
     eps = p["eps"]
     if eps is not None:
         if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:

@@ -1,0 +1,184 @@
+"""AutoAttack's parts on toy models whose answers are known: APGD-T's targets, Square's schedule and
+search, the cascade's bookkeeping. Eager and fast (they run under `make mutation`); the schedule of APGD
+itself is in test_apgd_schedule.py, the attacks on a trained classifier in test_autoattack.py."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfpurify.attacks import autoattack
+
+
+def _mean_logits(weights, bias):
+    """logits_k = weights_k * mean pixel + bias_k, per image (differentiable, known by hand)."""
+    w, b = tf.constant(weights, tf.float32), tf.constant(bias, tf.float32)
+
+    def logits(x):
+        m = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1, keepdims=True)
+        return m * w + b
+
+    return logits
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000])
+def test_square_size_schedule_is_the_official_one(n):
+    """p_selection of fra31/auto-attack's square.py: p_init halved after 10, 50, 200, 500, 1000, 2000, 4000,
+    6000, 8000 of 10000 iterations; rescaled to n queries, or not (AutoAttack's Square: resc_schedule=False)."""
+    bounds = [10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000]
+    for i in (0, 1, 5, 6, 9, 10, 11, 49, 50, 51, 199, 201, 499, 501, 999, 1001, 1999, 2001, 3999, 4001, 5999,
+              6001, 7999, 8001, 9999):
+        for rescale in (True, False):
+            it = int(i / n * 10000) if rescale else i
+            expected = 0.8 / 2 ** sum(it > b for b in bounds)
+            assert float(autoattack._square_p(tf.constant(i), n, 0.8, rescale)) == pytest.approx(expected), (i, rescale)
+
+
+def test_square_breaks_a_toy_without_gradients_and_counts_its_queries():
+    # class 1 wins once the mean pixel rises by more than 0.05 above 0.5; eps 0.1 allows 0.1
+    x = np.full((6, 8, 8, 1), 0.5, np.float32)
+    y = np.zeros(6, np.int64)
+    model = _mean_logits([0.0, 10.0], [0.0, -5.5])
+    tf.random.set_seed(0)
+    x_adv, fooled, queries = autoattack.square(model, tf.constant(x), tf.constant(y), 0.1, n_queries=300)
+    x_adv, fooled, queries = x_adv.numpy(), fooled.numpy(), queries.numpy()
+    assert fooled.all()
+    assert np.abs(x_adv - x).max() <= 0.1 + 1e-6 and x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    assert np.all(np.argmax(model(tf.constant(x_adv)), axis=1) == 1)  # what it returns is what fooled
+    assert np.all(queries >= 1) and np.all(queries <= 301) and len(set(queries)) > 1  # stopped one by one
+    # the start: vertical stripes of +-eps (one sign per column and channel)
+    tf.random.set_seed(0)
+    start, _, q0 = autoattack.square(model, tf.constant(x), tf.constant(y), 0.1, n_queries=0)
+    delta = start.numpy() - x
+    np.testing.assert_allclose(np.abs(delta), 0.1, atol=1e-6)
+    assert np.all(delta == delta[:, :1])  # the same down every column
+    np.testing.assert_array_equal(q0, 1)
+
+
+def test_square_keeps_lower_margins_only_and_leaves_inactive_examples_alone():
+    # never fooled (class 0 leads by 100): the margin can only fall; inactive examples stay clean
+    x = np.random.default_rng(0).uniform(0.3, 0.7, (4, 6, 6, 1)).astype(np.float32)
+    y = np.zeros(4, np.int64)
+    model = _mean_logits([-3.0, 3.0], [100.0, 0.0])
+    active = tf.constant([True, True, False, True])
+    tf.random.set_seed(1)
+    x_adv, fooled, queries = autoattack.square(model, tf.constant(x), tf.constant(y), 0.05, n_queries=50,
+                                               active=active)
+    x_adv = x_adv.numpy()
+    assert not fooled.numpy().any()
+    np.testing.assert_array_equal(queries, [51, 51, 0, 51])
+    np.testing.assert_array_equal(x_adv[2], x[2])
+    margin = lambda images: (lambda z: z[:, 0] - z[:, 1])(model(tf.constant(images)).numpy())  # noqa: E731
+    tf.random.set_seed(1)
+    start, _, _ = autoattack.square(model, tf.constant(x), tf.constant(y), 0.05, n_queries=0, active=active)
+    assert np.all(margin(x_adv)[[0, 1, 3]] < margin(start.numpy())[[0, 1, 3]])  # improved on the start
+    assert np.abs(x_adv - x).max() <= 0.05 + 1e-6
+
+
+def test_square_of_a_detector_aware_target_counts_flagged_as_not_fooled():
+    class Aware:  # logits plus a detector score column: flags every image whose mean pixel exceeds 0.55
+        def __call__(self, x):
+            m = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1, keepdims=True)
+            return tf.concat([tf.zeros_like(m), 10.0 * m - 5.5, 0.0 * m], axis=1)
+
+        def logits(self, out):
+            return out[:, :2]
+
+        def flagged(self, out):
+            return out[:, 1] > -0.05  # mean above 0.545: misclassified images are all flagged
+
+    x = np.full((3, 6, 6, 1), 0.5, np.float32)
+    tf.random.set_seed(0)
+    _, fooled, queries = autoattack.square(Aware(), tf.constant(x), tf.zeros(3, tf.int64), 0.1, n_queries=40)
+    assert not fooled.numpy().any() and np.all(queries.numpy() == 41)
+
+
+# Class 0 true (logit 1000); class 1 (500), the runner-up, never wins; class 2 wins once the mean pixel
+# exceeds 2/3, and till close to it its softmax is exactly 0 in float32, so the cross-entropy has no
+# gradient there: APGD-CE stays where it starts. Untargeted DLR and DLR towards class 1 push class 2
+# down (it is their third logit, in the denominator); DLR towards class 2, APGD-T's second target, gets
+# there. Class 3 trails.
+MASKED = ([0.0, 0.0, 6000.0, 0.0], [1000.0, 500.0, -3000.0, -50.0])
+
+
+def test_apgd_t_tries_the_runner_ups_in_turn_on_what_is_left():
+    model = _mean_logits(*MASKED)
+    x = np.full((2, 4, 4, 1), 0.5, np.float32)
+    y = np.zeros(2, np.int64)
+    tf.random.set_seed(0)
+    x_adv, fooled, evals = autoattack.apgd_targeted(model, tf.constant(x), tf.constant(y), 0.2, n_iter=10,
+                                                    n_target_classes=2)
+    assert fooled.numpy().all()
+    assert np.all(np.argmax(model(x_adv).numpy(), axis=1) == 2)
+    # the ranking pass, target 1 in full (start + 10 steps), then target 2 until it succeeds
+    assert np.all(evals.numpy() > 1 + 11) and np.all(evals.numpy() <= 1 + 11 + 11)
+    _, fooled_1, evals_1 = autoattack.apgd_targeted(model, tf.constant(x), tf.constant(y), 0.2, n_iter=10,
+                                                    n_target_classes=1)
+    assert not fooled_1.numpy().any() and np.all(evals_1.numpy() == 1 + 11)  # class 1 alone: never
+    _, fooled_a, evals_a = autoattack.apgd_targeted(model, tf.constant(x), tf.constant(y), 0.2, n_iter=10,
+                                                    n_target_classes=2, active=tf.constant([False, True]))
+    np.testing.assert_array_equal(fooled_a, [False, True])
+    assert evals_a.numpy()[0] == 0
+
+
+def test_first_success_keeps_the_first_success_and_sums_the_cost():
+    x = tf.zeros((4, 1, 1, 1))
+    calls = []
+
+    def stage(value, fools):
+        def run(active):
+            calls.append((value, active.numpy().tolist()))
+            return (tf.fill([4, 1, 1, 1], value), tf.logical_and(active, tf.constant(fools)),
+                    tf.where(active, 10.0 * value, 0.0))
+        return run
+
+    stages = [stage(1.0, [True, False, False, False]), stage(2.0, [True, True, False, False]),
+              stage(3.0, [False, False, True, False])]
+    x_adv, fooled, cost = autoattack.first_success(stages, x, tf.constant([False, False, False, True]), tf.ones(4))
+    np.testing.assert_array_equal(fooled, [True, True, True, True])
+    np.testing.assert_array_equal(x_adv.numpy().ravel(), [1.0, 2.0, 3.0, 0.0])  # the 4th was fooled before
+    np.testing.assert_array_equal(cost, [11.0, 31.0, 61.0, 1.0])
+    assert calls == [(1.0, [True, True, True, False]), (2.0, [False, True, True, False]),
+                     (3.0, [False, False, True, False])]
+    calls.clear()
+    x_adv, fooled, _ = autoattack.first_success(stages[:2], x, tf.zeros(4, tf.bool), tf.zeros(4), keep_last=True)
+    np.testing.assert_array_equal(fooled, [True, True, False, False])
+    np.testing.assert_array_equal(x_adv.numpy().ravel(), [1.0, 2.0, 2.0, 2.0])  # the unfooled keep the last try
+    calls.clear()
+    autoattack.first_success(stages, x, tf.constant([True, True, True, False]), tf.zeros(4))
+    autoattack.first_success(stages, x, tf.ones(4, tf.bool), tf.zeros(4))
+    assert calls == [(1.0, [False, False, False, True]), (2.0, [False, False, False, True]),
+                     (3.0, [False, False, False, True])]  # and nothing when everything is fooled
+
+
+def test_autoattack_runs_its_stages_in_order_on_what_is_left():
+    model = _mean_logits(*MASKED)  # APGD-CE cannot win, APGD-T's second target can
+    x = tf.constant(np.full((2, 4, 4, 1), 0.5, np.float32))
+    y = tf.zeros(2, tf.int64)
+    tf.random.set_seed(0)
+    attack = autoattack.AutoAttack(model, 0.2, n_iter=10, n_target_classes=2, n_queries=30)
+    x_adv, fooled, cost = attack(x, y)
+    assert fooled.numpy().all() and np.all(np.argmax(model(x_adv).numpy(), axis=1) == 2)
+    tf.random.set_seed(0)
+    _, ce_fooled, _ = autoattack.apgd(model, x, y, 0.2, n_iter=10)
+    assert not ce_fooled.numpy().any()
+    cost = cost.numpy()  # the clean pass, APGD-CE in full, APGD-T (ranking, target 1 in full, target 2), no Square
+    assert np.all(cost > 1 + 11 + 1 + 11) and np.all(cost <= 1 + 11 + 1 + 11 + 11)
+    # L2: no Square; rand: APGD-CE and APGD-DLR with EOT
+    assert len(autoattack.AutoAttack(model, 0.5, norm=2)._stages) == 2
+    assert len(autoattack.AutoAttack(model, 0.2)._stages) == 3
+    rand = autoattack.AutoAttack(model, 0.2, version="rand", n_iter=3, eot_iter=4)
+    _, fooled_r, cost_r = rand(x, y)  # neither APGD-CE nor APGD-DLR (untargeted) wins: both run in full
+    assert not fooled_r.numpy().any()
+    np.testing.assert_array_equal(cost_r, 1 + 2 * 4 * (3 + 1))
+    with pytest.raises(ValueError, match="unknown AutoAttack version"):
+        autoattack.AutoAttack(model, 0.2, version="plus")
+
+
+def test_square_schedule_choice_is_a_flag():
+    from tfpurify.attacks import resolve_params
+    from tfpurify.errors import AttackConfigError
+
+    assert resolve_params("square")["rescale_schedule"] is True
+    assert resolve_params("square", rescale_schedule=False)["rescale_schedule"] is False
+    with pytest.raises(AttackConfigError, match="rescale_schedule must be true or false"):
+        resolve_params("square", rescale_schedule="no")
