@@ -182,3 +182,83 @@ def test_square_schedule_choice_is_a_flag():
     assert resolve_params("square", rescale_schedule=False)["rescale_schedule"] is False
     with pytest.raises(AttackConfigError, match="rescale_schedule must be true or false"):
         resolve_params("square", rescale_schedule="no")
+
+
+def test_first_success_with_a_judge_keeps_attacking_what_it_does_not_confirm():
+    x = tf.zeros((4, 1, 1, 1))
+    calls = []
+
+    def stage(value, says):
+        def run(active):
+            calls.append(active.numpy().tolist())
+            return tf.fill([4, 1, 1, 1], value), tf.logical_and(active, tf.constant(says)), tf.where(active, 1.0, 0.0)
+        return run
+
+    # the judge confirms value 2 for examples 0 and 1 only, value 3 for example 2 only
+    def judge(x_adv):
+        v = float(x_adv[0, 0, 0, 0])
+        return tf.constant({1.0: [False] * 4, 2.0: [True, True, False, False], 3.0: [False, False, True, False]}[v])
+
+    stages = [stage(1.0, [True, True, True, False]), stage(2.0, [True, True, True, False]),
+              stage(3.0, [True, True, True, False])]
+    x_adv, fooled, cost = autoattack.first_success(stages, x, tf.zeros(4, tf.bool), tf.zeros(4), judge=judge)
+    np.testing.assert_array_equal(fooled, [True, True, True, False])  # the judge's verdicts
+    np.testing.assert_array_equal(x_adv.numpy().ravel(), [2.0, 2.0, 3.0, 0.0])  # confirmed results win
+    assert calls == [[True] * 4, [True] * 4, [False, False, True, True]]  # claimed is not done
+    np.testing.assert_array_equal(cost, [2.0, 2.0, 3.0, 3.0])
+    # claimed by a stage but never confirmed: the first claim is kept, not the clean image or a later try
+    never = lambda x_adv: tf.zeros(4, tf.bool)  # noqa: E731
+    x_adv, fooled, _ = autoattack.first_success(stages, x, tf.zeros(4, tf.bool), tf.zeros(4), judge=never)
+    assert not fooled.numpy().any()
+    np.testing.assert_array_equal(x_adv.numpy().ravel(), [1.0, 1.0, 1.0, 0.0])
+    x_adv, _, _ = autoattack.first_success(stages, x, tf.zeros(4, tf.bool), tf.zeros(4), keep_last=True, judge=never)
+    np.testing.assert_array_equal(x_adv.numpy().ravel(), [1.0, 1.0, 1.0, 3.0])  # unclaimed: the last try
+
+
+def test_autoattack_confirms_on_the_judge_from_the_clean_check_on():
+    model = _mean_logits(*MASKED)  # APGD-T's second target fools it
+    x = tf.constant(np.full((3, 4, 4, 1), 0.5, np.float32))
+    y = tf.zeros(3, tf.int64)
+    seen = []
+
+    def judge_of(confirmable):
+        def judge(images, labels):  # the scored pipeline: fooled where class 2 leads, only for `confirmable`
+            seen.append(images.shape[0])
+            return tf.logical_and(tf.argmax(model(images), axis=1) == 2, tf.constant(confirmable))
+        return judge
+
+    tf.random.set_seed(0)
+    x_adv, fooled, cost = autoattack.AutoAttack(model, 0.2, n_iter=10, n_target_classes=2, n_queries=5,
+                                                judge=judge_of([True, True, False]))(x, y)
+    assert seen[0] == 3  # the clean check asks the judge too
+    np.testing.assert_array_equal(fooled, [True, True, False])  # the judge's verdict, not the attacked model's
+    assert np.argmax(model(x_adv).numpy()[2]) == 2  # example 2 keeps the result the attack claimed
+    tf.random.set_seed(0)
+    _, fooled_all, cost_all = autoattack.AutoAttack(model, 0.2, n_iter=10, n_target_classes=2, n_queries=5,
+                                                    judge=judge_of([True, True, True]))(x, y)
+    assert fooled_all.numpy().all()
+    np.testing.assert_array_equal(cost.numpy()[:2], cost_all.numpy()[:2])
+    assert cost.numpy()[2] > cost_all.numpy()[2]  # unconfirmed, example 2 went on to Square
+
+
+def test_without_early_exit_every_example_takes_every_iteration():
+    model = _mean_logits([0.0, 10.0], [0.0, -5.0])  # class 1 (wrong) leads from mean pixel 0.5 up
+    x = tf.constant(np.full((2, 4, 4, 1), [[[[0.45]]], [[[0.6]]]], np.float32))  # the second is wrong clean
+    y = tf.zeros(2, tf.int64)
+    tf.random.set_seed(0)
+    x_adv, fooled, evals = autoattack.apgd(model, x, y, 0.1, n_iter=10, early_exit=False)
+    assert fooled.numpy().all() and np.all(evals.numpy() == 11)
+    np.testing.assert_allclose(x_adv, np.minimum(x.numpy() + 0.1, 1.0), atol=1e-6)  # the highest loss: the corner
+    tf.random.set_seed(0)
+    _, _, evals = autoattack.apgd(model, x, y, 0.1, n_iter=10)
+    np.testing.assert_array_equal(evals, [2, 1])  # early exit: the wrong one at its start, the other after a step
+    tf.random.set_seed(0)
+    x_sq, fooled_sq, queries = autoattack.square(model, x, y, 0.1, n_queries=30, early_exit=False)
+    assert fooled_sq.numpy().all() and np.all(queries.numpy() == 31)
+    assert np.all(model(x_sq).numpy()[:, 1] > model(x).numpy()[:, 1])  # pushed on past success
+    tf.random.set_seed(0)
+    x_aa, fooled_aa, cost = autoattack.AutoAttack(model, 0.1, n_iter=10, n_target_classes=1, n_queries=5,
+                                                  early_exit=False)(x, y)
+    assert fooled_aa.numpy().all()
+    assert np.abs(x_aa.numpy()[1] - x.numpy()[1]).max() > 0.05  # wrong clean, and attacked all the same
+    assert np.all(cost.numpy() == 1 + 11)  # APGD-CE in full fooled both: nothing left for the later stages

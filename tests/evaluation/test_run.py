@@ -162,7 +162,8 @@ def test_evaluate_by_hand_on_toy_models(monkeypatch, cascade):
         "seed": 4, "batch_size": 8, "cascade": cascade,
         "sanity_checks": {"enabled": False, "n": 8, "gradient_free_attack": {"attack": "square", "n_queries": 5000,
                                                                              "p_init": 0.8}},
-        "threat_models": {"none": {}, "graybox": {}, "whitebox": {"bpda": "toy"}, "transfer": {}}}
+        "threat_models": {"none": {}, "graybox": {}, "transfer": {},
+                          "whitebox": {"bpda": "toy", "success_judged_on": "the scored pipeline: wrong"}}}
     assert report.threat_models == ("none", "graybox", "whitebox", "transfer") and report.n_examples == n
     assert report.defense == "toy" and report.classifier == "linear" and report.seed == 4
 
@@ -278,9 +279,9 @@ def test_evaluate_hands_the_checks_and_attacks_what_they_need_on_toys(monkeypatc
     checked, attacked_with, real = [], [], run_module.attack_and_score
 
     def attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False,
-                         **params):
-        attacked_with.append((name, len(x), batch_size, seed, progress))
-        return real(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress, **params)
+                         judge=None, **params):
+        attacked_with.append((name, len(x), batch_size, seed, progress, judge))
+        return real(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress, judge, **params)
 
     monkeypatch.setattr(run_module, "attack_and_score", attack_and_score)
     monkeypatch.setattr(run_module, "run_sanity_checks", lambda *args: checked.append(args))
@@ -308,7 +309,7 @@ def test_evaluate_hands_the_checks_and_attacks_what_they_need_on_toys(monkeypatc
     assert skipped == [(tm, check, reason.format(tm)) for tm in ("graybox", "transfer") for check in (1, 2, 3, 4)]
     # every attack gets the batch size, the seed and the progress bar; `up` runs on what `nocost` left robust
     assert [a[0] for a in attacked_with] == ["nocost", "up"] * 4
-    assert all(a[2:] == (3, 9, True) for a in attacked_with)
+    assert all(a[2:] == (3, 9, True, None) for a in attacked_with)  # no judge: each attacks what is scored
     rows = {(r.threat_model, r.attack): r for r in report.results}
     assert rows["none", "nocost"].grad_evals is None and rows["none", "up"].grad_evals == pytest.approx(
         2.0 * rows["none", "up"].n_attacked / 8)
@@ -346,3 +347,52 @@ def test_evaluate_defaults_on_toys(monkeypatch):
     x, y = np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2), np.zeros(201, np.int64)
     report = evaluation.evaluate(threshold_classifier(0.47), x, y, evaluation.make_attack_specs(["up"], [0.1]))
     assert report.settings["sanity_checks"]["n"] == 200 and len(checked[1][4]) == 200
+
+
+def test_scored_judge_confirms_on_the_scored_pipeline_over_draws_and_the_detector():
+    import tensorflow as tf
+
+    from tests.toys import BrightnessDetector, NoisyPurifier
+
+    x = tf.constant(brightness_images(8))
+    y = tf.zeros(8, tf.int64)
+    scored = threshold_classifier(0.45)  # wrong from image 5 on (mean pixel 0.5)
+    judge, described = evaluation.scored_judge(threshold_classifier(0.3), scored)
+    np.testing.assert_array_equal(judge(x, y), np.arange(8) >= 5)
+    assert described == "the scored pipeline: wrong"
+
+    class Scored:  # a purifier -> classifier pipeline, stochastic or not, with or without a detector
+        def __init__(self, purifier, detector=None):
+            self.purifier, self.detector, self.calls = purifier, detector, 0
+
+        def __call__(self, images):
+            self.calls += 1
+            return scored(self.purifier.purify(images))
+
+    noisy = Scored(NoisyPurifier())
+    judge, described = evaluation.scored_judge(threshold_classifier(0.3), noisy)
+    assert described == f"the scored pipeline: wrong in {evaluation.JUDGE_DRAWS} of {evaluation.JUDGE_DRAWS} draws"
+    far = tf.constant(np.repeat(np.array([0.0, 1.0], np.float32)[:, None, None, None], 2, 1).repeat(2, 2))
+    np.testing.assert_array_equal(judge(far, tf.zeros(2, tf.int64)), [False, True])  # noise 0.2 cannot flip these
+    assert noisy.calls == evaluation.JUDGE_DRAWS
+    noisy.calls = 0
+    tf.random.set_seed(0)
+    near = tf.fill([400, 2, 2, 1], 0.5)  # 0.05 above the threshold: each draw wrong with probability ~ 0.69
+    got = judge(near, tf.zeros(400, tf.int64)).numpy().mean()
+    assert 0.2 < got < 0.45, got  # wrong in all 3 draws: ~ 0.69 ** 3 = 0.33, not ~ 0.69 (one draw)
+
+    class Aware:  # a detector-aware target: the judge then also asks the scored pipeline's detector
+        def __call__(self, images):
+            return tf.zeros([tf.shape(images)[0], 3])
+
+        def logits(self, out):
+            return out[:, :2]
+
+    detector = BrightnessDetector()
+    detector.threshold.assign(0.65)  # flags images 7 (mean 0.7)
+    flagging = Scored(BrightnessDetector(), detector)
+    judge, described = evaluation.scored_judge(Aware(), flagging)
+    np.testing.assert_array_equal(judge(x, y), (np.arange(8) >= 5) & (np.arange(8) < 7))
+    assert described == "the scored pipeline: wrong and not flagged"
+    judge, described = evaluation.scored_judge(threshold_classifier(0.3), flagging)  # not aware: the detector aside
+    np.testing.assert_array_equal(judge(x, y), np.arange(8) >= 5)

@@ -95,7 +95,7 @@ def apgd_checkpoints(n_iter):
 
 
 def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None, active=None, rho=0.75,
-         eot_iter=1):
+         eot_iter=1, early_exit=True):
     """One run of APGD on a batch (graph code: call inside `tf.function`).
 
     Args:
@@ -107,10 +107,13 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
       active: [N] bool, examples to attack (default all); the others are returned unchanged.
       rho: the fraction of loss-raising steps a checkpoint asks for.
       eot_iter: gradients averaged over this many draws per iteration (stochastic defenses).
+      early_exit: an example stops at its first success and returns it; False: every example takes
+        all iterations and returns its point of highest loss (where the attacked model is not the
+        one scored, gray-box and transfer: the most confident mistake transfers best).
 
     Returns:
       (x_adv, fooled [N] bool, gradient evaluations [N] float): x_adv is the first adversarial
-      example found where fooled, else the point of highest loss.
+      example found where fooled (with early_exit), else the point of highest loss.
     """
     x = tf.convert_to_tensor(x)
     y = tf.cast(y, tf.int64)
@@ -125,7 +128,8 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
     loss0, grad, fooled = on_active(active, step_fn, x_adv, y, y_target)
     evals = tf.cast(active, tf.float32) * eot_iter
     x_first = x_adv  # first successful adversarial example per example (valid where fooled)
-    active = tf.logical_and(active, tf.logical_not(fooled))
+    if early_exit:
+        active = tf.logical_and(active, tf.logical_not(fooled))
     step = tf.fill(tf.shape(y), 2.0 * eps)
     state = dict(i=tf.constant(0), x_adv=x_adv, x_old=x_adv, grad=grad, step=step, x_best=x_adv, grad_best=grad,
                  loss_best=loss0, loss_prev=loss0, increases=tf.zeros_like(loss0), counter=tf.constant(0),
@@ -146,7 +150,7 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
         x_new = project(x_adv + a * (z - x_adv) + (1.0 - a) * (x_adv - x_old), x, eps, norm)
         x_new = tf.where(expand(act), x_new, x_adv)
         loss_i, grad, fooled_i = on_active(act, step_fn, x_new, y, y_target)
-        newly = tf.logical_and(act, fooled_i)
+        newly = tf.logical_and(tf.logical_and(act, fooled_i), tf.logical_not(s["fooled"]))
         x_first = tf.where(expand(newly), x_new, s["x_first"])
         improved = tf.logical_and(act, loss_i > s["loss_best"])
         x_best = tf.where(expand(improved), x_new, s["x_best"])
@@ -174,18 +178,21 @@ def apgd(model_fn, x, y, eps, norm=np.inf, n_iter=100, loss="ce", y_target=None,
                      loss_prev=tf.where(act, loss_i, s["loss_prev"]), increases=increases, counter=counter, k=k,
                      loss_best_last=loss_best_last, reduced_last=reduced_last,
                      fooled=tf.logical_or(s["fooled"], newly), x_first=x_first,
-                     active=tf.logical_and(act, tf.logical_not(fooled_i)),
+                     active=tf.logical_and(act, tf.logical_not(fooled_i)) if early_exit else act,
                      evals=s["evals"] + tf.cast(act, tf.float32) * eot_iter)]
 
     s = tf.while_loop(cond, body, [state])[0]
+    if not early_exit:
+        return s["x_best"], s["fooled"], s["evals"]
     return tf.where(expand(s["fooled"]), s["x_first"], s["x_best"]), s["fooled"], s["evals"]
 
 
-def apgd_targeted(model_fn, x, y, eps, norm=np.inf, n_iter=100, n_target_classes=9, active=None):
+def apgd_targeted(model_fn, x, y, eps, norm=np.inf, n_iter=100, n_target_classes=9, active=None, early_exit=True):
     """APGD-T: targeted APGD-DLR towards each of the top `n_target_classes` runner-up classes in turn.
 
     The runner-up classes are ranked by the logits of the unperturbed input; each target class is
-    tried only on the examples that are still robust.
+    tried only on the examples that are still robust. Without `early_exit`, each run takes all its
+    iterations (see `apgd`) and an example no target fools keeps the last target's point of highest loss.
 
     Returns:
       (x_adv, fooled [N] bool, gradient evaluations [N] float)
@@ -199,9 +206,11 @@ def apgd_targeted(model_fn, x, y, eps, norm=np.inf, n_iter=100, n_target_classes
 
     def body(rank, x_out, fooled, evals):  # a graph loop over targets: one copy of APGD in the graph
         todo = tf.logical_and(active, tf.logical_not(fooled))
-        x_t, fooled_t, evals_t = apgd(model_fn, x, y, eps, norm, n_iter, "dlr_targeted", targets[:, rank], todo)
+        x_t, fooled_t, evals_t = apgd(model_fn, x, y, eps, norm, n_iter, "dlr_targeted", targets[:, rank], todo,
+                                      early_exit=early_exit)
         found = tf.logical_and(todo, fooled_t)
-        return rank + 1, tf.where(expand(found), x_t, x_out), tf.logical_or(fooled, found), evals + evals_t
+        take = found if early_exit else todo
+        return rank + 1, tf.where(expand(take), x_t, x_out), tf.logical_or(fooled, found), evals + evals_t
 
     _, x_out, fooled, evals = tf.while_loop(
         cond, body, [tf.constant(0), tf.identity(x), tf.zeros(tf.shape(y), tf.bool), tf.cast(active, tf.float32)])
@@ -228,7 +237,7 @@ def _square_p(i, n_queries, p_init, rescale_schedule=True):
     return p_init / tf.pow(2.0, tf.cast(halvings, tf.float32))
 
 
-def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale_schedule=True):
+def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale_schedule=True, early_exit=True):
     """Square Attack, L-inf, margin loss: random search over square-shaped updates (no gradients).
 
     As the official `square.py` (L-inf): vertical stripes of +-eps as the start, one square of side
@@ -236,7 +245,8 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
     loss falls or the example is fooled, p from `_square_p`. An example is fooled when the argmax of
     its logits is not its label (and a detector-aware target does not flag it): a tie with the true
     class, which the official margin counts as success, is not one where the argmax still says the
-    true class.
+    true class. Without `early_exit`, every example takes all queries, keeping each update that
+    lowers its margin loss (past success too: the most confident mistake, for gray-box and transfer).
 
     Returns:
       (x_adv, fooled [N] bool, queries [N] float)
@@ -263,11 +273,14 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
     margin = tf.where(active, margin, -1.0)  # inactive examples count as done
     rows, cols = tf.range(h)[:, None, None], tf.range(w)[None, :, None]
 
+    def working(margin):
+        return margin > 0.0 if early_exit else active
+
     def cond(i, x_best, margin, loss, queries):
-        return tf.logical_and(i < n_queries, tf.reduce_any(margin > 0.0))
+        return tf.logical_and(i < n_queries, tf.reduce_any(working(margin)))
 
     def body(i, x_best, margin, loss, queries):
-        act = margin > 0.0
+        act = working(margin)
         p = _square_p(i, n_queries, p_init, rescale_schedule)
         s = tf.cast(tf.round(tf.sqrt(p * n_features / c)), tf.int32)
         s = tf.clip_by_value(s, 1, min(h, w) - 1)
@@ -280,7 +293,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
         margin_new, loss_new = on_active(act, margin_and_loss, x_new, y)
         improved = tf.logical_and(act, loss_new < loss)
         loss = tf.where(improved, loss_new, loss)
-        take = tf.logical_or(improved, tf.logical_and(act, margin_new <= 0.0))
+        take = tf.logical_or(improved, tf.logical_and(act, margin_new <= 0.0)) if early_exit else improved
         margin = tf.where(take, margin_new, margin)
         x_best = tf.where(expand(take), x_new, x_best)
         return i + 1, x_best, margin, loss, queries + tf.cast(act, tf.float32)
@@ -291,7 +304,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
 
 # --------------------------------------------------------------------------- AutoAttack
 
-def first_success(stages, x, fooled, cost, keep_last=False):
+def first_success(stages, x, fooled, cost, keep_last=False, judge=None):
     """Runs `stages` in turn, each only on the examples the ones before it left robust.
 
     Args:
@@ -300,21 +313,34 @@ def first_success(stages, x, fooled, cost, keep_last=False):
         float: evaluations spent so far.
       keep_last: examples no stage fools get the last stage's result (its highest-loss point, as
         APGD's restarts return) instead of x (AutoAttack's convention).
+      judge: None, or `x_adv -> [N] bool`: whether the pipeline that is *scored* is fooled. A stage's
+        own verdict is on the callable it attacks (under EOT an average over draws, behind BPDA a
+        surrogate); the original AutoAttack re-checks every stage's output on the model. With a judge,
+        an example leaves the sequence only when the judge confirms a stage's result; a result the
+        stage claims but the judge does not confirm is kept (unless a later stage's is confirmed) and
+        the example stays for the next stages.
 
     Returns:
-      (x_adv, fooled, cost), keeping per example the first successful adversarial example. Run
+      (x_adv, fooled, cost), keeping per example the first confirmed adversarial example. Run
       eagerly, the sequence stops as soon as no example is left robust: a later stage then costs
       nothing, not even its tracing.
     """
     x_out = tf.identity(x)
+    claimed = tf.zeros_like(fooled)  # a stage said fooled, the judge did not confirm
     for run in stages:
         todo = tf.logical_not(fooled)
         if tf.executing_eagerly() and not bool(tf.reduce_any(todo)):
             break
         x_a, fooled_a, cost_a = run(todo)
-        take = todo if keep_last else tf.logical_and(todo, fooled_a)
+        says = tf.logical_and(todo, fooled_a)
+        confirmed = says if judge is None else tf.logical_and(todo, judge(x_a))
+        first_claim = tf.logical_and(says, tf.logical_not(claimed))
+        take = tf.logical_or(confirmed, first_claim)
+        if keep_last:
+            take = tf.logical_or(take, tf.logical_and(todo, tf.logical_not(tf.logical_or(claimed, says))))
         x_out = tf.where(expand(take), x_a, x_out)
-        fooled = tf.logical_or(fooled, tf.logical_and(todo, fooled_a))
+        claimed = tf.logical_or(claimed, says)
+        fooled = tf.logical_or(fooled, confirmed)
         cost += cost_a
     return x_out, fooled, cost
 
@@ -329,41 +355,62 @@ class AutoAttack:
     fools every example (a broken defense), APGD-T and Square are neither traced nor run, which
     through a large purifier saves most of the attack's time. Called inside a `tf.function`, the
     stages are inlined into the caller's graph (all of them run).
+
+    `judge`: None, or `(images, labels) -> [N] bool`, whether the pipeline that is scored is fooled
+    (see `first_success`): the clean check and every stage's result are confirmed on it. `early_exit`
+    False (gray-box, transfer): every example is attacked, those the attacked model already gets
+    wrong too, with every stage's iterations in full (see `apgd`, `square`).
     """
 
     def __init__(self, model_fn, eps, norm=np.inf, version="standard", n_iter=100, n_target_classes=9,
-                 n_queries=5000, eot_iter=20):
+                 n_queries=5000, eot_iter=20, early_exit=True, judge=None):
+        ee = early_exit
         if version == "standard":
-            stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act),
-                      lambda x, y, act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, act)]
+            stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, early_exit=ee),
+                      lambda x, y, act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, act, ee)]
             if norm == np.inf:  # as the original's AutoAttack builds it: resc_schedule=False
                 stages.append(lambda x, y, act: square(model_fn, x, y, eps, n_queries, active=act,
-                                                       rescale_schedule=False))
+                                                       rescale_schedule=False, early_exit=ee))
         elif version == "rand":
-            stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, eot_iter=eot_iter),
-                      lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "dlr", active=act, eot_iter=eot_iter)]
+            stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, eot_iter=eot_iter,
+                                             early_exit=ee),
+                      lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "dlr", active=act, eot_iter=eot_iter,
+                                             early_exit=ee)]
         else:
             raise ValueError(f"unknown AutoAttack version {version!r}")
         target = Target(model_fn)
-        self._misclassified = tf.function(
-            lambda x, y: tf.not_equal(tf.argmax(target.parts(x)[0], axis=1), y))  # already wrong: nothing to do
+
+        def goal(x, y):  # what every stage aims at: misclassified and, against a detector-aware target, unflagged
+            logits, _, flagged = target.parts(x)
+            return tf.logical_and(tf.not_equal(tf.argmax(logits, axis=1), y), tf.logical_not(flagged))
+
+        self.early_exit, self._judge = early_exit, judge
+        self._goal = tf.function(goal)
         self._stages = [tf.function(stage) for stage in stages]
 
     def __call__(self, x, y):
-        """(x_adv, fooled [N] bool, gradient evaluations or queries [N] float) of a batch."""
+        """(x_adv, fooled [N] bool, gradient evaluations or queries [N] float) of a batch.
+
+        `fooled` is the judge's verdict where one was given, else the stages' own."""
         y = tf.cast(y, tf.int64)
         stages = [functools.partial(stage, x, y) for stage in self._stages]
-        return first_success(stages, x, self._misclassified(x, y), tf.ones(tf.shape(y)))
+        judge = None if self._judge is None else (lambda images: self._judge(images, y))
+        if not self.early_exit:  # every example is attacked, also those the attacked model gets wrong clean
+            done = tf.zeros(tf.shape(y), tf.bool)
+        else:  # already fooled clean: nothing to do
+            done = judge(x) if judge is not None else self._goal(x, y)
+        return first_success(stages, x, done, tf.ones(tf.shape(y)), judge=judge)
 
 
 def autoattack(model_fn, x, y, eps, norm=np.inf, version="standard", n_iter=100, n_target_classes=9,
-               n_queries=5000, eot_iter=20):
+               n_queries=5000, eot_iter=20, early_exit=True, judge=None):
     """AutoAttack on one batch (see `AutoAttack`, which to build once for many batches).
 
     Returns:
       (x_adv, fooled [N] bool, gradient evaluations or queries [N] float)
     """
-    return AutoAttack(model_fn, eps, norm, version, n_iter, n_target_classes, n_queries, eot_iter)(x, y)
+    return AutoAttack(model_fn, eps, norm, version, n_iter, n_target_classes, n_queries, eot_iter, early_exit,
+                      judge)(x, y)
 
 
 # --------------------------------------------------------------------------- the registry's entries
@@ -371,14 +418,16 @@ def autoattack(model_fn, x, y, eps, norm=np.inf, version="standard", n_iter=100,
 def _apgd(loss):
     """Staged APGD: one traced run, called once per restart on what the restarts before left robust."""
 
-    def build(model_fn, p):
+    def build(model_fn, p, judge=None):
         once = tf.function(lambda x, y, active: apgd(
-            model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], loss, active=active, eot_iter=p["eot_iter"]))
+            model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], loss, active=active, eot_iter=p["eot_iter"],
+            early_exit=p["early_exit"]))
 
         def run(x, y):
             n = tf.shape(x)[:1]
+            check = None if judge is None or not p["early_exit"] else (lambda images: judge(images, y))
             x_adv, _, cost = first_success([functools.partial(once, x, y)] * p["n_restarts"], x,
-                                           tf.zeros(n, tf.bool), tf.zeros(n), keep_last=True)
+                                           tf.zeros(n, tf.bool), tf.zeros(n), keep_last=True, judge=check)
             return x_adv, cost
 
         return run
@@ -387,31 +436,33 @@ def _apgd(loss):
 
 
 def _apgd_t(model_fn, x, y, p, loss_fn):
-    x_adv, _, cost = apgd_targeted(model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], p["n_target_classes"])
+    x_adv, _, cost = apgd_targeted(model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], p["n_target_classes"],
+                                   early_exit=p["early_exit"])
     return x_adv, cost
 
 
 def _square(model_fn, x, y, p, loss_fn):
     x_adv, _, queries = square(model_fn, x, y, p["eps"], p["n_queries"], p["p_init"],
-                               rescale_schedule=p["rescale_schedule"])
+                               rescale_schedule=p["rescale_schedule"], early_exit=p["early_exit"])
     return x_adv, queries
 
 
-def _autoattack(model_fn, p):
+def _autoattack(model_fn, p, judge=None):
     run = AutoAttack(model_fn, p["eps"], p["norm"], p["version"], p["nb_iter"], p["n_target_classes"],
-                     p["n_queries"], p["eot_iter"])
+                     p["n_queries"], p["eot_iter"], p["early_exit"], judge if p["early_exit"] else None)
     return lambda x, y: run(x, y)[::2]  # (x_adv, cost)
 
 
+# early_exit: stop an example at its first success (False under gray-box and transfer: all iterations)
 _APGD = {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "nb_iter": 100, "n_restarts": 1,
-         "eot_iter": 1}
+         "eot_iter": 1, "early_exit": True}
 
-register_attack("apgd_ce", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("ce")))
-register_attack("apgd_dlr", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("dlr")))
+register_attack("apgd_ce", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("ce"), takes_judge=True))
+register_attack("apgd_dlr", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("dlr"), takes_judge=True))
 register_attack("apgd_t", AttackDef(_apgd_t, {**_APGD, "n_target_classes": 9}, takes_loss=True))
-register_attack("square", AttackDef(_square, {**COMMON, "n_queries": 5000, "p_init": 0.8, "rescale_schedule": True},
-                                    gradient=False,
-                                    takes_loss=True))
+register_attack("square", AttackDef(
+    _square, {**COMMON, "n_queries": 5000, "p_init": 0.8, "rescale_schedule": True, "early_exit": True},
+    gradient=False, takes_loss=True))
 register_attack("autoattack", AttackDef(
     None, {**_APGD, "version": "standard", "n_target_classes": 9, "n_queries": 5000, "eot_iter": 20},
-    takes_loss=True, staged=_autoattack))
+    takes_loss=True, staged=_autoattack, takes_judge=True))

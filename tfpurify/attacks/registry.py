@@ -34,6 +34,9 @@ class AttackDef:
     # (model_fn, params) -> f(x, y) -> (x_adv, cost): built once per run, called eagerly per batch; it
     # traces its own stages and skips those with nothing left to attack (AutoAttack, APGD's restarts)
     staged: callable = None
+    # staged attacks that take `judge=`: (images, labels) -> [N] bool, whether the pipeline that is
+    # scored is fooled; an example leaves the stages only when the judge confirms (see run_attack)
+    takes_judge: bool = False
     needs_purifier: bool = False  # attacks the purifier itself (`tfpurify.attacks.purifier`): white-box on a defense only
     needs_code: bool = False      # ... through its latent code (`Purifier.encode`)
 

@@ -46,7 +46,7 @@ def _check_differentiable(model_fn, x):
             "such as rounding); attack it through a BPDA surrogate (Purifier.attack_surrogate) or use spsa")
 
 
-def _batch_runner(attack, model_fn, p):
+def _batch_runner(attack, model_fn, p, judge=None):
     """Returns f(x, y) -> (x_adv, cost, per-example attack loss, hit, flagged) for one batch.
 
     `hit`: the prediction equals y; `flagged`: a detector-aware target's detector fires (else all
@@ -61,7 +61,12 @@ def _batch_runner(attack, model_fn, p):
     attacked_fn = model_fn if attack.takes_loss else logits_fn
     if attack.prepare is not None:
         p = {**p, **attack.prepare(p)}
-    staged = attack.staged(attacked_fn, p) if attack.staged is not None else None
+    if attack.staged is None:
+        staged = None
+    elif attack.takes_judge and judge is not None:
+        staged = attack.staged(attacked_fn, p, judge=tf.function(judge))
+    else:
+        staged = attack.staged(attacked_fn, p)
 
     def step(x, y):
         y_used = y if y is not None else tf.argmax(logits_fn(x), axis=1)
@@ -84,7 +89,8 @@ def _batch_runner(attack, model_fn, p):
     return tf.function(step) if attack.graph and staged is None else step
 
 
-def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False, return_cost=False, **params):
+def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False, return_cost=False, judge=None,
+               **params):
     """Crafts adversarial examples for `x` against `model_fn`.
 
     Args:
@@ -99,6 +105,11 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
       progress: show a tqdm progress bar over batches.
       return_cost: also return the model evaluations spent per example (gradient evaluations for
         gradient attacks, queries for Square and SPSA; NaN where an attack does not count them).
+      judge: None, or `(images, labels) -> [N] bool`: whether the pipeline that will be *scored* is
+        fooled, when it is not `model_fn` itself (an EOT average or a BPDA surrogate is attacked; one
+        draw of the served pipeline is scored). Staged attacks (AutoAttack, APGD's restarts) then let
+        an example leave only when the judge confirms its adversarial example, and keep attacking the
+        rest; the judge's calls are not counted as cost. Ignored where `early_exit` is off.
       **params: attack parameters, see `resolve_params`. `restarts` (pgd) keeps, per example, the
         restart that reaches the attack's goal (fools the model, and against a detector-aware
         target also evades the detector), or else the one with the highest attack loss.
@@ -129,7 +140,7 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
         _check_differentiable(model_fn, x[:1])
     batch_size = attack.batch_size or min(int(batch_size), len(x))  # never pad beyond the data
     tf.random.set_seed(seed)
-    step = _batch_runner(attack, model_fn, p)  # traced afresh, so `seed` takes effect
+    step = _batch_runner(attack, model_fn, p, judge)  # traced afresh, so `seed` takes effect
     restarts = p.get("restarts", 1)
     out = np.empty_like(x)
     cost = np.zeros(len(x), np.float32)

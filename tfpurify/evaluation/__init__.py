@@ -10,6 +10,7 @@ live in `tfpurify.metrics`.
 """
 
 from tfpurify.evaluation.report import AttackResult, RobustnessReport
-from tfpurify.evaluation.run import THREAT_MODELS, AttackSpec, evaluate, make_attack_specs
+from tfpurify.evaluation.run import JUDGE_DRAWS, THREAT_MODELS, AttackSpec, evaluate, make_attack_specs, scored_judge
 
-__all__ = ["THREAT_MODELS", "AttackSpec", "AttackResult", "RobustnessReport", "make_attack_specs", "evaluate"]
+__all__ = ["THREAT_MODELS", "AttackSpec", "AttackResult", "RobustnessReport", "make_attack_specs", "evaluate",
+           "scored_judge", "JUDGE_DRAWS"]

@@ -13,8 +13,10 @@ import dataclasses
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from tfpurify import attacks as attacks_lib
+from tfpurify.attacks.loop import Target
 from tfpurify.classifiers import predict_logits
 from tfpurify.data import validate_batch_size, validate_images
 from tfpurify.defenses.base import adversarial_scores
@@ -23,7 +25,7 @@ from tfpurify.evaluation.report import AttackResult, RobustnessReport, jsonable
 from tfpurify.evaluation.sanity import GRADIENT_FREE_CHECK, attack_and_score, run_sanity_checks, skip_checks
 from tfpurify.metrics import detection_metrics
 
-__all__ = ["THREAT_MODELS", "AttackSpec", "make_attack_specs", "evaluate"]
+__all__ = ["THREAT_MODELS", "AttackSpec", "make_attack_specs", "evaluate", "scored_judge", "JUDGE_DRAWS"]
 
 THREAT_MODELS = ("none", "graybox", "whitebox", "whitebox_no_bpda", "transfer")
 # Threat models in which the attacker differentiates the very pipeline it is scored on; the
@@ -175,6 +177,9 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
     for tm in threat_models:
         attacked_fn, scored_fn = table.get(tm)
         report.settings["threat_models"][tm] = dict(getattr(attacked_fn, "settings", {}))
+        judge = None
+        if tm in _GRADIENT_THREAT_MODELS and attacked_fn is not scored_fn:
+            judge, report.settings["threat_models"][tm]["success_judged_on"] = scored_judge(attacked_fn, scored_fn)
         if id(scored_fn) not in clean_of:
             clean_of[id(scored_fn)] = np.argmax(predict_logits(scored_fn, x, batch_size), axis=1) == y
         tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
@@ -192,7 +197,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             start = time.perf_counter()
             if not before:
                 x_adv, pred, correct, cost = attack_and_score(spec.name, attacked_fn, scored_fn, x, y, tm_clean,
-                                                               batch_size, seed, progress, **spec_params)
+                                                               batch_size, seed, progress, judge, **spec_params)
                 plain = pred == y
             else:  # only what the attacks before left robust; the rest keeps its adversarial image
                 x_adv, correct, cost, plain = x_cur.copy(), robust.copy(), np.zeros(len(x)), plain_cur.copy()
@@ -200,7 +205,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                 if len(idx):
                     x_adv[idx], pred_idx, correct[idx], cost[idx] = attack_and_score(
                         spec.name, attacked_fn, scored_fn, x[idx], y[idx], robust[idx], batch_size, seed,
-                        progress, **spec_params)
+                        progress, judge, **spec_params)
                     plain[idx] = pred_idx == y[idx]
                     if np.all(np.isnan(cost[idx])):
                         cost[:] = np.nan  # this attack does not count its evaluations
@@ -228,6 +233,38 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             n = min(sanity_n, len(x))
             run_sanity_checks(report, tm, attacked_fn, scored_fn, x[:n], y[:n], tm_clean[:n], batch_size, seed)
     return report
+
+
+# A stochastic scored pipeline counts as fooled by an adversarial example, for leaving AutoAttack's
+# stages, only when it is fooled in every one of this many fresh draws.
+JUDGE_DRAWS = 3
+
+
+def scored_judge(attacked_fn, scored_fn):
+    """`(images, labels) -> [N] bool`: whether the pipeline that is scored is fooled, and a description.
+
+    Fooled: its prediction is wrong (in each of JUDGE_DRAWS draws where its purifier is stochastic)
+    and, where the attack is detector-aware, its detector does not flag the image. The staged attacks
+    (AutoAttack, APGD's restarts) let an example go only when this confirms their own verdict, which is
+    on the attacked callable (an EOT average, a BPDA surrogate).
+    """
+    stochastic = bool(getattr(getattr(scored_fn, "purifier", None), "stochastic", False))
+    detector = getattr(scored_fn, "detector", None) if Target(attacked_fn).aware else None
+    draws = JUDGE_DRAWS if stochastic else 1
+
+    def judge(images, labels):
+        fooled = tf.ones(tf.shape(labels), tf.bool)
+        for _ in range(draws):
+            wrong = tf.not_equal(tf.argmax(scored_fn(images), axis=1), tf.cast(labels, tf.int64))
+            fooled = tf.logical_and(fooled, wrong)
+        if detector is not None:
+            flagged = detector.adversarial_score(images) > detector.threshold
+            fooled = tf.logical_and(fooled, tf.logical_not(flagged))
+        return fooled
+
+    described = (f"the scored pipeline: wrong in {draws} of {draws} draws" if draws > 1 else
+                 "the scored pipeline: wrong") + (" and not flagged" if detector is not None else "")
+    return judge, described
 
 
 def _for_threat_model(tm, spec):

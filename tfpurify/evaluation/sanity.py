@@ -16,14 +16,14 @@ __all__ = ["CHECKS", "GRADIENT_FREE_CHECK", "attack_and_score", "run_sanity_chec
 
 
 def attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False,
-                      **params):
-    """Crafts x_adv on `attacked_fn`, classifies it with `scored_fn`.
+                      judge=None, **params):
+    """Crafts x_adv on `attacked_fn`, classifies it with `scored_fn`; `judge`: see `attacks.run_attack`.
 
     Returns:
       (x_adv, pred, robust per example, model evaluations per example)
     """
     x_adv, cost = attacks_lib.run_attack(name, attacked_fn, x, y, batch_size=batch_size, seed=seed,
-                                         progress=progress, return_cost=True, **params)
+                                         progress=progress, return_cost=True, judge=judge, **params)
     pred = np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1)
     return x_adv, pred, clean_correct & (pred == y), cost
 
