@@ -163,8 +163,8 @@ def test_autoattack_runs_its_stages_in_order_on_what_is_left():
     assert not ce_fooled.numpy().any()
     cost = cost.numpy()  # the clean pass, APGD-CE in full, APGD-T (ranking, target 1 in full, target 2), no Square
     assert np.all(cost > 1 + 11 + 1 + 11) and np.all(cost <= 1 + 11 + 1 + 11 + 11)
-    # L2: no Square; rand: APGD-CE and APGD-DLR with EOT
-    assert len(autoattack.AutoAttack(model, 0.5, norm=2)._stages) == 2
+    # L2 too: APGD-CE, APGD-T, Square; rand: APGD-CE and APGD-DLR with EOT
+    assert len(autoattack.AutoAttack(model, 0.5, norm=2)._stages) == 3
     assert len(autoattack.AutoAttack(model, 0.2)._stages) == 3
     rand = autoattack.AutoAttack(model, 0.2, version="rand", n_iter=3, eot_iter=4)
     _, fooled_r, cost_r = rand(x, y)  # neither APGD-CE nor APGD-DLR (untargeted) wins: both run in full
@@ -262,3 +262,37 @@ def test_without_early_exit_every_example_takes_every_iteration():
     assert fooled_aa.numpy().all()
     assert np.abs(x_aa.numpy()[1] - x.numpy()[1]).max() > 0.05  # wrong clean, and attacked all the same
     assert np.all(cost.numpy() == 1 + 11)  # APGD-CE in full fooled both: nothing left for the later stages
+
+
+def test_square_eta_is_the_official_window():
+    # eta(3): the top row the rectangles of eta_rectangles(1, 3) (1 at the centre, 1/4 across), the two rows
+    # below the negative rectangles of eta_rectangles(2, 3); each part and the whole of unit norm
+    top = np.array([0.25, 1.25, 0.25]) / np.sqrt(0.25 ** 2 * 2 + 1.25 ** 2)
+    below = np.array([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25]])
+    below = below / np.sqrt(np.sum(below ** 2))
+    np.testing.assert_allclose(autoattack.square_eta(3), np.vstack([top, -below]) / np.sqrt(2), atol=1e-6)
+    for s in (3, 5, 9, 25):
+        e = autoattack.square_eta(s)
+        assert e.shape == (s, s) and abs(np.sum(e ** 2) - 1) < 1e-5
+        assert np.all(e[:s // 2] > 0) and np.all(e[s // 2:] < 0)
+        np.testing.assert_allclose(e, e[:, ::-1], atol=1e-6)  # symmetric left to right
+
+
+def test_l2_square_stays_on_the_sphere_and_breaks_a_toy():
+    x = np.full((4, 10, 10, 1), 0.5, np.float32)
+    y = np.zeros(4, np.int64)
+    model = _mean_logits([0.0, 40.0], [0.0, -21.0])  # class 1 wins once the mean pixel exceeds 0.525
+    tf.random.set_seed(0)
+    start, _, q0 = autoattack.square(model, tf.constant(x), tf.constant(y), 1.0, n_queries=0, norm=2)
+    norms = np.sqrt(np.sum((start.numpy() - x) ** 2, axis=(1, 2, 3)))
+    np.testing.assert_allclose(norms, 1.0, atol=1e-4)  # the start: norm eps
+    np.testing.assert_array_equal(q0, 1)
+    tf.random.set_seed(0)
+    x_adv, fooled, queries = autoattack.square(model, tf.constant(x), tf.constant(y), 1.0, n_queries=400, norm=2)
+    x_adv = x_adv.numpy()
+    assert fooled.numpy().all() and np.all(np.argmax(model(tf.constant(x_adv)), axis=1) == 1)
+    assert np.all(np.sqrt(np.sum((x_adv - x) ** 2, axis=(1, 2, 3))) <= 1.0 + 1e-4)
+    assert np.all(queries.numpy() > 1) and np.all(queries.numpy() <= 401)
+    assert float(np.mean(x_adv)) > 0.525  # it moved mass upwards, within the sphere
+    with pytest.raises(ValueError, match="at least 5 x 5"):
+        autoattack.square(model, tf.zeros((1, 4, 4, 1)), tf.zeros(1, tf.int64), 1.0, n_queries=1, norm=2)

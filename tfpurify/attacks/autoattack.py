@@ -9,7 +9,7 @@
   than rho = 0.75 of the steps since the last checkpoint raised the loss or the best loss did not
   move.
 - `square`: the Square Attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient
-  black-box adversarial attack via random search", ECCV), L-inf, margin loss, p_init 0.8 and the
+  black-box adversarial attack via random search", ECCV), L-inf and L2, margin loss, p_init 0.8 and the
   official schedule of the square size, rescaled to the query budget (5000 by default) as the
   official SquareAttack does by default (`rescale_schedule`).
 - `autoattack` / `AutoAttack`: the standard sequence APGD-CE -> APGD-T (9 targets) -> Square
@@ -225,28 +225,69 @@ def runner_up_classes(logits, k=9):
 
 # --------------------------------------------------------------------------- Square
 
-def _square_p(i, n_queries, p_init, rescale_schedule=True):
-    """Fraction of pixels changed at query i: the official `p_selection`, p_init halved after 10, 50, 200,
-    500, 1000, 2000, 4000, 6000 and 8000 iterations, counted on a scale of 10000 queries where
-    `rescale_schedule` (the official SquareAttack's default), as they come where not (AutoAttack's)."""
+_SQUARE_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def _square_halvings(i, n_queries, rescale_schedule=True):
+    """How often p_init is halved at query i: the official `p_selection`, after 10, 50, 200, 500, 1000, 2000,
+    4000, 6000 and 8000 iterations, counted on a scale of 10000 queries where `rescale_schedule` (the
+    official SquareAttack's default), as they come where not (AutoAttack's)."""
     it = tf.cast(i, tf.int32)
     if rescale_schedule:
         it = tf.cast(tf.cast(i, tf.float32) / n_queries * 10000.0, tf.int32)
-    bounds = tf.constant([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
-    halvings = tf.reduce_sum(tf.cast(it > bounds, tf.int32))
-    return p_init / tf.pow(2.0, tf.cast(halvings, tf.float32))
+    return tf.reduce_sum(tf.cast(it > tf.constant(_SQUARE_BOUNDS), tf.int32))
 
 
-def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale_schedule=True, early_exit=True):
-    """Square Attack, L-inf, margin loss: random search over square-shaped updates (no gradients).
+def _square_p(i, n_queries, p_init, rescale_schedule=True):
+    """Fraction of pixels changed at query i (see `_square_halvings`)."""
+    return p_init / tf.pow(2.0, tf.cast(_square_halvings(i, n_queries, rescale_schedule), tf.float32))
 
-    As the official `square.py` (L-inf): vertical stripes of +-eps as the start, one square of side
-    round(sqrt(p * pixels)) per query moved to +-eps around x with one sign per channel, kept where the
-    loss falls or the example is fooled, p from `_square_p`. An example is fooled when the argmax of
-    its logits is not its label (and a detector-aware target does not flag it): a tie with the true
-    class, which the official margin counts as success, is not one where the argmax still says the
-    true class. Without `early_exit`, every example takes all queries, keeping each update that
-    lowers its margin loss (past success too: the most confident mistake, for gray-box and transfer).
+
+def _eta_rectangles(x, y):
+    """The official `eta_rectangles`: nested rectangles around the centre, weight 1 / (k + 1)^2, unit L2 norm."""
+    delta = np.zeros([x, y])
+    x_c, y_c = x // 2 + 1, y // 2 + 1
+    c0, c1 = x_c - 1, y_c - 1
+    for k in range(max(x_c, y_c)):
+        delta[max(c0, 0):min(c0 + 2 * k + 1, x), max(0, c1):min(c1 + 2 * k + 1, y)] += 1.0 / (k + 1) ** 2
+        c0, c1 = c0 - 1, c1 - 1
+    return delta / np.sqrt(np.sum(delta ** 2))
+
+
+def square_eta(s):
+    """The official `eta(s)` [s, s] before its random transpose: +rectangles on top, -rectangles below, unit L2."""
+    delta = np.zeros([s, s])
+    delta[:s // 2] = _eta_rectangles(s // 2, s)
+    delta[s // 2:] = -_eta_rectangles(s - s // 2, s)
+    return (delta / np.sqrt(np.sum(delta ** 2))).astype(np.float32)
+
+
+def _random_transpose(e):
+    return tf.cond(tf.random.uniform([]) > 0.5, lambda: tf.transpose(e), lambda: e)
+
+
+def _window(block, top, left, h, w):
+    """[N, s, s, C] (or [s, s]) block padded with zeros into [N, h, w, C] (or [h, w]) at (top, left)."""
+    s = tf.shape(block)[-3] if block.shape.rank == 4 else tf.shape(block)[0]
+    pads = [[top, h - top - s], [left, w - left - s]]
+    return tf.pad(block, [[0, 0], *pads, [0, 0]] if block.shape.rank == 4 else pads)
+
+
+def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale_schedule=True, early_exit=True,
+           norm=np.inf):
+    """Square Attack, L-inf or L2, margin loss: random search over square-shaped updates (no gradients).
+
+    As the official `square.py`. L-inf: vertical stripes of +-eps as the start, one square of side
+    round(sqrt(p * pixels)) per query moved to +-eps around x with one sign per channel. L2: a 5 x 5 grid
+    of `square_eta` windows with random signs as the start, scaled to norm eps; per query, a window's
+    perturbation redrawn from `square_eta` plus its old one, a second window's set to zero, and their
+    mass rescaled so the whole perturbation keeps norm eps (side at least 3, odd; at most the image's).
+    A candidate is kept where the loss falls or the example is fooled, p from `_square_p`. An example
+    is fooled when the argmax of its logits is not its label (and a detector-aware target does not flag
+    it): a tie with the true class, which the official margin counts as success, is not one where the
+    argmax still says the true class. Without `early_exit`, every example takes all queries, keeping
+    each update that lowers its margin loss (past success too: the most confident mistake, for
+    gray-box and transfer).
 
     Returns:
       (x_adv, fooled [N] bool, queries [N] float)
@@ -256,6 +297,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
     target = Target(model_fn)
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     n_features = h * w * c
+    n = tf.shape(x)[0]
 
     def margin_and_loss(images, labels):
         logits, penalty, flagged = target.parts(images)
@@ -266,21 +308,45 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
         margin = tf.where(tf.logical_or(right, flagged), tf.maximum(margin, 1e-6), margin)  # <= 0: fooled
         return margin, margin + penalty
 
-    signs = tf.sign(tf.random.uniform([tf.shape(x)[0], 1, w, c], -1.0, 1.0))
-    x_best = tf.where(expand(active), tf.clip_by_value(x + eps * signs, 0.0, 1.0), x)
+    def l2_norm(t):
+        return tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2, 3], keepdims=True))
+
+    if norm == np.inf:
+        signs = tf.sign(tf.random.uniform([n, 1, w, c], -1.0, 1.0))
+        start = x + eps * signs
+    else:  # a 5 x 5 grid of eta windows of side h // 5, centred, one random sign per example, channel and window
+        s0 = h // 5
+        if s0 < 1:
+            raise ValueError(f"the L2 Square Attack needs images of at least 5 x 5 pixels, got {h} x {w}")
+        top0 = (h - s0 * 5) // 2
+        delta = tf.zeros_like(x)
+        for row in range(h // s0):
+            for col in range(w // s0):
+                block = _random_transpose(tf.constant(square_eta(s0)))[None, :, :, None] * tf.sign(
+                    tf.random.uniform([n, 1, 1, c], -1.0, 1.0))
+                top, left = top0 + row * s0, top0 + col * s0
+                if top + s0 <= h and left + s0 <= w:
+                    delta += _window(block, top, left, h, w)
+        start = x + normalize(delta, 2) * eps
+    x_best = tf.where(expand(active), tf.clip_by_value(start, 0.0, 1.0), x)
     margin, loss = on_active(active, margin_and_loss, x_best, y)
     queries = tf.cast(active, tf.float32)
     margin = tf.where(active, margin, -1.0)  # inactive examples count as done
     rows, cols = tf.range(h)[:, None, None], tf.range(w)[None, :, None]
+    if norm != np.inf:  # side per halving of p: at least 3, odd, at most the image's; the eta of each side
+        sides = []
+        for k in range(len(_SQUARE_BOUNDS) + 1):
+            side = max(int(round(np.sqrt(p_init / 2 ** k * n_features / c))), 3)
+            side = min(side + 1 if side % 2 == 0 else side, min(h, w))
+            sides.append(side if side % 2 == 1 or side < 3 else side - 1)
+        big = max(sides)
+        etas = tf.constant(np.stack([np.pad(square_eta(v), [[0, big - v], [0, big - v]]) for v in sides]))
+        sides = tf.constant(sides, tf.int32)
 
     def working(margin):
         return margin > 0.0 if early_exit else active
 
-    def cond(i, x_best, margin, loss, queries):
-        return tf.logical_and(i < n_queries, tf.reduce_any(working(margin)))
-
-    def body(i, x_best, margin, loss, queries):
-        act = working(margin)
+    def linf_candidate(i, x_best):
         p = _square_p(i, n_queries, p_init, rescale_schedule)
         s = tf.cast(tf.round(tf.sqrt(p * n_features / c)), tf.int32)
         s = tf.clip_by_value(s, 1, min(h, w) - 1)
@@ -289,7 +355,39 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
         window = tf.logical_and(tf.logical_and(rows >= vh, rows < vh + s), tf.logical_and(cols >= vw, cols < vw + s))
         sign = tf.sign(tf.random.uniform([1, 1, c], -1.0, 1.0))
         delta = tf.cast(window, tf.float32) * 2.0 * eps * sign
-        x_new = tf.clip_by_value(tf.clip_by_value(x_best + delta[None], x - eps, x + eps), 0.0, 1.0)
+        return tf.clip_by_value(tf.clip_by_value(x_best + delta[None], x - eps, x + eps), 0.0, 1.0)
+
+    def l2_candidate(i, x_best):
+        k = _square_halvings(i, n_queries, rescale_schedule)
+        s = sides[k]
+        e = _random_transpose(etas[k][:s, :s])
+        vh = tf.random.uniform([], 0, tf.maximum(h - s, 1), dtype=tf.int32)
+        vw = tf.random.uniform([], 0, tf.maximum(w - s, 1), dtype=tf.int32)
+        vh2 = tf.random.uniform([], 0, tf.maximum(h - s, 1), dtype=tf.int32)
+        vw2 = tf.random.uniform([], 0, tf.maximum(w - s, 1), dtype=tf.int32)
+        delta = x_best - x
+        old = tf.slice(delta, [0, vh, vw, 0], [-1, s, s, -1])
+        norm_old = tf.sqrt(tf.reduce_sum(tf.square(old), axis=[1, 2], keepdims=True))  # per example and channel
+        mask_1 = _window(tf.ones([s, s]), vh, vw, h, w)[None, :, :, None]
+        mask_2 = _window(tf.ones([s, s]), vh2, vw2, h, w)[None, :, :, None]
+        norm_image = l2_norm(delta)
+        norm_windows = l2_norm(delta * tf.maximum(mask_1, mask_2))
+        new = e[None, :, :, None] * tf.sign(tf.random.uniform([n, 1, 1, c], -1.0, 1.0))
+        new += old / (1e-12 + norm_old)
+        new = new / (1e-12 + tf.sqrt(tf.reduce_sum(tf.square(new), axis=[1, 2], keepdims=True))) * tf.sqrt(
+            tf.maximum(eps ** 2 - tf.square(norm_image), 0.0) / c + tf.square(norm_windows))
+        delta = delta * (1.0 - mask_2)
+        delta = delta * (1.0 - mask_1) + _window(new, vh, vw, h, w)
+        return tf.clip_by_value(x + normalize(delta, 2) * eps, 0.0, 1.0)
+
+    candidate = linf_candidate if norm == np.inf else l2_candidate
+
+    def cond(i, x_best, margin, loss, queries):
+        return tf.logical_and(i < n_queries, tf.reduce_any(working(margin)))
+
+    def body(i, x_best, margin, loss, queries):
+        act = working(margin)
+        x_new = candidate(i, x_best)
         margin_new, loss_new = on_active(act, margin_and_loss, x_new, y)
         improved = tf.logical_and(act, loss_new < loss)
         loss = tf.where(improved, loss_new, loss)
@@ -348,7 +446,8 @@ def first_success(stages, x, fooled, cost, keep_last=False, judge=None):
 class AutoAttack:
     """AutoAttack with each stage traced on its own: build once, call on batches of one shape.
 
-    `version="standard"`: APGD-CE -> APGD-T -> Square (Square only for L-inf). `version="rand"`:
+    `version="standard"`: APGD-CE -> APGD-T -> Square (L-inf and L2; the original's standard version also
+    runs FAB-T, which tfpurify does not have yet). `version="rand"`:
     APGD-CE -> APGD-DLR, each with gradients averaged over `eot_iter` draws (stochastic defenses).
     Each stage runs only on the examples the stages before it left robust. Called eagerly, every
     stage is its own `tf.function`, traced the first time a batch reaches it: when APGD-CE already
@@ -368,9 +467,9 @@ class AutoAttack:
         if version == "standard":
             stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, early_exit=ee),
                       lambda x, y, act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, act, ee)]
-            if norm == np.inf:  # as the original's AutoAttack builds it: resc_schedule=False
-                stages.append(lambda x, y, act: square(model_fn, x, y, eps, n_queries, active=act,
-                                                       rescale_schedule=False, early_exit=ee))
+            # as the original's AutoAttack builds it: resc_schedule=False (L-inf and L2)
+            stages.append(lambda x, y, act: square(model_fn, x, y, eps, n_queries, active=act,
+                                                   rescale_schedule=False, early_exit=ee, norm=norm))
         elif version == "rand":
             stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, eot_iter=eot_iter,
                                              early_exit=ee),
@@ -443,7 +542,7 @@ def _apgd_t(model_fn, x, y, p, loss_fn):
 
 def _square(model_fn, x, y, p, loss_fn):
     x_adv, _, queries = square(model_fn, x, y, p["eps"], p["n_queries"], p["p_init"],
-                               rescale_schedule=p["rescale_schedule"], early_exit=p["early_exit"])
+                               rescale_schedule=p["rescale_schedule"], early_exit=p["early_exit"], norm=p["norm"])
     return x_adv, queries
 
 

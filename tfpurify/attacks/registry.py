@@ -92,8 +92,10 @@ def resolve_params(name, **params):
             f"{name} does not take {', '.join(sorted(unknown))}; it takes {', '.join(sorted(attack.defaults))}")
     p = {**attack.defaults, **{k: v for k, v in params.items() if v is not None}}
     p["norm"] = parse_norm(p["norm"])
-    if name in ("spsa", "square") and p["norm"] != np.inf:
+    if name == "spsa" and p["norm"] != np.inf:
         raise AttackConfigError(f"{name} supports only norm inf")
+    if name == "square" and p["norm"] not in (np.inf, 2):
+        raise AttackConfigError(f"{name} supports norms inf and 2")
     if "version" in p and p["version"] not in ("standard", "rand"):
         raise AttackConfigError(f"autoattack version must be standard or rand, got {p['version']!r}")
     if "p_init" in p and (not _is_number(p["p_init"]) or not 0 < p["p_init"] <= 1):
