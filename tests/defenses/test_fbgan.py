@@ -199,3 +199,54 @@ def test_export_reload_equality(trained_run, cnn, tmp_path):
     np.testing.assert_allclose(served["probabilities"], defended.predict_outputs(x)["probabilities"], atol=1e-5)
     purified = reloaded.signatures["purify"](images=tf.constant(x))["purified"]
     np.testing.assert_allclose(purified, model.purify(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_train_step_gives_each_player_the_gradient_of_its_own_loss_with_every_term(straight_through):
+    """Eq. 6 with the MI term (D, Q and G), the AE term (G and E, switched on) and the latent cycle (E):
+    with SGD at rate 1 every weight moves by minus the gradient of its player's loss, computed by hand
+    from the same draw of z (eager, fast: `make mutation` runs it for fbgan.py)."""
+    from tfpurify import losses
+
+    cfg = FBGANConfig(base_filters=8, batch_size=8, d_dropout=0.0, lambda_mi=0.7, latent_cycle_weight=0.3,
+                      ae_weight=2.0, ae_reduction="sum", straight_through=straight_through)
+    model = build_defense("fbgan", cfg)
+    model.compile(d_optimizer=tf.keras.optimizers.SGD(1.0), g_optimizer=tf.keras.optimizers.SGD(1.0),
+                  e_optimizer=tf.keras.optimizers.SGD(1.0))
+    model.ae_start_step.assign(0)  # the AE term is on from the first step
+    x = tf.constant(data.load_dataset("fashion_mnist", "train", limit=8)[0])
+    players = {"d": model.discriminator, "g": model.generator, "e": model.encoder}
+    start = {k: [w.numpy() for w in p.trainable_weights] for k, p in players.items()}
+
+    def split(z):
+        return z[:, :cfg.n_categories], z[:, cfg.n_categories:]
+
+    tf.random.set_seed(11)
+    z = model.sample_prior(8)
+    with tf.GradientTape(persistent=True) as tape:
+        e = model.encode(x, training=True)
+        if straight_through:
+            e = model.straight_through_code(e)
+        x_fake, x_rec = model.generator(z, training=True), model.generator(e, training=True)
+        real, real_features, _, _ = model.discriminator([x, e], training=True)
+        fake, fake_features, q_cat, q_cont = model.discriminator([x_fake, z], training=True)
+        rec, _, _, _ = model.discriminator([x_rec, e], training=True)
+        mi = losses.mutual_information_gap(*split(z), q_cat, q_cont, cfg.continuous_weight)
+        recon = losses.reconstruction_loss(x, x_rec, "sum")
+        cycle = losses.mutual_information_gap(*split(z), *model.encoder(x_fake, training=True),
+                                              cfg.continuous_weight)
+        want = {"d": losses.minimax_discriminator_loss(real, [fake, rec], [0.5, 0.5]) + 0.7 * mi,
+                "g": 0.5 * losses.non_saturating_generator_loss(fake) + 0.5 * losses.non_saturating_generator_loss(rec)
+                + 0.7 * mi + 2.0 * recon,
+                "e": losses.feature_matching_loss(real_features, fake_features) + 2.0 * recon + 0.3 * cycle}
+    grads = {k: tape.gradient(want[k], p.trainable_weights) for k, p in players.items()}
+    tf.random.set_seed(11)
+    got = model.train_step(x)
+    assert set(got) == {"d_loss", "g_loss", "e_loss", "mi_gap", "recon_error"}
+    for k in "dge":
+        assert float(got[f"{k}_loss"]) == pytest.approx(float(want[k]), rel=1e-5, abs=1e-5), k
+    assert float(got["mi_gap"]) == pytest.approx(float(mi), rel=1e-5, abs=1e-6)
+    assert float(got["recon_error"]) == pytest.approx(float(recon), rel=1e-5)
+    for k, p in players.items():
+        for w0, w, g in zip(start[k], p.trainable_weights, grads[k]):
+            np.testing.assert_allclose(w.numpy() - w0, -g.numpy(), rtol=1e-3, atol=1e-5, err_msg=f"{k} {w.name}")
