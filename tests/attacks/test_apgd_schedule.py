@@ -129,7 +129,11 @@ CASES = {"linf-ce": (np.inf, 0.2, "ce", {}), "l2-ce": (2, 0.6, "ce", {"wiggle": 
          # the second checkpoint (10 steps later) halves, and the third (9 later) does not, as the second
          # halved; then rising again
          "linf-dlr-stalled": (np.inf, 0.2, "dlr", {"margin": 5.0, "amplitude": 0.001, "offsets": np.concatenate([
-             0.02 * np.arange(1, 13), 0.01 * np.arange(0, 10), 0.01 * np.arange(0, 9), 0.3 + 0.02 * np.arange(40)])})}
+             0.02 * np.arange(1, 13), 0.01 * np.arange(0, 10), 0.01 * np.arange(0, 9), 0.3 + 0.02 * np.arange(40)])}),
+         # rising through three checkpoints (after 11, 21, 30 steps), then 6 rises in the 8 steps to the
+         # fourth, each past the best: 6 <= rho * 8 exactly, so the fourth checkpoint halves; rising again
+         "linf-dlr-rho": (np.inf, 0.2, "dlr", {"margin": 5.0, "amplitude": 0.001, "offsets": np.concatenate([
+             0.02 * np.arange(1, 32), [0.64, 0.66, 0.65, 0.67, 0.69, 0.68, 0.70, 0.72], 0.74 + 0.02 * np.arange(20)])})}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -147,6 +151,8 @@ def test_apgd_takes_the_official_codes_steps(case):
     halvings = np.log2(sizes[0] / sizes[-1])
     if "rising" in case:  # the loss rose at every step: never halved
         assert np.all(sizes == np.float32(2 * eps))
+    elif "rho" in case:  # halved once, at the fourth checkpoint (after 38 steps)
+        assert np.all(sizes[:38] == np.float32(2 * eps)) and np.all(sizes[38:] == np.float32(eps)), sizes[:, 0]
     elif "stalled" in case:  # halved once, at the second checkpoint only (the 22nd step is the first at eps)
         assert np.all(sizes[:21] == np.float32(2 * eps)) and np.all(sizes[21:] == np.float32(eps)), sizes[:, 0]
     else:  # halved at some checkpoints, not at all of them (checkpoints after 11, 12, 13, 14, 15, 16, 17 steps)
@@ -184,3 +190,39 @@ def test_apgd_returns_the_first_success_not_the_point_of_highest_loss():
     corner = np.full_like(x, 0.8)
     np.testing.assert_allclose(x_adv, corner, atol=1e-6)
     assert float(ce(y, logits)[0]) < float(ce(y, _fooled_at_lower_loss(tf.constant(x)))[0])
+
+
+@pytest.mark.parametrize("norm", [np.inf, 2])
+def test_apgd_starts_where_the_official_code_does(norm):
+    """L-inf: x + eps * t / max|t|, t uniform in [-1, 1]^d (one pixel at +-eps, the others uniform inside);
+    L2: x + eps * t / ||t||, t standard normal (uniform on the sphere). Checked on 2000 starts of 8 pixels."""
+    x = np.full((2000, 2, 2, 2), 0.5, np.float32)
+    model = Toy()
+    tf.random.set_seed(5)
+    apgd(model, tf.constant(x), tf.zeros(2000, tf.int64), 0.2, norm, n_iter=0)
+    delta = (model.calls[0] - x).reshape(2000, -1) / 0.2
+    assert abs(delta.mean()) < 0.01  # symmetric
+    if norm == np.inf:
+        top = np.abs(delta).max(axis=1)
+        np.testing.assert_allclose(top, 1.0, atol=1e-5)
+        inside = np.sort(np.abs(delta), axis=1)[:, :-1].ravel()  # the 7 others: uniform in [0, 1]
+        assert abs(np.mean(inside < 0.5) - 0.5) < 0.02 and abs(np.mean(inside < 0.25) - 0.25) < 0.02
+    else:
+        np.testing.assert_allclose(np.sqrt(np.sum(delta ** 2, axis=1)), 1.0, atol=1e-4)
+        # uniform on the sphere of 8 dims: coordinate kurtosis 3 d / (d + 2) = 2.4 (a normalized cube's: 1.8)
+        kurtosis = np.mean(delta ** 4) / np.mean(delta ** 2) ** 2
+        assert 2.25 < kurtosis < 2.55, kurtosis
+
+
+def test_apgd_averages_each_gradient_over_its_eot_draws_and_keeps_its_defaults():
+    import inspect
+
+    model = Toy()
+    x = np.random.default_rng(0).uniform(0.2, 0.8, (2, 2, 2, 2)).astype(np.float32)
+    tf.random.set_seed(0)
+    _, _, evals = apgd(model, tf.constant(x), tf.zeros(2, tf.int64), 0.1, n_iter=3, eot_iter=4)
+    assert len(model.calls) == 4 * (3 + 1)  # every iteration and the start: 4 draws
+    np.testing.assert_array_equal(evals, 16)
+    defaults = {k: v.default for k, v in inspect.signature(apgd).parameters.items() if v.default is not v.empty}
+    assert defaults == {"norm": np.inf, "n_iter": 100, "loss": "ce", "y_target": None, "active": None, "rho": 0.75,
+                        "eot_iter": 1, "early_exit": True}

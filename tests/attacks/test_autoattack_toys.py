@@ -110,7 +110,7 @@ def test_apgd_t_tries_the_runner_ups_in_turn_on_what_is_left():
     assert fooled.numpy().all()
     assert np.all(np.argmax(model(x_adv).numpy(), axis=1) == 2)
     # the ranking pass, target 1 in full (start + 10 steps), then target 2 until it succeeds
-    assert np.all(evals.numpy() > 1 + 11) and np.all(evals.numpy() <= 1 + 11 + 11)
+    assert np.all(evals.numpy() > 1 + 11) and np.all(evals.numpy() <= 1 + 11 + 3)  # the second stops early
     _, fooled_1, evals_1 = autoattack.apgd_targeted(model, tf.constant(x), tf.constant(y), 0.2, n_iter=10,
                                                     n_target_classes=1)
     assert not fooled_1.numpy().any() and np.all(evals_1.numpy() == 1 + 11)  # class 1 alone: never
@@ -296,3 +296,118 @@ def test_l2_square_stays_on_the_sphere_and_breaks_a_toy():
     assert float(np.mean(x_adv)) > 0.525  # it moved mass upwards, within the sphere
     with pytest.raises(ValueError, match="at least 5 x 5"):
         autoattack.square(model, tf.zeros((1, 4, 4, 1)), tf.zeros(1, tf.int64), 1.0, n_queries=1, norm=2)
+
+
+def test_defaults_are_the_originals():
+    import inspect
+
+    def defaults(fn):
+        return {k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not v.empty}
+
+    assert defaults(autoattack.AutoAttack) == {"norm": np.inf, "version": "standard", "n_iter": 100,
+                                               "n_target_classes": 9, "n_queries": 5000, "eot_iter": 20,
+                                               "early_exit": True, "judge": None}
+    assert defaults(autoattack.apgd_targeted) == {"norm": np.inf, "n_iter": 100, "n_target_classes": 9,
+                                                  "active": None, "early_exit": True}
+    assert defaults(autoattack.square)["rescale_schedule"] is True and defaults(autoattack.square)["early_exit"]
+    for i in (6, 11, 26):  # the schedule is rescaled unless told otherwise
+        assert float(autoattack._square_p(tf.constant(i), 5000, 0.8)) == float(
+            autoattack._square_p(tf.constant(i), 5000, 0.8, True))
+
+
+def test_square_eta_rectangles_by_their_definition():
+    """eta_rectangles(x, y)[i, j] = sum over the nested rectangles k that hold (i, j) of 1 / (k + 1)^2, normalized;
+    rectangle k spans rows x_c - 1 - k .. x_c + k - 1 and columns y_c - 1 - k .. y_c + k - 1, x_c = x // 2 + 1."""
+    for x, y in ((2, 5), (3, 5), (4, 9), (5, 5), (12, 25)):
+        x_c, y_c = x // 2 + 1, y // 2 + 1
+        want = np.zeros((x, y))
+        for i in range(x):
+            for j in range(y):
+                want[i, j] = sum(1.0 / (k + 1) ** 2 for k in range(max(x_c, y_c))
+                                 if x_c - 1 - k <= i < x_c + k and y_c - 1 - k <= j < y_c + k)
+        np.testing.assert_allclose(autoattack._eta_rectangles(x, y), want / np.sqrt(np.sum(want ** 2)), atol=1e-7)
+
+
+def test_the_l2_windows_are_transposed_at_random():
+    e = tf.constant([[1.0, 2.0], [3.0, 4.0]])
+    tf.random.set_seed(0)
+    seen = {tuple(autoattack._random_transpose(e).numpy().ravel()) for _ in range(40)}
+    assert seen == {(1.0, 2.0, 3.0, 4.0), (1.0, 3.0, 2.0, 4.0)}
+
+
+# Class 0 true (1000); class 1 (800 + 1500 * (mean pixel - 0.5)) wins above 0.633, but near 0.5 its softmax
+# is exactly 0 in float32: no cross-entropy gradient there, while the DLR ratio still has one.
+DLR_ONLY = ([0.0, 1500.0, 0.0, 0.0], [1000.0, 50.0, -100.0, -50.0])
+
+
+def test_autoattack_attacks_each_stage_on_what_is_left_and_with_its_own_loss_and_norm():
+    # four examples at eps 0.05: wrong clean (mean pixel 0.7); broken by APGD-CE (0.662: above 0.65 the CE
+    # gradient exists); only by APGD-T (0.63); never (0.2: class 2 out of reach), which Square gets
+    model = _mean_logits(*MASKED)
+    x = tf.constant(np.array([0.7, 0.662, 0.63, 0.2], np.float32)[:, None, None, None] * np.ones((1, 8, 8, 1),
+                                                                                                np.float32))
+    y = tf.zeros(4, tf.int64)
+    tf.random.set_seed(0)
+    _, fooled, cost = autoattack.AutoAttack(model, 0.05, n_iter=10, n_target_classes=2, n_queries=7)(x, y)
+    cost = cost.numpy()
+    np.testing.assert_array_equal(fooled, [True, True, True, False])
+    assert cost[0] == 1  # the clean check only
+    assert 1 < cost[1] <= 1 + 11  # APGD-CE, nothing after
+    assert 1 + 11 + 1 < cost[2] <= 1 + 11 + 1 + 3  # APGD-T (class 2 is its first runner-up there), early
+    assert cost[3] == 1 + 11 + 1 + 2 * 11 + 1 + 7  # everything, Square included
+    # rand: APGD-CE then APGD-DLR, each with EOT; only DLR breaks this model, and only with L-inf steps
+    model = _mean_logits(*DLR_ONLY)
+    x = tf.constant(np.full((2, 8, 8, 1), 0.5, np.float32))
+    tf.random.set_seed(0)
+    _, ce_fooled, _ = autoattack.apgd(model, x, tf.zeros(2, tf.int64), 0.2, n_iter=10)
+    assert not ce_fooled.numpy().any()
+    tf.random.set_seed(0)
+    x_adv, fooled, cost = autoattack.AutoAttack(model, 0.2, version="rand", n_iter=10, eot_iter=2)(
+        x, tf.zeros(2, tf.int64))
+    assert fooled.numpy().all() and np.all(cost.numpy() > 1 + 2 * 11)  # APGD-CE in full, then DLR
+    assert np.abs(x_adv.numpy() - 0.5).max() > 0.15  # L-inf steps reach the corner
+    tf.random.set_seed(0)
+    _, fooled_l2, _ = autoattack.AutoAttack(model, 0.2, norm=2, version="rand", n_iter=10, eot_iter=2)(
+        x, tf.zeros(2, tf.int64))
+    assert not fooled_l2.numpy().any()  # an L2 ball of 0.2 moves the mean of 64 pixels by 0.025 at most
+
+
+def test_apgd_t_without_early_exit_keeps_the_last_targets_highest_loss_point():
+    model = _mean_logits(*MASKED)
+    x = tf.constant(np.full((1, 4, 4, 1), 0.2, np.float32))  # never fooled
+    tf.random.set_seed(0)
+    x_adv, fooled, evals = autoattack.apgd_targeted(model, x, tf.zeros(1, tf.int64), 0.2, n_iter=5,
+                                                    n_target_classes=2, early_exit=False)
+    assert not fooled.numpy().any() and evals.numpy()[0] == 1 + 2 * 6
+    assert np.abs(x_adv.numpy() - 0.2).max() > 0.1  # not handed back clean
+
+
+def test_the_registered_attacks_take_their_parameters():
+    from tfpurify import attacks
+
+    model = _mean_logits(*MASKED)
+    x = np.full((2, 8, 8, 1), 0.2, np.float32)  # never fooled: every stage runs in full
+    y = np.zeros(2, np.int64)
+
+    def cost(name, **params):
+        return attacks.run_attack(name, model, x, y, eps=0.05, return_cost=True, **params)[1]
+
+    np.testing.assert_array_equal(cost("apgd_ce", nb_iter=4, n_restarts=2), 2 * 5)
+    np.testing.assert_array_equal(cost("apgd_dlr", nb_iter=3, eot_iter=2), 2 * 4)
+    np.testing.assert_array_equal(cost("apgd_t", nb_iter=4, n_target_classes=2), 1 + 2 * 5)
+    np.testing.assert_array_equal(cost("square", n_queries=6), 1 + 6)
+    np.testing.assert_array_equal(cost("autoattack", nb_iter=4, n_target_classes=2, n_queries=6), 1 + 5 + 1 + 2 * 5 + 1 + 6)
+    np.testing.assert_array_equal(cost("autoattack", nb_iter=4, version="rand", eot_iter=3), 1 + 2 * 3 * 5)
+    x_l2 = attacks.run_attack("square", model, x, y, eps=0.5, norm=2, n_queries=5)
+    assert np.all(np.sqrt(np.sum((x_l2 - x) ** 2, axis=(1, 2, 3))) <= 0.5 + 1e-4)
+    assert np.abs(x_l2 - x).max() < 0.5 and np.abs(x_l2 - x).max() > 0.01  # an L2 perturbation, not L-inf
+    easy = _mean_logits([0.0, 10.0, 0.0, 0.0], [0.0, -5.0, -20.0, -20.0])  # wrong from a mean pixel of 0.5 on
+    xe = np.full((2, 4, 4, 1), 0.48, np.float32)
+    for name, params, full in (("apgd_ce", {"nb_iter": 4}, 5), ("apgd_t", {"nb_iter": 4, "n_target_classes": 1}, 1 + 5),
+                               ("square", {"n_queries": 100}, 1 + 100)):
+        _, early = attacks.run_attack(name, easy, xe, y, eps=0.1, return_cost=True, **params)
+        _, late = attacks.run_attack(name, easy, xe, y, eps=0.1, return_cost=True, early_exit=False, **params)
+        assert np.all(early < full) and np.all(late == full), (name, early, late)
+    _, late = attacks.run_attack("autoattack", easy, xe, y, eps=0.1, return_cost=True, early_exit=False,
+                                 nb_iter=4, n_target_classes=1, n_queries=6)
+    np.testing.assert_array_equal(late, 1 + 5)  # APGD-CE in full; it fooled both, nothing left after

@@ -378,7 +378,8 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
             tf.maximum(eps ** 2 - tf.square(norm_image), 0.0) / c + tf.square(norm_windows))
         delta = delta * (1.0 - mask_2)
         delta = delta * (1.0 - mask_1) + _window(new, vh, vw, h, w)
-        return tf.clip_by_value(x + normalize(delta, 2) * eps, 0.0, 1.0)
+        x_new = tf.clip_by_value(x + normalize(delta, 2) * eps, 0.0, 1.0)
+        return tf.ensure_shape(x_new, x.shape)  # the windows' dynamic sides hide the static shape in a graph
 
     candidate = linf_candidate if norm == np.inf else l2_candidate
 
@@ -514,24 +515,23 @@ def autoattack(model_fn, x, y, eps, norm=np.inf, version="standard", n_iter=100,
 
 # --------------------------------------------------------------------------- the registry's entries
 
-def _apgd(loss):
-    """Staged APGD: one traced run, called once per restart on what the restarts before left robust."""
+def _apgd(loss, model_fn, p, judge=None):
+    """Staged APGD: one traced run, called once per restart on what the restarts before left robust.
 
-    def build(model_fn, p, judge=None):
-        once = tf.function(lambda x, y, active: apgd(
-            model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], loss, active=active, eot_iter=p["eot_iter"],
-            early_exit=p["early_exit"]))
+    (A module-level function bound with functools.partial, not a closure built at import time, so that
+    `make mutation` can reach it.)"""
+    once = tf.function(lambda x, y, active: apgd(
+        model_fn, x, y, p["eps"], p["norm"], p["nb_iter"], loss, active=active, eot_iter=p["eot_iter"],
+        early_exit=p["early_exit"]))
 
-        def run(x, y):
-            n = tf.shape(x)[:1]
-            check = None if judge is None or not p["early_exit"] else (lambda images: judge(images, y))
-            x_adv, _, cost = first_success([functools.partial(once, x, y)] * p["n_restarts"], x,
-                                           tf.zeros(n, tf.bool), tf.zeros(n), keep_last=True, judge=check)
-            return x_adv, cost
+    def run(x, y):
+        n = tf.shape(x)[:1]
+        check = None if judge is None or not p["early_exit"] else (lambda images: judge(images, y))
+        x_adv, _, cost = first_success([functools.partial(once, x, y)] * p["n_restarts"], x,
+                                       tf.zeros(n, tf.bool), tf.zeros(n), keep_last=True, judge=check)
+        return x_adv, cost
 
-        return run
-
-    return build
+    return run
 
 
 def _apgd_t(model_fn, x, y, p, loss_fn):
@@ -556,8 +556,10 @@ def _autoattack(model_fn, p, judge=None):
 _APGD = {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "nb_iter": 100, "n_restarts": 1,
          "eot_iter": 1, "early_exit": True}
 
-register_attack("apgd_ce", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("ce"), takes_judge=True))
-register_attack("apgd_dlr", AttackDef(None, dict(_APGD), takes_loss=True, staged=_apgd("dlr"), takes_judge=True))
+register_attack("apgd_ce", AttackDef(None, dict(_APGD), takes_loss=True, staged=functools.partial(_apgd, "ce"),
+                                     takes_judge=True))
+register_attack("apgd_dlr", AttackDef(None, dict(_APGD), takes_loss=True, staged=functools.partial(_apgd, "dlr"),
+                                      takes_judge=True))
 register_attack("apgd_t", AttackDef(_apgd_t, {**_APGD, "n_target_classes": 9}, takes_loss=True))
 register_attack("square", AttackDef(
     _square, {**COMMON, "n_queries": 5000, "p_init": 0.8, "rescale_schedule": True, "early_exit": True},
