@@ -89,7 +89,8 @@ def _write(rows, clean):
     lines = [f"# AutoAttack on a stochastic pipeline: whose verdict ends the attack on an example",
              "", __doc__.split("\n\n", 1)[1].split("\n\nUsage")[0], "",
              f"Machine: {machine()}. Clean accuracy (one draw): {100 * clean:.1f} %.", "",
-             "| success judged on | seed | robust accuracy | +- 1 s.e. | gradient evals / queries per example | seconds |",
+             "| success judged on | seed | robust accuracy | +- 1 s.e. | gradient evals / queries per example "
+             "| seconds |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['success_judged_on']} | {r['params']['seed']} | {100 * r['accuracy']:.1f} % | "
@@ -104,7 +105,8 @@ def _write(rows, clean):
     se = np.sqrt(2 * means["attacked"] * (1 - means["attacked"]) / (n * k))  # of the difference of two means
     diff = means["attacked"] - means["scored"]
     lines.append(f"\nReading: judged on the scored pipeline, {100 * abs(diff):.1f} points "
-                 f"{'lower' if diff >= 0 else 'higher'} (one standard error of the difference about {100 * se:.1f} points: the single fresh draw "
+                 f"{'lower' if diff >= 0 else 'higher'} (one standard error of the difference about "
+                 f"{100 * se:.1f} points: the single fresh draw "
                  f"that scores each example is itself random), for {costs['scored'] / costs['attacked']:.1f} times "
                  "the evaluations (examples the average claimed go on through APGD-T and Square). The change "
                  "makes the number follow the original's semantics and never lets an example leave on the "

@@ -34,7 +34,8 @@ def _toy_classifier(name="toy_cnn"):
     return tf.keras.Sequential([
         tf.keras.layers.Conv2D(2, 3, padding="same", kernel_initializer=init(0)),
         tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(10, kernel_initializer=init(1), bias_initializer=tf.keras.initializers.RandomNormal(0, 1, 2)),
+        tf.keras.layers.Dense(10, kernel_initializer=init(1),
+                              bias_initializer=tf.keras.initializers.RandomNormal(0, 1, 2)),
     ], name=name)
 
 
@@ -436,8 +437,9 @@ def test_predict_saved_model_lines(tmp_path, load_as_served):
             expected.append(line)
         expected.append(f"accuracy {np.mean(out['classes'] == y):.2f}")
         assert export.predict_saved_model(path) == expected  # 8 images by default
+        first_two = f"accuracy {np.mean(out['classes'][:2] == y[:2]):.2f}"
         assert export.predict_saved_model(path, limit=2) == [expected[0].replace("8 fashion", "2 fashion"),
-                                                             *expected[1:3], f"accuracy {np.mean(out['classes'][:2] == y[:2]):.2f}"]
+                                                             *expected[1:3], first_two]
         if det is not None:
             assert 0 < out["is_adversarial"].sum() < len(y)
 
@@ -455,7 +457,8 @@ def test_predict_saved_model_takes_the_data_set_from_the_metadata_and_refuses_ot
     monkeypatch.setattr(export, "load_dataset", load)
     mnist = export.export_saved_model(_defended(), tmp_path, "mnist", 1, SHAPE, metadata={"dataset": "mnist"})
     assert export.predict_saved_model(mnist, limit=2)[0].endswith(" 2 mnist test images")
-    assert export.predict_saved_model(mnist, dataset="fashion_mnist", limit=1)[0].endswith(" 1 fashion_mnist test images")
+    named = export.predict_saved_model(mnist, dataset="fashion_mnist", limit=1)[0]
+    assert named.endswith(" 1 fashion_mnist test images")
     assert loaded == [("mnist", "test", 2), ("fashion_mnist", "test", 1)]
     with pytest.raises(export.ExportError, match=r"nothing: not a tfpurify SavedModel \(FileNotFoundError: "):
         export.predict_saved_model(tmp_path / "nothing")

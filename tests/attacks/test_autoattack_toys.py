@@ -396,7 +396,8 @@ def test_the_registered_attacks_take_their_parameters():
     np.testing.assert_array_equal(cost("apgd_dlr", nb_iter=3, eot_iter=2), 2 * 4)
     np.testing.assert_array_equal(cost("apgd_t", nb_iter=4, n_target_classes=2), 1 + 2 * 5)
     np.testing.assert_array_equal(cost("square", n_queries=6), 1 + 6)
-    np.testing.assert_array_equal(cost("autoattack", nb_iter=4, n_target_classes=2, n_queries=6), 1 + 5 + 1 + 2 * 5 + 1 + 6)
+    np.testing.assert_array_equal(cost("autoattack", nb_iter=4, n_target_classes=2, n_queries=6),
+                                  1 + 5 + 1 + 2 * 5 + 1 + 6)
     np.testing.assert_array_equal(cost("autoattack", nb_iter=4, version="rand", eot_iter=3), 1 + 2 * 3 * 5)
     x_l2 = attacks.run_attack("square", model, x, y, eps=0.5, norm=2, n_queries=5)
     assert np.all(np.sqrt(np.sum((x_l2 - x) ** 2, axis=(1, 2, 3))) <= 0.5 + 1e-4)

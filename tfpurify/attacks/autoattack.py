@@ -13,10 +13,11 @@
   official schedule of the square size, rescaled to the query budget (5000 by default) as the
   official SquareAttack does by default (`rescale_schedule`).
 - `autoattack` / `AutoAttack`: the standard sequence APGD-CE -> APGD-T (9 targets) -> Square
-  (5000 queries, the schedule not rescaled, as the original's AutoAttack builds it), each run only on the examples still robust after the previous ones, keeping per
-  example the first successful adversarial example, each stage traced on its own and skipped when
-  nothing is left robust; `version="rand"` runs APGD-CE and APGD-DLR with EOT over
-  20 draws instead, for stochastic defenses.
+  (5000 queries, the schedule not rescaled, as the original's AutoAttack builds it), each run only
+  on the examples still robust after the previous ones, keeping per example the first successful
+  adversarial example (confirmed on the scored pipeline where a judge is given), each stage traced
+  on its own and skipped when nothing is left robust; `version="rand"` runs APGD-CE and APGD-DLR
+  with EOT over 20 draws instead, for stochastic defenses.
 
 Registered as `apgd_ce`, `apgd_dlr`, `apgd_t`, `square` and `autoattack`. Every loop is a `tf.while_loop` (no unrolled Python loop: the graph holds one copy of the model),
 runs only the still-active examples through the model (gathered, then scattered back) and counts
