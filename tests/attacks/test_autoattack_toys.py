@@ -412,3 +412,60 @@ def test_the_registered_attacks_take_their_parameters():
     _, late = attacks.run_attack("autoattack", easy, xe, y, eps=0.1, return_cost=True, early_exit=False,
                                  nb_iter=4, n_target_classes=1, n_queries=6)
     np.testing.assert_array_equal(late, 1 + 5)  # APGD-CE in full; it fooled both, nothing left after
+
+
+class _SquareToy:
+    """Never fooled (class 0 leads by 50), a wiggly margin over 8x8x1 images; remembers every query (eager)."""
+
+    def __init__(self):
+        rng = np.random.default_rng(2)
+        self.w = tf.constant(rng.normal(0, 2.0, (64, 2)).astype(np.float32))
+        self.calls = []
+
+    def margin(self, images):
+        z = self(images, record=False).numpy()
+        return z[:, 0] - z[:, 1:].max(axis=1)
+
+    def __call__(self, images, record=True):
+        if record:
+            self.calls.append(images.numpy().copy())
+        h = tf.sin(tf.reshape(images, [-1, 64]) @ self.w)
+        return tf.concat([tf.fill([tf.shape(images)[0], 1], 50.0), h], axis=1)
+
+
+def test_linf_square_query_by_query():
+    """Each query changes one square window of the current best image, the window's side following the official
+    schedule, every pixel of it moved to x + eps or x - eps with one sign per channel, the same window and sign for
+    the whole batch; a candidate replaces the best image exactly where it lowers the margin."""
+    x = np.random.default_rng(0).uniform(0.3, 0.7, (3, 8, 8, 1)).astype(np.float32)
+    model, eps, n = _SquareToy(), 0.1, 60
+    tf.random.set_seed(0)
+    x_adv, fooled, queries = autoattack.square(model, tf.constant(x), tf.zeros(3, tf.int64), eps, n_queries=n)
+    assert not fooled.numpy().any() and np.all(queries.numpy() == n + 1) and len(model.calls) == n + 1
+    best, best_margin = model.calls[0], model.margin(tf.constant(model.calls[0]))
+    sides, accepted = [], 0
+    for i, candidate in enumerate(model.calls[1:]):
+        p = 0.8 / 2 ** sum(int(i / n * 10000) > b for b in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+        s = min(max(int(round(np.sqrt(p * 64))), 1), 7)
+        changed = np.abs(candidate - best) > 1e-7
+        boxes = set()
+        for k in range(3):
+            rows, cols = np.nonzero(changed[k, :, :, 0])
+            if len(rows):
+                assert rows.max() - rows.min() < s and cols.max() - cols.min() < s, (i, s, rows, cols)
+                boxes.add((rows.min(), cols.min()))
+                moved = (candidate - x)[k][changed[k]]
+                assert np.allclose(moved, eps, atol=1e-6) or np.allclose(moved, -eps, atol=1e-6), (i, moved)
+        signs = {np.sign(float(((candidate - x)[k][changed[k]])[0])) for k in range(3) if changed[k].any()}
+        assert len(signs) <= 1, (i, signs)  # one sign for the batch
+        sides.append((s, max([0] + [np.ptp(np.nonzero(changed[k, :, :, 0])[0]) + 1 for k in range(3)
+                                     if changed[k].any()])))
+        margin = model.margin(tf.constant(candidate))
+        take = margin < best_margin
+        accepted += int(take.sum())
+        best = np.where(take[:, None, None, None], candidate, best)
+        best_margin = np.where(take, margin, best_margin)
+    np.testing.assert_allclose(x_adv, best, atol=1e-7)  # what it returns is the best candidate
+    assert 0 < accepted < 3 * n  # some candidates kept, some dropped
+    for s in {s for s, _ in sides}:  # the window reaches its full side at least once per stage of the schedule
+        assert max(seen for side, seen in sides if side == s) == s, (s, sides)
