@@ -443,7 +443,7 @@ def test_linf_square_query_by_query():
     x_adv, fooled, queries = autoattack.square(model, tf.constant(x), tf.zeros(3, tf.int64), eps, n_queries=n)
     assert not fooled.numpy().any() and np.all(queries.numpy() == n + 1) and len(model.calls) == n + 1
     best, best_margin = model.calls[0], model.margin(tf.constant(model.calls[0]))
-    sides, accepted = [], 0
+    sides, accepted, all_signs = [], 0, set()
     for i, candidate in enumerate(model.calls[1:]):
         p = 0.8 / 2 ** sum(int(i / n * 10000) > b for b in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
         s = min(max(int(round(np.sqrt(p * 64))), 1), 7)
@@ -458,6 +458,7 @@ def test_linf_square_query_by_query():
                 assert np.allclose(moved, eps, atol=1e-6) or np.allclose(moved, -eps, atol=1e-6), (i, moved)
         signs = {np.sign(float(((candidate - x)[k][changed[k]])[0])) for k in range(3) if changed[k].any()}
         assert len(signs) <= 1, (i, signs)  # one sign for the batch
+        all_signs |= signs
         sides.append((s, max([0] + [np.ptp(np.nonzero(changed[k, :, :, 0])[0]) + 1 for k in range(3)
                                      if changed[k].any()])))
         margin = model.margin(tf.constant(candidate))
@@ -467,5 +468,6 @@ def test_linf_square_query_by_query():
         best_margin = np.where(take, margin, best_margin)
     np.testing.assert_allclose(x_adv, best, atol=1e-7)  # what it returns is the best candidate
     assert 0 < accepted < 3 * n  # some candidates kept, some dropped
+    assert all_signs == {1.0, -1.0}  # windows moved up and down
     for s in {s for s, _ in sides}:  # the window reaches its full side at least once per stage of the schedule
         assert max(seen for side, seen in sides if side == s) == s, (s, sides)
