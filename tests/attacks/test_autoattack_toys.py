@@ -352,7 +352,7 @@ def test_autoattack_attacks_each_stage_on_what_is_left_and_with_its_own_loss_and
     cost = cost.numpy()
     np.testing.assert_array_equal(fooled, [True, True, True, False])
     assert cost[0] == 1  # the clean check only
-    assert 1 < cost[1] <= 1 + 11  # APGD-CE, nothing after
+    assert 1 < cost[1] <= 1 + 3  # APGD-CE, early (its first step reaches the corner), nothing after
     assert 1 + 11 + 1 < cost[2] <= 1 + 11 + 1 + 3  # APGD-T (class 2 is its first runner-up there), early
     assert cost[3] == 1 + 11 + 1 + 2 * 11 + 1 + 7  # everything, Square included
     # rand: APGD-CE then APGD-DLR, each with EOT; only DLR breaks this model, and only with L-inf steps
@@ -471,3 +471,31 @@ def test_linf_square_query_by_query():
     assert all_signs == {1.0, -1.0}  # windows moved up and down
     for s in {s for s, _ in sides}:  # the window reaches its full side at least once per stage of the schedule
         assert max(seen for side, seen in sides if side == s) == s, (s, sides)
+
+
+def test_registered_apgd_restarts_keep_the_last_try_and_ask_the_judge():
+    from tfpurify import attacks
+
+    model = _mean_logits(*MASKED)
+    x = np.full((2, 8, 8, 1), 0.2, np.float32)  # never fooled
+    y = np.zeros(2, np.int64)
+    x_adv = attacks.run_attack("apgd_ce", model, x, y, eps=0.05, nb_iter=3, n_restarts=2)
+    assert np.abs(x_adv - x).max() == pytest.approx(0.05, abs=1e-6)  # the last try's L-inf corner, not x
+    easy = _mean_logits([0.0, 10.0, 0.0, 0.0], [0.0, -5.0, -20.0, -20.0])  # wrong from a mean pixel of 0.5 on
+    xe = np.full((2, 4, 4, 1), 0.48, np.float32)
+    asked = []
+
+    def judge(images, labels):  # the scored pipeline: example 1 is never fooled (traced once per run)
+        asked.append(1)
+        return tf.logical_and(tf.argmax(easy(images), axis=1) != labels, tf.constant([True, False]))
+
+    _, cost = attacks.run_attack("apgd_ce", easy, xe, y, eps=0.1, nb_iter=4, n_restarts=3, return_cost=True,
+                                 judge=judge)
+    assert asked and cost[0] <= 3 and cost[1] > 2 * cost[0]  # example 1 went on to the other restarts
+    _, cost_free = attacks.run_attack("apgd_ce", easy, xe, y, eps=0.1, nb_iter=4, n_restarts=3, return_cost=True)
+    assert cost_free[1] <= 3  # without a judge, the first success ends it
+    asked.clear()
+    _, cost_off = attacks.run_attack("apgd_ce", easy, xe, y, eps=0.1, nb_iter=4, n_restarts=3, return_cost=True,
+                                     judge=judge, early_exit=False)
+    assert not asked
+    np.testing.assert_array_equal(cost_off, 5)  # without early exit: one restart in full, the judge not asked
