@@ -499,3 +499,38 @@ def test_registered_apgd_restarts_keep_the_last_try_and_ask_the_judge():
                                      judge=judge, early_exit=False)
     assert not asked
     np.testing.assert_array_equal(cost_off, 5)  # without early exit: one restart in full, the judge not asked
+
+
+def test_each_gradient_step_averages_its_draws_and_subtracts_the_detector_penalty():
+    from tfpurify.attacks.loop import Target
+
+    class Drawn:  # a stochastic detector-aware target: draw k scales the logits by k + 1; penalty = mean pixel
+        def __init__(self):
+            self.k = 0
+
+        def __call__(self, images):
+            self.k += 1
+            m = tf.reduce_mean(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1, keepdims=True)
+            logits = tf.concat([m, -m, 0.0 * m], axis=1) * float(self.k)
+            return tf.concat([logits, m], axis=1)  # the last column: the detector penalty
+
+        def logits(self, out):
+            return out[:, :3]
+
+    x = tf.constant(np.full((2, 2, 2, 1), [[[[0.2]]], [[[0.6]]]], np.float32))
+    y = tf.zeros(2, tf.int64)
+    step = autoattack._grad_step(Target(Drawn()), autoattack._loss_fn("ce"), eot_iter=3)
+    loss, grad, _ = step(x, y, y)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits
+    want_loss, want_grad = 0.0, 0.0
+    for k in (1, 2, 3):
+        xv = tf.identity(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xv)
+            m = tf.reduce_mean(tf.reshape(xv, [2, -1]), axis=1, keepdims=True)
+            value = ce(y, tf.concat([m, -m, 0.0 * m], axis=1) * k) - m[:, 0]
+            total = tf.reduce_sum(value)
+        want_loss += value.numpy() / 3
+        want_grad += tape.gradient(total, xv).numpy() / 3
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
