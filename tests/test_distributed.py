@@ -56,7 +56,7 @@ for name in sys.argv[1:]:
 # (its step scales with the gradient, unlike Adam's), no dropout, and the random draws (latent codes,
 # noise, random starts) replaced by fixed values that are the same for every example, so that how the
 # batch is split between replicas does not change what each example gets.
-def _pattern(shape, dtype=tf.float32):
+def _pattern(shape):
     shape = tf.convert_to_tensor(shape, tf.int32)
     inner = tf.reduce_prod(shape[1:]) if shape.shape[0] else 1
     row = tf.sin(tf.range(tf.cast(inner, tf.float32)) * 1.7 + 0.3)  # in [-1, 1], varies along an example
