@@ -33,7 +33,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from tfpurify.attacks.loop import Target, expand, normalize, on_active, project
+from tfpurify.attacks.loop import Target, expand, misled, normalize, on_active, project
 from tfpurify.attacks.registry import COMMON, AttackDef, register_attack
 
 __all__ = ["dlr_loss", "dlr_targeted_loss", "apgd", "apgd_targeted", "square", "autoattack", "AutoAttack",
@@ -82,7 +82,7 @@ def _grad_step(target, loss, eot_iter=1):
                 total = tf.reduce_sum(value)
             grads += tape.gradient(total, x)
             losses += value
-            fooled = tf.logical_and(tf.not_equal(tf.argmax(logits, axis=1), y), tf.logical_not(flagged))
+            fooled = misled(logits, flagged, y)
         return losses / eot_iter, grads / eot_iter, fooled
 
     return fn
@@ -481,11 +481,12 @@ class AutoAttack:
             raise ValueError(f"unknown AutoAttack version {version!r}")
         target = Target(model_fn)
 
-        def goal(x, y):  # what every stage aims at: misclassified and, against a detector-aware target, unflagged
+        def goal(x, y):  # what every stage aims at
             logits, _, flagged = target.parts(x)
-            return tf.logical_and(tf.not_equal(tf.argmax(logits, axis=1), y), tf.logical_not(flagged))
+            return misled(logits, flagged, y)
 
-        self.early_exit, self._judge = early_exit, judge
+        # without early exit nothing ends an example's attack early, so there is nothing to judge
+        self.early_exit, self._judge = early_exit, judge if early_exit else None
         self._goal = tf.function(goal)
         self._stages = [tf.function(stage) for stage in stages]
 
@@ -527,7 +528,7 @@ def _apgd(loss, model_fn, p, judge=None):
 
     def run(x, y):
         n = tf.shape(x)[:1]
-        check = None if judge is None or not p["early_exit"] else (lambda images: judge(images, y))
+        check = None if judge is None else (lambda images: judge(images, y))
         x_adv, _, cost = first_success([functools.partial(once, x, y)] * p["n_restarts"], x,
                                        tf.zeros(n, tf.bool), tf.zeros(n), keep_last=True, judge=check)
         return x_adv, cost
@@ -549,7 +550,7 @@ def _square(model_fn, x, y, p, loss_fn):
 
 def _autoattack(model_fn, p, judge=None):
     run = AutoAttack(model_fn, p["eps"], p["norm"], p["version"], p["nb_iter"], p["n_target_classes"],
-                     p["n_queries"], p["eot_iter"], p["early_exit"], judge if p["early_exit"] else None)
+                     p["n_queries"], p["eot_iter"], p["early_exit"], judge)
     return lambda x, y: run(x, y)[::2]  # (x_adv, cost)
 
 

@@ -13,7 +13,7 @@
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["Target", "on_active", "iterative_gradient", "project", "normalize", "expand"]
+__all__ = ["Target", "on_active", "iterative_gradient", "project", "normalize", "expand", "misled"]
 
 
 class Target:
@@ -36,6 +36,11 @@ class Target:
             return out, tf.zeros(n), tf.zeros(n, tf.bool)
         flagged = self.is_flagged(out) if self.is_flagged is not None else tf.zeros(n, tf.bool)
         return self.to_logits(out), out[:, -1], flagged
+
+
+def misled(logits, flagged, labels):
+    """An untargeted attack's goal per example: misclassified and, against a detector-aware target, not flagged."""
+    return tf.logical_and(tf.not_equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64)), tf.logical_not(flagged))
 
 
 def on_active(active, fn, *tensors):

@@ -63,7 +63,7 @@ def _batch_runner(attack, model_fn, p, judge=None):
         p = {**p, **attack.prepare(p)}
     if attack.staged is None:
         staged = None
-    elif attack.takes_judge and judge is not None:
+    elif attack.takes_judge and judge is not None and p.get("early_exit", True):  # no early exit: nothing to judge
         staged = attack.staged(attacked_fn, p, judge=tf.function(judge))
     else:
         staged = attack.staged(attacked_fn, p)

@@ -258,8 +258,7 @@ def scored_judge(attacked_fn, scored_fn):
             wrong = tf.not_equal(tf.argmax(scored_fn(images), axis=1), tf.cast(labels, tf.int64))
             fooled = tf.logical_and(fooled, wrong)
         if detector is not None:
-            flagged = detector.adversarial_score(images) > detector.threshold
-            fooled = tf.logical_and(fooled, tf.logical_not(flagged))
+            fooled = tf.logical_and(fooled, tf.logical_not(detector.is_adversarial(images)))
         return fooled
 
     described = (f"the scored pipeline: wrong in {draws} of {draws} draws" if draws > 1 else
