@@ -2,7 +2,7 @@
 
 A purifier that adds Gaussian noise (sigma 0.2, clipped to [0, 1]) in front of the `cnn`, attacked
 white-box with EOT (the attacked callable averages the softmax over 8 draws) by the standard
-AutoAttack (APGD-CE, APGD-T, Square 5000 queries) at eps 0.1 on the first 256 Fashion-MNIST test
+AutoAttack (APGD-CE, APGD-T, Square 5000 queries; measured before FAB-T joined the standard version) at eps 0.1 on the first 256 Fashion-MNIST test
 images. The report scores one fresh draw of the served pipeline. Two ways to decide that an example
 is broken and leaves the sequence of stages:
 

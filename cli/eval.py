@@ -42,7 +42,7 @@ def _attacks_help():
               help="Each attack runs only on the examples the attacks before it left robust (the worst case "
                    "for less compute; rows then count the attacks before them). Off: every attack's own number.")
 @click.option("--autoattack-version", default="standard", show_default=True,
-              help="standard (APGD-CE, APGD-T, Square) or rand (APGD-CE, APGD-DLR with EOT, stochastic defenses).")
+              help="standard (APGD-CE, APGD-T, FAB-T, Square) or rand (APGD-CE, APGD-DLR with EOT, stochastic defenses).")
 @click.option("--l2l-da-run", default=None,
               help="An l2l_da run folder: its trained generator is the `l2l_da` attack (10 z draws per example).")
 @click.option("--eot-samples", default=8, show_default=True, type=COUNT,

@@ -82,15 +82,16 @@ def test_autoattack_stages_run_and_trace_only_while_something_is_robust(fmnist_t
     x_adv, fooled, cost = wrong(x, y)
     assert np.all(fooled.numpy()) and np.all(cost.numpy() == 1)  # one forward pass, no stage at all
     np.testing.assert_array_equal(x_adv.numpy(), x.numpy())
-    assert [stage.experimental_get_tracing_count() for stage in wrong._stages] == [0, 0, 0]
+    assert [stage.experimental_get_tracing_count() for stage in wrong._stages] == [0, 0, 0, 0]
     right = autoattack.AutoAttack(_constant_model(y.numpy()), eps=0.1, n_iter=5, n_target_classes=2, n_queries=20)
     _, fooled, cost = right(x, y)  # never fooled: every stage runs on every example
     assert not np.any(fooled.numpy())
-    # the clean pass, APGD-CE (start + 5 steps), APGD-T (ranking pass + 2 targets x 6), Square (start + 20)
-    np.testing.assert_array_equal(cost.numpy(), 1 + (5 + 1) + (1 + 2 * (5 + 1)) + (1 + 20))
-    assert [stage.experimental_get_tracing_count() for stage in right._stages] == [1, 1, 1]
+    # the clean pass, APGD-CE (start + 5 steps), APGD-T (ranking pass + 2 targets x 6), FAB-T (ranking pass +
+    # 2 targets x 5), Square (start + 20)
+    np.testing.assert_array_equal(cost.numpy(), 1 + (5 + 1) + (1 + 2 * (5 + 1)) + (1 + 2 * 5) + (1 + 20))
+    assert [stage.experimental_get_tracing_count() for stage in right._stages] == [1, 1, 1, 1]
     right(x, y)  # a second batch of the same shape traces nothing new
-    assert [stage.experimental_get_tracing_count() for stage in right._stages] == [1, 1, 1]
+    assert [stage.experimental_get_tracing_count() for stage in right._stages] == [1, 1, 1, 1]
     # inside a caller's tf.function the stages are inlined and give the same result
     _, fooled_graph, cost_graph = tf.function(lambda a, b: autoattack.autoattack(
         _constant_model(y.numpy()), a, b, eps=0.1, n_iter=5, n_target_classes=2, n_queries=20))(x, y)

@@ -161,11 +161,11 @@ def test_autoattack_runs_its_stages_in_order_on_what_is_left():
     tf.random.set_seed(0)
     _, ce_fooled, _ = autoattack.apgd(model, x, y, 0.2, n_iter=10)
     assert not ce_fooled.numpy().any()
-    cost = cost.numpy()  # the clean pass, APGD-CE in full, APGD-T (ranking, target 1 in full, target 2), no Square
-    assert np.all(cost > 1 + 11 + 1 + 11) and np.all(cost <= 1 + 11 + 1 + 11 + 11)
-    # L2 too: APGD-CE, APGD-T, Square; rand: APGD-CE and APGD-DLR with EOT
-    assert len(autoattack.AutoAttack(model, 0.5, norm=2)._stages) == 3
-    assert len(autoattack.AutoAttack(model, 0.2)._stages) == 3
+    cost = cost.numpy()  # the clean pass, APGD-CE in full, APGD-T (ranking, target 1 in full, target 2), no FAB-T,
+    assert np.all(cost > 1 + 11 + 1 + 11) and np.all(cost <= 1 + 11 + 1 + 11 + 11)  # no Square
+    # L2 too: APGD-CE, APGD-T, FAB-T, Square; rand: APGD-CE and APGD-DLR with EOT
+    assert len(autoattack.AutoAttack(model, 0.5, norm=2)._stages) == 4
+    assert len(autoattack.AutoAttack(model, 0.2)._stages) == 4
     rand = autoattack.AutoAttack(model, 0.2, version="rand", n_iter=3, eot_iter=4)
     _, fooled_r, cost_r = rand(x, y)  # neither APGD-CE nor APGD-DLR (untargeted) wins: both run in full
     assert not fooled_r.numpy().any()
@@ -354,7 +354,7 @@ def test_autoattack_attacks_each_stage_on_what_is_left_and_with_its_own_loss_and
     assert cost[0] == 1  # the clean check only
     assert 1 < cost[1] <= 1 + 3  # APGD-CE, early (its first step reaches the corner), nothing after
     assert 1 + 11 + 1 < cost[2] <= 1 + 11 + 1 + 3  # APGD-T (class 2 is its first runner-up there), early
-    assert cost[3] == 1 + 11 + 1 + 2 * 11 + 1 + 7  # everything, Square included
+    assert cost[3] == 1 + 11 + 1 + 2 * 11 + 1 + 2 * 10 + 1 + 7  # everything, FAB-T and Square included
     # rand: APGD-CE then APGD-DLR, each with EOT; only DLR breaks this model, and only with L-inf steps
     model = _mean_logits(*DLR_ONLY)
     x = tf.constant(np.full((2, 8, 8, 1), 0.5, np.float32))
@@ -396,8 +396,10 @@ def test_the_registered_attacks_take_their_parameters():
     np.testing.assert_array_equal(cost("apgd_dlr", nb_iter=3, eot_iter=2), 2 * 4)
     np.testing.assert_array_equal(cost("apgd_t", nb_iter=4, n_target_classes=2), 1 + 2 * 5)
     np.testing.assert_array_equal(cost("square", n_queries=6), 1 + 6)
+    np.testing.assert_array_equal(cost("fab_t", nb_iter=4, n_target_classes=2), 1 + 2 * 4)
+    np.testing.assert_array_equal(cost("fab_t", nb_iter=4, n_target_classes=1, n_restarts=3), 1 + 3 * 4)
     np.testing.assert_array_equal(cost("autoattack", nb_iter=4, n_target_classes=2, n_queries=6),
-                                  1 + 5 + 1 + 2 * 5 + 1 + 6)
+                                  1 + 5 + 1 + 2 * 5 + 1 + 2 * 4 + 1 + 6)
     np.testing.assert_array_equal(cost("autoattack", nb_iter=4, version="rand", eot_iter=3), 1 + 2 * 3 * 5)
     x_l2 = attacks.run_attack("square", model, x, y, eps=0.5, norm=2, n_queries=5)
     assert np.all(np.sqrt(np.sum((x_l2 - x) ** 2, axis=(1, 2, 3))) <= 0.5 + 1e-4)
@@ -405,7 +407,8 @@ def test_the_registered_attacks_take_their_parameters():
     easy = _mean_logits([0.0, 10.0, 0.0, 0.0], [0.0, -5.0, -20.0, -20.0])  # wrong from a mean pixel of 0.5 on
     xe = np.full((2, 4, 4, 1), 0.48, np.float32)
     for name, params, full in (("apgd_ce", {"nb_iter": 4}, 5), ("apgd_t", {"nb_iter": 4, "n_target_classes": 1}, 1 + 5),
-                               ("square", {"n_queries": 100}, 1 + 100)):
+                               ("square", {"n_queries": 100}, 1 + 100),
+                               ("fab_t", {"nb_iter": 4, "n_target_classes": 1}, 1 + 4)):
         _, early = attacks.run_attack(name, easy, xe, y, eps=0.1, return_cost=True, **params)
         _, late = attacks.run_attack(name, easy, xe, y, eps=0.1, return_cost=True, early_exit=False, **params)
         assert np.all(early < full) and np.all(late == full), (name, early, late)

@@ -18,6 +18,7 @@ FAST = {
     "apgd_dlr": {"nb_iter": 10, "norm": 2, "eps": 1.0},
     "apgd_t": {"nb_iter": 5, "n_target_classes": 2},
     "square": {"n_queries": 50},
+    "fab_t": {"nb_iter": 10, "n_target_classes": 2},
     "autoattack": {"nb_iter": 5, "n_target_classes": 2, "n_queries": 50},
 }
 

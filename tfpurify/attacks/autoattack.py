@@ -12,7 +12,8 @@
   black-box adversarial attack via random search", ECCV), L-inf and L2, margin loss, p_init 0.8 and the
   official schedule of the square size, rescaled to the query budget (5000 by default) as the
   official SquareAttack does by default (`rescale_schedule`).
-- `autoattack` / `AutoAttack`: the standard sequence APGD-CE -> APGD-T (9 targets) -> Square
+- `autoattack` / `AutoAttack`: the standard sequence APGD-CE -> APGD-T (9 targets) -> FAB-T (9 targets,
+  `tfpurify.attacks.fab`) -> Square
   (5000 queries, the schedule not rescaled, as the original's AutoAttack builds it), each run only
   on the examples still robust after the previous ones, keeping per example the first successful
   adversarial example (confirmed on the scored pipeline where a judge is given), each stage traced
@@ -33,7 +34,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from tfpurify.attacks.loop import Target, expand, misled, normalize, on_active, project
+from tfpurify.attacks.fab import fab_targeted
+from tfpurify.attacks.loop import Target, expand, misled, normalize, on_active, project, runner_up_classes
 from tfpurify.attacks.registry import COMMON, AttackDef, register_attack
 
 __all__ = ["dlr_loss", "dlr_targeted_loss", "apgd", "apgd_targeted", "square", "autoattack", "AutoAttack",
@@ -216,12 +218,6 @@ def apgd_targeted(model_fn, x, y, eps, norm=np.inf, n_iter=100, n_target_classes
     _, x_out, fooled, evals = tf.while_loop(
         cond, body, [tf.constant(0), tf.identity(x), tf.zeros(tf.shape(y), tf.bool), tf.cast(active, tf.float32)])
     return x_out, fooled, evals
-
-
-def runner_up_classes(logits, k=9):
-    """The classes APGD-T aims at: the k highest logits after the top one, best first ([N, k] int64)."""
-    k = min(k, logits.shape[-1] - 1)
-    return tf.cast(tf.math.top_k(logits, k=k + 1).indices[:, 1:], tf.int64)
 
 
 # --------------------------------------------------------------------------- Square
@@ -448,8 +444,8 @@ def first_success(stages, x, fooled, cost, keep_last=False, judge=None):
 class AutoAttack:
     """AutoAttack with each stage traced on its own: build once, call on batches of one shape.
 
-    `version="standard"`: APGD-CE -> APGD-T -> Square (L-inf and L2; the original's standard version also
-    runs FAB-T, which tfpurify does not have yet). `version="rand"`:
+    `version="standard"`: APGD-CE -> APGD-T -> FAB-T -> Square (L-inf and L2), as the original's standard
+    version. `version="rand"`:
     APGD-CE -> APGD-DLR, each with gradients averaged over `eot_iter` draws (stochastic defenses).
     Each stage runs only on the examples the stages before it left robust. Called eagerly, every
     stage is its own `tf.function`, traced the first time a batch reaches it: when APGD-CE already
@@ -468,7 +464,9 @@ class AutoAttack:
         ee = early_exit
         if version == "standard":
             stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, early_exit=ee),
-                      lambda x, y, act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, act, ee)]
+                      lambda x, y, act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, act, ee),
+                      lambda x, y, act: fab_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, active=act,
+                                                     early_exit=ee)]
             # as the original's AutoAttack builds it: resc_schedule=False (L-inf and L2)
             stages.append(lambda x, y, act: square(model_fn, x, y, eps, n_queries, active=act,
                                                    rescale_schedule=False, early_exit=ee, norm=norm))

@@ -13,7 +13,8 @@
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["Target", "on_active", "iterative_gradient", "project", "normalize", "expand", "misled"]
+__all__ = ["Target", "runner_up_classes", "on_active", "iterative_gradient", "project", "normalize", "expand",
+           "misled"]
 
 
 class Target:
@@ -41,6 +42,13 @@ class Target:
 def misled(logits, flagged, labels):
     """An untargeted attack's goal per example: misclassified and, against a detector-aware target, not flagged."""
     return tf.logical_and(tf.not_equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64)), tf.logical_not(flagged))
+
+
+def runner_up_classes(logits, k=9):
+    """The classes targeted attacks aim at (APGD-T, FAB-T): the k highest logits after the top one, best
+    first ([N, k] int64)."""
+    k = min(k, logits.shape[-1] - 1)
+    return tf.cast(tf.math.top_k(logits, k=k + 1).indices[:, 1:], tf.int64)
 
 
 def on_active(active, fn, *tensors):
