@@ -57,3 +57,26 @@ def threshold_classifier(threshold):
         return tf.stack([threshold - m, m - threshold], axis=1)
 
     return logits
+
+
+def layer_specs(model):
+    """A model's layers in order: (filters/units, kernel, strides, padding, activation) for layers with weights,
+    LeakyReLU with its slope, a wrapper's name before what it wraps, other layers by name (inputs left out)."""
+    out = []
+    for layer in model.layers:
+        kind, c = type(layer).__name__, layer.get_config()
+        if kind == "InputLayer":
+            continue
+        if "layer" in c and isinstance(c["layer"], dict):  # a wrapper (spectral normalization)
+            out.append(kind)
+            c = c["layer"]["config"]
+        if kind == "LeakyReLU":
+            out.append((kind, round(float(c["alpha"]), 6)))
+        elif kind == "BlockDCTQuantize":
+            out.append((kind, layer.step, layer.block))
+        elif layer.weights:
+            out.append((c.get("filters", c.get("units")), tuple(c.get("kernel_size", ())), tuple(c.get("strides", ())),
+                        c.get("padding"), c.get("activation")))
+        else:
+            out.append(kind)
+    return out

@@ -16,6 +16,8 @@ from tfpurify.defenses.cowboy import Cowboy, CowboyConfig
 from tfpurify.errors import InputValidationError
 from tfpurify.training import build_defense, load_defended, load_defense, train_defense
 
+from tests.toys import layer_specs
+
 SMALL = CowboyConfig(base_filters=8, z_dim=16, batch_size=32)
 
 
@@ -215,3 +217,41 @@ def test_paper_threshold_rule_flags_below_the_lp_mean_of_d_over_fgsm(trained_run
     assert float(model.threshold.numpy()) == pytest.approx(expected, rel=1e-4)
     assert result["threshold_fpr"] != pytest.approx(expected, rel=1e-3)  # the other rule gives another threshold
     assert result["fpr"] == pytest.approx(float(np.mean(model.is_adversarial(x_val).numpy())))
+
+
+def test_the_dcgan_players_layer_by_layer():
+    cfg = CowboyConfig(base_filters=8, z_dim=16)
+    model = Cowboy(cfg)
+    assert model.generator.name == "generator" and model.discriminator.name == "discriminator"
+    assert layer_specs(model.generator) == [(7 * 7 * 32, (), (), None, "relu"), "Reshape", (16, (5, 5), (2, 2), "same", "relu"),
+                                        (8, (5, 5), (2, 2), "same", "relu"), (1, (5, 5), (1, 1), "same", "sigmoid")]
+    discriminator = [(8, (5, 5), (2, 2), "same", "linear"), ("LeakyReLU", 0.2), (16, (5, 5), (2, 2), "same", "linear"),
+                     ("LeakyReLU", 0.2), "Flatten", (1, (), (), None, "linear")]
+    assert layer_specs(model.discriminator) == discriminator
+    spectral = layer_specs(Cowboy(dataclasses.replace(cfg, spectral_norm=True)).discriminator)
+    assert [s for s in spectral if s != "SpectralNormalization"] == discriminator
+    assert spectral.count("SpectralNormalization") == 3
+    assert model.generator(tf.zeros([2, 16])).shape == (2, 28, 28, 1)
+    assert Cowboy(cfg, (32, 32, 3)).generator(tf.zeros([1, 16])).shape == (1, 32, 32, 3)
+    for shape in ((28, 32, 1), (30, 30, 1), (32, 28, 1)):
+        with pytest.raises(InputValidationError, match="square images with a side divisible by 4"):
+            Cowboy(cfg, shape)
+    assert [m.name for m in model.metrics] == ["d_loss", "g_loss", "d_real", "d_fake"]
+
+
+def test_config_boundaries():
+    for fields in ({"z_momentum": 0.0}, {"z_momentum": 0.99}, {"label_smoothing": 0.49}, {"threshold_eps": 1.0},
+                   {"clean_steps": 0, "warm_start": 0, "patience": 0, "prune_after": 0, "bpda_unroll": 0}):
+        CowboyConfig(**fields)
+    for fields, match in (({"z_dim": 0}, "z_dim must be > 0"), ({"base_filters": 0}, "base_filters must be > 0"),
+                          ({"z_learning_rate": 0.0}, "z_learning_rate must be > 0"),
+                          ({"threshold_p": 0.0}, "threshold_p must be > 0"), ({"z_optimizer": "rmsprop"}, "z_optimizer"),
+                          ({"z_momentum": 1.0}, "z_momentum must be in"), ({"z_momentum": -0.1}, "z_momentum"),
+                          ({"label_smoothing": 0.5}, "label_smoothing must be in"),
+                          ({"threshold_rule": "best"}, "threshold_rule must be"),
+                          ({"threshold_eps": 0.0}, "threshold_eps must be in"),
+                          ({"threshold_eps": 1.5}, "threshold_eps must be in"),
+                          ({"warm_start": -1}, "warm_start must be >= 0"), ({"patience": -1}, "patience"),
+                          ({"prune_after": -1}, "prune_after"), ({"bpda_unroll": -1}, "bpda_unroll")):
+        with pytest.raises(InputValidationError, match=match):
+            CowboyConfig(**fields)

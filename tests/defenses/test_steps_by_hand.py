@@ -212,7 +212,7 @@ def test_cowboy_cleans_only_what_it_flags(batch):
     model.threshold.assign(float(np.median(scores)))
     flagged = scores > np.median(scores)
     assert 0 < flagged.sum() < 4
-    out = model.purify(x).numpy()
+    out = model.purify(x.numpy().astype(np.float64)).numpy()  # numpy input of another float type
     np.testing.assert_array_equal(out[~flagged], x.numpy()[~flagged])
     cleaned = model.generator(model.search(tf.constant(x.numpy()[flagged]))[0]).numpy()
     np.testing.assert_allclose(out[flagged], cleaned, atol=1e-5)
@@ -232,9 +232,9 @@ def test_cowboy_bpda_surrogate_by_hand(batch, unroll):
         z = z - 0.3 * tape.gradient(total, z)
     want = model.generator(z).numpy() if unroll else x.numpy()
     np.testing.assert_allclose(model.attack_surrogate(x).numpy(), want, atol=1e-5)
-    purified, surrogate = model.purify_and_surrogate(x)
+    purified, surrogate = model.purify_and_surrogate(x.numpy().astype(np.float64))
     np.testing.assert_allclose(purified.numpy(), model.purify(x).numpy(), atol=1e-5)
-    np.testing.assert_allclose(surrogate.numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(surrogate), want, atol=1e-5)
 
 
 # ---------------------------------------------------------------------- GCLN (eqs. 3-6)
@@ -651,3 +651,9 @@ def test_cowboy_keeps_both_thresholds_and_uses_the_one_its_rule_names(batch, tmp
     assert float(model.threshold.numpy()) == pytest.approx(want, rel=1e-4)
     assert result["fpr"] == pytest.approx(np.mean(clean > want))
     assert model.calibration is result
+    x_adv = np.clip(x + 0.3, 0, 1)
+    with_adv = model.calibrate(x, x_adv=x_adv)  # the default target rate, and the detection rates
+    assert with_adv["target_fpr"] == 0.05
+    assert with_adv["tpr"] == pytest.approx(np.mean(model.adversarial_score(x_adv).numpy() > with_adv["threshold"]))
+    assert with_adv["fpr"] == pytest.approx(np.mean(model.adversarial_score(x).numpy() > with_adv["threshold"]))
+    assert 0.0 <= with_adv["roc_auc"] <= 1.0

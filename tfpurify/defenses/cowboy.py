@@ -232,6 +232,8 @@ class Cowboy(Purifier, Detector):
             if self.config.threshold_rule == "paper":
                 self.threshold.assign(paper)
                 result.update(threshold=paper, fpr=result["fpr_paper"])
+                if x_adv is not None:  # the detection rate at the threshold in use
+                    result.update(tpr=metrics.flag_rate(adversarial_scores(self, x_adv), paper))
         self.calibration = result
         return result
 
