@@ -72,6 +72,8 @@ def layer_specs(model):
             c = c["layer"]["config"]
         if kind == "LeakyReLU":
             out.append((kind, round(float(c["alpha"]), 6)))
+        elif kind == "Dropout":
+            out.append((kind, c["rate"]))
         elif kind == "BlockDCTQuantize":
             out.append((kind, layer.step, layer.block))
         elif layer.weights:

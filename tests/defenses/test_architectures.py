@@ -11,6 +11,7 @@ import tensorflow as tf
 from tfpurify.defenses.aaa import AAA, AAAConfig
 from tfpurify.defenses.adversarial_training import PGDATConfig
 from tfpurify.defenses.denoising_ae import DenoisingAEConfig
+from tfpurify.defenses.fbgan import FBGAN, FBGANConfig
 from tfpurify.defenses.gcln import GCLNConfig
 from tfpurify.defenses.l2l_da import L2LDAConfig
 from tfpurify.defenses.registry import build_defense
@@ -123,6 +124,12 @@ CONFIGS = {
                    ({"generator_optimizer": "rmsprop"}, "generator_optimizer must be"),
                    ({"diversity_weight": -0.1}, "diversity_weight must be >= 0"),
                    ({"momentum": -0.1}, "momentum must be >= 0"), ({"weight_decay": -1e-5}, "weight_decay must be")]),
+    FBGANConfig: ([{"n_categories": 2, "n_continuous": 0}, {"ae_fraction": 0.0}, {"ae_fraction": 1.0},
+                   {"d_dropout": 0.0}, {"ae_reduction": "mean"}],
+                  [({"n_categories": 1}, "n_categories >= 2"), ({"n_continuous": -1}, "n_continuous >= 0"),
+                   ({"ae_fraction": -0.1}, "ae_fraction must be in"), ({"ae_fraction": 1.1}, "ae_fraction must be in"),
+                   ({"ae_reduction": "max"}, "ae_reduction must be"), ({"d_dropout": 1.0}, "d_dropout must be in"),
+                   ({"d_dropout": -0.1}, "d_dropout must be in")]),
     DenoisingAEConfig: ([{"noise_std": 0.0}, {"filters": 1}],
                         [({"noise_std": -0.1}, "noise_std must be >= 0"), ({"filters": 0}, "filters must be >= 1")]),
 }
@@ -145,3 +152,40 @@ def test_derived_steps():
     assert (L2LDAConfig(eps=0.2, eps_step=0.03).step_size, L2LDAConfig(recursive=False, eps_step=0.03).step_size) \
         == (0.03, 0.1)
     assert L2LDAConfig(recursive=False, steps=7).n_steps == 1
+
+
+def test_fbgan_encoder_generator_and_discriminator():
+    model = build_defense("fbgan", {"base_filters": 2, "n_continuous": 3, "d_dropout": 0.3})
+    wn = "WeightNormalization"
+
+    def dense(units):
+        return (units, (), (), None, "linear")
+
+    assert layer_specs(model.encoder) == [
+        wn, _conv(2, 3, 1, "elu"), wn, _conv(4, 4, 2, "elu"), wn, _conv(4, 3, 1, "elu"), wn, _conv(8, 4, 2, "elu"),
+        wn, _conv(8, 3, 1, "elu"), wn, _conv(16, 7, 1, "elu", "valid"), "Flatten", wn, dense(10), wn, dense(3)]
+    assert layer_specs(model.generator) == [
+        "Reshape", wn, _conv(16, 7, 1, "elu", "valid"), wn, _conv(8, 3, 1, "elu"), wn, _conv(4, 4, 2, "elu"),
+        wn, _conv(4, 3, 1, "elu"), wn, _conv(2, 4, 2, "elu"), wn, _conv(1, 3, 1, "sigmoid")]
+    leaky, drop = ("LeakyReLU", 0.2), ("Dropout", 0.3)
+    assert layer_specs(model.discriminator) == [
+        _conv(2, 4, 2, "linear"), leaky, drop, _conv(4, 3, 1, "linear"), leaky, drop, _conv(8, 4, 2, "linear"), leaky,
+        drop, _conv(8, 3, 1, "linear"), leaky, drop, dense(16), _conv(16, 7, 1, "linear", "valid"), leaky, leaky,
+        dense(16), "Flatten", leaky, "Concatenate", dense(32), leaky, drop, dense(32), dense(8), leaky, leaky, dense(1),
+        dense(10), dense(3)]
+    assert [m.name for m in (model.encoder, model.generator, model.discriminator)] == ["encoder", "generator",
+                                                                                      "discriminator"]
+    assert model.generator(tf.zeros([1, 13])).shape == (1, 28, 28, 1)
+    for shape in ((28, 32, 1), (30, 30, 1)):
+        with pytest.raises(InputValidationError, match="square images with a side divisible by 4"):
+            FBGAN(FBGANConfig(base_filters=2), shape)
+
+
+@pytest.mark.parametrize("fraction,start", [(0.5, 6), (0.25, 9), (0.0, 13), (1.0, 0)])
+def test_fbgan_auto_encoder_term_starts_for_the_last_fraction_of_the_steps(fraction, start):
+    model = build_defense("fbgan", {"base_filters": 2, "ae_fraction": fraction})
+    (schedule,) = model.training_callbacks()
+    schedule.set_model(model)
+    schedule.set_params({"epochs": 3, "steps": 4})
+    schedule.on_train_begin()
+    assert int(model.ae_start_step.numpy()) == start
