@@ -657,3 +657,151 @@ def test_cowboy_keeps_both_thresholds_and_uses_the_one_its_rule_names(batch, tmp
     assert with_adv["tpr"] == pytest.approx(np.mean(model.adversarial_score(x_adv).numpy() > with_adv["threshold"]))
     assert with_adv["fpr"] == pytest.approx(np.mean(model.adversarial_score(x).numpy() > with_adv["threshold"]))
     assert 0.0 <= with_adv["roc_auc"] <= 1.0
+
+
+# ---------------------------------------------------------------------- validation passes (test_step)
+
+
+def _unchanged(model, step):
+    """Runs `step()` and checks that no weight moved; returns its metrics."""
+    networks = [getattr(model, name) for name in ("generator", "discriminator", "cleaner", "detector_net", "autoencoder",
+                                                  "classifier", "encoder") if hasattr(model, name)]
+    weights = [w for network in networks for w in network.weights]  # moving statistics too; not the trackers
+    before = [w.numpy().copy() for w in weights]
+    got = step()
+    for a, w in zip(before, weights):
+        np.testing.assert_array_equal(a, w.numpy(), err_msg=w.name)
+    model.reset_metrics()
+    return got
+
+
+def test_validation_passes_measure_the_training_losses_without_moving_a_weight(batch):
+    x, y = batch
+    cowboy = build_defense("cowboy", {"base_filters": 4, "z_dim": 8, "label_smoothing": 0.1})
+    cowboy.compile(d_optimizer=_sgd(), g_optimizer=_sgd())
+    tf.random.set_seed(SEED)
+    got = _unchanged(cowboy, lambda: cowboy.test_step(x))
+    tf.random.set_seed(SEED)
+    fake = cowboy.discriminator(cowboy.generator(tf.random.normal([8, 8])))
+    real = cowboy.discriminator(x)
+    assert float(got["d_loss"]) == pytest.approx(float(losses.minimax_discriminator_loss(real, fake, label_smoothing=0.1)),
+                                                  rel=1e-5)
+    assert float(got["g_loss"]) == pytest.approx(float(losses.non_saturating_generator_loss(fake)), rel=1e-5)
+
+    gcln = _gcln(perceptual_weight=0.3)
+    gcln.g_on.assign(0.0)  # the validation loss is the objective's, whatever the phase
+    target = gcln.target_classifier
+    tf.random.set_seed(SEED)
+    got = _unchanged(gcln, lambda: gcln.test_step((x, y)))
+    tf.random.set_seed(SEED)
+    cleaned = gcln.cleaner(_pgd(target, x, y, 0.1, 0.025, 2))
+    features = keras.Model(target.inputs, target.layers[-2].output)
+    perceptual = tf.reduce_mean(tf.reduce_sum(tf.square(features(x) - features(cleaned)), axis=1))
+    adversarial = losses.non_saturating_generator_loss(gcln.detector_net(cleaned))
+    assert float(got["g_loss"]) == pytest.approx(0.3 * float(perceptual) + 0.7 * float(adversarial), rel=1e-4)
+
+    aaa = build_defense("aaa", {"filters": 4, "loss": "xent+mse", "mse_weight": 0.7, "nb_iter": 2, "eps_iter": 0.1})
+    native = _tiny_classifier()
+    object.__setattr__(aaa, "_natives", [native])
+    aaa.compile(optimizer=_sgd())
+    tf.random.set_seed(SEED)
+    got = _unchanged(aaa, lambda: aaa.test_step((x, y)))
+    tf.random.set_seed(SEED)
+    cleaned = aaa.autoencoder(_pgd(lambda images: native(aaa.autoencoder(images)), x, y, 0.2, 0.1, 2))
+    xent = losses.classification_loss(y, native(cleaned))
+    assert float(got["loss"]) == pytest.approx(float(xent + 0.7 * tf.reduce_mean(tf.square(cleaned - x))), rel=1e-4)
+
+    pgd_at = build_defense("pgd_at", {"arch": "lenet5", "nb_iter": 2, "adv_weight": 0.3})
+    pgd_at.compile(optimizer=_sgd())
+    tf.random.set_seed(SEED)
+    got = _unchanged(pgd_at, lambda: pgd_at.test_step((x, y)))
+    tf.random.set_seed(SEED)
+    adv = losses.classification_loss(y, pgd_at.classifier(_pgd(pgd_at.classifier, x, y, 0.1, 0.025, 2)))
+    clean = losses.classification_loss(y, pgd_at.classifier(x))
+    assert float(got["loss"]) == pytest.approx(float(0.7 * clean + 0.3 * adv), rel=1e-5)
+
+    l2l = build_defense("l2l_da", {"arch": "lenet5", "steps": 2, "z_dim": 4, "generator_filters": 4,
+                                   "diversity_weight": 0.5})
+    l2l.compile(c_optimizer=_sgd(), g_optimizer=_sgd())
+    l2l(x[:1])
+    tf.random.set_seed(SEED)
+    got = _unchanged(l2l, lambda: l2l.test_step((x, y)))
+    tf.random.set_seed(SEED)
+    z1, z2 = tf.random.normal([8, 4]), tf.random.normal([8, 4])
+    x2, y2 = tf.concat([x, x], 0), tf.concat([y, y], 0)
+
+    def inference(inputs, training=True):
+        return l2l.generator(inputs, training=False)
+
+    trajectory, step_losses, _ = _trajectory_by_hand(inference, l2l.classifier, x2, y2, tf.concat([z1, z2], 0), 0.1,
+                                                     0.025, 2)
+    div = losses.diversity_loss([t[:8] for t in trajectory], [t[8:] for t in trajectory], z1, z2)
+    adv = losses.classification_loss(y2, l2l.classifier(trajectory[-1]))
+    assert float(got["adv_loss"]) == pytest.approx(float(adv), rel=1e-4)
+    assert float(got["cls_loss"]) == pytest.approx(float(losses.classification_loss(y, l2l.classifier(x)) + adv),
+                                                   rel=1e-4)
+    assert float(got["gen_loss"]) == pytest.approx(-float(tf.reduce_mean(tf.stack(step_losses)) + 0.5 * div), rel=1e-4)
+    assert float(got["div_loss"]) == pytest.approx(float(div), rel=1e-4)
+
+
+def test_every_defense_returns_its_config():
+    import dataclasses
+
+    from tfpurify.defenses.registry import REGISTRY
+
+    for name, (_, config_class) in REGISTRY.items():
+        fields = {"arch": "lenet5"} if "arch" in config_class.__dataclass_fields__ else {}
+        model = build_defense(name, fields)
+        assert model.get_config() == dataclasses.asdict(model.config), name
+
+
+# ---------------------------------------------------------------------- L2L-DA's learned attack
+
+
+def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_loss(batch, tmp_path):
+    from tfpurify.attacks import resolve_params, run_attack
+    from tfpurify.defenses.l2l_da import _l2l_da_attack, _load_generator
+    from tfpurify.errors import AttackConfigError
+    from tfpurify.runs import finish_run, start_run
+    from tfpurify.training import _config_dict
+
+    x, y = batch
+    model = build_defense("l2l_da", {"arch": "lenet5", "steps": 2, "z_dim": 4, "generator_filters": 4, "eps": 0.2,
+                                     "eps_step": 0.05})
+    model(x[:1])
+    run = tmp_path / "l2l"
+    start_run(run, _config_dict("l2l_da", model.config))
+    finish_run(model, run, "defense.weights.h5")
+    p = {**resolve_params("l2l_da", generator_run=str(run), eps=0.1, draws=3), **_load_generator({"generator_run":
+                                                                                                  str(run)})}
+    assert (p["steps"], p["step_ratio"], p["z_dim"]) == (2, 0.25, 4)
+    target = _tiny_classifier(3)
+    tf.random.set_seed(SEED)
+    got, cost = _l2l_da_attack(target, x, y, p, None)
+    np.testing.assert_array_equal(cost.numpy(), 3 * 2)
+    tf.random.set_seed(SEED)
+    best, best_loss, best_fooled = x.numpy(), np.full(8, -np.inf), np.zeros(8, bool)
+    for _ in range(3):
+        z = tf.random.normal([8, 4])
+        trajectory, step_losses, logits = _trajectory_by_hand(
+            lambda inputs, training=True: p["generator"](inputs, training=False), target, x, y, z, 0.1, 0.025, 2)
+        fooled = np.argmax(logits.numpy(), 1) != y.numpy()
+        loss = step_losses[-1].numpy()
+        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+        best[better], best_loss[better] = trajectory[-1].numpy()[better], loss[better]
+        best_fooled |= fooled
+    np.testing.assert_allclose(got.numpy(), best, atol=1e-6)
+    assert np.abs(got.numpy() - x.numpy()).max() <= 0.1 + 1e-6
+    x_adv = run_attack("l2l_da", target, x.numpy(), y.numpy(), eps=0.1, generator_run=str(run), draws=2)
+    assert np.abs(x_adv - x.numpy()).max() <= 0.1 + 1e-6
+    for params, match in (({}, "needs a trained generator"), ({"generator_run": str(run), "norm": 2}, "only norm inf"),
+                          ({"generator_run": str(run), "draws": 0}, "draws must be an integer >= 1"),
+                          ({"generator_run": str(run), "draws": 1.5}, "draws must be an integer >= 1")):
+        with pytest.raises(AttackConfigError, match=match):
+            resolve_params("l2l_da", **params)
+    cowboy_run = tmp_path / "cowboy"
+    cowboy = build_defense("cowboy", {"base_filters": 4, "z_dim": 4})
+    start_run(cowboy_run, _config_dict("cowboy", cowboy.config))
+    finish_run(cowboy, cowboy_run, "defense.weights.h5")
+    with pytest.raises(AttackConfigError, match="is not an l2l_da run"):
+        _load_generator({"generator_run": str(cowboy_run)})
