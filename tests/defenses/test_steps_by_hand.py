@@ -522,8 +522,8 @@ def test_l2l_da_compiles_the_papers_optimizers(generator_optimizer):
 # ---------------------------------------------------------------------- denoising autoencoder (MagNet)
 
 
-def test_denoising_ae_dataset_scores_and_code(batch):
-    x = batch[0]
+@pytest.mark.tf_data
+def test_denoising_ae_trains_on_noisy_and_clean_pairs():
     model = build_defense("denoising_ae", {"filters": 4, "noise_std": 0.3, "detector": True})
     grey = np.full((8, 28, 28, 1), 0.5, np.float32)
     noisy, clean = (t.numpy() for t in next(iter(model.make_dataset(grey, None, 8))))
@@ -535,8 +535,14 @@ def test_denoising_ae_dataset_scores_and_code(batch):
     assert 1 - inside.mean() == pytest.approx(0.0956, abs=0.015)
     assert np.std(noisy[inside] - 0.5) == pytest.approx(0.239, abs=0.01)
     quiet = build_defense("denoising_ae", {"filters": 4, "noise_std": 0.0})
-    noisy, _ = next(iter(quiet.make_dataset(x.numpy(), None, 8)))
-    np.testing.assert_array_equal(noisy.numpy(), x.numpy())
+    noisy, _ = next(iter(quiet.make_dataset(grey, None, 8)))
+    np.testing.assert_array_equal(noisy.numpy(), grey)
+
+
+def test_denoising_ae_scores_and_code(batch):
+    x = batch[0]
+    model = build_defense("denoising_ae", {"filters": 4, "detector": True})
+    quiet = build_defense("denoising_ae", {"filters": 4})
     out = model.autoencoder(x).numpy()
     np.testing.assert_allclose(model.adversarial_score(x).numpy(), np.abs(x.numpy() - out).mean(axis=(1, 2, 3)),
                                rtol=1e-5)
