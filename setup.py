@@ -29,6 +29,10 @@ setup(
                 "import-linter==2.16"],  # tests/test_architecture.py: the layer contracts of .importlinter
         "bench": ["adversarial-robustness-toolbox>=1.17", "multiprocess"],  # ART's AutoAttack imports multiprocess
         "mutation": ["mutmut==3.8.1"],  # make mutation
+        # benchmarks/autoattack_parity_fmnist.py runs the original AutoAttack (PyTorch) in a second process;
+        # on Linux, PyPI's torch wheel pulls CUDA libraries: on a CPU-only machine take the CPU build
+        # (pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
+        "parity": ["torch==2.13.0"],
         "svhn": ["tensorflow-datasets>=4.9,<4.10"],
         # `tfpurify eval --corruptions`: albumentations' transforms with fixed CIFAR-10-C severities;
         # OpenCV 4.10 headless, since OpenCV 5 wheels need numpy 2 and TensorFlow 2.15 needs numpy<2

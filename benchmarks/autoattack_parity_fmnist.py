@@ -12,11 +12,13 @@ tfpurify's number too high), and the time of each on this machine, side by side 
 The original's attacks start from random points: a few examples near the boundary may fall either
 way in either implementation; a systematic gap shows up as a one-sided disagreement count.
 
-Needs a Python with PyTorch (CPU) and a checkout of github.com/fra31/auto-attack:
-  python -m venv torchenv && torchenv/bin/pip install 'numpy<2' torch==2.13.0
+Needs PyTorch (CPU build) and a checkout of github.com/fra31/auto-attack. The original runs in a second
+process, by default this Python (`pip install -e ".[parity]"`; PyPI's Linux wheel of torch brings CUDA
+libraries of several GB: on a CPU-only machine take the CPU build, `pip install torch==2.13.0 --index-url
+https://download.pytorch.org/whl/cpu`), or any other Python with torch and numpy<2 (`--torch-python`):
   git clone https://github.com/fra31/auto-attack
-Usage: python benchmarks/autoattack_parity_fmnist.py --classifier runs/bench-cnn --torch-python
-       torchenv/bin/python --autoattack-src auto-attack [--n 500] [--eps 0.1,0.2] [--seeds 3]
+Usage: python benchmarks/autoattack_parity_fmnist.py --classifier runs/bench-cnn --autoattack-src auto-attack
+       [--torch-python PYTHON] [--n 500] [--eps 0.1,0.2] [--seeds 3]
        [--attacks apgd_ce,apgd_t,fab_t,square,autoattack] [--quick] [--name autoattack_parity_fmnist]
 (runs/bench-cnn: `tfpurify train classifier --arch cnn --epochs 3 --batch-size 128 --out runs/bench-cnn`)
 """
@@ -122,7 +124,7 @@ QUICK = {"apgd_ce": {"nb_iter": 5}, "apgd_t": {"nb_iter": 5}, "fab_t": {"nb_iter
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classifier", default="runs/bench-cnn")
-    parser.add_argument("--torch-python", required=True)
+    parser.add_argument("--torch-python", default=sys.executable, help="a Python with torch (default: this one)")
     parser.add_argument("--autoattack-src", required=True)
     parser.add_argument("--autoattack-commit", help="the original's commit, where --autoattack-src is no git checkout")
     parser.add_argument("--n", type=int, default=500)

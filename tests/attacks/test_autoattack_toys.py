@@ -537,3 +537,94 @@ def test_each_gradient_step_averages_its_draws_and_subtracts_the_detector_penalt
         want_grad += tape.gradient(total, xv).numpy() / 3
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
+
+
+class _ColourToy:
+    """Never fooled (class 0 leads by 50), a wiggly margin over 12x12x3 images; remembers every query (eager)."""
+
+    def __init__(self):
+        rng = np.random.default_rng(3)
+        self.w = tf.constant(rng.normal(0, 1.0, (12 * 12 * 3, 3)).astype(np.float32))
+        self.calls = []
+
+    def margin(self, images):
+        z = self(tf.constant(images, tf.float32), record=False).numpy()
+        return z[:, 0] - z[:, 1:].max(axis=1)
+
+    def __call__(self, images, record=True):
+        if record:
+            self.calls.append(images.numpy().copy())
+        h = tf.sin(tf.reshape(images, [-1, 12 * 12 * 3]) @ self.w)
+        return tf.concat([tf.fill([tf.shape(images)[0], 1], 50.0), h], axis=1)
+
+
+def test_l2_square_query_by_query(monkeypatch):
+    """The official L2 update in numpy, fed with the draws the attack made (recorded): the start grid of eta
+    windows with a sign per example and channel (cut at the border: 12 is not a multiple of 5 windows of 2),
+    then per query the side from the schedule, a redrawn eta window added to the old one's direction, the second
+    window zeroed, the mass rescaled per channel to keep norm eps, the candidate kept where the margin falls."""
+    draws, uniform = [], tf.random.uniform
+
+    def recorded(*args, **kwargs):
+        out = uniform(*args, **kwargs)
+        draws.append(out.numpy())
+        return out
+
+    monkeypatch.setattr(tf.random, "uniform", recorded)
+    n, h, c, eps, n_queries = 2, 12, 3, 0.5, 40
+    x = np.random.default_rng(1).uniform(0.2, 0.8, (n, h, h, c)).astype(np.float32)
+    model = _ColourToy()
+    x_adv, fooled, queries = autoattack.square(model, tf.constant(x), tf.zeros(n, tf.int64), eps, n_queries=n_queries,
+                                               norm=2)
+    assert not fooled.numpy().any() and len(model.calls) == n_queries + 1
+    draws = iter(draws)
+
+    def eta(s):
+        e = autoattack.square_eta(s).astype(np.float64)
+        return e.T if next(draws) > 0.5 else e
+
+    def sign():
+        return np.sign(next(draws))  # [n, 1, 1, c]
+
+    def unit(d):
+        return d / (np.sqrt(np.sum(d ** 2, axis=(1, 2, 3), keepdims=True)) + 1e-12)
+
+    s0, delta = h // 5, np.zeros((n, h, h, c))
+    top0 = (h - 5 * s0) // 2
+    for row in range(h // s0):
+        for col in range(h // s0):
+            block = eta(s0)[None, :, :, None] * sign()
+            top, left = top0 + row * s0, top0 + col * s0
+            delta[:, top:top + s0, left:left + s0] += block[:, :h - top, :h - left]
+    best = np.clip(x + unit(delta) * eps, 0, 1)
+    np.testing.assert_allclose(model.calls[0], best, atol=1e-6)
+    best_margin, accepted, sides = model.margin(best), 0, set()
+    for i, candidate in enumerate(model.calls[1:]):
+        p = 0.8 / 2 ** sum(int(i / n_queries * 10000) > b for b in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+        s = max(int(round(np.sqrt(p * h * h))), 3)
+        s = min(s + 1 if s % 2 == 0 else s, h)
+        sides.add(s)
+        e = eta(s)
+        vh, vw, vh2, vw2 = (int(next(draws)) for _ in range(4))
+        d = best.astype(np.float64) - x
+        old = d[:, vh:vh + s, vw:vw + s]
+        mask = np.zeros((1, h, h, 1))
+        mask[:, vh:vh + s, vw:vw + s] = 1
+        mask[:, vh2:vh2 + s, vw2:vw2 + s] = 1
+        norm_image = np.sqrt(np.sum(d ** 2, axis=(1, 2, 3), keepdims=True))
+        norm_windows = np.sqrt(np.sum((d * mask) ** 2, axis=(1, 2), keepdims=True))  # per example and channel
+        new = e[None, :, :, None] * sign() + old / (1e-12 + np.sqrt(np.sum(old ** 2, axis=(1, 2), keepdims=True)))
+        new = new / (1e-12 + np.sqrt(np.sum(new ** 2, axis=(1, 2), keepdims=True))) * np.sqrt(
+            np.maximum(eps ** 2 - norm_image ** 2, 0) / c + norm_windows ** 2)
+        d[:, vh2:vh2 + s, vw2:vw2 + s] = 0
+        d[:, vh:vh + s, vw:vw + s] = new
+        want = np.clip(x + unit(d) * eps, 0, 1)
+        np.testing.assert_allclose(candidate, want, atol=2e-5, err_msg=f"query {i}")
+        margin = model.margin(candidate)
+        take = margin < best_margin
+        accepted += int(take.sum())
+        best = np.where(take[:, None, None, None], candidate, best)
+        best_margin = np.where(take, margin, best_margin)
+    assert next(draws, None) is None  # every draw accounted for
+    np.testing.assert_allclose(x_adv, best, atol=1e-6)
+    assert 0 < accepted < n * n_queries and len(sides) > 1

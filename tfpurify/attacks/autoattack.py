@@ -276,9 +276,10 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
 
     As the official `square.py`. L-inf: vertical stripes of +-eps as the start, one square of side
     round(sqrt(p * pixels)) per query moved to +-eps around x with one sign per channel. L2: a 5 x 5 grid
-    of `square_eta` windows with random signs as the start, scaled to norm eps; per query, a window's
-    perturbation redrawn from `square_eta` plus its old one, a second window's set to zero, and their
-    mass rescaled so the whole perturbation keeps norm eps (side at least 3, odd; at most the image's).
+    of `square_eta` windows with random signs as the start (cut at the border where the image's side is not
+    a multiple of the window's), scaled to norm eps; per query, a window's perturbation redrawn from
+    `square_eta` plus its old one, a second window's set to zero, and their mass rescaled per channel so
+    the whole perturbation keeps norm eps (side at least 3, made odd, at most the image's).
     A candidate is kept where the loss falls or the example is fooled, p from `_square_p`. An example
     is fooled when the argmax of its logits is not its label (and a detector-aware target does not flag
     it): a tie with the true class, which the official margin counts as success, is not one where the
@@ -322,20 +323,20 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
                 block = _random_transpose(tf.constant(square_eta(s0)))[None, :, :, None] * tf.sign(
                     tf.random.uniform([n, 1, 1, c], -1.0, 1.0))
                 top, left = top0 + row * s0, top0 + col * s0
-                if top + s0 <= h and left + s0 <= w:
-                    delta += _window(block, top, left, h, w)
+                rows_in, cols_in = min(s0, h - top), min(s0, w - left)  # the original cuts a window at the border
+                delta += tf.pad(block[:, :rows_in, :cols_in], [[0, 0], [top, h - top - rows_in],
+                                                               [left, w - left - cols_in], [0, 0]])
         start = x + normalize(delta, 2) * eps
     x_best = tf.where(expand(active), tf.clip_by_value(start, 0.0, 1.0), x)
     margin, loss = on_active(active, margin_and_loss, x_best, y)
     queries = tf.cast(active, tf.float32)
     margin = tf.where(active, margin, -1.0)  # inactive examples count as done
     rows, cols = tf.range(h)[:, None, None], tf.range(w)[None, :, None]
-    if norm != np.inf:  # side per halving of p: at least 3, odd, at most the image's; the eta of each side
+    if norm != np.inf:  # side per halving of p: at least 3, made odd, at most the image's; the eta of each side
         sides = []
         for k in range(len(_SQUARE_BOUNDS) + 1):
             side = max(int(round(np.sqrt(p_init / 2 ** k * n_features / c))), 3)
-            side = min(side + 1 if side % 2 == 0 else side, min(h, w))
-            sides.append(side if side % 2 == 1 or side < 3 else side - 1)
+            sides.append(min(side + 1 if side % 2 == 0 else side, min(h, w)))
         big = max(sides)
         etas = tf.constant(np.stack([np.pad(square_eta(v), [[0, big - v], [0, big - v]]) for v in sides]))
         sides = tf.constant(sides, tf.int32)
@@ -368,7 +369,8 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
         mask_1 = _window(tf.ones([s, s]), vh, vw, h, w)[None, :, :, None]
         mask_2 = _window(tf.ones([s, s]), vh2, vw2, h, w)[None, :, :, None]
         norm_image = l2_norm(delta)
-        norm_windows = l2_norm(delta * tf.maximum(mask_1, mask_2))
+        # per example and channel, as the original's sum over the two spatial axes
+        norm_windows = tf.sqrt(tf.reduce_sum(tf.square(delta * tf.maximum(mask_1, mask_2)), axis=[1, 2], keepdims=True))
         new = e[None, :, :, None] * tf.sign(tf.random.uniform([n, 1, 1, c], -1.0, 1.0))
         new += old / (1e-12 + norm_old)
         new = new / (1e-12 + tf.sqrt(tf.reduce_sum(tf.square(new), axis=[1, 2], keepdims=True))) * tf.sqrt(
