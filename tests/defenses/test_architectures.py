@@ -56,8 +56,9 @@ def test_aaa_autoencoders():
         model = AAA(AAAConfig(filters=4, architecture=architecture), input_shape=shape)
         assert ("Concatenate" in layer_specs(model.autoencoder)) == unet_expected, (architecture, shape)
         assert model.purify(tf.zeros((1, *shape))).shape == (1, *shape)
-    with pytest.raises(InputValidationError, match="sides divisible by 4"):
-        AAA(AAAConfig(filters=4, architecture="unet"), input_shape=(30, 30, 3))
+    for shape in ((30, 30, 3), (32, 30, 3), (30, 32, 3)):
+        with pytest.raises(InputValidationError, match="sides divisible by 4"):
+            AAA(AAAConfig(filters=4, architecture="unet"), input_shape=shape)
     assert [m.name for m in conv.metrics] == ["loss", "xent", "mse", "adv_accuracy"]
 
 
@@ -66,6 +67,7 @@ def test_denoising_autoencoder():
     assert layer_specs(model.autoencoder) == [_conv(4, 3, 1, "relu"), "AveragePooling2D", _conv(4, 3, 1, "relu"),
                                               _conv(4, 3, 1, "relu"), "UpSampling2D", _conv(4, 3, 1, "relu"),
                                               _conv(1, 3, 1, "sigmoid")]
+    assert model.autoencoder.name == "autoencoder"
     model.compile_for_training()
     assert model.loss == "mse"
 
@@ -143,6 +145,19 @@ def test_config_boundaries(config):
     for fields, match in bad:
         with pytest.raises(InputValidationError, match=match):
             config(**fields)
+
+
+def test_configs_normalize_what_they_are_given_and_robust_classifiers_take_the_image_shape():
+    from tfpurify.defenses.adversarial_training import PGDAdversarialTraining
+
+    assert AAAConfig(classifier=["a", "b"]).classifier == ("a", "b") and AAAConfig(classifier="a").classifier == ("a",)
+    from tfpurify.defenses.l2l_da import L2LDA
+
+    model = PGDAdversarialTraining(PGDATConfig(arch="lenet5", dataset="cifar10"), (32, 32, 3), name="robust")
+    assert model.classifier.input_shape == (None, 32, 32, 3) and model.name == "robust"
+    model = L2LDA(L2LDAConfig(arch="lenet5", dataset="cifar10", generator_filters=4), (32, 32, 3), name="learned")
+    assert model.classifier.input_shape == (None, 32, 32, 3) and model.name == "learned"
+    assert model.generator.name == "attack_generator"
 
 
 def test_derived_steps():

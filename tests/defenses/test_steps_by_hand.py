@@ -26,10 +26,11 @@ def batch():
 
 
 def _tiny_classifier(seed=0, hidden=16):
-    """Flatten -> dense features -> logits: a fast frozen target whose penultimate layer is F."""
+    """Flatten -> two dense layers -> logits: a fast frozen target whose penultimate layer is F."""
     tf.keras.utils.set_random_seed(seed)
     inputs = keras.Input((28, 28, 1))
     h = keras.layers.Dense(hidden, activation="relu")(keras.layers.Flatten()(inputs))
+    h = keras.layers.Dense(12, activation="relu")(h)
     model = keras.Model(inputs, keras.layers.Dense(10)(h))
     model.trainable = False
     return model
@@ -56,9 +57,9 @@ def _check_step(step, players, losses_by_hand, rtol=1e-3, atol=1e-5):
     return got, want
 
 
-def _pgd(model_fn, x, y, eps, eps_iter, nb_iter):
+def _pgd(model_fn, x, y, eps, eps_iter, nb_iter, rand_init=True):
     """The inner adversary every adversarially trained defense here uses: PGD from a random start, all steps."""
-    x_adv, _, _ = iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, rand_init=True, early_exit=False)
+    x_adv, _, _ = iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, rand_init=rand_init, early_exit=False)
     return tf.stop_gradient(tf.clip_by_value(x_adv, 0.0, 1.0))
 
 
@@ -256,6 +257,7 @@ def test_gcln_step(batch, recycle, g_on):
     model(x[:1])
     model.g_on.assign(g_on)
     target = model.target_classifier
+    target.layers[-1].bias.assign(tf.one_hot(0, 10) * 10.0)  # class 0 wherever: some cleaned images count as right
     features = keras.Model(target.inputs, target.layers[-2].output)
 
     def by_hand():
@@ -277,6 +279,7 @@ def test_gcln_step(batch, recycle, g_on):
         assert float(got[name]) == pytest.approx(float(want[name]), rel=1e-4), name
     assert float(got["d_loss"]) == pytest.approx(float(want["d"]), rel=1e-4)
     assert float(got["recovered_accuracy"]) == pytest.approx(float(tf.reduce_mean(want["correct"])))
+    assert 0 < float(tf.reduce_mean(want["correct"])) < 1  # so the recycled term has examples to weigh
     assert float(got["g_loss"]) == pytest.approx(0.3 * float(want["perceptual"]) + 0.7 * float(want["adversarial"]),
                                                   rel=1e-4)
 
@@ -391,18 +394,18 @@ def test_aaa_encodes_at_its_bottleneck(batch):
 # ---------------------------------------------------------------------- PGD adversarial training (Madry et al.)
 
 
-@pytest.mark.parametrize("adv_weight,eps_iter", [(1.0, None), (0.3, 0.03)])
-def test_pgd_at_step(batch, adv_weight, eps_iter):
+@pytest.mark.parametrize("adv_weight,eps_iter,rand_init", [(1.0, None, True), (0.3, 0.03, False)])
+def test_pgd_at_step(batch, adv_weight, eps_iter, rand_init):
     x, y = batch
     model = build_defense("pgd_at", {"arch": "lenet5", "eps": 0.1, "nb_iter": 2, "eps_iter": eps_iter,
-                                     "adv_weight": adv_weight})
+                                     "adv_weight": adv_weight, "rand_init": rand_init})
     model.compile(optimizer=_sgd(0.1))
     model(x[:1])
     step_size = 0.025 if eps_iter is None else eps_iter
     assert model.config.step_size == step_size
 
     def by_hand():
-        x_adv = _pgd(model.classifier, x, y, 0.1, step_size, 2)
+        x_adv = _pgd(model.classifier, x, y, 0.1, step_size, 2, rand_init)
         clean = losses.classification_loss(y, model.classifier(x))
         adv = losses.classification_loss(y, model.classifier(x_adv))
         return {"c": 0.1 * ((1 - adv_weight) * clean + adv_weight * adv), "clean": clean, "adv": adv}
@@ -547,6 +550,8 @@ def test_denoising_ae_scores_and_code(batch):
     np.testing.assert_allclose(model.adversarial_score(x).numpy(), np.abs(x.numpy() - out).mean(axis=(1, 2, 3)),
                                rtol=1e-5)
     np.testing.assert_allclose(model.purify(x).numpy(), out)
+    layers = model.autoencoder.layers  # conv, pool, conv (the code), conv, upsample, conv, conv
+    np.testing.assert_allclose(model.encode(x).numpy(), layers[2](layers[1](layers[0](x))).numpy(), rtol=1e-6)
     assert model.encode(x).shape == (8, 14, 14, 4)
     assert model.detector_enabled and not quiet.detector_enabled
 
@@ -772,7 +777,7 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
     from tfpurify.training import _config_dict
 
     x, y = batch
-    model = build_defense("l2l_da", {"arch": "lenet5", "steps": 2, "z_dim": 4, "generator_filters": 4, "eps": 0.2,
+    model = build_defense("l2l_da", {"arch": "lenet5", "steps": 3, "z_dim": 4, "generator_filters": 4, "eps": 0.2,
                                      "eps_step": 0.05})
     model(x[:1])
     run = tmp_path / "l2l"
@@ -780,17 +785,17 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
     finish_run(model, run, "defense.weights.h5")
     p = {**resolve_params("l2l_da", generator_run=str(run), eps=0.1, draws=3), **_load_generator({"generator_run":
                                                                                                   str(run)})}
-    assert (p["steps"], p["step_ratio"], p["z_dim"]) == (2, 0.25, 4)
+    assert (p["steps"], p["step_ratio"], p["z_dim"]) == (3, 0.25, 4)
     target = _tiny_classifier(3)
     tf.random.set_seed(SEED)
     got, cost = _l2l_da_attack(target, x, y, p, None)
-    np.testing.assert_array_equal(cost.numpy(), 3 * 2)
+    np.testing.assert_array_equal(cost.numpy(), 3 * 3)
     tf.random.set_seed(SEED)
     best, best_loss, best_fooled = x.numpy(), np.full(8, -np.inf), np.zeros(8, bool)
     for _ in range(3):
         z = tf.random.normal([8, 4])
         trajectory, step_losses, logits = _trajectory_by_hand(
-            lambda inputs, training=True: p["generator"](inputs, training=False), target, x, y, z, 0.1, 0.025, 2)
+            lambda inputs, training=True: p["generator"](inputs, training=False), target, x, y, z, 0.1, 0.025, 3)
         fooled = np.argmax(logits.numpy(), 1) != y.numpy()
         loss = step_losses[-1].numpy()
         better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
@@ -800,6 +805,7 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
     assert np.abs(got.numpy() - x.numpy()).max() <= 0.1 + 1e-6
     x_adv = run_attack("l2l_da", target, x.numpy(), y.numpy(), eps=0.1, generator_run=str(run), draws=2)
     assert np.abs(x_adv - x.numpy()).max() <= 0.1 + 1e-6
+    assert resolve_params("l2l_da", generator_run=str(run), draws=1)["draws"] == 1
     for params, match in (({}, "needs a trained generator"), ({"generator_run": str(run), "norm": 2}, "only norm inf"),
                           ({"generator_run": str(run), "draws": 0}, "draws must be an integer >= 1"),
                           ({"generator_run": str(run), "draws": 1.5}, "draws must be an integer >= 1")):
@@ -811,3 +817,84 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
     finish_run(cowboy, cowboy_run, "defense.weights.h5")
     with pytest.raises(AttackConfigError, match="is not an l2l_da run"):
         _load_generator({"generator_run": str(cowboy_run)})
+
+
+# ---------------------------------------------------------------------- FBGAN's validation pass and diagnostics
+
+
+@pytest.mark.parametrize("straight_through", [True, False])
+def test_fbgan_validation_pass_by_hand(batch, straight_through):
+    x = batch[0]
+    cfg = {"base_filters": 4, "d_dropout": 0.0, "lambda_mi": 0.7, "continuous_weight": 0.5, "ae_reduction": "mean",
+           "straight_through": straight_through}
+    model = build_defense("fbgan", cfg)
+    model.compile(d_optimizer=_sgd(), g_optimizer=_sgd(), e_optimizer=_sgd())
+    tf.random.set_seed(SEED)
+    got = _unchanged(model, lambda: model.test_step(x))
+    tf.random.set_seed(SEED)
+    z = model.sample_prior(8)
+    e = model.encode(x)
+    if straight_through:
+        e = model.straight_through_code(e)
+    x_fake, x_rec = model.generator(z), model.generator(e)
+    real, real_features, _, _ = model.discriminator([x, e])
+    fake, fake_features, q_cat, q_cont = model.discriminator([x_fake, z])
+    rec = model.discriminator([x_rec, e])[0]
+    mi = losses.mutual_information_gap(z[:, :10], z[:, 10:], q_cat, q_cont, 0.5)
+    want = {"d_loss": losses.minimax_discriminator_loss(real, [fake, rec], [0.5, 0.5]) + 0.7 * mi,
+            "g_loss": 0.5 * (losses.non_saturating_generator_loss(fake) + losses.non_saturating_generator_loss(rec)),
+            "e_loss": losses.feature_matching_loss(real_features, fake_features), "mi_gap": mi,
+            "recon_error": tf.reduce_mean(tf.square(x - x_rec))}
+    for name, value in want.items():
+        assert float(got[name]) == pytest.approx(float(value), rel=1e-4), name
+
+
+def test_fbgan_diagnostics_by_hand(batch):
+    x, y = batch[0].numpy(), batch[1].numpy()
+    model = build_defense("fbgan", {"base_filters": 4, "n_continuous": 2})
+    codes = np.argmax(model.encode(x).numpy()[:, :10], axis=1)
+    majority = {}
+    for k in sorted(set(codes)):
+        members = y[codes == k]
+        majority[k] = int(np.bincount(members).argmax())
+    purity = sum(int(np.sum(y[codes == k] == m)) for k, m in majority.items()) / 8
+
+    def classifier(images):  # says 5 for bright images, 3 otherwise
+        bright = tf.reduce_mean(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1) > 0.5
+        return tf.one_hot(tf.where(bright, 5, 3), 10)
+
+    tf.random.set_seed(SEED)
+    got = model.diagnostics(x, y, classifier, per_category=6, batch_size=3)
+    assert got["purity"] == pytest.approx(purity)
+    assert got["category_labels"] == [majority.get(k, -1) for k in range(10)]
+    tf.random.set_seed(SEED)
+    generated = []
+    for k in range(10):
+        continuous = tf.random.uniform([6, 2], -1.0, 1.0)
+        images = model.generator(tf.concat([tf.one_hot(tf.fill([6], k), 10), continuous], axis=1))
+        pred = np.argmax(classifier(images).numpy(), axis=1)
+        generated.append(float(np.mean(pred == majority[k])) if k in majority else None)
+    assert got["generated_accuracy"] == generated
+    known = [g for g in generated if g is not None]
+    assert got["generated_accuracy_mean"] == pytest.approx(np.mean(known))
+
+
+@pytest.mark.parametrize("regularized", [True, False])
+def test_fbgan_bpda_surrogate_clips_the_continuous_codes_it_differentiates(batch, regularized):
+    x = batch[0][:4]
+    model = build_defense("fbgan", {"base_filters": 4, "n_continuous": 3, "white_box_regularization": regularized})
+    z = tf.concat([tf.nn.softmax(tf.random.normal([4, 10])), tf.constant([[-3.0, -0.5, 2.0]] * 4)], axis=1)
+    object.__setattr__(model, "encode", lambda images, training=False: z)
+    continuous = tf.clip_by_value(z[:, 10:], -1.0, 1.0) if regularized else z[:, 10:]
+    want = model.generator(tf.concat([z[:, :10], continuous], axis=1)).numpy()
+    np.testing.assert_allclose(model.attack_surrogate(x).numpy(), want, atol=1e-6)
+
+
+def test_fbgan_compiles_adam_from_its_config():
+    model = build_defense("fbgan", {"base_filters": 4, "learning_rate": 3e-4, "beta_1": 0.4})
+    model.compile_for_training()
+    optimizers = (model.d_optimizer, model.g_optimizer, model.e_optimizer)
+    assert len({id(o) for o in optimizers}) == 3
+    for optimizer in optimizers:
+        assert isinstance(optimizer, keras.optimizers.Adam)
+        assert float(optimizer.learning_rate) == pytest.approx(3e-4) and float(optimizer.beta_1) == pytest.approx(0.4)
