@@ -321,3 +321,10 @@ def test_fab_t_registered_with_the_originals_settings_and_checked():
     x_adv = np.asarray(run_attack("fab_t", model, x, y, eps=0.1, nb_iter=10, n_target_classes=2))
     assert np.abs(x_adv - x).max() <= 0.1 + 1e-6
     assert (model(tf.constant(x_adv)).numpy().argmax(1) != y).sum() > 0
+
+
+@pytest.mark.parametrize("project", [projection_linf, projection_l2])
+def test_a_zero_gradient_projects_to_no_step(project):
+    t = tf.constant(np.random.default_rng(7).uniform(0, 1, (3, 12)), tf.float32)
+    d = project(t, tf.zeros([3, 12]), tf.zeros([3])).numpy()
+    np.testing.assert_array_equal(d, 0.0)
