@@ -570,6 +570,17 @@ def test_denoising_ae_step(batch):
 # ---------------------------------------------------------------------- the classifier runs a config names
 
 
+def _defense_run(path, name, model):
+    """A defense run folder written without training: its config and its weights, as `tfpurify train` leaves them."""
+    from tfpurify.defenses.registry import WEIGHTS
+    from tfpurify.runs import finish_run, start_run
+    from tfpurify.training import _config_dict
+
+    start_run(path, _config_dict(name, model.config))
+    finish_run(model, path, WEIGHTS)
+    return str(path)
+
+
 def _classifier_run(path, arch="lenet5", dataset="fashion_mnist", seed=0):
     """A classifier run folder written without training (random weights): what the defenses load."""
     from tfpurify.classifiers import WEIGHTS, ClassifierConfig, build_classifier
@@ -773,18 +784,13 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
     from tfpurify.attacks import resolve_params, run_attack
     from tfpurify.defenses.l2l_da import _l2l_da_attack, _load_generator
     from tfpurify.errors import AttackConfigError
-    from tfpurify.runs import finish_run, start_run
-    from tfpurify.training import _config_dict
 
     x, y = batch
     model = build_defense("l2l_da", {"arch": "lenet5", "steps": 3, "z_dim": 4, "generator_filters": 4, "eps": 0.2,
                                      "eps_step": 0.05})
     model(x[:1])
-    run = tmp_path / "l2l"
-    start_run(run, _config_dict("l2l_da", model.config))
-    finish_run(model, run, "defense.weights.h5")
-    p = {**resolve_params("l2l_da", generator_run=str(run), eps=0.1, draws=3), **_load_generator({"generator_run":
-                                                                                                  str(run)})}
+    run = _defense_run(tmp_path / "l2l", "l2l_da", model)
+    p = {**resolve_params("l2l_da", generator_run=run, eps=0.1, draws=3), **_load_generator({"generator_run": run})}
     assert (p["steps"], p["step_ratio"], p["z_dim"]) == (3, 0.25, 4)
     target = _tiny_classifier(3)
     tf.random.set_seed(SEED)
@@ -803,20 +809,17 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
         best_fooled |= fooled
     np.testing.assert_allclose(got.numpy(), best, atol=1e-6)
     assert np.abs(got.numpy() - x.numpy()).max() <= 0.1 + 1e-6
-    x_adv = run_attack("l2l_da", target, x.numpy(), y.numpy(), eps=0.1, generator_run=str(run), draws=2)
+    x_adv = run_attack("l2l_da", target, x.numpy(), y.numpy(), eps=0.1, generator_run=run, draws=2)
     assert np.abs(x_adv - x.numpy()).max() <= 0.1 + 1e-6
-    assert resolve_params("l2l_da", generator_run=str(run), draws=1)["draws"] == 1
-    for params, match in (({}, "needs a trained generator"), ({"generator_run": str(run), "norm": 2}, "only norm inf"),
-                          ({"generator_run": str(run), "draws": 0}, "draws must be an integer >= 1"),
-                          ({"generator_run": str(run), "draws": 1.5}, "draws must be an integer >= 1")):
+    assert resolve_params("l2l_da", generator_run=run, draws=1)["draws"] == 1
+    for params, match in (({}, "needs a trained generator"), ({"generator_run": run, "norm": 2}, "only norm inf"),
+                          ({"generator_run": run, "draws": 0}, "draws must be an integer >= 1"),
+                          ({"generator_run": run, "draws": 1.5}, "draws must be an integer >= 1")):
         with pytest.raises(AttackConfigError, match=match):
             resolve_params("l2l_da", **params)
-    cowboy_run = tmp_path / "cowboy"
-    cowboy = build_defense("cowboy", {"base_filters": 4, "z_dim": 4})
-    start_run(cowboy_run, _config_dict("cowboy", cowboy.config))
-    finish_run(cowboy, cowboy_run, "defense.weights.h5")
+    cowboy_run = _defense_run(tmp_path / "cowboy", "cowboy", build_defense("cowboy", {"base_filters": 4, "z_dim": 4}))
     with pytest.raises(AttackConfigError, match="is not an l2l_da run"):
-        _load_generator({"generator_run": str(cowboy_run)})
+        _load_generator({"generator_run": cowboy_run})
 
 
 # ---------------------------------------------------------------------- FBGAN's validation pass and diagnostics

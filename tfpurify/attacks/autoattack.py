@@ -306,8 +306,10 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
         margin = tf.where(tf.logical_or(right, flagged), tf.maximum(margin, 1e-6), margin)  # <= 0: fooled
         return margin, margin + penalty
 
-    def l2_norm(t):
-        return tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2, 3], keepdims=True))
+    def l2_norm(t, axis=(1, 2, 3)):
+        """Per example over `axis` (the default: the whole image; (1, 2): per example and channel, as the
+        original's sums over the two spatial axes)."""
+        return tf.sqrt(tf.reduce_sum(tf.square(t), axis=list(axis), keepdims=True))
 
     if norm == np.inf:
         signs = tf.sign(tf.random.uniform([n, 1, w, c], -1.0, 1.0))
@@ -365,15 +367,14 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, active=None, rescale
         vw2 = tf.random.uniform([], 0, tf.maximum(w - s, 1), dtype=tf.int32)
         delta = x_best - x
         old = tf.slice(delta, [0, vh, vw, 0], [-1, s, s, -1])
-        norm_old = tf.sqrt(tf.reduce_sum(tf.square(old), axis=[1, 2], keepdims=True))  # per example and channel
+        norm_old = l2_norm(old, (1, 2))
         mask_1 = _window(tf.ones([s, s]), vh, vw, h, w)[None, :, :, None]
         mask_2 = _window(tf.ones([s, s]), vh2, vw2, h, w)[None, :, :, None]
         norm_image = l2_norm(delta)
-        # per example and channel, as the original's sum over the two spatial axes
-        norm_windows = tf.sqrt(tf.reduce_sum(tf.square(delta * tf.maximum(mask_1, mask_2)), axis=[1, 2], keepdims=True))
+        norm_windows = l2_norm(delta * tf.maximum(mask_1, mask_2), (1, 2))
         new = e[None, :, :, None] * tf.sign(tf.random.uniform([n, 1, 1, c], -1.0, 1.0))
         new += old / (1e-12 + norm_old)
-        new = new / (1e-12 + tf.sqrt(tf.reduce_sum(tf.square(new), axis=[1, 2], keepdims=True))) * tf.sqrt(
+        new = new / (1e-12 + l2_norm(new, (1, 2))) * tf.sqrt(
             tf.maximum(eps ** 2 - tf.square(norm_image), 0.0) / c + tf.square(norm_windows))
         delta = delta * (1.0 - mask_2)
         delta = delta * (1.0 - mask_1) + _window(new, vh, vw, h, w)
