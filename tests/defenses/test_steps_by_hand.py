@@ -864,11 +864,15 @@ def test_fbgan_diagnostics_by_hand(batch):
 
     said = max(set(majority.values()), key=list(majority.values()).count)
 
+    seen = []
+
     def classifier(images):  # always the most common majority label: those categories score 1, the others 0
+        seen.append(np.asarray(images))
         return tf.one_hot(tf.fill([tf.shape(images)[0]], said), 10)
 
     tf.random.set_seed(SEED)
     got = model.diagnostics(x, y, classifier, per_category=6, batch_size=3)
+    asked, seen = seen, []
     assert got["purity"] == pytest.approx(purity)
     assert got["category_labels"] == [majority.get(k, -1) for k in range(10)]
     tf.random.set_seed(SEED)
@@ -879,6 +883,9 @@ def test_fbgan_diagnostics_by_hand(batch):
         pred = np.argmax(classifier(images).numpy(), axis=1)
         generated.append(float(np.mean(pred == majority[k])) if k in majority else None)
     assert got["generated_accuracy"] == generated and 1.0 in generated
+    assert len(asked) == 10  # G(one-hot k, continuous codes uniform in [-1, 1]), as by hand
+    for a, b in zip(asked, seen):
+        np.testing.assert_allclose(a, b, atol=1e-6)
     known = [g for g in generated if g is not None]
     assert got["generated_accuracy_mean"] == pytest.approx(np.mean(known))
 
@@ -902,3 +909,86 @@ def test_fbgan_compiles_adam_from_its_config():
     for optimizer in optimizers:
         assert isinstance(optimizer, keras.optimizers.Adam)
         assert float(optimizer.learning_rate) == pytest.approx(3e-4) and float(optimizer.beta_1) == pytest.approx(0.4)
+
+
+# ---------------------------------------------------------------------- phases of the robust classifiers
+
+
+class _Phase(keras.layers.Layer):
+    """Doubles the logits in the training phase: a classifier whose phase shows, as `mlp`'s dropout or
+    `resnet20`'s batch norm make it show, but deterministically."""
+
+    def call(self, x, training=None):
+        return 2.0 * x if training else x
+
+
+def _phase_probe():
+    tf.keras.utils.set_random_seed(1)
+    inputs = keras.Input((28, 28, 1))
+    return keras.Model(inputs, _Phase()(keras.layers.Dense(10)(keras.layers.Flatten()(inputs))))
+
+
+def _with_probe(model, x):
+    model.classifier = _phase_probe()
+    model(x[:1])
+    return model.classifier
+
+
+def test_robust_classifiers_attack_and_validate_at_inference_and_train_in_the_training_phase(batch):
+    """The attacks inside the steps and the validation passes see the inference phase, the updates the
+    training phase (the by-hand tests above run on `lenet5`, which has no phase)."""
+    x, y = batch
+    pgd_at = build_defense("pgd_at", {"arch": "lenet5", "nb_iter": 2, "adv_weight": 0.3})
+    pgd_at.compile(optimizer=_sgd(0.1))
+    probe = _with_probe(pgd_at, x)
+
+    def pgd_at_by_hand(training):
+        x_adv = _pgd(probe, x, y, 0.1, 0.025, 2)
+        clean, adv = (losses.classification_loss(y, probe(images, training=training)) for images in (x, x_adv))
+        return {"c": 0.1 * (0.7 * clean + 0.3 * adv), "loss": 0.7 * clean + 0.3 * adv}
+
+    _check_step(lambda: pgd_at.train_step((x, y)), {"c": probe}, lambda: pgd_at_by_hand(True))
+    pgd_at.reset_metrics()  # the trackers' means restart
+    tf.random.set_seed(SEED)
+    got = _unchanged(pgd_at, lambda: pgd_at.test_step((x, y)))
+    tf.random.set_seed(SEED)
+    assert float(got["loss"]) == pytest.approx(float(pgd_at_by_hand(False)["loss"]), rel=1e-5)
+
+    for diversity in (True, False):
+        l2l = build_defense("l2l_da", {"arch": "lenet5", "steps": 2, "z_dim": 4, "generator_filters": 4,
+                                       "diversity_weight": 0.5, "diversity": diversity})
+        l2l.compile(c_optimizer=_sgd(0.1), g_optimizer=_sgd(0.1))
+        probe = _with_probe(l2l, x)
+        generator = l2l.generator
+        keep = [w.numpy() for w in generator.weights]
+        weight = 0.5 if diversity else 0.0
+
+        def l2l_by_hand(training):
+            z1, z2 = tf.random.normal([8, 4]), tf.random.normal([8, 4])
+            x2, y2 = tf.concat([x, x], 0), tf.concat([y, y], 0)
+
+            def g(inputs, training=True, phase=training):
+                return generator(inputs, training=phase)
+
+            trajectory, step_losses, _ = _trajectory_by_hand(g, probe, x2, y2, tf.concat([z1, z2], 0), 0.1, 0.025, 2)
+            div = losses.diversity_loss([t[:8] for t in trajectory], [t[8:] for t in trajectory], z1, z2)
+            adv = losses.classification_loss(y2, probe(tf.stop_gradient(trajectory[-1]), training=training))
+            cls = losses.classification_loss(y, probe(x, training=training)) + adv
+            gen = -(tf.reduce_mean(tf.stack(step_losses)) + weight * div)
+            return {"g": 0.1 * gen, "c": 0.1 * cls, "gen": gen, "cls": cls, "adv": adv}
+
+        def step():
+            for w, value in zip(generator.weights, keep):
+                w.assign(value)
+            return l2l.train_step((x, y))
+
+        _check_step(step, {"g": generator, "c": probe}, lambda: l2l_by_hand(True))
+        for w, value in zip(generator.weights, keep):
+            w.assign(value)
+        l2l.reset_metrics()
+        tf.random.set_seed(SEED)
+        got = _unchanged(l2l, lambda: l2l.test_step((x, y)))
+        tf.random.set_seed(SEED)
+        want = l2l_by_hand(False)
+        for key, name in (("gen", "gen_loss"), ("cls", "cls_loss"), ("adv", "adv_loss")):
+            assert float(got[name]) == pytest.approx(float(want[key]), rel=1e-4), (diversity, name)
