@@ -47,6 +47,9 @@ def _attacks_help():
               help="An l2l_da run folder: its trained generator is the `l2l_da` attack (10 z draws per example).")
 @click.option("--eot-samples", default=8, show_default=True, type=COUNT,
               help="Draws averaged per gradient (EOT) for stochastic purifiers, white-box.")
+@click.option("--score-draws", default=10, show_default=True, type=COUNT,
+              help="A stochastic pipeline classifies each adversarial example this many times: beside the "
+                   "single draw, robust in all of them and in the majority (1: the single draw only).")
 @click.option("--detector-weight", default=1.0, show_default=True, type=NON_NEGATIVE,
               help="Weight of the detector score in the white-box attack loss.")
 @click.option("--batch-size", default=256, show_default=True, type=COUNT)
@@ -64,7 +67,8 @@ def _attacks_help():
 @click.option("--severities", default="1,2,3,4,5", show_default=True, help="Corruption severities (1-5).")
 @runtime_options
 def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
-                 early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, detector_weight, batch_size, limit, seed,
+                 early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, score_draws, detector_weight, batch_size,
+                 limit, seed,
                  sanity_checks, report_path, corruptions, severities, **runtime):
     """Attack RUN (a classifier or a defense run) on the test split and write a report."""
     from tfpurify.adaptive import threat_model_pipelines
@@ -100,7 +104,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,
-                      detector=defended.detector, runs=info["runs"], cascade=cascade)
+                      detector=defended.detector, runs=info["runs"], cascade=cascade, score_draws=score_draws)
     if corruptions is not None:
         scored = {name: pipeline[1] for name, pipeline in pipelines.items()
                   if name in ("none", "graybox") and pipeline is not None}

@@ -135,6 +135,9 @@ def to_markdown(report):
         + ("Cascade: an attack marked (after ...) ran only on the examples the attacks before it left robust, "
            "and its accuracy counts them too (--no-cascade: every attack on every example). "
            if d.get("settings", {}).get("cascade") else "")
+        + ("A stochastic pipeline's accuracy is one draw; beside it, robust in every one of N draws (that draw "
+           "and N - 1 fresh ones) and in the majority of them. "
+           if any(r.get("score_draws", 1) > 1 for r in d["rows"]) else "")
         + "How to read it: docs/evaluation.md.",
         "",
         "| defense | threat model | attack | eps | accuracy | plain | evals/example | parameters |",
@@ -146,7 +149,11 @@ def to_markdown(report):
         eps = "-" if row["eps"] is None else f"{row['eps']:g}"
         attack = attack_label(row)
         evals = row.get("grad_evals_per_example")
-        lines.append(f"| {row['defense']} | {row['threat_model']} | {attack} | {eps} | {_pct(row['accuracy'])} | "
+        accuracy = _pct(row["accuracy"])
+        if row.get("score_draws", 1) > 1:
+            accuracy += (f" (all {row['score_draws']} draws {_pct(row['accuracy_all_draws'])}, "
+                         f"majority {_pct(row['accuracy_majority'])})")
+        lines.append(f"| {row['defense']} | {row['threat_model']} | {attack} | {eps} | {accuracy} | "
                      f"{_pct(row.get('plain_accuracy'))} | {'-' if evals is None else f'{evals:g}'} | "
                      f"{_fmt_params(row['params'])} |")
     lines += detection_lines(d["detection"])

@@ -188,9 +188,13 @@ def test_cli_eval_overrides_cleaning_and_rejects_bad_values(trained_run, cnn_run
     result = runner.invoke(cli, ["eval", str(trained_run), "--classifier", str(cnn_run), "--attacks", "fgsm",
                                  "--threat-model", "graybox", "--limit", "16", "--no-sanity-checks",
                                  "--clean-steps", "3", "--clean-restarts", "1", "--warm-start", "0",
-                                 "--report", str(report)])
+                                 "--score-draws", "3", "--report", str(report)])
     assert result.exit_code == 0, result.output
-    settings = json.loads(report.with_suffix(".json").read_text())["settings"]
+    written = json.loads(report.with_suffix(".json").read_text())
+    settings = written["settings"]
+    fgsm = next(row for row in written["rows"] if row["attack"] == "fgsm" and row["threat_model"] == "graybox")
+    assert fgsm["score_draws"] == 3 and fgsm["accuracy_all_draws"] <= fgsm["accuracy"]  # random starts: stochastic
+    assert settings["threat_models"]["graybox"]["scored_over_draws"] == 3
     assert settings["runs"]["defense"]["runtime"] == {"clean_steps": 3, "clean_restarts": 1, "warm_start": 0}
     for args, match in ((["--clean-steps", "-1"], "clean_steps must be >= 0"), (["--sigma", "0"], "sigma must be")):
         bad = runner.invoke(cli, ["eval", str(trained_run), "--classifier", str(cnn_run), *args])

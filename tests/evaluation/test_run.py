@@ -159,7 +159,7 @@ def test_evaluate_by_hand_on_toy_models(monkeypatch, cascade):
         for eps in (0.1, 0.2):
             assert report.worst_case(tm, eps) == np.mean((v < t) & (v + eps / 2 < t) & (v + eps < t))
     assert report.settings == {
-        "seed": 4, "batch_size": 8, "cascade": cascade,
+        "seed": 4, "batch_size": 8, "cascade": cascade, "score_draws": 10,
         "sanity_checks": {"enabled": False, "n": 8, "gradient_free_attack": {"attack": "square", "n_queries": 5000,
                                                                              "p_init": 0.8}},
         "threat_models": {"none": {}, "graybox": {}, "transfer": {},
@@ -335,7 +335,7 @@ def test_evaluate_defaults_on_toys(monkeypatch):
     v = np.arange(12, dtype=np.float32) / 12
     x, y = np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2), np.zeros(12, np.int64)
     report = evaluation.evaluate(threshold_classifier(0.47), x, y, evaluation.make_attack_specs(["half", "up"], [0.1]))
-    assert report.settings == {"seed": 0, "batch_size": 256, "cascade": True,
+    assert report.settings == {"seed": 0, "batch_size": 256, "cascade": True, "score_draws": 10,
                                "sanity_checks": {"enabled": True, "n": 12, "gradient_free_attack": {
                                    "attack": "square", "n_queries": 5000, "p_init": 0.8}},
                                "threat_models": {"none": {}}}
@@ -396,3 +396,50 @@ def test_scored_judge_confirms_on_the_scored_pipeline_over_draws_and_the_detecto
     assert described == "the scored pipeline: wrong and not flagged"
     judge, described = evaluation.scored_judge(threshold_classifier(0.3), flagging)  # not aware: the detector aside
     np.testing.assert_array_equal(judge(x, y), np.arange(8) >= 5)
+
+
+def test_a_stochastic_pipeline_is_scored_over_draws_by_hand():
+    from tfpurify.defenses.base import DefendedClassifier, Purifier
+
+    class Shifting(Purifier):  # call k shifts every pixel by OFFSETS[k % 5]: draws known in advance
+        stochastic = True
+        OFFSETS = (0.0, 0.0, 0.2, 0.0, -0.2)
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.calls = tf.Variable(0)
+
+        def purify(self, x, training=False):
+            k = self.calls.assign_add(1) - 1
+            return x + tf.gather(tf.constant(self.OFFSETS), k % 5)
+
+    x = brightness_images(8)  # mean pixels 0.0 ... 0.7
+    y = (np.arange(8) >= 4).astype(np.int64)  # right clean at threshold 0.35
+    classifier = threshold_classifier(0.35)
+    for draws, keys in ((4, True), (1, False)):
+        defended = DefendedClassifier(classifier, purifier=Shifting())
+        pipelines = {"graybox": (classifier, defended)}
+        report = evaluation.evaluate(defended, x, y, [("fgsm", {"eps": 0.0})], threat_model="graybox",
+                                     pipelines=pipelines, sanity_checks=False, score_draws=draws)
+        # calls: 0 clean, 1 the single draw, 2-4 fresh: +0.2 flips images 2 and 3 (means 0.2, 0.3), -0.2 images 4, 5
+        row = next(r for r in report.to_dict()["rows"] if r["attack"] == "fgsm")
+        worst = next(r for r in report.to_dict()["rows"] if r["attack"] == "worst_case")
+        assert row["accuracy"] == 1.0 and worst["accuracy"] == 1.0
+        if keys:
+            assert int(defended.purifier.calls.numpy()) == 5
+            result = report.results[0]
+            np.testing.assert_array_equal(result.all_draws_correct, [1, 1, 0, 0, 0, 0, 1, 1])
+            np.testing.assert_array_equal(result.majority_correct, np.ones(8))
+            for r in (row, worst):
+                assert (r["score_draws"], r["accuracy_all_draws"], r["accuracy_majority"]) == (4, 0.5, 1.0)
+            assert report.settings["threat_models"]["graybox"]["scored_over_draws"] == 4
+            assert "all 4 draws 50.0 %, majority 100.0 %" in __import__("tfpurify.reports").reports.to_markdown(report)
+        else:
+            assert "score_draws" not in row and "score_draws" not in worst
+    with pytest.raises(InputValidationError, match="score_draws"):
+        evaluation.evaluate(classifier, x, y, ["fgsm"], score_draws=0)
+    # hits: the first draw's verdict plus fresh draws, each row counted
+    defended = DefendedClassifier(classifier, purifier=Shifting())
+    defended.purifier.calls.assign(2)
+    hits = evaluation.draw_hits(defended, x, y, np.zeros(8, bool), 4)
+    np.testing.assert_array_equal(hits, [3, 3, 2, 2, 2, 2, 3, 3])

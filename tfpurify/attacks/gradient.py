@@ -1,8 +1,10 @@
-"""Gradient attacks after cleverhans: FGSM, PGD, BIM, MIM, CW-L2 and SPSA.
+"""Gradient attacks after cleverhans: FGSM, PGD, PGD-EOT, BIM, MIM, CW-L2 and SPSA.
 
 FGSM, CW-L2 and SPSA are `cleverhans.tf2.attacks` itself; PGD, BIM and MIM run cleverhans' update
 rules on tfpurify's graph loop (`tfpurify.attacks.loop.iterative_gradient`) with a per-example
-early exit. Registered under those names (`fgsm`, `pgd`, `bim`, `mim`, `cw_l2`, `spsa`).
+early exit. `pgd_eot` is PGD for stochastic pipelines: 200 steps, each gradient the mean over 20
+calls of the attacked callable (`eot_iter`), an example leaving only when all 20 are fooled.
+Registered under those names (`fgsm`, `pgd`, `pgd_eot`, `bim`, `mim`, `cw_l2`, `spsa`).
 """
 
 import numpy as np
@@ -26,7 +28,8 @@ def _iterative(model_fn, x, y, p, loss_fn):
     """PGD / BIM / MIM (cleverhans' rules) on tfpurify's graph loop; returns (x_adv, gradient evaluations)."""
     x_adv, _, evals = iterative_gradient(
         model_fn, x, y, p["eps"], p["eps_iter"], p["nb_iter"], p["norm"], rand_init=p.get("rand_init", False),
-        decay_factor=p.get("decay_factor"), early_exit=p["early_exit"], targeted=p["targeted"])
+        decay_factor=p.get("decay_factor"), early_exit=p["early_exit"], targeted=p["targeted"],
+        eot_iter=p.get("eot_iter", 1))
     return x_adv, evals
 
 
@@ -77,6 +80,10 @@ _ITERATIVE = {**COMMON, "eps_iter": None, "nb_iter": 40, "early_exit": True}
 
 register_attack("fgsm", AttackDef(_fgsm, dict(COMMON), takes_loss=True, cost=lambda p: 1))
 register_attack("pgd", AttackDef(_iterative, {**_ITERATIVE, "rand_init": True, "restarts": 1}, takes_loss=True))
+# PGD-EOT (Athalye et al. 2018) with the budget later work found necessary against stochastic purifiers
+# (Lee & Kim 2023: 200 steps, gradients averaged over 20 draws per step).
+register_attack("pgd_eot", AttackDef(
+    _iterative, {**_ITERATIVE, "nb_iter": 200, "rand_init": True, "restarts": 1, "eot_iter": 20}, takes_loss=True))
 register_attack("bim", AttackDef(_iterative, dict(_ITERATIVE), takes_loss=True))
 register_attack("mim", AttackDef(_iterative, {**_ITERATIVE, "decay_factor": 1.0}, takes_loss=True))
 register_attack("cw_l2", AttackDef(

@@ -93,7 +93,7 @@ def expand(v):
 
 
 def iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, norm=np.inf, rand_init=False, decay_factor=None,
-                       early_exit=True, targeted=False, objective=None, side=()):
+                       early_exit=True, targeted=False, objective=None, side=(), eot_iter=1):
     """PGD (rand_init), BIM, or MIM (`decay_factor`) with cleverhans' update rules, in one graph loop.
 
     With `early_exit` an example stops at its first success and keeps that adversarial example
@@ -111,6 +111,10 @@ def iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, norm=np.inf, rand
         each step ascends and whether an example has reached the attack's goal. `targeted` flips
         the sign of the default loss only.
       side: per-example tensors [N, ...] passed to `objective`, gathered with the active rows.
+      eot_iter: Expectation over Transformation for a stochastic `model_fn`: each step's gradient
+        is the mean of the gradients of `eot_iter` calls (fresh draws), and with `early_exit` an
+        example stops only where every one of them reaches the goal. Each call counts as one
+        gradient evaluation.
 
     Returns:
       (x_adv, goal reached [N] bool, gradient evaluations [N] float)
@@ -119,12 +123,24 @@ def iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, norm=np.inf, rand
     if objective is None:
         objective = _default_objective(model_fn, targeted)
 
-    def step_fn(images, labels, *extra):
+    def one_draw(images, labels, *extra):
         with tf.GradientTape() as tape:
             tape.watch(images)
             loss, goal = objective(images, labels, *extra)
             total = tf.reduce_sum(loss)
         return tape.gradient(total, images), goal
+
+    def step_fn(images, labels, *extra):
+        if eot_iter == 1:
+            return one_draw(images, labels, *extra)
+
+        def draw(k, grad_sum, every):  # a graph loop: one copy of the model's graph, not eot_iter
+            grad, goal = one_draw(images, labels, *extra)
+            return k + 1, grad_sum + grad, tf.logical_and(every, goal)
+
+        _, grad_sum, every = tf.while_loop(lambda k, *_: k < eot_iter, draw,
+                                           (tf.constant(0), tf.zeros_like(images), tf.ones(tf.shape(labels), tf.bool)))
+        return grad_sum / eot_iter, every
 
     def score_fn(images, labels, *extra):
         return (objective(images, labels, *extra)[1],)
@@ -164,7 +180,7 @@ def iterative_gradient(model_fn, x, y, eps, eps_iter, nb_iter, norm=np.inf, rand
             update = normalize(grad, 2)
         stepped = project(x_adv + eps_iter * update, x, eps, norm)
         x_adv = tf.where(expand(moving), stepped, x_adv)
-        return i + 1, x_adv, momentum, moving, done, x_first, evals + tf.cast(active, tf.float32)
+        return i + 1, x_adv, momentum, moving, done, x_first, evals + eot_iter * tf.cast(active, tf.float32)
 
     _, x_adv, _, active, done, x_first, evals = tf.while_loop(cond, body, state)
     if not early_exit:

@@ -1,7 +1,7 @@
 """Robustness evaluation: `evaluate(...) -> RobustnessReport`.
 
 - `run`: `evaluate`, the evaluation loop (clean accuracy, attacks per threat model and eps,
-  cascade, detector metrics per attack).
+  cascade, detector metrics per attack, a stochastic pipeline scored over N draws).
 - `report`: `RobustnessReport` and its `AttackResult` rows, the worst case per threat model.
 - `sanity`: checks 1-4 against gradient masking, whose attacks join the worst case.
 
@@ -10,7 +10,8 @@ live in `tfpurify.metrics`.
 """
 
 from tfpurify.evaluation.report import AttackResult, RobustnessReport
-from tfpurify.evaluation.run import JUDGE_DRAWS, THREAT_MODELS, AttackSpec, evaluate, make_attack_specs, scored_judge
+from tfpurify.evaluation.run import (JUDGE_DRAWS, THREAT_MODELS, AttackSpec, draw_hits, evaluate, make_attack_specs,
+                                     scored_judge)
 
 __all__ = ["THREAT_MODELS", "AttackSpec", "AttackResult", "RobustnessReport", "make_attack_specs", "evaluate",
-           "scored_judge", "JUDGE_DRAWS"]
+           "scored_judge", "JUDGE_DRAWS", "draw_hits"]

@@ -33,6 +33,11 @@ class AttackResult:
     n_attacked: int = None
     # The papers' metric: classified correctly under the attack, whatever happened clean.
     plain_correct: np.ndarray = dataclasses.field(repr=False, default=None)
+    # A stochastic scored pipeline classifies each adversarial example `score_draws` times (the
+    # single draw of `correct` first): robust in every draw, and in more than half of them.
+    score_draws: int = 1
+    all_draws_correct: np.ndarray = dataclasses.field(repr=False, default=None)
+    majority_correct: np.ndarray = dataclasses.field(repr=False, default=None)
 
     @property
     def plain_accuracy(self):
@@ -45,6 +50,9 @@ class AttackResult:
                "seconds": round(self.seconds, 3)}
         if self.after:
             row.update(after=list(self.after), n_attacked=self.n_attacked)
+        if self.score_draws > 1:
+            row.update(score_draws=self.score_draws, accuracy_all_draws=float(np.mean(self.all_draws_correct)),
+                       accuracy_majority=float(np.mean(self.majority_correct)))
         return row
 
 
@@ -99,6 +107,18 @@ class RobustnessReport:
                    if r.threat_model == threat_model and r.eps == eps and r.plain_correct is not None]
         return worst_case_accuracy(columns) if columns else None
 
+    def worst_case_over_draws(self, threat_model, eps):
+        """(draws, robust in every draw, robust in the majority) under every attack of (threat_model, eps),
+        or None where the scored pipeline was classified once. "Every draw" also counts the sanity
+        checks' attacks (scored once: a draw like the first); "majority" the attack rows only."""
+        rows = [r for r in self.results if r.threat_model == threat_model and r.eps == eps and r.score_draws > 1]
+        if not rows:
+            return None
+        checks = [c for tm, e, _, c in self.check_columns if tm == threat_model and e == eps]
+        clean = self.clean_by_threat_model.get(threat_model, self.clean_correct)
+        every = worst_case_accuracy([clean, *checks, *(r.all_draws_correct for r in rows)])
+        return rows[0].score_draws, every, worst_case_accuracy([r.majority_correct for r in rows])
+
     def worst_case_attacks(self, threat_model, eps):
         """Names of the attacks behind `worst_case(threat_model, eps)`."""
         names = [r.attack for r in self.results if r.threat_model == threat_model and r.eps == eps]
@@ -125,10 +145,14 @@ class RobustnessReport:
             rows.append({**base("none"), "threat_model": "clean", "attack": "none", "eps": 0, "params": {},
                          "accuracy": bare, "plain_accuracy": bare})
         rows += [{**base(r.threat_model), **r.to_dict()} for r in self.results]
-        rows += [{**base(tm), "threat_model": tm, "attack": "worst_case", "eps": eps,
-                  "params": {"attacks": self.worst_case_attacks(tm, eps)}, "accuracy": acc,
-                  "plain_accuracy": self.plain_worst_case(tm, eps)}
-                 for tm, eps, acc in self.worst_cases()]
+        for tm, eps, acc in self.worst_cases():
+            row = {**base(tm), "threat_model": tm, "attack": "worst_case", "eps": eps,
+                   "params": {"attacks": self.worst_case_attacks(tm, eps)}, "accuracy": acc,
+                   "plain_accuracy": self.plain_worst_case(tm, eps)}
+            over_draws = self.worst_case_over_draws(tm, eps)
+            if over_draws is not None:
+                row.update(zip(("score_draws", "accuracy_all_draws", "accuracy_majority"), over_draws))
+            rows.append(row)
         return rows + [dict(r) for r in self.corruptions]
 
     def to_dict(self):

@@ -25,7 +25,7 @@ from tfpurify.evaluation.report import AttackResult, RobustnessReport, jsonable
 from tfpurify.evaluation.sanity import GRADIENT_FREE_CHECK, attack_and_score, run_sanity_checks, skip_checks
 from tfpurify.metrics import detection_metrics
 
-__all__ = ["THREAT_MODELS", "AttackSpec", "make_attack_specs", "evaluate", "scored_judge", "JUDGE_DRAWS"]
+__all__ = ["THREAT_MODELS", "AttackSpec", "make_attack_specs", "evaluate", "scored_judge", "JUDGE_DRAWS", "draw_hits"]
 
 THREAT_MODELS = ("none", "graybox", "whitebox", "whitebox_no_bpda", "transfer")
 # Threat models in which the attacker differentiates the very pipeline it is scored on; the
@@ -102,7 +102,7 @@ class _Pipelines:
 def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surrogate_fn=None,
              pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
              defense="none", classifier="", dataset="", progress=False, n_samples=10, detector=None,
-             runs=None, cascade=True):
+             runs=None, cascade=True, score_draws=10):
     """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
 
     Args:
@@ -130,6 +130,10 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         case for less compute. An attack's row then counts robustness under it *and* the attacks
         before it (`after`, `n_attacked` in the row). False: every attack runs on every example
         and each row is that attack's own number.
+      score_draws: where the scored pipeline is stochastic (its purifier's `stochastic`), each
+        adversarial batch is classified this many times, the single draw of `accuracy` first and
+        then fresh ones: the rows add `accuracy_all_draws` (robust in every draw, the worst of N) and
+        `accuracy_majority` (robust in more than half). 1: the single draw only.
 
     Returns:
       RobustnessReport
@@ -139,6 +143,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
       AttackConfigError: unknown attack or threat model, bad attack parameters.
     """
     validate_batch_size(batch_size)
+    if isinstance(score_draws, bool) or not isinstance(score_draws, (int, np.integer)) or score_draws < 1:
+        raise InputValidationError(f"score_draws must be an integer >= 1, got {score_draws!r}")
     x = validate_images(x)
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
@@ -166,7 +172,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         clean_correct=clean_correct, defense=defense, classifier=classifier, dataset=dataset,
         threat_models=tuple(threat_models), x_sample=x[:n_samples], y_sample=y[:n_samples],
         clean_pred_sample=clean_pred[:n_samples],
-        settings={"seed": seed, "batch_size": batch_size, "cascade": bool(cascade),
+        settings={"seed": seed, "batch_size": batch_size, "cascade": bool(cascade), "score_draws": int(score_draws),
                   "sanity_checks": {"enabled": bool(sanity_checks), "n": min(sanity_n, len(x)),
                                     "gradient_free_attack": GRADIENT_FREE_CHECK},
                   "threat_models": {}, **({"runs": runs} if runs else {})})
@@ -183,6 +189,9 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         if id(scored_fn) not in clean_of:
             clean_of[id(scored_fn)] = np.argmax(predict_logits(scored_fn, x, batch_size), axis=1) == y
         tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
+        draws = score_draws if _stochastic(scored_fn) else 1
+        if draws > 1:
+            report.settings["threat_models"][tm]["scored_over_draws"] = draws
         chains = {}  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
         for spec in specs:
             if attacks_lib.get_attack(spec.name).needs_purifier and getattr(attacked_fn, "purifier", None) is None:
@@ -211,11 +220,14 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                         cost[:] = np.nan  # this attack does not count its evaluations
                 pred = np.argmax(predict_logits(scored_fn, x_adv[:n_samples], batch_size), axis=1)
             chains[eps] = (correct, x_adv, before + (spec.name,), plain)
+            hits = draw_hits(scored_fn, x_adv, y, plain, draws, batch_size) if draws > 1 else None
             report.results.append(AttackResult(
                 tm, spec.name, eps, jsonable(params), float(correct.mean()),
                 time.perf_counter() - start, correct, x_adv[:n_samples], pred[:n_samples],
                 None if np.all(np.isnan(cost)) else float(np.nanmean(cost)),
-                after=before, n_attacked=int(robust.sum()) if before else len(x), plain_correct=plain))
+                after=before, n_attacked=int(robust.sum()) if before else len(x), plain_correct=plain,
+                score_draws=draws, all_draws_correct=None if hits is None else correct & (hits == draws),
+                majority_correct=None if hits is None else tm_clean & (2 * hits > draws)))
             if detector is not None and tm != "none":
                 adv_scores = adversarial_scores(detector, x_adv, batch_size)
                 label = f"{tm}/{spec.name}" + (f" (after {', '.join(before)})" if before else "")
@@ -235,6 +247,21 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
     return report
 
 
+def _stochastic(scored_fn):
+    return bool(getattr(getattr(scored_fn, "purifier", None), "stochastic", False))
+
+
+def draw_hits(scored_fn, x_adv, y, first, draws, batch_size=256):
+    """[N] int: in how many of `draws` classifications of `x_adv` a stochastic pipeline is right.
+
+    `first` ([N] bool) is the first draw's verdict, already scored; the other draws are fresh.
+    """
+    hits = np.asarray(first, bool).astype(np.int64)
+    for _ in range(draws - 1):
+        hits += np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1) == y
+    return hits
+
+
 # A stochastic scored pipeline counts as fooled by an adversarial example, for leaving AutoAttack's
 # stages, only when it is fooled in every one of this many fresh draws.
 JUDGE_DRAWS = 3
@@ -248,7 +275,7 @@ def scored_judge(attacked_fn, scored_fn):
     (AutoAttack, APGD's restarts) let an example go only when this confirms their own verdict, which is
     on the attacked callable (an EOT average, a BPDA surrogate).
     """
-    stochastic = bool(getattr(getattr(scored_fn, "purifier", None), "stochastic", False))
+    stochastic = _stochastic(scored_fn)
     detector = getattr(scored_fn, "detector", None) if Target(attacked_fn).aware else None
     draws = JUDGE_DRAWS if stochastic else 1
 
