@@ -46,7 +46,7 @@ bench: $(BIN)/.installed-bench
 # evaluation engine, the attacks of AutoAttack and the export (about 15 minutes); a defense module one
 # at a time, e.g. `make mutation MUTANTS='tfpurify.defenses.fbgan.*'` (about 40 minutes).
 MUTANTS ?= tfpurify.metrics.* tfpurify.evaluation.* tfpurify.adaptive.* tfpurify.defenses.base.* \
-	tfpurify.export.* tfpurify.attacks.autoattack.*
+	tfpurify.export.* tfpurify.attacks.autoattack.* tfpurify.attacks.fab.*
 mutation: $(BIN)/.installed-mutation
 	rm -rf mutants
 	TFPURIFY_TEST_EAGER=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 \

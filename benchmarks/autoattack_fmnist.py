@@ -17,6 +17,7 @@ Usage: python benchmarks/autoattack_fmnist.py [--n-cnn 200] [--n-defense 100] [-
 import argparse
 import json
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -160,6 +161,10 @@ def main():
     old = json.loads(old_file.read_text()) if old_file.exists() else {"rows": [], "n_examples": {}}
     rows = [r for r in old["rows"] if (r["defense"] if r["defense"] != "none" else "cnn") not in targets]
     n_examples = {k: v for k, v in old["n_examples"].items() if k not in targets}
+    # when each target was last measured, and with which code (rows of targets not re-run are kept)
+    measured = {k: v for k, v in old.get("measured", {}).items() if k not in targets}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    measured.update({t: {"date": time.strftime("%Y-%m-%d"), "commit": commit or "unknown"} for t in targets})
     if "cnn" in targets:
         rows += [{"defense": "none", "classifier": "cnn", **r}
                  for r in compare("cnn", cnn, x[:args.n_cnn], y[:args.n_cnn], args.skip_art_default, True)]
@@ -178,7 +183,7 @@ def main():
     order = {"none": 0, "denoising_ae": 1, "fbgan": 2}
     rows.sort(key=lambda r: order.get(r["defense"], 3))  # stable: each target's rows keep their order
     results = {"benchmark": "autoattack_fmnist", "dataset": "fashion_mnist", "n_examples": n_examples, "seed": 0,
-               "rows": rows, "detection": [], "environment": environment()}
+               "rows": rows, "detection": [], "measured": measured, "environment": environment()}
     write_results("autoattack_fmnist", results, markdown(results))
 
 
@@ -203,7 +208,11 @@ def markdown(results):
             + (f", first {n['fbgan']} for FBGAN + `cnn` attacked end to end through BPDA (its one-hot argmax and "
                "clipped codes are not differentiable; ART gets the same BPDA-wrapped model)" if "fbgan" in n else "")
             + ". Robust accuracy = correct clean and under attack. Speed-up = ART wall time / ours, in one process, same model and images; our time "
-            "includes tracing the graph.\n\n"
+            "includes tracing the graph."
+            + ("" if not results.get("measured") else " Measured: " + "; ".join(
+                f"{target} on {m['date']} at commit {m['commit']}" for target, m in results["measured"].items())
+               + " (targets measured earlier ran tfpurify's AutoAttack as it was then).")
+            + "\n\n"
             "| defense | threat model | implementation | attack | robust accuracy | seconds | evals/example | "
             "speed-up vs ART default | speed-up vs ART standard |\n|---|---|---|---|---|---|---|---|---|\n"
             + "\n".join(lines) + f"\n\nAll rows in the results schema:\n\n{rows_table(rows)}\n\n"

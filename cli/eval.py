@@ -47,6 +47,12 @@ def _attacks_help():
               help="An l2l_da run folder: its trained generator is the `l2l_da` attack (10 z draws per example).")
 @click.option("--eot-samples", default=8, show_default=True, type=COUNT,
               help="Draws averaged per gradient (EOT) for stochastic purifiers, white-box.")
+@click.option("--bpda", default="auto", show_default=True,
+              help="White-box gradients through the purifier, a comma list: surrogate (the defense's BPDA "
+                   "surrogate), identity, unroll:K (K descent steps of a latent search), exact (backpropagation "
+                   "through the served purifier; Cowboy: every step of its search); auto: surrogate, plus exact "
+                   "where the purifier is differentiable end to end. Each attack runs with each; all count in "
+                   "the white-box worst case.")
 @click.option("--score-draws", default=10, show_default=True, type=COUNT,
               help="A stochastic pipeline classifies each adversarial example this many times: beside the "
                    "single draw, robust in all of them and in the majority (1: the single draw only).")
@@ -67,17 +73,18 @@ def _attacks_help():
 @click.option("--severities", default="1,2,3,4,5", show_default=True, help="Corruption severities (1-5).")
 @runtime_options
 def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
-                 early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, score_draws, detector_weight, batch_size,
+                 early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, bpda, score_draws, detector_weight, batch_size,
                  limit, seed,
                  sanity_checks, report_path, corruptions, severities, **runtime):
     """Attack RUN (a classifier or a defense run) on the test split and write a report."""
-    from tfpurify.adaptive import threat_model_pipelines
+    from tfpurify.adaptive import parse_bpda, threat_model_pipelines
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
     from tfpurify.evaluation import evaluate, make_attack_specs
     from tfpurify.reports import save_pictures, to_markdown, write_report
     from tfpurify.training import load_defended
 
+    bpda_modes = parse_bpda(bpda)
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
                               nb_iter=nb_iter, eps_iter=eps_iter, restarts=restarts, early_exit=early_exit,
                               version=autoattack_version, generator_run=l2l_da_run)
@@ -100,7 +107,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     threat_models = parse_list(threat_model or default_threat_models, "--threat-model")
     surrogate_model = load_classifier(surrogate)[0] if surrogate else None
     x, y = load_dataset(info["dataset"], "test", limit=limit)
-    pipelines = threat_model_pipelines(defended, surrogate_model, eot_samples, detector_weight)
+    pipelines = threat_model_pipelines(defended, surrogate_model, eot_samples, detector_weight, bpda_modes)
     report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,

@@ -424,3 +424,30 @@ def test_eot_of_a_vanishing_probability_stays_finite_and_the_default_weight_is_o
     target = adaptive.DetectorAwareTarget(classifier, lambda images: tf.reduce_mean(tf.reshape(images, [2, -1]), axis=1))
     np.testing.assert_allclose(target(x)[:, -1], scores, atol=1e-6)  # weight 1 unless given
     assert target.flagged(target(x)).dtype == tf.bool
+
+
+def test_bpda_modes_are_parsed_and_chosen_per_purifier():
+    assert adaptive.parse_bpda("surrogate, exact") == ("surrogate", "exact")
+    for bad, match in (("", "one or more"), ("fast", "unknown bpda mode"), ("unroll:0", "K >= 1"),
+                       ("unroll:x", "K >= 1")):
+        with pytest.raises(AttackConfigError, match=match):
+            adaptive.parse_bpda(bad)
+    classifier = tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(2, 2, 1)), tf.keras.layers.Dense(2)])
+    rounding = DefendedClassifier(classifier, purifier=RoundingPurifier())
+    # auto: the surrogate alone where exact gradients are not declared; a list where several are asked
+    assert adaptive.threat_model_pipelines(rounding)["whitebox"][0].variant == "surrogate"
+    both = adaptive.threat_model_pipelines(rounding, bpda="surrogate,exact,exact")["whitebox"][0]
+    assert [t.variant for t in both] == ["surrogate", "exact"]
+    assert both[1].settings["bpda"].startswith("off: plain gradients")
+    with pytest.raises(AttackConfigError, match="no descent steps to unroll"):
+        adaptive.threat_model_pipelines(rounding, bpda="unroll:3")["whitebox"][0][0](tf.zeros([1, 2, 2, 1]))
+    # a differentiable purifier: surrogate and exact are one and the same
+    detector = DefendedClassifier(classifier, purifier=BrightnessDetector())
+    assert not isinstance(adaptive.threat_model_pipelines(detector, bpda="surrogate,exact")["whitebox"][0], list)
+    x = tf.constant(np.random.RandomState(0).rand(3, 2, 2, 1).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        identity = tf.reduce_sum(adaptive.bpda(RoundingPurifier(), "identity")(x))
+        exact = tf.reduce_sum(adaptive.bpda(RoundingPurifier(), "exact")(x))
+    np.testing.assert_array_equal(tape.gradient(identity, x), np.ones((3, 2, 2, 1)))
+    assert tape.gradient(exact, x) is None  # tf.round passes none: the exact gradient is blind there

@@ -225,6 +225,8 @@ def test_eval_autoattack_reports_its_cost(runner, cnn_run, tmp_path):
     (["eval", "RUN", "--restarts", "0"], "--restarts must be >= 1"),
     (["eval", "RUN", "--eot-samples", "0"], "--eot-samples must be >= 1"),
     (["eval", "RUN", "--score-draws", "0"], "--score-draws must be >= 1"),
+    (["eval", "RUN", "--bpda", "fast"], "unknown bpda mode 'fast'"),
+    (["eval", "RUN", "--bpda", "unroll:0"], "unroll:K needs an integer K >= 1"),
     (["eval", "RUN", "--eps-iter", "0"], "--eps-iter must be > 0"),
     (["eval", "RUN", "--eps-iter", "nan"], "--eps-iter must be a finite number"),
     (["eval", "RUN", "--detector-weight", "-1"], "--detector-weight must be >= 0"),

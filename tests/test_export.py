@@ -264,6 +264,7 @@ import json, sys
 import numpy as np, tensorflow as tf
 folder = sys.argv[1]
 x = tf.constant(np.load(folder + "/x.npy"))
+WEIGHTS = tf.reshape(tf.range(784.0) / 784.0 - 0.5, [1, 28, 28, 1])
 bad = {"nan": np.where(np.arange(x.shape[0])[:, None, None, None] == 1, np.nan, x.numpy()),
        "inf": np.where(np.arange(x.shape[0])[:, None, None, None] == 1, np.inf, x.numpy()),
        "shape": np.zeros((2, 28, 28, 3), np.float32), "empty": np.zeros((0, 28, 28, 1), np.float32)}
@@ -280,6 +281,11 @@ for name in sys.argv[2:]:
                 verdicts[f"{name}/{signature}/{case}"] = {k: list(v.shape) for k, v in out.items()}
             except Exception as e:  # what a client gets back
                 verdicts[f"{name}/{signature}/{case}"] = type(e).__name__ + ": " + " ".join(str(e).split())[-600:]
+    with tf.GradientTape() as tape:  # what an attacker who differentiates the export gets
+        tape.watch(x)
+        total = tf.reduce_sum(model.signatures["purify"](images=x)["purified"] * WEIGHTS)
+    gradient = tape.gradient(total, x)
+    outputs[f"{name}/purify/gradient"] = np.zeros(x.shape, np.float32) if gradient is None else gradient.numpy()
 np.savez(folder + "/outputs.npz", **outputs)
 open(folder + "/verdicts.json", "w").write(json.dumps(verdicts))
 """
@@ -306,8 +312,14 @@ def every_defense_exported(cnn, cnn_run, fmnist_test, fmnist_train_slice, tmp_pa
             defended = DefendedClassifier(model)
         defended(tf.zeros((1, *SHAPE)))
         export.export_saved_model(defended, folder, entry, 1, SHAPE)
+        images = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            total = tf.reduce_sum(defended.purify(images) * tf.reshape(tf.range(784.0) / 784.0 - 0.5, [1, 28, 28, 1]))
+        gradient = tape.gradient(total, images)
         expected[entry] = {"serving_default": {k: v.numpy() for k, v in defended.predict_outputs(x).items()},
-                           "purify": {"purified": np.asarray(defended.purify(x))}}
+                           "purify": {"purified": np.asarray(defended.purify(x)),
+                                      "gradient": np.zeros(x.shape, np.float32) if gradient is None else gradient.numpy()}}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(folder), *EVERY_DEFENSE], check=True, timeout=600,
                    env=env)
@@ -332,6 +344,10 @@ def test_every_defense_reloads_in_a_fresh_process_with_equal_outputs(every_defen
                 np.testing.assert_array_equal(served, value, err_msg=f"{entry} {signature} {key}")
     if entry.startswith("cowboy") or entry == "gcln":
         assert {"adversarial_score", "is_adversarial"} <= set(expected[entry]["serving_default"])
+    if entry == "cowboy":  # the exact gradient through the search survives the export, to the last digits
+        served, own = outputs["cowboy/purify/gradient"], expected[entry]["purify"]["gradient"]
+        assert np.abs(own).max() > 1e-4
+        np.testing.assert_allclose(served, own, rtol=1e-3, atol=1e-3 * np.abs(own).max())
 
 
 @pytest.mark.parametrize("entry", sorted(EVERY_DEFENSE))

@@ -15,12 +15,38 @@ parts (FBGAN's clipped continuous codes) the attack still works. Either way it i
 beside a paper's number, never a robustness claim.
 """
 
+import inspect
+
 import tensorflow as tf
 
 from tfpurify.defenses.base import Purifier
 from tfpurify.errors import AttackConfigError
 
-__all__ = ["bpda", "eot", "DetectorAwareTarget", "whitebox_target", "threat_model_pipelines"]
+__all__ = ["BPDA_MODES", "parse_bpda", "bpda", "eot", "DetectorAwareTarget", "whitebox_target",
+           "threat_model_pipelines"]
+
+# How a white-box attacker gets gradients through a purifier (`--bpda`, a comma list):
+#   surrogate: the purifier's own BPDA backward pass (`Purifier.attack_surrogate`; Cowboy: the identity,
+#     or `bpda_unroll` descent steps); identity: the identity backward pass, for any purifier;
+#   unroll:K: K descent steps unrolled from the found code (purifiers whose surrogate takes `unroll`);
+#   exact: plain backpropagation through the served purifier (Cowboy: through every step of its search);
+#   auto: surrogate, and exact too where the purifier is differentiable end to end (`exact_gradient`).
+BPDA_MODES = ("auto", "surrogate", "identity", "unroll:K", "exact")
+
+
+def parse_bpda(text):
+    """'surrogate,exact' -> ('surrogate', 'exact'); checks each mode (unroll:K needs an integer K >= 1)."""
+    modes = tuple(m.strip() for m in str(text).split(",") if m.strip())
+    if not modes:
+        raise AttackConfigError(f"bpda: give one or more of {', '.join(BPDA_MODES)}")
+    for mode in modes:
+        if mode.startswith("unroll:"):
+            k = mode[len("unroll:"):]
+            if not k.isdigit() or int(k) < 1:
+                raise AttackConfigError(f"bpda {mode!r}: unroll:K needs an integer K >= 1")
+        elif mode not in BPDA_MODES:
+            raise AttackConfigError(f"unknown bpda mode {mode!r}; choose from {', '.join(BPDA_MODES)}")
+    return modes
 
 
 def _has_surrogate(purifier):
@@ -28,13 +54,25 @@ def _has_surrogate(purifier):
     return type(purifier).attack_surrogate is not Purifier.attack_surrogate
 
 
-def bpda(purifier):
-    """x -> purifier.purify(x) forward, with gradients of purifier.attack_surrogate(x)."""
-    if not _has_surrogate(purifier):
-        return lambda x: purifier.purify(x)  # differentiable as it is
+def _unrolls(purifier):
+    return "unroll" in inspect.signature(purifier.purify_and_surrogate).parameters
+
+
+def bpda(purifier, mode="surrogate"):
+    """x -> purifier.purify(x) forward, with the gradients `mode` names (see `BPDA_MODES`)."""
+    if mode == "exact" or (mode == "surrogate" and not _has_surrogate(purifier)):
+        return lambda x: purifier.purify(x)  # differentiable as it is (or zero where it is not)
+    if mode == "identity":
+        return lambda x: x + tf.stop_gradient(purifier.purify(tf.stop_gradient(x)) - x)
+    unroll = {}
+    if mode.startswith("unroll:"):
+        if not _unrolls(purifier):
+            raise AttackConfigError(f"bpda {mode}: {type(purifier).__name__} has no descent steps to unroll "
+                                    "(a latent-search purifier such as cowboy has)")
+        unroll = {"unroll": int(mode[len("unroll:"):])}
 
     def forward_real_backward_surrogate(x):
-        purified, surrogate = purifier.purify_and_surrogate(x)
+        purified, surrogate = purifier.purify_and_surrogate(x, **unroll)
         return surrogate + tf.stop_gradient(purified - surrogate)
 
     return forward_real_backward_surrogate
@@ -91,21 +129,25 @@ class DetectorAwareTarget:
         return ce - logits[:, -1]
 
 
-def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True):
+def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True, bpda_mode="surrogate"):
     """What a white-box attacker differentiates: classifier(BPDA(purifier)(x)), EOT, detector.
 
-    use_bpda=False: plain backpropagation through `purifier.purify`, the served function itself
-    (the `whitebox_no_bpda` threat model); where it passes no gradient at all (a bare `tf.round`),
-    the attacker gets zeros, as plain backpropagation would, and runs blind instead of stopping.
-    The returned callable carries `settings`: the BPDA mode, EOT samples and detector weight that
-    shaped it, for the report.
+    bpda_mode: how gradients pass the purifier (`BPDA_MODES`; not `auto`). use_bpda=False (or
+    `exact`): plain backpropagation through `purifier.purify`, the served function itself (the
+    `whitebox_no_bpda` threat model); where it passes no gradient at all (a bare `tf.round`), the
+    attacker gets zeros, as plain backpropagation would, and runs blind instead of stopping. The
+    returned callable carries `settings`: the BPDA mode, EOT samples and detector weight that shaped
+    it, for the report.
     """
     purifier = defended.purifier
-    surrogate = purifier is not None and _has_surrogate(purifier)
+    mode = bpda_mode if use_bpda else "exact"
+    surrogate = purifier is not None and (_has_surrogate(purifier) or mode in ("identity",))
     if purifier is None:
         purify = lambda x: x  # noqa: E731
+    elif mode == "exact":
+        purify = lambda x: purifier.purify(x) + 0.0 * x  # noqa: E731
     else:
-        purify = bpda(purifier) if use_bpda else (lambda x: purifier.purify(x) + 0.0 * x)  # noqa: E731
+        purify = bpda(purifier, mode)
 
     def logits(x):
         return defended.classifier(purify(x))
@@ -124,9 +166,15 @@ def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True)
         "attacked": "end to end (purifier and classifier)" if purifier is not None else "classifier",
         "bpda": "none" if purifier is None else (
             "off (purifier differentiable)" if not surrogate
-            else f"{type(purifier).__name__}.attack_surrogate" if use_bpda
-            else "off: plain gradients of the served pipeline, no surrogate (the papers' protocol; where a "
-                 "non-differentiable part carries the decision, the sanity checks should flag masking)"),
+            else ("exact: plain gradients through the served purifier, every step of its search"
+                  if getattr(purifier, "exact_gradient", False) else
+                  "off: plain gradients of the served pipeline, no surrogate (the papers' protocol; where a "
+                  "non-differentiable part carries the decision, the sanity checks should flag masking)")
+            if mode == "exact"
+            else "identity (straight through the purifier)" if mode == "identity"
+            else f"{type(purifier).__name__}.attack_surrogate, {mode[len('unroll:'):]} descent steps unrolled"
+            if mode.startswith("unroll:")
+            else f"{type(purifier).__name__}.attack_surrogate"),
         "eot_samples": int(eot_samples) if stochastic else 1,
         "detector_weight": float(detector_weight) if aware else 0.0,
     }
@@ -140,7 +188,30 @@ def _described(fn, **settings):
     return wrapped
 
 
-def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_weight=1.0):
+def _whitebox_variants(defended, eot_samples, detector_weight, modes):
+    """The white-box attacked callable, or a list of them, one per gradient mode (each tagged `variant`)."""
+    purifier = defended.purifier
+    chosen = []
+    for mode in modes:
+        if mode == "auto":
+            picks = ["surrogate"] + (["exact"] if purifier is not None and getattr(purifier, "exact_gradient", False)
+                                     else [])
+        else:
+            picks = [mode]
+        for pick in picks:
+            if purifier is None or (pick in ("surrogate", "exact") and not _has_surrogate(purifier)):
+                pick = "surrogate"  # nothing to choose: the pipeline is differentiable as it is
+            if pick not in chosen:
+                chosen.append(pick)
+    targets = []
+    for mode in chosen:
+        target = whitebox_target(defended, eot_samples, detector_weight, bpda_mode=mode)
+        target.variant = mode
+        targets.append(target)
+    return targets[0] if len(targets) == 1 else targets
+
+
+def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_weight=1.0, bpda="auto"):
     """{threat model: (attacked callable, scored callable)} for a defended classifier.
 
     none: the bare classifier attacked and scored (the undefended row); graybox: the bare
@@ -151,7 +222,13 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
     whitebox entry: they would repeat `none`. An adversarially trained classifier is attacked
     directly under graybox and whitebox (the same thing), and `none` is its `undefended`
     classifier, if it has one (else None: not available).
+
+    bpda: the white-box gradient modes (`BPDA_MODES`, a comma list or tuple). With more than one,
+    `whitebox` holds a list of attacked callables (each with `variant`, its mode): every attack runs
+    with each, and all count in the white-box worst case. `auto`: the purifier's surrogate, and the
+    exact gradient too where the purifier is differentiable end to end (Cowboy's search).
     """
+    modes = parse_bpda(",".join(bpda) if isinstance(bpda, (list, tuple)) else bpda)
     if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
         raise AttackConfigError(f"eot_samples must be an integer >= 1, got {eot_samples!r}")
     if not detector_weight >= 0:
@@ -170,7 +247,7 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
     pipelines = {"none": (classifier, defended.classifier)}
     if defended.purifier is not None or defended.detector is not None:
         pipelines["graybox"] = (classifier, defended)
-        pipelines["whitebox"] = (whitebox_target(defended, eot_samples, detector_weight), defended)
+        pipelines["whitebox"] = (_whitebox_variants(defended, eot_samples, detector_weight, modes), defended)
         pipelines["whitebox_no_bpda"] = (whitebox_target(defended, eot_samples, detector_weight, use_bpda=False),
                                          defended)
     if surrogate is not None:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from tfpurify import adaptive, attacks, data, export, metrics
-from tfpurify.defenses.base import adversarial_scores
+from tfpurify.defenses.base import DefendedClassifier, adversarial_scores
 from tfpurify.defenses.cowboy import Cowboy, CowboyConfig
 from tfpurify.errors import InputValidationError
 from tfpurify.training import build_defense, load_defended, load_defense, train_defense
@@ -259,3 +259,57 @@ def test_config_boundaries():
                           ({"prune_after": -1}, "prune_after"), ({"bpda_unroll": -1}, "bpda_unroll")):
         with pytest.raises(InputValidationError, match=match):
             CowboyConfig(**fields)
+
+
+def test_cleaning_is_differentiable_end_to_end_and_checkpoints_change_no_gradient(untrained):
+    """The served search passes the exact gradient (second order through each descent step); recomputing
+    blocks of steps backward (`grad_checkpoint`) gives the same gradient as keeping every step, and the
+    graph (tf.gradients inside `tf.recompute_grad`) the same as eager execution (nested tapes)."""
+    x = tf.constant(np.random.RandomState(0).rand(3, 28, 28, 1).astype(np.float32))
+    weights = tf.constant(np.random.RandomState(1).randn(3, 28, 28, 1).astype(np.float32))
+    fields = dict(clean_steps=5, clean_restarts=2, warm_start=4, cleaning_seed=0, sigma=0.3)
+
+    def value_and_grad(model):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(model.purify(x) * weights)
+        return total, tape.gradient(total, x)
+
+    graph = {k: tf.function(lambda m=_with(untrained, grad_checkpoint=k, **fields): value_and_grad(m))() for k in (0, 2)}
+    assert float(tf.reduce_max(tf.abs(graph[0][1]))) > 0
+    np.testing.assert_allclose(graph[2][1].numpy(), graph[0][1].numpy(), rtol=1e-4, atol=1e-7)
+    tf.config.run_functions_eagerly(True)
+    try:
+        eager = value_and_grad(_with(untrained, grad_checkpoint=2, **fields))
+    finally:
+        tf.config.run_functions_eagerly(os.environ.get("TFPURIFY_TEST_EAGER") == "1")
+    np.testing.assert_allclose(eager[1].numpy(), graph[0][1].numpy(), rtol=1e-4, atol=1e-7)
+    # BPDA's forward pass searches on a stopped input: the identity's gradient exactly
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(adaptive.bpda(_with(untrained, **fields), "identity")(x) * weights)
+    np.testing.assert_allclose(tape.gradient(total, x).numpy(), weights.numpy())
+    with pytest.raises(InputValidationError, match="grad_checkpoint must be >= 0"):
+        _with(untrained, grad_checkpoint=-1)
+
+
+def test_white_box_attacks_with_the_surrogate_and_the_exact_gradient(untrained):
+    classifier = tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(28, 28, 1)), tf.keras.layers.Dense(10)])
+    defended = DefendedClassifier(classifier, purifier=_with(untrained, clean_steps=2, warm_start=0, cleaning_seed=0))
+    auto = adaptive.threat_model_pipelines(defended)["whitebox"][0]
+    assert [t.variant for t in auto] == ["surrogate", "exact"]
+    assert auto[0].settings["bpda"] == "Cowboy.attack_surrogate" and auto[1].settings["bpda"].startswith("exact")
+    one = adaptive.threat_model_pipelines(defended, bpda="unroll:2")["whitebox"][0]
+    assert one.variant == "unroll:2" and "2 descent steps unrolled" in one.settings["bpda"]
+    # unroll:K at eval time is the config's bpda_unroll = K
+    x = tf.constant(np.random.RandomState(0).rand(2, 28, 28, 1).astype(np.float32))
+    weights = tf.constant(np.random.RandomState(1).randn(2, 28, 28, 1).astype(np.float32))
+    unrolled = _with(untrained, clean_steps=2, warm_start=0, cleaning_seed=0, bpda_unroll=2)
+    grads = []
+    for f in (adaptive.bpda(defended.purifier, "unroll:2"), adaptive.bpda(unrolled)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(f(x) * weights)
+        grads.append(tape.gradient(total, x).numpy())
+    assert np.abs(grads[0]).max() > 0
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)

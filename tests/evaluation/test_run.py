@@ -443,3 +443,29 @@ def test_a_stochastic_pipeline_is_scored_over_draws_by_hand():
     defended.purifier.calls.assign(2)
     hits = evaluation.draw_hits(defended, x, y, np.zeros(8, bool), 4)
     np.testing.assert_array_equal(hits, [3, 3, 2, 2, 2, 2, 3, 3])
+
+
+def test_attacks_run_with_every_white_box_gradient_and_all_join_the_worst_case():
+    x = brightness_images(8)  # mean pixels 0.0 ... 0.7
+    y = np.zeros(8, np.int64)
+    scored = threshold_classifier(0.55)  # right on images 0-5
+
+    def blind(images):  # a gradient of zero: FGSM does not move
+        return tf.zeros([tf.shape(images)[0], 2]) + 0.0 * tf.reduce_sum(images)
+
+    strong = threshold_classifier(0.55)  # FGSM adds eps: image 5 (0.5) crosses
+    blind.variant, blind.settings = "surrogate", {"bpda": "surrogate"}
+    strong.variant, strong.settings = "exact", {"bpda": "exact"}
+    report = evaluation.evaluate(scored, x, y, [("fgsm", {"eps": 0.1})], threat_model="whitebox",
+                                 pipelines={"whitebox": ([blind, strong], scored)}, sanity_checks=False)
+    rows = [r for r in report.to_dict()["rows"] if r["attack"] == "fgsm"]
+    assert [r["params"]["gradient"] for r in rows] == ["surrogate", "exact"]
+    assert [r["accuracy"] for r in rows] == [6 / 8, 5 / 8]
+    assert "after" not in rows[0] and rows[1]["after"] == ["fgsm [surrogate]"] and rows[1]["n_attacked"] == 6
+    assert report.settings["threat_models"]["whitebox"]["variants"] == {"surrogate": {"bpda": "surrogate"},
+                                                                        "exact": {"bpda": "exact"}}
+    assert report.worst_case("whitebox", 0.1) == 5 / 8
+    assert report.worst_case_attacks("whitebox", 0.1) == ["fgsm", "fgsm"]
+    alone = evaluation.evaluate(scored, x, y, [("fgsm", {"eps": 0.1})], threat_model="whitebox", cascade=False,
+                                pipelines={"whitebox": ([blind, strong], scored)}, sanity_checks=False)
+    assert [r.accuracy for r in alone.results] == [6 / 8, 5 / 8] and alone.worst_case("whitebox", 0.1) == 5 / 8

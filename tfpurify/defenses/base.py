@@ -96,6 +96,9 @@ class Purifier(_TrainingHooks, keras.Model):
     """
 
     stochastic = False  # True: evaluate white-box attacks with EOT
+    # True: `purify` is differentiable end to end although it has a BPDA surrogate (an iterative search
+    # whose gradient is exact but costly): white-box evaluations attack with both by default
+    exact_gradient = False
     has_code = False    # True: `encode` gives a latent code (the `latent` attack pulls it)
 
     def encode(self, x, training=False):

@@ -25,7 +25,9 @@ paper's detect-then-clean pipeline).
 Adaptive evaluation: the random starts make cleaning stochastic (EOT over z0) unless
 `cleaning_seed` fixes them; BPDA treats cleaning as the identity by default (Athalye et al. 2018
 broke Defense-GAN that way), or differentiates the last `bpda_unroll` descent steps from the
-found code.
+found code. The served cleaning is itself differentiable: backpropagating through `purify` (or an
+exported SavedModel) gives the exact gradient through every step of the search, with memory bounded
+by recomputing blocks of `grad_checkpoint` steps (`tf.recompute_grad`).
 """
 
 import dataclasses
@@ -76,6 +78,7 @@ class CowboyConfig(DefenseConfig):
     clean_only_detected: bool = _runtime(False)
     cleaning_seed: int = _runtime(None)     # fixed starting codes (deterministic); None: fresh each call
     bpda_unroll: int = _runtime(0)          # white-box: differentiate this many steps from the found code
+    grad_checkpoint: int = _runtime(10)     # exact gradient: steps per block recomputed backward (0: keep all)
     # detection threshold (paper 3.4)
     threshold_rule: str = "fpr"    # "fpr" (target FPR on clean validation images) or "paper"
     threshold_p: float = 1.0       # the L^p average of D over adversarial examples (1: the mean)
@@ -89,7 +92,7 @@ class CowboyConfig(DefenseConfig):
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0):
             raise InputValidationError(f"sigma must be a finite number > 0 (mode defense_gan drops the D term), "
                                        f"got {self.sigma!r}")
-        for name in ("clean_steps", "warm_start", "patience", "prune_after", "bpda_unroll"):
+        for name in ("clean_steps", "warm_start", "patience", "prune_after", "bpda_unroll", "grad_checkpoint"):
             if getattr(self, name) < 0:
                 raise InputValidationError(f"{name} must be >= 0, got {getattr(self, name)}")
         self.require_positive("z_dim", "base_filters", "clean_restarts", "z_learning_rate", "threshold_p")
@@ -159,6 +162,10 @@ class Cowboy(Purifier, Detector):
     @property
     def metrics(self):
         return list(self.trackers.values())
+
+    # The served cleaning is differentiable end to end (the search's gradient in x is exact): white-box
+    # evaluations attack it with its BPDA surrogate and with the exact gradient (`adaptive`, bpda auto).
+    exact_gradient = True
 
     @property
     def stochastic(self):
@@ -282,6 +289,9 @@ class Cowboy(Purifier, Detector):
             passes += float(math.ceil(cfg.warm_start / restarts))
 
         def loss_and_grad(codes, images):
+            if not tf.executing_eagerly():  # also where `tf.recompute_grad` has stopped the tapes
+                value = self.search_loss(codes, images)
+                return value, tf.gradients(tf.reduce_sum(value), codes)[0]
             with tf.GradientTape() as tape:
                 tape.watch(codes)
                 value = self.search_loss(codes, images)
@@ -290,7 +300,7 @@ class Cowboy(Purifier, Detector):
 
         b1, b2 = 0.9, 0.999
 
-        def body(i, z, m, v, z_best, loss_best, stall, active, passes):
+        def body(i, z, m, v, z_best, loss_best, stall, active, passes, x_rows):
             loss, grad = on_active(active, loss_and_grad, z, x_rows)
             improved = tf.logical_and(active, loss < loss_best - 1e-4 * tf.abs(loss_best))
             z_best = tf.where(improved[:, None], z, z_best)
@@ -316,23 +326,43 @@ class Cowboy(Purifier, Detector):
                 active = tf.logical_and(active, tf.logical_not(prune))
             return i + 1, z, m, v, z_best, loss_best, stall, active, passes
 
-        def cond(i, *state):
-            return tf.logical_and(i < cfg.clean_steps, tf.reduce_any(state[6]))
+        def steps(first, last):
+            """Steps first..last-1 as one graph loop on float state (what `tf.recompute_grad` takes)."""
+            def run(z, m, v, z_best, loss_best, stall, active, passes, images):
+                def cond(i, *state):
+                    return tf.logical_and(i < last, tf.reduce_any(state[6]))
+
+                state = (tf.constant(first), z, m, v, z_best, loss_best, tf.cast(stall, tf.int32), active > 0.5,
+                         passes)
+                out = tf.while_loop(cond, lambda *s: body(*s, images), state)[1:]
+                return (*out[:5], tf.cast(out[5], tf.float32), tf.cast(out[6], tf.float32), out[7])
+
+            return run
 
         if cfg.clean_steps:
             zeros = tf.zeros_like(z)
             start_loss = loss if cfg.warm_start else tf.fill([rows], np.finfo(np.float32).max)
-            state = (tf.constant(0), z, zeros, zeros, z, start_loss, tf.zeros([rows], tf.int32),
-                     tf.ones([rows], tf.bool), passes)
-            _, _, _, _, z_best, loss_best, _, _, passes = tf.while_loop(cond, body, state)
+            state = (z, zeros, zeros, z, start_loss, tf.zeros([rows]), tf.ones([rows]), passes)
+            # The served search is differentiable end to end (the exact gradient of an attacker that
+            # backpropagates through the loop); its memory is bounded by recomputing each block of
+            # `grad_checkpoint` steps in the backward pass instead of keeping every step's activations.
+            checkpoint = cfg.grad_checkpoint and not tf.executing_eagerly()  # eagerly: every step kept
+            block = cfg.grad_checkpoint if checkpoint else cfg.clean_steps
+            for first in range(0, cfg.clean_steps, block):
+                run = steps(first, min(first + block, cfg.clean_steps))
+                state = (tf.recompute_grad(run) if checkpoint else run)(*state, x_rows)
+            _, _, _, z_best, loss_best, _, _, passes = state
         else:
             z_best, loss_best = z, loss if cfg.warm_start else self.search_loss(z, x_rows)
         return z_best, loss_best, passes
 
     def clean(self, x):
-        """G(z*) for every image of the batch (Algorithm 1); no gradient flows through the search.
+        """G(z*) for every image of the batch (Algorithm 1), differentiable through the whole search.
 
-        Called eagerly, it runs as one traced function (traced once per batch shape).
+        The gradient of G(z*) with respect to x is the exact one of the loop as it runs: through every
+        descent step's dependence on x (second order, through the gradient in z), the warm start's and
+        the restarts' choices held fixed. Its memory is bounded by `grad_checkpoint`. Called eagerly,
+        it runs as one traced function (traced once per batch shape).
         """
         if not tf.executing_eagerly():
             return self._clean(x)
@@ -341,7 +371,7 @@ class Cowboy(Purifier, Detector):
         return self._traced_clean(x)
 
     def _clean(self, x):
-        return self.generator(tf.stop_gradient(self.search(tf.stop_gradient(x))[0]), training=False)
+        return self.generator(self.search(x)[0], training=False)
 
     def purify(self, x, training=False):
         x = tf.convert_to_tensor(x, tf.float32)
@@ -351,23 +381,28 @@ class Cowboy(Purifier, Detector):
         cleaned = on_active(flagged, lambda images: (self.clean(images),), x)[0]
         return tf.where(flagged[:, None, None, None], cleaned, x)
 
-    def attack_surrogate(self, x):
-        """BPDA: the identity (default), or `bpda_unroll` descent steps from the found code, differentiated."""
-        if not self.config.bpda_unroll:
+    def attack_surrogate(self, x, unroll=None):
+        """BPDA: the identity (default), or `unroll` (default `bpda_unroll`) descent steps from the found
+        code, differentiated."""
+        unroll = self.config.bpda_unroll if unroll is None else unroll
+        if not unroll:
             return x
-        return self._unrolled(x, tf.stop_gradient(self.search(x)[0]))
+        return self._unrolled(x, tf.stop_gradient(self.search(tf.stop_gradient(x))[0]), unroll)
 
-    def purify_and_surrogate(self, x):
-        """With `bpda_unroll`, one search serves both BPDA halves: G(z*) forward, the steps unrolled from z*
-        backward (with `clean_only_detected` the detector gates the forward pass: two calls)."""
-        if not self.config.bpda_unroll or self.config.clean_only_detected:
-            return super().purify_and_surrogate(x)
+    def purify_and_surrogate(self, x, unroll=None):
+        """BPDA's two halves. The forward pass searches on a stopped input (the surrogate carries the
+        gradient; the tape keeps nothing of the search); with `unroll` steps (default `bpda_unroll`) one
+        search serves both: G(z*) forward, the steps unrolled from z* backward (with `clean_only_detected`
+        the detector gates the forward pass: two calls)."""
         x = tf.convert_to_tensor(x, tf.float32)
+        unroll = self.config.bpda_unroll if unroll is None else unroll
+        if not unroll or self.config.clean_only_detected:
+            return self.purify(tf.stop_gradient(x)), self.attack_surrogate(x, unroll)
         z = tf.stop_gradient(self.search(tf.stop_gradient(x))[0])
-        return self.generator(z, training=False), self._unrolled(x, z)
+        return self.generator(z, training=False), self._unrolled(x, z, unroll)
 
-    def _unrolled(self, x, z):
-        for _ in range(self.config.bpda_unroll):
+    def _unrolled(self, x, z, steps):
+        for _ in range(steps):
             with tf.GradientTape() as tape:
                 tape.watch(z)
                 total = tf.reduce_sum(self.search_loss(z, x))

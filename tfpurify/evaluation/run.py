@@ -181,11 +181,19 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         threshold = float(detector.threshold.numpy())
         report.settings["detector"] = {"threshold": threshold, **(detector.calibration or {})}
     for tm in threat_models:
-        attacked_fn, scored_fn = table.get(tm)
+        attacked, scored_fn = table.get(tm)
+        # several attacked callables (white-box gradient modes, e.g. a BPDA surrogate and the exact
+        # gradient): every attack runs with each, all in one cascade and one worst case
+        variants = list(attacked) if isinstance(attacked, (list, tuple)) else [attacked]
+        attacked_fn = variants[0]  # the sanity checks' and the settings' one
         report.settings["threat_models"][tm] = dict(getattr(attacked_fn, "settings", {}))
-        judge = None
+        if len(variants) > 1:
+            report.settings["threat_models"][tm]["variants"] = {
+                v.variant: dict(getattr(v, "settings", {})) for v in variants}
+        judges = {}
         if tm in _GRADIENT_THREAT_MODELS and attacked_fn is not scored_fn:
-            judge, report.settings["threat_models"][tm]["success_judged_on"] = scored_judge(attacked_fn, scored_fn)
+            for v in variants:
+                judges[id(v)], report.settings["threat_models"][tm]["success_judged_on"] = scored_judge(v, scored_fn)
         if id(scored_fn) not in clean_of:
             clean_of[id(scored_fn)] = np.argmax(predict_logits(scored_fn, x, batch_size), axis=1) == y
         tm_clean = report.clean_by_threat_model[tm] = clean_of[id(scored_fn)]
@@ -193,19 +201,25 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         if draws > 1:
             report.settings["threat_models"][tm]["scored_over_draws"] = draws
         chains = {}  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
-        for spec in specs:
-            if attacks_lib.get_attack(spec.name).needs_purifier and getattr(attacked_fn, "purifier", None) is None:
-                report.warnings.append(f"{spec.name} skipped under {tm}: it attacks the purifier itself, which only "
-                                       "the whitebox threat model of a defense run differentiates")
+        for spec, variant_fn in ((spec, v) for spec in specs for v in variants):
+            if attacks_lib.get_attack(spec.name).needs_purifier and getattr(variant_fn, "purifier", None) is None:
+                if variant_fn is attacked_fn:
+                    report.warnings.append(f"{spec.name} skipped under {tm}: it attacks the purifier itself, which "
+                                           "only the whitebox threat model of a defense run differentiates")
                 continue
+            judge = judges.get(id(variant_fn))
             spec_params = _for_threat_model(tm, spec)
             params = attacks_lib.resolve_params(spec.name, **spec_params)
             eps = params.pop("eps", None)
+            name = spec.name
+            if len(variants) > 1:
+                params["gradient"] = variant_fn.variant
+                name = f"{spec.name} [{variant_fn.variant}]"
             start_chain = (tm_clean, x, (), tm_clean)
             robust, x_cur, before, plain_cur = chains.get(eps, start_chain) if cascade else start_chain
             start = time.perf_counter()
             if not before:
-                x_adv, pred, correct, cost = attack_and_score(spec.name, attacked_fn, scored_fn, x, y, tm_clean,
+                x_adv, pred, correct, cost = attack_and_score(spec.name, variant_fn, scored_fn, x, y, tm_clean,
                                                                batch_size, seed, progress, judge, **spec_params)
                 plain = pred == y
             else:  # only what the attacks before left robust; the rest keeps its adversarial image
@@ -213,13 +227,13 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                 idx = np.flatnonzero(robust)
                 if len(idx):
                     x_adv[idx], pred_idx, correct[idx], cost[idx] = attack_and_score(
-                        spec.name, attacked_fn, scored_fn, x[idx], y[idx], robust[idx], batch_size, seed,
+                        spec.name, variant_fn, scored_fn, x[idx], y[idx], robust[idx], batch_size, seed,
                         progress, judge, **spec_params)
                     plain[idx] = pred_idx == y[idx]
                     if np.all(np.isnan(cost[idx])):
                         cost[:] = np.nan  # this attack does not count its evaluations
                 pred = np.argmax(predict_logits(scored_fn, x_adv[:n_samples], batch_size), axis=1)
-            chains[eps] = (correct, x_adv, before + (spec.name,), plain)
+            chains[eps] = (correct, x_adv, before + (name,), plain)
             hits = draw_hits(scored_fn, x_adv, y, plain, draws, batch_size) if draws > 1 else None
             report.results.append(AttackResult(
                 tm, spec.name, eps, jsonable(params), float(correct.mean()),
@@ -230,11 +244,11 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                 majority_correct=None if hits is None else tm_clean & (2 * hits > draws)))
             if detector is not None and tm != "none":
                 adv_scores = adversarial_scores(detector, x_adv, batch_size)
-                label = f"{tm}/{spec.name}" + (f" (after {', '.join(before)})" if before else "")
+                label = f"{tm}/{name}" + (f" (after {', '.join(before)})" if before else "")
                 report.detector_scores[label + ("" if eps is None else f" {eps:g}")] = adv_scores
                 report.detection.append(detection_metrics(
                     clean_scores, tm_clean, adv_scores, correct,
-                    threshold, threat_model=tm, attack=spec.name, eps=eps,
+                    threshold, threat_model=tm, attack=name, eps=eps,
                     **({"after": list(before)} if before else {})))
         if not sanity_checks:
             skip_checks(report, tm, "sanity checks were turned off (--no-sanity-checks)")
