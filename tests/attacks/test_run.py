@@ -10,6 +10,7 @@ EPS = 0.1
 FAST = {
     "fgsm": {},
     "pgd": {"nb_iter": 10, "restarts": 2},
+    "pgd_eot": {"nb_iter": 5, "eot_iter": 2},
     "bim": {"nb_iter": 10},
     "mim": {"nb_iter": 10},
     "cw_l2": {"max_iterations": 20, "binary_search_steps": 2, "eps": 1.0},
