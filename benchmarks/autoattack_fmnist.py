@@ -183,7 +183,8 @@ def main():
     order = {"none": 0, "denoising_ae": 1, "fbgan": 2}
     rows.sort(key=lambda r: order.get(r["defense"], 3))  # stable: each target's rows keep their order
     results = {"benchmark": "autoattack_fmnist", "dataset": "fashion_mnist", "n_examples": n_examples, "seed": 0,
-               "rows": rows, "detection": [], "measured": measured, "environment": environment()}
+               "rows": rows, "detection": [], "measured": measured, "notes": old.get("notes", []),
+               "environment": environment()}
     write_results("autoattack_fmnist", results, markdown(results))
 
 
@@ -215,7 +216,8 @@ def markdown(results):
             + "\n\n"
             "| defense | threat model | implementation | attack | robust accuracy | seconds | evals/example | "
             "speed-up vs ART default | speed-up vs ART standard |\n|---|---|---|---|---|---|---|---|---|\n"
-            + "\n".join(lines) + f"\n\nAll rows in the results schema:\n\n{rows_table(rows)}\n\n"
+            + "\n".join(lines) + "".join(f"\n\n{note}" for note in results.get("notes", []))
+            + f"\n\nAll rows in the results schema:\n\n{rows_table(rows)}\n\n"
             f"Environment: {results['environment']}.\n")
 
 

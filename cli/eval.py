@@ -62,7 +62,7 @@ def _attacks_help():
 @limit_option
 @seed_option
 @click.option("--sanity-checks/--no-sanity-checks", default=True, show_default=True,
-              help="Gradient-masking checks 1-4 on the first 200 examples (PGD-2k, FGSM, eps 0.5, Square).")
+              help="Sanity checks 1-5 on the first 200 examples (PGD-2k, FGSM, eps 0.5, Square; the binarization test on 20).")
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
 @click.option("--corruptions", default=None,

@@ -16,14 +16,16 @@ beside a paper's number, never a robustness claim.
 """
 
 import inspect
+import types
 
 import tensorflow as tf
 
+from tfpurify.classifiers import penultimate
 from tfpurify.defenses.base import Purifier
 from tfpurify.errors import AttackConfigError
 
 __all__ = ["BPDA_MODES", "parse_bpda", "bpda", "eot", "DetectorAwareTarget", "whitebox_target",
-           "threat_model_pipelines"]
+           "threat_model_pipelines", "binarizable"]
 
 # How a white-box attacker gets gradients through a purifier (`--bpda`, a comma list):
 #   surrogate: the purifier's own BPDA backward pass (`Purifier.attack_surrogate`; Cowboy: the identity,
@@ -181,6 +183,29 @@ def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True,
     return target
 
 
+def binarizable(target, classifier, purifier, make_target):
+    """Sets `target.binarize` (sanity check 5, `tfpurify.evaluation.binarization`): head -> (attacked,
+    scored), the same pipeline with `head` in the classifier's place and no detector, built by
+    `make_target(pipeline)`; with `features` (the classifier's penultimate layer) and `purify`."""
+    features = penultimate(classifier)
+    if features is None:
+        return target
+    purify = (lambda x: x) if purifier is None else purifier.purify
+
+    def binarize(head):
+        pipeline = types.SimpleNamespace(classifier=head, purifier=purifier, detector=None)
+
+        def scored(images):
+            return head(purify(images))
+
+        scored.purifier = purifier
+        return make_target(pipeline), scored
+
+    binarize.features, binarize.purify = features, purify
+    target.binarize = binarize
+    return target
+
+
 def _described(fn, **settings):
     """`fn` wrapped in a callable that carries `settings` (the model itself stays untouched)."""
     wrapped = lambda x: fn(x)  # noqa: E731
@@ -207,7 +232,8 @@ def _whitebox_variants(defended, eot_samples, detector_weight, modes):
     for mode in chosen:
         target = whitebox_target(defended, eot_samples, detector_weight, bpda_mode=mode)
         target.variant = mode
-        targets.append(target)
+        targets.append(binarizable(target, defended.classifier, purifier, lambda p, m=mode: whitebox_target(
+            p, eot_samples, 0.0, bpda_mode=m)))
     return targets[0] if len(targets) == 1 else targets
 
 
@@ -235,15 +261,17 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
         raise AttackConfigError(f"detector_weight must be >= 0 (0: the attack ignores the detector), got {detector_weight}")
     if getattr(defended, "robust_classifier", False):
         # adversarial training: the defense is the classifier, so gray-box and white-box coincide
-        robust = _described(defended.classifier, attacked="the adversarially trained classifier itself "
-                                                          "(gray-box = white-box: no purifier)")
+        robust = binarizable(_described(defended.classifier, attacked="the adversarially trained classifier itself "
+                                                                       "(gray-box = white-box: no purifier)"),
+                              defended.classifier.classifier, None, lambda p: p.classifier)
         pipelines = {"whitebox": (robust, defended), "graybox": (robust, defended), "none": None}
         if defended.undefended is not None:
             pipelines["none"] = (_described(defended.undefended, attacked="plain classifier"), defended.undefended)
         if surrogate is not None:
             pipelines["transfer"] = (_described(surrogate, attacked="surrogate classifier"), defended)
         return pipelines
-    classifier = _described(defended.classifier, attacked="classifier")
+    classifier = binarizable(_described(defended.classifier, attacked="classifier"), defended.classifier, None,
+                              lambda p: p.classifier)
     pipelines = {"none": (classifier, defended.classifier)}
     if defended.purifier is not None or defended.detector is not None:
         pipelines["graybox"] = (classifier, defended)

@@ -19,6 +19,7 @@ __all__ = [
     "ARCHITECTURES",
     "ClassifierConfig",
     "build_classifier",
+    "penultimate",
     "train_classifier",
     "load_classifier",
     "accuracy",
@@ -109,6 +110,17 @@ class ClassifierConfig(TrainingConfig):
 
     def to_dict(self):
         return {"kind": "classifier", **dataclasses.asdict(self)}
+
+
+def penultimate(classifier):
+    """images -> the features a classifier's last (Dense) layer reads: a Keras model, or None where the
+    classifier is no Keras model ending in a Dense layer."""
+    if not isinstance(classifier, keras.Model) or not classifier.layers:
+        return None
+    last = classifier.layers[-1]
+    if not isinstance(last, layers.Dense):
+        return None
+    return keras.Model(classifier.inputs, last.input)
 
 
 def build_classifier(arch="cnn", input_shape=(28, 28, 1), num_classes=10):

@@ -63,7 +63,7 @@ def sanity_lines(checks, warnings):
     lines = []
     if checks:
         passed = sum(bool(c["passed"]) for c in ran)
-        lines += ["", f"Sanity checks 1-4 (gradient masking): {passed}/{len(ran)} passed, {len(skipped)} skipped."]
+        lines += ["", f"Sanity checks 1-5 (gradient masking, weak attacks): {passed}/{len(ran)} passed, {len(skipped)} skipped."]
         reasons = {}
         for c in skipped:
             reasons.setdefault((c["threat_model"], c["reason"]), []).append(str(c["check"]))

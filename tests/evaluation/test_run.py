@@ -22,7 +22,7 @@ def test_evaluate_records_everything_and_pgd_beats_fgsm(cnn, fmnist_test):
     pgd = next(r for r in report.results if r.attack == "pgd")
     assert pgd_row["plain_accuracy"] >= pgd_row["accuracy"]
     np.testing.assert_array_equal(pgd.correct, pgd.plain_correct & report.clean_correct)
-    assert {c["check"] for c in d["sanity_checks"]} == {1, 2, 3, 4}
+    assert {c["check"] for c in d["sanity_checks"]} == {1, 2, 3, 4, 5}
     assert all(c["status"] == "passed" for c in d["sanity_checks"]), d["sanity_checks"]
     assert d["warnings"] == []
     assert d["settings"]["seed"] == 0 and d["settings"]["sanity_checks"]["n"] == 64
@@ -306,7 +306,7 @@ def test_evaluate_hands_the_checks_and_attacks_what_they_need_on_toys(monkeypatc
     skipped = [(c["threat_model"], c["check"], c["reason"]) for c in report.sanity]
     reason = "the checks detect gradient masking, and under {} the attacker does not differentiate the pipeline it " \
              "is scored on"
-    assert skipped == [(tm, check, reason.format(tm)) for tm in ("graybox", "transfer") for check in (1, 2, 3, 4)]
+    assert skipped == [(tm, check, reason.format(tm)) for tm in ("graybox", "transfer") for check in (1, 2, 3, 4, 5)]
     # every attack gets the batch size, the seed and the progress bar; `up` runs on what `nocost` left robust
     assert [a[0] for a in attacked_with] == ["nocost", "up"] * 4
     assert all(a[2:] == (3, 9, True, None) for a in attacked_with)  # no judge: each attacks what is scored
@@ -318,7 +318,7 @@ def test_evaluate_hands_the_checks_and_attacks_what_they_need_on_toys(monkeypatc
     off = evaluation.evaluate(defended, x, y, evaluation.make_attack_specs(["up", "nocost"], [0.1]),
                               sanity_checks=False, batch_size=1)
     assert [(c["threat_model"], c["check"], c["reason"]) for c in off.sanity] == [
-        ("none", check, "sanity checks were turned off (--no-sanity-checks)") for check in (1, 2, 3, 4)]
+        ("none", check, "sanity checks were turned off (--no-sanity-checks)") for check in (1, 2, 3, 4, 5)]
     assert off.results[1].after == ("up",) and off.results[1].grad_evals is None  # cascaded, and counts nothing
     del attacked_with[:]
     with pytest.raises(AttackConfigError, match="eps must be"):  # every spec is checked before any attack runs
@@ -466,6 +466,9 @@ def test_attacks_run_with_every_white_box_gradient_and_all_join_the_worst_case()
                                                                         "exact": {"bpda": "exact"}}
     assert report.worst_case("whitebox", 0.1) == 5 / 8
     assert report.worst_case_attacks("whitebox", 0.1) == ["fgsm", "fgsm"]
+    square = evaluation.evaluate(scored, x, y, [("square", {"eps": 0.1, "n_queries": 5})], threat_model="whitebox",
+                                 pipelines={"whitebox": ([blind, strong], scored)}, sanity_checks=False)
+    assert len(square.results) == 1 and "gradient" in square.results[0].params  # gradient-free: run once
     alone = evaluation.evaluate(scored, x, y, [("fgsm", {"eps": 0.1})], threat_model="whitebox", cascade=False,
                                 pipelines={"whitebox": ([blind, strong], scored)}, sanity_checks=False)
     assert [r.accuracy for r in alone.results] == [6 / 8, 5 / 8] and alone.worst_case("whitebox", 0.1) == 5 / 8

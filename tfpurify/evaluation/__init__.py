@@ -3,7 +3,8 @@
 - `run`: `evaluate`, the evaluation loop (clean accuracy, attacks per threat model and eps,
   cascade, detector metrics per attack, a stochastic pipeline scored over N draws).
 - `report`: `RobustnessReport` and its `AttackResult` rows, the worst case per threat model.
-- `sanity`: checks 1-4 against gradient masking, whose attacks join the worst case.
+- `sanity`: checks 1-5 against gradient masking and weak attacks, whose attacks (1-4) join the worst case;
+  `binarization`: check 5, the binarization test.
 
 The numbers computed from scores and verdicts (ROC-AUC, worst case, tolerance, detector metrics)
 live in `tfpurify.metrics`.

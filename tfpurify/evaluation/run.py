@@ -3,7 +3,7 @@
 Rules: every number names its threat model; an example counts as robust under an attack only if
 it is classified correctly both clean and under that attack; the worst case is the mean over
 examples of the per-example minimum over every attack of a threat model at one eps (including
-the attacks the sanity checks ran); sanity checks 1-4 run with every gradient (none, white-box)
+the attacks the sanity checks ran); sanity checks 1-5 run with every gradient (none, white-box)
 evaluation, failures become warnings in the report, never hidden, and a check that does not run
 is recorded as skipped with its reason. Every setting that shaped a number (seed, attack
 parameters, BPDA mode, EOT samples, detector weight and threshold, checks) is in the report.
@@ -115,7 +115,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         defense core). An attacked callable's `settings` dict (BPDA, EOT, detector weight) is
         recorded in the report.
       batch_size, seed: passed to every attack.
-      sanity_checks: run checks 1-4 on the first `sanity_n` examples for gradient threat models;
+      sanity_checks: run checks 1-5 on the first `sanity_n` examples for gradient threat models;
         a check that does not run is recorded as skipped, with the reason.
       defense, classifier, dataset: names recorded in the report.
       progress: progress bars on attacks.
@@ -202,6 +202,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             report.settings["threat_models"][tm]["scored_over_draws"] = draws
         chains = {}  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
         for spec, variant_fn in ((spec, v) for spec in specs for v in variants):
+            if variant_fn is not attacked_fn and not attacks_lib.get_attack(spec.name).gradient:
+                continue  # a gradient-free attack sees no gradient: one run is all the variants would make
             if attacks_lib.get_attack(spec.name).needs_purifier and getattr(variant_fn, "purifier", None) is None:
                 if variant_fn is attacked_fn:
                     report.warnings.append(f"{spec.name} skipped under {tm}: it attacks the purifier itself, which "

@@ -1,4 +1,5 @@
-"""Sanity checks 1-4 against gradient masking (Athalye et al. 2018; Carlini et al. 2019).
+"""Sanity checks 1-5 against gradient masking and weak attacks (Athalye et al. 2018; Carlini et al. 2019;
+Zimmermann et al. 2022).
 
 Run by `tfpurify.evaluation.evaluate` on the first examples of every threat model in which the
 attacker differentiates the pipeline it is scored on. A failure becomes a warning in the report,
@@ -9,7 +10,9 @@ as skipped, with its reason.
 import numpy as np
 
 from tfpurify import attacks as attacks_lib
+from tfpurify.adaptive import binarizable
 from tfpurify.classifiers import predict_logits
+from tfpurify.evaluation.binarization import binarization_test
 from tfpurify.metrics import binomial_tolerance
 
 __all__ = ["CHECKS", "GRADIENT_FREE_CHECK", "attack_and_score", "run_sanity_checks", "skip_checks"]
@@ -31,7 +34,8 @@ def attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_si
 # Check 4's gradient-free attack: the Square Attack with AutoAttack's budget (5000 queries, p_init
 # 0.8), stopping on an example once it is broken.
 GRADIENT_FREE_CHECK = {"attack": "square", "n_queries": 5000, "p_init": 0.8}
-CHECKS = {1: "PGD-2k vs PGD-k", 2: "PGD vs FGSM", 3: "PGD at eps 0.5", 4: "gradient-free vs gradient attacks"}
+CHECKS = {1: "PGD-2k vs PGD-k", 2: "PGD vs FGSM", 3: "PGD at eps 0.5", 4: "gradient-free vs gradient attacks",
+          5: "binarization test"}
 
 
 def skip_checks(report, tm, reason, checks=tuple(CHECKS)):
@@ -41,7 +45,7 @@ def skip_checks(report, tm, reason, checks=tuple(CHECKS)):
 
 
 def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed):
-    """Checks 1-4 against gradient masking on the first n examples; failures become warnings.
+    """Checks 1-5 against gradient masking and weak attacks on the first n examples; failures become warnings.
 
     1. PGD-2k vs PGD-k: 2k iterations clearly *above* k means more iterations helped the defense
        (masking or randomness); clearly *below* means PGD-k had not converged. Either fails, and
@@ -50,6 +54,8 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
     3. PGD at eps 0.5 must bring accuracy to ~0.
     4. A gradient-free attack (Square, 5000 queries), run on the examples every gradient attack
        left robust, must not break clearly more of them; what it breaks joins the worst case.
+    5. The binarization test: PGD must find, on the first 20 examples, the adversarial example a binary
+       readout on the pipeline's features has by construction (`evaluation.binarization`).
     "Clearly" is two binomial standard errors, at least 2 points (`metrics.binomial_tolerance`).
     """
     n = len(x)
@@ -105,6 +111,33 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
     record(3, acc_large <= 0.05, {"eps": large_eps, "pgd": acc_large, "n": n, "threshold": 0.05},
            f"PGD accuracy {acc_large:.3f} at eps {large_eps} is not ~0 (gradients are masked)")
     _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold)
+    _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed, record)
+
+
+def _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed, record):
+    """Check 5: PGD with the report's settings must find the adversarial example a binarized readout has
+    by construction (`tfpurify.evaluation.binarization`) on at least BINARIZATION["min_success"] of them."""
+    binarize = getattr(attacked_fn, "binarize", None)
+    if binarize is None and attacked_fn is scored_fn:  # a bare classifier, attacked as it is scored
+        binarize = getattr(binarizable(lambda images: images, attacked_fn, None, lambda p: p.classifier),
+                           "binarize", None)
+    pgd = [r for r in report.results if r.threat_model == tm and r.attack == "pgd" and r.eps]
+    if binarize is None:
+        return skip_checks(report, tm, "the attacked pipeline's classifier has no last Dense layer to replace by "
+                                       "a binary readout", (5,))
+    if not pgd:
+        return skip_checks(report, tm, "no pgd attack with an eps budget in this evaluation", (5,))
+    params = {k: v for k, v in pgd[0].params.items() if k in ("eps_iter", "nb_iter", "norm")}
+    params["norm"] = attacks_lib.parse_norm(params["norm"])
+    result = binarization_test(binarize, x, "pgd", {**params, "eps": pgd[0].eps}, seed, batch_size)
+    if result["attack_success"] is None:
+        return skip_checks(report, tm, f"no binary readout could be fitted on the features of the first "
+                                       f"{result['n']} examples", (5,))
+    k = round(result["attack_success"] * result["fitted"])
+    record(5, result["attack_success"] >= result["min_success"], result,
+           f"PGD found the adversarial example that exists by construction on only {k} of {result['fitted']} "
+           f"binarized problems at eps {result['eps']} (Zimmermann et al. 2022): the attack is too weak for this "
+           "pipeline, and its robust accuracy overestimates robustness")
 
 
 def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold):
