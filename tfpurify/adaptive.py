@@ -263,7 +263,7 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
         # adversarial training: the defense is the classifier, so gray-box and white-box coincide
         robust = binarizable(_described(defended.classifier, attacked="the adversarially trained classifier itself "
                                                                        "(gray-box = white-box: no purifier)"),
-                              defended.classifier.classifier, None, lambda p: p.classifier)
+                              getattr(defended.classifier, "classifier", None), None, lambda p: p.classifier)
         pipelines = {"whitebox": (robust, defended), "graybox": (robust, defended), "none": None}
         if defended.undefended is not None:
             pipelines["none"] = (_described(defended.undefended, attacked="plain classifier"), defended.undefended)

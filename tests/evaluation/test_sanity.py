@@ -56,15 +56,15 @@ def test_skipped_checks_are_recorded_with_their_reason(cnn, fmnist_test):
     x, y = fmnist_test
     off = evaluation.evaluate(cnn, x[:16], y[:16], evaluation.make_attack_specs(["fgsm"], [0.1]),
                               sanity_checks=False)
-    assert {c["status"] for c in off.sanity} == {"skipped"} and len(off.sanity) == 4
+    assert {c["status"] for c in off.sanity} == {"skipped"} and len(off.sanity) == 5
     assert all("turned off" in c["reason"] for c in off.sanity)
     text = reports.to_markdown(off)
-    assert "No warnings" not in text and "No sanity check ran" in text and "4 skipped" in text
+    assert "No warnings" not in text and "No sanity check ran" in text and "5 skipped" in text
     no_pgd = evaluation.evaluate(cnn, x[:16], y[:16], evaluation.make_attack_specs(["fgsm"], [0.1]), sanity_n=16)
     reasons = {c["check"]: c.get("reason") for c in no_pgd.sanity}
-    assert reasons[1] == reasons[2] == "no pgd attack in this evaluation"
+    assert reasons[1] == reasons[2] == reasons[5] == "no pgd attack in this evaluation"
     assert reasons[3] is None and reasons[4] is None  # these ran
-    assert "check 1, 2 skipped: no pgd attack" in reports.to_markdown(no_pgd)
+    assert "check 1, 2, 5 skipped: no pgd attack" in reports.to_markdown(no_pgd)
 
 
 def _report_with_pgd(n_examples, pgd_correct, **extra_rows):
@@ -192,6 +192,8 @@ def test_the_checks_in_full_attacks_called_and_everything_recorded(monkeypatch):
          "passed": True, "eps": 0.1, "gradient_attacks": 0.5, "with_gradient_free": 0.4,
          "broken_by_gradient_free_only": 1, "n": 10, "tolerance": tolerance(0.5, 10),
          "gradient_free_attack": {"attack": "square", "n_queries": 5000, "p_init": 0.8}},
+        {"threat_model": "none", "check": 5, "name": "binarization test", "status": "skipped", "passed": None,
+         "reason": NO_READOUT},  # the fakes have no classifier to binarize: tests/evaluation/test_binarization.py
     ]
     assert report.warnings == []
     columns = [(tm, eps, name, list(column)) for tm, eps, name, column in report.check_columns]
@@ -217,7 +219,10 @@ def test_failed_checks_say_why_in_the_warnings(monkeypatch):
         "worst case includes square",
     ]
     assert [(c["check"], c["status"], c["passed"]) for c in report.sanity] == [
-        (1, "failed", False), (2, "failed", False), (3, "failed", False), (4, "failed", False)]
+        (1, "failed", False), (2, "failed", False), (3, "failed", False), (4, "failed", False), (5, "skipped", None)]
+
+
+NO_READOUT = "the attacked pipeline's classifier has no last Dense layer to replace by a binary readout"
 
 
 def _logged_fake(monkeypatch, verdict):
@@ -278,6 +283,8 @@ def test_a_cascaded_l2_pgd_row_other_rows_and_the_boundaries(monkeypatch):
         {**passed, "check": 4, "name": "gradient-free vs gradient attacks", "eps": 0.3, "gradient_attacks": 0.0,
          "with_gradient_free": 0.0, "broken_by_gradient_free_only": 0, "n": n, "tolerance": tolerance(0.0, n),
          "gradient_free_attack": square},
+        {"threat_model": "none", "check": 5, "name": "binarization test", "status": "skipped", "passed": None,
+         "reason": NO_READOUT},
     ]
 
 
@@ -295,5 +302,6 @@ def test_checks_without_pgd_or_gradient_attacks_are_skipped_with_their_reason(mo
          "eps": 0.5, "pgd": 0.0, "n": n, "threshold": 0.05},
         {**skipped, "check": 4, "name": "gradient-free vs gradient attacks",
          "reason": "no gradient attack with an eps budget in this evaluation"},
+        {**skipped, "check": 5, "name": "binarization test", "reason": NO_READOUT},
     ]
     assert [name for name, _, _ in calls] == ["pgd"]

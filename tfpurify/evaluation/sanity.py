@@ -126,7 +126,7 @@ def _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed,
         return skip_checks(report, tm, "the attacked pipeline's classifier has no last Dense layer to replace by "
                                        "a binary readout", (5,))
     if not pgd:
-        return skip_checks(report, tm, "no pgd attack with an eps budget in this evaluation", (5,))
+        return skip_checks(report, tm, "no pgd attack in this evaluation", (5,))
     params = {k: v for k, v in pgd[0].params.items() if k in ("eps_iter", "nb_iter", "norm")}
     params["norm"] = attacks_lib.parse_norm(params["norm"])
     result = binarization_test(binarize, x, "pgd", {**params, "eps": pgd[0].eps}, seed, batch_size)
