@@ -25,7 +25,7 @@ from tfpurify.defenses.base import Purifier
 from tfpurify.errors import AttackConfigError
 
 __all__ = ["BPDA_MODES", "parse_bpda", "bpda", "eot", "DetectorAwareTarget", "whitebox_target",
-           "threat_model_pipelines", "binarizable"]
+           "threat_model_pipelines", "binarizer", "attacked_variants"]
 
 # How a white-box attacker gets gradients through a purifier (`--bpda`, a comma list):
 #   surrogate: the purifier's own BPDA backward pass (`Purifier.attack_surrogate`; Cowboy: the identity,
@@ -143,7 +143,7 @@ def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True,
     """
     purifier = defended.purifier
     mode = bpda_mode if use_bpda else "exact"
-    surrogate = purifier is not None and (_has_surrogate(purifier) or mode in ("identity",))
+    surrogate = purifier is not None and (_has_surrogate(purifier) or mode == "identity")
     if purifier is None:
         purify = lambda x: x  # noqa: E731
     elif mode == "exact":
@@ -183,13 +183,14 @@ def whitebox_target(defended, eot_samples=1, detector_weight=1.0, use_bpda=True,
     return target
 
 
-def binarizable(target, classifier, purifier, make_target):
-    """Sets `target.binarize` (sanity check 5, `tfpurify.evaluation.binarization`): head -> (attacked,
-    scored), the same pipeline with `head` in the classifier's place and no detector, built by
-    `make_target(pipeline)`; with `features` (the classifier's penultimate layer) and `purify`."""
+def binarizer(classifier, purifier, make_target):
+    """Sanity check 5's handle on a pipeline (`tfpurify.evaluation.binarization`), or None where the
+    classifier has no last Dense layer: head -> (attacked, scored), the same pipeline with `head` in
+    the classifier's place and no detector, built by `make_target(pipeline)`; with `features` (the
+    classifier's penultimate layer) and `purify`."""
     features = penultimate(classifier)
     if features is None:
-        return target
+        return None
     purify = (lambda x: x) if purifier is None else purifier.purify
 
     def binarize(head):
@@ -202,8 +203,20 @@ def binarizable(target, classifier, purifier, make_target):
         return make_target(pipeline), scored
 
     binarize.features, binarize.purify = features, purify
-    target.binarize = binarize
+    return binarize
+
+
+def _binarizable(target, classifier, purifier, make_target):
+    """`target` with `binarize` set where the pipeline has a readout to replace (see `binarizer`)."""
+    binarize = binarizer(classifier, purifier, make_target)
+    if binarize is not None:
+        target.binarize = binarize
     return target
+
+
+def attacked_variants(attacked):
+    """A threat model's attacked callables as a list: one, or one per white-box gradient mode."""
+    return list(attacked) if isinstance(attacked, (list, tuple)) else [attacked]
 
 
 def _described(fn, **settings):
@@ -232,7 +245,7 @@ def _whitebox_variants(defended, eot_samples, detector_weight, modes):
     for mode in chosen:
         target = whitebox_target(defended, eot_samples, detector_weight, bpda_mode=mode)
         target.variant = mode
-        targets.append(binarizable(target, defended.classifier, purifier, lambda p, m=mode: whitebox_target(
+        targets.append(_binarizable(target, defended.classifier, purifier, lambda p, m=mode: whitebox_target(
             p, eot_samples, 0.0, bpda_mode=m)))
     return targets[0] if len(targets) == 1 else targets
 
@@ -261,7 +274,7 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
         raise AttackConfigError(f"detector_weight must be >= 0 (0: the attack ignores the detector), got {detector_weight}")
     if getattr(defended, "robust_classifier", False):
         # adversarial training: the defense is the classifier, so gray-box and white-box coincide
-        robust = binarizable(_described(defended.classifier, attacked="the adversarially trained classifier itself "
+        robust = _binarizable(_described(defended.classifier, attacked="the adversarially trained classifier itself "
                                                                        "(gray-box = white-box: no purifier)"),
                               getattr(defended.classifier, "classifier", None), None, lambda p: p.classifier)
         pipelines = {"whitebox": (robust, defended), "graybox": (robust, defended), "none": None}
@@ -270,7 +283,7 @@ def threat_model_pipelines(defended, surrogate=None, eot_samples=1, detector_wei
         if surrogate is not None:
             pipelines["transfer"] = (_described(surrogate, attacked="surrogate classifier"), defended)
         return pipelines
-    classifier = binarizable(_described(defended.classifier, attacked="classifier"), defended.classifier, None,
+    classifier = _binarizable(_described(defended.classifier, attacked="classifier"), defended.classifier, None,
                               lambda p: p.classifier)
     pipelines = {"none": (classifier, defended.classifier)}
     if defended.purifier is not None or defended.detector is not None:

@@ -130,7 +130,7 @@ def objective_metrics(defended, x, y, eps=0.1, nb_iter=10, eot_samples=4, batch_
     iterative purifier), each attack counts an example broken when any of them breaks it.
     """
     attacked, scored = adaptive.threat_model_pipelines(defended, eot_samples=eot_samples)["whitebox"]
-    targets = attacked if isinstance(attacked, list) else [attacked]
+    targets = adaptive.attacked_variants(attacked)
 
     def correct(images):
         return np.argmax(predict_logits(scored, images, batch_size), axis=1) == y

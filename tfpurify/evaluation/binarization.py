@@ -44,8 +44,9 @@ def fit_readouts(features, steps=3000, learning_rate=0.05):
     """One logistic regression per example: its points [N, M, D], the last of class 1, the rest class 0.
 
     Balanced classes, standardized features, Adam until every example's points are separated (or
-    `steps`); then the boundary is moved halfway between the highest class-0 point and the corner. Returns (w [N, D], b [N], separated [N] bool), with logit z = f.w + b > 0 for class 1,
-    scaled so that z spans a range of 1 over each example's own points (Zimmermann et al.'s "fixed").
+    `steps`); then the boundary is moved halfway between the highest class-0 point and the corner.
+    Returns (w [N, D], b [N], separated [N] bool), with logit z = f.w + b > 0 for class 1, scaled so
+    that z spans a range of 1 over each example's own points (Zimmermann et al.'s "fixed").
     """
     f = tf.constant(features, tf.float32)
     n, m, d = f.shape

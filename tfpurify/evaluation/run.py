@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpurify import attacks as attacks_lib
+from tfpurify.adaptive import attacked_variants
 from tfpurify.attacks.loop import Target
 from tfpurify.classifiers import predict_logits
 from tfpurify.data import validate_batch_size, validate_images
@@ -184,7 +185,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         attacked, scored_fn = table.get(tm)
         # several attacked callables (white-box gradient modes, e.g. a BPDA surrogate and the exact
         # gradient): every attack runs with each, all in one cascade and one worst case
-        variants = list(attacked) if isinstance(attacked, (list, tuple)) else [attacked]
+        variants = attacked_variants(attacked)
         attacked_fn = variants[0]  # the sanity checks' and the settings' one
         report.settings["threat_models"][tm] = dict(getattr(attacked_fn, "settings", {}))
         if len(variants) > 1:

@@ -10,7 +10,7 @@ as skipped, with its reason.
 import numpy as np
 
 from tfpurify import attacks as attacks_lib
-from tfpurify.adaptive import binarizable
+from tfpurify.adaptive import binarizer
 from tfpurify.classifiers import predict_logits
 from tfpurify.evaluation.binarization import binarization_test
 from tfpurify.metrics import binomial_tolerance
@@ -119,8 +119,7 @@ def _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed,
     by construction (`tfpurify.evaluation.binarization`) on at least BINARIZATION["min_success"] of them."""
     binarize = getattr(attacked_fn, "binarize", None)
     if binarize is None and attacked_fn is scored_fn:  # a bare classifier, attacked as it is scored
-        binarize = getattr(binarizable(lambda images: images, attacked_fn, None, lambda p: p.classifier),
-                           "binarize", None)
+        binarize = binarizer(attacked_fn, None, lambda p: p.classifier)
     pgd = [r for r in report.results if r.threat_model == tm and r.attack == "pgd" and r.eps]
     if binarize is None:
         return skip_checks(report, tm, "the attacked pipeline's classifier has no last Dense layer to replace by "
