@@ -13,20 +13,26 @@ first --n test images at eps 0.1, two white-box evaluations of the same pipeline
 Reported per purifier: the white-box worst case before and after, which attack set it, the
 binarization test's success rate, seconds per example on this machine, and the rows of both reports.
 
+A run folder that holds no trained defense is trained first, with the defense's default config (the
+defense named by the label's start: `cowboy_gan` -> cowboy) for --train-minutes of wall time.
+
 Usage: python benchmarks/adaptive_purifiers_fmnist.py --classifier runs/bench-cnn
        --run denoising_ae=runs/bench-denoising_ae [--run cowboy=runs/cowboy --run cowboy_gan=runs/cowboy:mode=defense_gan]
-       [--n 200] [--eps 0.1] [--name adaptive_purifiers_fmnist]
+       [--n 200] [--eps 0.1] [--train-minutes 10] [--name adaptive_purifiers_fmnist]
 """
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, machine, rows_table, write_results  # noqa: E402
+from common import environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
-from tfpurify import adaptive, data, evaluation  # noqa: E402
+from tfpurify import adaptive, data, evaluation, registry  # noqa: E402
+from tfpurify.defenses import get_defense  # noqa: E402
+from tfpurify.defenses.registry import REGISTRY, WEIGHTS  # noqa: E402
 from tfpurify.training import load_defended  # noqa: E402
 
 
@@ -39,6 +45,22 @@ def _parse_run(text):
         key, _, value = item.partition("=")
         overrides[key] = int(value) if value.isdigit() else value
     return label, path, overrides
+
+
+def _train_missing(label, path, classifier, minutes):
+    """Trains the defense the label names (its longest registered prefix) into `path` unless it holds one."""
+    if (pathlib.Path(path) / WEIGHTS).exists():
+        return None
+    name = max((n for n in REGISTRY if label.startswith(n)), key=len, default=None)
+    if name is None:
+        raise SystemExit(f"{label}: no trained defense in {path} and no registered defense named by the label")
+    _, config_class = get_defense(name)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    overrides = {"epochs": 1000} if "epochs" in fields else {}
+    if "classifier" in fields:
+        overrides["classifier"] = (classifier,) if name == "aaa" else classifier
+    timing = train_on_budget(name, config_class(**overrides), path, 60 * minutes)
+    return {"defense": name, "minutes": minutes, **timing}
 
 
 def _evaluate(defended, x, y, eps, after, label):
@@ -63,14 +85,22 @@ def main():
     parser.add_argument("--run", action="append", required=True, help="label=path[:field=value,...]")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--train-minutes", type=float, default=10.0,
+                        help="wall time for training a run that does not exist yet")
     parser.add_argument("--name", default="adaptive_purifiers_fmnist")
     args = parser.parse_args()
+    registry.load()
+    trained = {}
+    for text in args.run:  # train every missing run first, so a long evaluation never waits on one
+        label, path, _ = _parse_run(text)
+        if path not in trained:
+            trained[path] = _train_missing(label, path, args.classifier, args.train_minutes)
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
     rows, summary = [], []
     for text in args.run:
         label, path, overrides = _parse_run(text)
         defended, info = load_defended(path, args.classifier, overrides)
-        line = {"defense": label, "run": path, "overrides": overrides}
+        line = {"defense": label, "run": path, "overrides": overrides, "training": trained.get(path)}
         for when in ("before", "after"):
             report, seconds = _evaluate(defended, x, y, args.eps, when == "after", label)
             worst = report.worst_case("whitebox", args.eps)
@@ -89,7 +119,11 @@ def main():
             rows += [{**r, "params": {**r["params"], "protocol": when}} for r in report.rows()
                      if r["threat_model"] == "whitebox"]
         summary.append(line)
+        _write(args, rows, summary)
 
+
+def _write(args, rows, summary):
+    """Writes the results so far (after every purifier: a long run killed later keeps what it finished)."""
     lines = ["# Adaptive attacks on every purifier (Fashion-MNIST, white-box)", "",
              f"Machine: {machine()}. The first {args.n} test images, eps {args.eps:g} (L-inf), the `cnn` behind each "
              "purifier. Before: FGSM, PGD-40 and AutoAttack through the BPDA surrogate, EOT 8, one draw scored. "
@@ -109,6 +143,10 @@ def main():
         lines.append(f"| {s['defense']} | {100 * b['worst_case']:.1f} % | {100 * a['worst_case']:.1f} % | "
                      f"{a['set_by']} | {draws} | {binar} | {b['seconds_per_example']:.2f} | "
                      f"{a['seconds_per_example']:.2f} |")
+    trained = [f"{s['defense']} ({s['training']['defense']}, default config): {s['training']['minutes']:g} minutes of "
+               f"wall time, {s['training'].get('images')} images seen" for s in summary if s.get("training")]
+    if trained:
+        lines += ["", "Trained by this script on this machine: " + "; ".join(trained) + "."]
     lines += ["", rows_table(rows)]
     write_results(args.name, {"environment": environment(), "n": args.n, "eps": args.eps, "rows": rows,
                               "summary": summary}, "\n".join(lines))
