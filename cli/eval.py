@@ -31,6 +31,9 @@ def _attacks_help():
               help="Comma list of none, graybox, whitebox, whitebox_no_bpda (plain gradients, no BPDA: the "
                    "papers' protocol: a row beside theirs, masked where a non-differentiable part decides), transfer "
                    "[default: none for a classifier run, none,graybox,whitebox for a defense run].")
+@click.option("--graybox-only", is_flag=True,
+              help="Allow gray-box rows without white-box ones (otherwise whitebox is added to a graybox "
+                   "request); the report then says it makes no robustness claim.")
 @click.option("--surrogate", default=None, help="Classifier run to craft transfer attacks on.")
 @click.option("--nb-iter", default=None, type=COUNT,
               help="Iterations of pgd/bim/mim [default: 40] and of the APGD attacks [default: 100].")
@@ -72,7 +75,7 @@ def _attacks_help():
                    "jpeg_compression; bare classifier and defense side by side. Needs tfpurify[corruptions].")
 @click.option("--severities", default="1,2,3,4,5", show_default=True, help="Corruption severities (1-5).")
 @runtime_options
-def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_iter, eps_iter, restarts,
+def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, surrogate, nb_iter, eps_iter, restarts,
                  early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, bpda, score_draws, detector_weight, batch_size,
                  limit, seed,
                  sanity_checks, report_path, corruptions, severities, **runtime):
@@ -105,6 +108,13 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, surrogate, nb_
     else:
         default_threat_models = "none,graybox,whitebox"
     threat_models = parse_list(threat_model or default_threat_models, "--threat-model")
+    if "graybox" in threat_models and "whitebox" not in threat_models and info["defense"] != "none":
+        if graybox_only:
+            click.echo("gray-box only (--graybox-only): the report says it makes no robustness claim", err=True)
+        else:
+            threat_models.append("whitebox")
+            click.echo("gray-box numbers come with white-box ones: whitebox added (--graybox-only to leave it "
+                       "out; the report then says so)", err=True)
     surrogate_model = load_classifier(surrogate)[0] if surrogate else None
     x, y = load_dataset(info["dataset"], "test", limit=limit)
     pipelines = threat_model_pipelines(defended, surrogate_model, eot_samples, detector_weight, bpda_modes)

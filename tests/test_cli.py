@@ -246,3 +246,18 @@ def test_number_options_are_checked_before_any_work(runner, tmp_path, args, matc
     args = [str(tmp_path / a) if a in ("RUN", "OUT", "PATH") else a for a in args]
     _one_line_error(runner.invoke(cli, args), match)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_graybox_numbers_come_with_whitebox_ones_unless_asked_for_alone(runner, dae_run, cnn_run, tmp_path):
+    base = ["eval", str(dae_run), "--classifier", str(cnn_run), "--attacks", "fgsm", "--limit", "16",
+            "--no-sanity-checks", "--threat-model", "graybox"]
+    result = runner.invoke(cli, base + ["--report", str(tmp_path / "added.md")])
+    assert result.exit_code == 0, result.output
+    assert "whitebox added" in result.output and "| whitebox | fgsm | 0.1 |" in result.output
+    assert "Gray-box only" not in (tmp_path / "added.md").read_text()
+    result = runner.invoke(cli, base + ["--graybox-only", "--report", str(tmp_path / "alone.md")])
+    assert result.exit_code == 0, result.output
+    markdown = (tmp_path / "alone.md").read_text()
+    assert "| graybox | fgsm | 0.1 |" in markdown and "| whitebox |" not in markdown
+    assert "> **Gray-box only.**" in markdown and "WARNING: gray-box only" in markdown
+    assert json.loads((tmp_path / "alone.json").read_text())["warnings"][0].startswith("gray-box only")

@@ -140,6 +140,12 @@ def to_markdown(report):
            if any(r.get("score_draws", 1) > 1 for r in d["rows"]) else "")
         + "How to read it: docs/evaluation.md.",
         "",
+    ]
+    models = {row["threat_model"] for row in d["rows"]}
+    if "graybox" in models and "whitebox" not in models:
+        lines += ["> **Gray-box only.** The attacks saw the classifier, never the defense: an attacker who knows "
+                  "the defense is not measured here, so no number in this report is a robustness claim.", ""]
+    lines += [
         "| defense | threat model | attack | eps | accuracy | plain | evals/example | parameters |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -46,6 +46,10 @@ class AttackSpec:
         return self.params.get("eps", attacks_lib.get_attack(self.name).defaults.get("eps"))
 
 
+# The warning (and the Markdown report's banner) of a report with gray-box rows and no white-box ones
+GRAYBOX_ONLY = ("gray-box only: the attacks saw the classifier, never the defense; an attacker who knows the "
+                "defense is not measured, so no number here is a robustness claim (add the whitebox threat model)")
+
 def make_attack_specs(names, eps_values, **params):
     """The cross product of attack names and eps values, sharing the other parameters.
 
@@ -177,6 +181,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                   "sanity_checks": {"enabled": bool(sanity_checks), "n": min(sanity_n, len(x)),
                                     "gradient_free_attack": GRADIENT_FREE_CHECK},
                   "threat_models": {}, **({"runs": runs} if runs else {})})
+    if "graybox" in threat_models and "whitebox" not in threat_models:
+        report.warnings.append(GRAYBOX_ONLY)
     if detector is not None:
         report.detector_scores["clean"] = clean_scores
         threshold = float(detector.threshold.numpy())
