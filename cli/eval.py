@@ -66,6 +66,9 @@ def _attacks_help():
 @seed_option
 @click.option("--sanity-checks/--no-sanity-checks", default=True, show_default=True,
               help="Sanity checks 1-5 on the first 200 examples (PGD-2k, FGSM, eps 0.5, Square; the binarization test on 20).")
+@click.option("--check-queries", default=5000, show_default=True, type=COUNT,
+              help="Query budget of sanity check 4's Square attack (recorded in the report); the check says "
+                   "what it will cost before a long run.")
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
 @click.option("--corruptions", default=None,
@@ -78,13 +81,13 @@ def _attacks_help():
 def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, surrogate, nb_iter, eps_iter, restarts,
                  early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, bpda, score_draws, detector_weight, batch_size,
                  limit, seed,
-                 sanity_checks, report_path, corruptions, severities, **runtime):
+                 sanity_checks, check_queries, report_path, corruptions, severities, **runtime):
     """Attack RUN (a classifier or a defense run) on the test split and write a report."""
     from tfpurify.adaptive import parse_bpda, threat_model_pipelines
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
     from tfpurify.evaluation import evaluate, make_attack_specs
-    from tfpurify.reports import save_pictures, to_markdown, write_report
+    from tfpurify.reports import save_pictures, to_markdown, write_json, write_markdown, write_report
     from tfpurify.training import load_defended
 
     bpda_modes = parse_bpda(bpda)
@@ -118,10 +121,17 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     surrogate_model = load_classifier(surrogate)[0] if surrogate else None
     x, y = load_dataset(info["dataset"], "test", limit=limit)
     pipelines = threat_model_pipelines(defended, surrogate_model, eot_samples, detector_weight, bpda_modes)
+    markdown_path = pathlib.Path(report_path or pathlib.Path(run) / "report.md")
+
+    def checkpoint(unfinished):  # after every attack and check: a killed evaluation keeps what it finished
+        write_json(unfinished, markdown_path.with_suffix(".json"))
+        write_markdown(unfinished, markdown_path)
+
     report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,
-                      detector=defended.detector, runs=info["runs"], cascade=cascade, score_draws=score_draws)
+                      detector=defended.detector, runs=info["runs"], cascade=cascade, score_draws=score_draws,
+                      sanity_queries=check_queries, checkpoint=checkpoint)
     if corruptions is not None:
         scored = {name: pipeline[1] for name, pipeline in pipelines.items()
                   if name in ("none", "graybox") and pipeline is not None}
@@ -130,8 +140,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
         report.corruptions = corruptions_lib.evaluate_corruptions(
             {**bare, **defense}, x, y, corruption_names, severity_values, batch_size, seed, info["classifier"])
         report.corruption_grid = corruptions_lib.corruption_grid(x[0], corruption_names, (0, *severity_values), seed)
-    paths = write_report(report, report_path or pathlib.Path(run) / "report.md",
-                         dataset_info(info["dataset"]).class_names)
+    paths = write_report(report, markdown_path, dataset_info(info["dataset"]).class_names)
     if defended.purifier is not None:  # reconstructions, latent traversals ...
         paths.update(save_pictures(defended.purifier.pictures(x[:10]), pathlib.Path(paths["markdown"]).parent / "pictures"))
     click.echo(to_markdown(report))

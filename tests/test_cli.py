@@ -261,3 +261,35 @@ def test_graybox_numbers_come_with_whitebox_ones_unless_asked_for_alone(runner, 
     assert "| graybox | fgsm | 0.1 |" in markdown and "| whitebox |" not in markdown
     assert "> **Gray-box only.**" in markdown and "WARNING: gray-box only" in markdown
     assert json.loads((tmp_path / "alone.json").read_text())["warnings"][0].startswith("gray-box only")
+
+
+def test_a_stopped_evaluation_keeps_what_it_finished(runner, cnn_run, tmp_path, monkeypatch):
+    from tfpurify.evaluation import run as run_module
+
+    finish = run_module.attack_and_score
+
+    def stop_at_pgd(name, *args, **kwargs):  # the user presses Ctrl-C during the second attack
+        if name == "pgd":
+            raise KeyboardInterrupt
+        return finish(name, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "attack_and_score", stop_at_pgd)
+    report = tmp_path / "report.md"
+    result = runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "fgsm,pgd", "--limit", "24", "--batch-size", "8",
+                                 "--report", str(report)])
+    assert result.exit_code != 0
+    d = json.loads(report.with_suffix(".json").read_text())
+    assert d["finished"] is False and [r["attack"] for r in d["rows"] if r["threat_model"] == "none"] == [
+        "fgsm", "worst_case"]
+    assert "> **Unfinished.**" in report.read_text()
+    monkeypatch.setattr(run_module, "attack_and_score", finish)
+    result = runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "fgsm", "--limit", "24", "--batch-size", "8",
+                                 "--report", str(report), "--check-queries", "50"])
+    assert result.exit_code == 0, result.output
+    d = json.loads(report.with_suffix(".json").read_text())
+    assert d["finished"] is True and "Unfinished" not in report.read_text()
+    assert d["settings"]["sanity_checks"]["gradient_free_attack"]["n_queries"] == 50
+    assert d["settings"]["sanity_checks"]["seconds"]["none"] > 0
+    assert "fgsm: 100%" in result.output and "24/24" in result.output  # progress over examples, not batches
+    assert "check 4: square" in result.output
+    assert "- sanity checks: ran under none on the first 24 examples (" in report.read_text()

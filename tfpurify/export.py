@@ -227,6 +227,9 @@ def evaluation_summary(run_dir, runs):
         rows, recorded = report["rows"], report.get("settings", {}).get("runs")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise RunFolderError(f"{path}: unreadable evaluation report ({e}); re-run tfpurify eval or delete it") from None
+    if report.get("finished") is False:
+        return None, (f"note: {path} is an unfinished evaluation (it was stopped, or is still running); its "
+                      "numbers are left out of the export's metadata")
     if not isinstance(recorded, dict) or _digests(recorded) != _digests(runs):
         return None, (f"note: {path} was not made for these weights and runtime options (other classifier, "
                       "retrained run, or other --clean-steps and the like); its numbers are left out of the "

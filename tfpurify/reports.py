@@ -38,8 +38,9 @@ def _pct(value):
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def _settings_lines(settings):
-    """What shaped the numbers: seed, batch, per threat model attack target, detector, checks."""
+def _settings_lines(settings, checks_run=()):
+    """What shaped the numbers: seed, batch, per threat model attack target, detector, checks (`checks_run`:
+    the report's sanity records)."""
     if not settings:
         return []
     cascade = {True: ", attacks cascaded", False: ", every attack on every example"}.get(settings.get("cascade"), "")
@@ -50,9 +51,17 @@ def _settings_lines(settings):
     if "detector" in settings:
         lines.append(f"- detector: {_fmt_params(settings['detector'])}")
     checks = settings.get("sanity_checks", {})
-    if checks:
-        lines.append(f"- sanity checks: {'on' if checks.get('enabled') else 'off'}, first {checks.get('n')} "
-                     f"examples, gradient-free check: {_fmt_params(checks.get('gradient_free_attack', {}))}")
+    ran = sorted({c["threat_model"] for c in checks_run if c.get("status") != "skipped"})
+    if checks and not checks.get("enabled"):
+        lines.append("- sanity checks: off")
+    elif checks and not ran:
+        lines.append("- sanity checks: on, but none applied to these threat models (reasons below)")
+    elif checks:
+        seconds = checks.get("seconds", {})
+        took = ", ".join(f"{seconds[tm]:.0f} s under {tm}" for tm in ran if tm in seconds)
+        lines.append(f"- sanity checks: ran under {', '.join(ran)} on the first {checks.get('n')} examples"
+                     + (f" ({took})" if took else "")
+                     + f"; gradient-free check: {_fmt_params(checks.get('gradient_free_attack', {}))}")
     return lines
 
 
@@ -141,6 +150,9 @@ def to_markdown(report):
         + "How to read it: docs/evaluation.md.",
         "",
     ]
+    if not d.get("finished", True):
+        lines += ["> **Unfinished.** The evaluation had not ended when this was written (it is running, or was "
+                  "stopped): the rows below are the attacks and checks it had finished.", ""]
     models = {row["threat_model"] for row in d["rows"]}
     if "graybox" in models and "whitebox" not in models:
         lines += ["> **Gray-box only.** The attacks saw the classifier, never the defense: an attacker who knows "
@@ -164,7 +176,7 @@ def to_markdown(report):
                      f"{_fmt_params(row['params'])} |")
     lines += detection_lines(d["detection"])
     lines += corruption_lines([r for r in d["rows"] if r["threat_model"] == "corruption"])
-    lines += _settings_lines(d.get("settings", {}))
+    lines += _settings_lines(d.get("settings", {}), d["sanity_checks"])
     lines += sanity_lines(d["sanity_checks"], d["warnings"])
     return "\n".join(lines) + "\n"
 

@@ -91,7 +91,7 @@ def test_report_rows_and_json_in_full():
                 "threat_models": ["none", "whitebox"], "clean_accuracy": 0.75,
                 "settings": {"seed": 3, "detector": {"threshold": "inf"}, "n": 4, "on": True, "steps": [0.5, 2]},
                 "rows": rows, "detection": [{"attack": "pgd", "roc_auc": 0.75}],
-                "sanity_checks": [{"check": 1, "passed": True}], "warnings": ["a warning"]}
+                "sanity_checks": [{"check": 1, "passed": True}], "warnings": ["a warning"], "finished": True}
     got = _golden_report().to_dict()
     assert got == expected
     assert [type(v) for v in got["settings"].values()] == [int, dict, int, bool, list]  # plain JSON types

@@ -161,7 +161,7 @@ def test_evaluate_by_hand_on_toy_models(monkeypatch, cascade):
     assert report.settings == {
         "seed": 4, "batch_size": 8, "cascade": cascade, "score_draws": 10,
         "sanity_checks": {"enabled": False, "n": 8, "gradient_free_attack": {"attack": "square", "n_queries": 5000,
-                                                                             "p_init": 0.8}},
+                                                                             "p_init": 0.8}, "seconds": {}},
         "threat_models": {"none": {}, "graybox": {}, "transfer": {},
                           "whitebox": {"bpda": "toy", "success_judged_on": "the scored pipeline: wrong"}}}
     assert report.threat_models == ("none", "graybox", "whitebox", "transfer") and report.n_examples == n
@@ -335,10 +335,12 @@ def test_evaluate_defaults_on_toys(monkeypatch):
     v = np.arange(12, dtype=np.float32) / 12
     x, y = np.repeat(v[:, None, None, None], 2, axis=1).repeat(2, axis=2), np.zeros(12, np.int64)
     report = evaluation.evaluate(threshold_classifier(0.47), x, y, evaluation.make_attack_specs(["half", "up"], [0.1]))
+    assert report.settings["sanity_checks"].pop("seconds").keys() == {"none"}  # the checks' time, recorded
     assert report.settings == {"seed": 0, "batch_size": 256, "cascade": True, "score_draws": 10,
                                "sanity_checks": {"enabled": True, "n": 12, "gradient_free_attack": {
                                    "attack": "square", "n_queries": 5000, "p_init": 0.8}},
                                "threat_models": {"none": {}}}
+    assert report.finished
     assert (report.defense, report.classifier, report.dataset, report.threat_models) == ("none", "", "", ("none",))
     assert len(report.x_sample) == 10 and len(checked) == 1 and len(checked[0][4]) == 12
     assert (checked[0][7], checked[0][8]) == (256, 0)

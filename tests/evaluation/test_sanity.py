@@ -6,6 +6,13 @@ from tfpurify import evaluation, metrics
 from tfpurify.evaluation import sanity
 
 
+def _timed(records):
+    """The records without their `seconds` (checked: each ran check's time since the record before it)."""
+    for c in records:
+        assert (c.pop("seconds") >= 0) if c["status"] != "skipped" else "seconds" not in c
+    return records
+
+
 def test_masked_gradients_trigger_sanity_warnings(cnn, fmnist_test):
     """A purifier with tf.round attacked without BPDA: checks 3 and 4 (Square) must both fail."""
     x, y = fmnist_test
@@ -82,7 +89,8 @@ def _report_with_pgd(n_examples, pgd_correct, **extra_rows):
 
 def _fake_attacks(monkeypatch, verdicts):
     """Replaces the checks' attacks by fixed verdicts: verdicts(name, params) -> [n] bool correct."""
-    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, **params):
+    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, progress_label=None,
+             **params):
         correct = np.asarray(verdicts(name, params), bool)[:len(x)] & clean_correct
         return x, np.where(correct, y, (y + 1) % 10), correct, np.zeros(len(x))
 
@@ -160,7 +168,8 @@ def test_the_checks_in_full_attacks_called_and_everything_recorded(monkeypatch):
     calls = []
     verdict = {("pgd", 0.1): lambda i: i < 5, ("pgd", 0.5): lambda i: False, ("square", 0.1): lambda i: i != 4}
 
-    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, **params):
+    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, progress_label=None,
+             **params):
         rows = [int(round(v * 100)) for v in x[:, 0, 0, 0]]  # row i of the subset holds the value i / 100
         calls.append((name, attacked_fn is attacked, scored_fn is scored, rows, list(clean_correct), list(y),
                       batch_size, seed, params))
@@ -181,7 +190,7 @@ def test_the_checks_in_full_attacks_called_and_everything_recorded(monkeypatch):
         ("square", True, True, five, [True] * 5, list(y[:5]), 64, 5, {"eps": 0.1, "n_queries": 5000, "p_init": 0.8}),
     ]
     tolerance = metrics.binomial_tolerance
-    assert report.sanity == [
+    assert _timed(report.sanity) == [
         {"threat_model": "none", "check": 1, "name": "PGD-2k vs PGD-k", "status": "passed", "passed": True,
          "eps": 0.1, "pgd_10": 0.6, "pgd_20": 0.5, "n": 10, "tolerance": tolerance(0.6, 10)},
         {"threat_model": "none", "check": 2, "name": "PGD vs FGSM", "status": "passed", "passed": True,
@@ -191,7 +200,7 @@ def test_the_checks_in_full_attacks_called_and_everything_recorded(monkeypatch):
         {"threat_model": "none", "check": 4, "name": "gradient-free vs gradient attacks", "status": "passed",
          "passed": True, "eps": 0.1, "gradient_attacks": 0.5, "with_gradient_free": 0.4,
          "broken_by_gradient_free_only": 1, "n": 10, "tolerance": tolerance(0.5, 10),
-         "gradient_free_attack": {"attack": "square", "n_queries": 5000, "p_init": 0.8}},
+         "gradient_free_attack": {"attack": "square", "n_queries": 5000, "p_init": 0.8}, "estimated_seconds": None},
         {"threat_model": "none", "check": 5, "name": "binarization test", "status": "skipped", "passed": None,
          "reason": NO_READOUT},  # the fakes have no classifier to binarize: tests/evaluation/test_binarization.py
     ]
@@ -229,7 +238,8 @@ def _logged_fake(monkeypatch, verdict):
     """Fake attacks that log (name, rows, params) and answer verdict(name, params)(row index) -> correct."""
     calls = []
 
-    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, **params):
+    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, progress_label=None,
+             **params):
         rows = [int(round(v * 100)) for v in x[:, 0, 0, 0]]
         calls.append((name, rows, params))
         correct = np.array([verdict(name, params)(i) for i in rows], bool) & clean_correct
@@ -271,7 +281,7 @@ def test_a_cascaded_l2_pgd_row_other_rows_and_the_boundaries(monkeypatch):
     ]
     tolerance, square = metrics.binomial_tolerance, {"attack": "square", "n_queries": 5000, "p_init": 0.8}
     passed = {"threat_model": "none", "status": "passed", "passed": True}
-    assert report.sanity == [
+    assert _timed(report.sanity) == [
         {**passed, "check": 1, "name": "PGD-2k vs PGD-k", "eps": 0.1, "pgd_5": 0.55, "pgd_10": 0.5, "n": n,
          "tolerance": tolerance(0.55, n)},
         {**passed, "check": 2, "name": "PGD vs FGSM", "eps": 0.1, "pgd": 0.55, "fgsm": 0.7, "n": n,
@@ -279,10 +289,10 @@ def test_a_cascaded_l2_pgd_row_other_rows_and_the_boundaries(monkeypatch):
         {**passed, "check": 3, "name": "PGD at eps 0.5", "eps": 0.5, "pgd": 0.05, "n": n, "threshold": 0.05},
         {**passed, "check": 4, "name": "gradient-free vs gradient attacks", "eps": 0.1, "gradient_attacks": 0.5,
          "with_gradient_free": 0.45, "broken_by_gradient_free_only": 1, "n": n, "tolerance": tolerance(0.5, n),
-         "gradient_free_attack": square},
+         "gradient_free_attack": square, "estimated_seconds": None},
         {**passed, "check": 4, "name": "gradient-free vs gradient attacks", "eps": 0.3, "gradient_attacks": 0.0,
          "with_gradient_free": 0.0, "broken_by_gradient_free_only": 0, "n": n, "tolerance": tolerance(0.0, n),
-         "gradient_free_attack": square},
+         "gradient_free_attack": square, "estimated_seconds": None},
         {"threat_model": "none", "check": 5, "name": "binarization test", "status": "skipped", "passed": None,
          "reason": NO_READOUT},
     ]
@@ -295,7 +305,7 @@ def test_checks_without_pgd_or_gradient_attacks_are_skipped_with_their_reason(mo
     report.results.append(evaluation.AttackResult("none", "square", 0.1, {}, 1.0, 0.0, np.ones(n, bool)))
     sanity.run_sanity_checks(report, "none", None, None, _indexed(n), np.zeros(n, np.int64), np.ones(n, bool), 64, 0)
     skipped = {"threat_model": "none", "status": "skipped", "passed": None}
-    assert report.sanity == [
+    assert _timed(report.sanity) == [
         {**skipped, "check": 1, "name": "PGD-2k vs PGD-k", "reason": "no pgd attack in this evaluation"},
         {**skipped, "check": 2, "name": "PGD vs FGSM", "reason": "no pgd attack in this evaluation"},
         {"threat_model": "none", "check": 3, "name": "PGD at eps 0.5", "status": "passed", "passed": True,
@@ -305,3 +315,28 @@ def test_checks_without_pgd_or_gradient_attacks_are_skipped_with_their_reason(mo
         {**skipped, "check": 5, "name": "binarization test", "reason": NO_READOUT},
     ]
     assert [name for name, _, _ in calls] == ["pgd"]
+
+
+def test_check_4_announces_a_long_run_and_takes_a_query_budget(monkeypatch, capsys):
+    n = 20
+    seen = []
+    _fake_attacks(monkeypatch, lambda name, params: seen.append((name, params)) or _column(n, 10))
+    monkeypatch.setattr(sanity, "query_seconds", lambda model_fn, x, batch_size: 0.5 * len(x))  # 0.5 s a query
+    monkeypatch.setattr(sanity, "ANNOUNCE_SECONDS", 100.0)
+    report = _report_with_pgd(n, _column(n, 10))
+    x, y = np.zeros((n, 28, 28, 1), np.float32), np.zeros(n, np.int64)
+    written = []
+    sanity.run_sanity_checks(report, "none", None, None, x, y, np.ones(n, bool), 64, 0, progress=True,
+                             n_queries=30, checkpoint=lambda r: written.append(len(r.sanity)))
+    check4 = next(c for c in report.sanity if c["check"] == 4)
+    assert check4["gradient_free_attack"] == {"attack": "square", "n_queries": 30, "p_init": 0.8}
+    assert ("square", {"eps": 0.1, "n_queries": 30, "p_init": 0.8}) in seen
+    assert check4["estimated_seconds"] == 30 * 0.5 * 10  # 30 queries of the 10 examples left robust
+    out = capsys.readouterr().out
+    assert "sanity check 4 at eps 0.1: square, 30 queries on 10 examples, up to 2 min" in out and "--check-queries" in out
+    assert written == [1, 2, 3, 4]  # after every check that ran (check 5, skipped with the fakes, costs nothing)
+    capsys.readouterr()
+    monkeypatch.setattr(sanity, "ANNOUNCE_SECONDS", 1000.0)  # under the bar: nothing said
+    sanity.run_sanity_checks(_report_with_pgd(n, _column(n, 10)), "none", None, None, x, y, np.ones(n, bool), 64, 0,
+                             progress=True, n_queries=30)
+    assert "sanity check 4" not in capsys.readouterr().out

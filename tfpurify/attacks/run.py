@@ -90,7 +90,7 @@ def _batch_runner(attack, model_fn, p, judge=None):
 
 
 def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False, return_cost=False, judge=None,
-               **params):
+               progress_label=None, **params):
     """Crafts adversarial examples for `x` against `model_fn`.
 
     Args:
@@ -102,7 +102,8 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
         own predictions.
       batch_size: examples per attack batch (the last batch is padded, so one trace serves all).
       seed: seeds TensorFlow's random ops (random starts) for reproducibility.
-      progress: show a tqdm progress bar over batches.
+      progress: show a tqdm progress bar over examples (advanced a batch at a time), labelled
+        `progress_label` (default: the attack's name).
       return_cost: also return the model evaluations spent per example (gradient evaluations for
         gradient attacks, queries for Square and SPSA; NaN where an attack does not count them).
       judge: None, or `(images, labels) -> [N] bool`: whether the pipeline that will be *scored* is
@@ -145,7 +146,8 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
     out = np.empty_like(x)
     cost = np.zeros(len(x), np.float32)
     starts = range(0, len(x), batch_size)
-    for start in tqdm.tqdm(starts, desc=name, disable=not progress, unit="batch"):
+    bar = tqdm.tqdm(total=len(x), desc=progress_label or name, disable=not progress, unit="img")
+    for start in starts:
         xb = x[start:start + batch_size]
         n = len(xb)
         yb = None if y is None else y[start:start + batch_size]
@@ -167,5 +169,7 @@ def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False
             better = (goal & ~best_goal) | ((goal == best_goal) & (loss > best_loss))
             best[better], best_loss[better], best_goal[better] = adv[better], loss[better], goal[better]
         out[start:start + n] = best[:n]
+        bar.update(n)
+    bar.close()
     out = _project(out, x, p)
     return (out, cost) if return_cost else out

@@ -70,6 +70,7 @@ class RobustnessReport:
     detector_scores: dict = dataclasses.field(repr=False, default_factory=dict)
     warnings: list = dataclasses.field(default_factory=list)
     sanity: list = dataclasses.field(default_factory=list)
+    finished: bool = True  # False while `evaluate` runs: a report written then holds what it had finished
     defense: str = "none"
     classifier: str = ""
     dataset: str = ""
@@ -162,7 +163,7 @@ class RobustnessReport:
             "clean_accuracy": self.clean_accuracy,
             "settings": jsonable(self.settings),
             "rows": self.rows(), "detection": jsonable(self.detection),
-            "sanity_checks": jsonable(self.sanity), "warnings": list(self.warnings),
+            "sanity_checks": jsonable(self.sanity), "warnings": list(self.warnings), "finished": self.finished,
         }
 
 

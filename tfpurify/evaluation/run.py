@@ -107,7 +107,7 @@ class _Pipelines:
 def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surrogate_fn=None,
              pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
              defense="none", classifier="", dataset="", progress=False, n_samples=10, detector=None,
-             runs=None, cascade=True, score_draws=10):
+             runs=None, cascade=True, score_draws=10, sanity_queries=None, checkpoint=None):
     """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
 
     Args:
@@ -123,7 +123,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
       sanity_checks: run checks 1-5 on the first `sanity_n` examples for gradient threat models;
         a check that does not run is recorded as skipped, with the reason.
       defense, classifier, dataset: names recorded in the report.
-      progress: progress bars on attacks.
+      progress: progress bars over examples on every attack, the sanity checks' included, and before
+        check 4 its estimated cost where it exceeds a minute.
       n_samples: how many examples to keep for the image grid.
       detector: a `Detector` with a calibrated threshold: adds ROC-AUC and TPR over successful
         adversarial examples of clean-correct inputs, FPR on clean inputs, "detected or correct",
@@ -139,6 +140,10 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         adversarial batch is classified this many times, the single draw of `accuracy` first and
         then fresh ones: the rows add `accuracy_all_draws` (robust in every draw, the worst of N) and
         `accuracy_majority` (robust in more than half). 1: the single draw only.
+      sanity_queries: check 4's query budget (default 5000, AutoAttack's Square), recorded in the settings.
+      checkpoint: None, or a callable given the report after every attack and sanity check (the CLI
+        writes it then, so a killed evaluation keeps what it finished); the report's `finished` is
+        False until `evaluate` returns.
 
     Returns:
       RobustnessReport
@@ -150,6 +155,9 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
     validate_batch_size(batch_size)
     if isinstance(score_draws, bool) or not isinstance(score_draws, (int, np.integer)) or score_draws < 1:
         raise InputValidationError(f"score_draws must be an integer >= 1, got {score_draws!r}")
+    if sanity_queries is not None and (isinstance(sanity_queries, bool)
+                                       or not isinstance(sanity_queries, (int, np.integer)) or sanity_queries < 1):
+        raise InputValidationError(f"sanity_queries must be an integer >= 1, got {sanity_queries!r}")
     x = validate_images(x)
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
@@ -175,11 +183,13 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
     report = RobustnessReport(
         n_examples=len(x), seed=seed, clean_accuracy=float(clean_correct.mean()),
         clean_correct=clean_correct, defense=defense, classifier=classifier, dataset=dataset,
-        threat_models=tuple(threat_models), x_sample=x[:n_samples], y_sample=y[:n_samples],
+        threat_models=tuple(threat_models), x_sample=x[:n_samples], y_sample=y[:n_samples], finished=False,
         clean_pred_sample=clean_pred[:n_samples],
         settings={"seed": seed, "batch_size": batch_size, "cascade": bool(cascade), "score_draws": int(score_draws),
                   "sanity_checks": {"enabled": bool(sanity_checks), "n": min(sanity_n, len(x)),
-                                    "gradient_free_attack": GRADIENT_FREE_CHECK},
+                                    "gradient_free_attack": {**GRADIENT_FREE_CHECK, **(
+                                        {"n_queries": int(sanity_queries)} if sanity_queries else {})},
+                                    "seconds": {}},
                   "threat_models": {}, **({"runs": runs} if runs else {})})
     if "graybox" in threat_models and "whitebox" not in threat_models:
         report.warnings.append(GRAYBOX_ONLY)
@@ -259,6 +269,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                     clean_scores, tm_clean, adv_scores, correct,
                     threshold, threat_model=tm, attack=name, eps=eps,
                     **({"after": list(before)} if before else {})))
+            if checkpoint is not None:
+                checkpoint(report)
         if not sanity_checks:
             skip_checks(report, tm, "sanity checks were turned off (--no-sanity-checks)")
         elif tm not in _GRADIENT_THREAT_MODELS:
@@ -266,7 +278,11 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                                      "not differentiate the pipeline it is scored on")
         else:
             n = min(sanity_n, len(x))
-            run_sanity_checks(report, tm, attacked_fn, scored_fn, x[:n], y[:n], tm_clean[:n], batch_size, seed)
+            start = time.perf_counter()
+            run_sanity_checks(report, tm, attacked_fn, scored_fn, x[:n], y[:n], tm_clean[:n], batch_size, seed,
+                              progress, sanity_queries, checkpoint)
+            report.settings["sanity_checks"]["seconds"][tm] = round(time.perf_counter() - start, 2)
+    report.finished = True
     return report
 
 

@@ -7,7 +7,11 @@ never hidden; the attacks a check runs join the worst case; a check that does no
 as skipped, with its reason.
 """
 
+import math
+import time
+
 import numpy as np
+import tqdm
 
 from tfpurify import attacks as attacks_lib
 from tfpurify.adaptive import binarizer
@@ -15,24 +19,27 @@ from tfpurify.classifiers import predict_logits
 from tfpurify.evaluation.binarization import binarization_test
 from tfpurify.metrics import binomial_tolerance
 
-__all__ = ["CHECKS", "GRADIENT_FREE_CHECK", "attack_and_score", "run_sanity_checks", "skip_checks"]
+__all__ = ["CHECKS", "GRADIENT_FREE_CHECK", "ANNOUNCE_SECONDS", "attack_and_score", "query_seconds", "run_sanity_checks",
+           "skip_checks"]
 
 
 def attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False,
-                      judge=None, **params):
-    """Crafts x_adv on `attacked_fn`, classifies it with `scored_fn`; `judge`: see `attacks.run_attack`.
+                      judge=None, progress_label=None, **params):
+    """Crafts x_adv on `attacked_fn`, classifies it with `scored_fn`; `judge`, `progress_label`: see
+    `attacks.run_attack`.
 
     Returns:
       (x_adv, pred, robust per example, model evaluations per example)
     """
     x_adv, cost = attacks_lib.run_attack(name, attacked_fn, x, y, batch_size=batch_size, seed=seed,
-                                         progress=progress, return_cost=True, judge=judge, **params)
+                                         progress=progress, return_cost=True, judge=judge,
+                                         progress_label=progress_label, **params)
     pred = np.argmax(predict_logits(scored_fn, x_adv, batch_size), axis=1)
     return x_adv, pred, clean_correct & (pred == y), cost
 
 
 # Check 4's gradient-free attack: the Square Attack with AutoAttack's budget (5000 queries, p_init
-# 0.8), stopping on an example once it is broken.
+# 0.8), stopping on an example once it is broken (`evaluate(sanity_queries=)` bounds the queries).
 GRADIENT_FREE_CHECK = {"attack": "square", "n_queries": 5000, "p_init": 0.8}
 CHECKS = {1: "PGD-2k vs PGD-k", 2: "PGD vs FGSM", 3: "PGD at eps 0.5", 4: "gradient-free vs gradient attacks",
           5: "binarization test"}
@@ -44,7 +51,12 @@ def skip_checks(report, tm, reason, checks=tuple(CHECKS)):
                               "passed": None, "reason": reason})
 
 
-def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed):
+# Check 4 announces what it will cost (with progress on) when its estimate exceeds this many seconds.
+ANNOUNCE_SECONDS = 60.0
+
+
+def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False,
+                      n_queries=None, checkpoint=None):
     """Checks 1-5 against gradient masking and weak attacks on the first n examples; failures become warnings.
 
     1. PGD-2k vs PGD-k: 2k iterations clearly *above* k means more iterations helped the defense
@@ -57,18 +69,29 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
     5. The binarization test: PGD must find, on the first 20 examples, the adversarial example a binary
        readout on the pipeline's features has by construction (`evaluation.binarization`).
     "Clearly" is two binomial standard errors, at least 2 points (`metrics.binomial_tolerance`).
+
+    With `progress`, every attack a check runs shows a bar labelled with its check; each record keeps
+    the seconds since the record before it (`seconds`), and `checkpoint(report)` runs after each.
+    `n_queries` bounds check 4's queries (default GRADIENT_FREE_CHECK's).
     """
     n = len(x)
     full = report.n_examples
+    clock = [time.perf_counter()]
 
-    def correct_on_subset(name, **params):
-        return attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, **params)[2]
+    def correct_on_subset(check, name, **params):
+        return attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress,
+                                progress_label=f"[{tm}] check {check}: {name}", **params)[2]
 
     def record(check, passed, detail, warning):
+        now = time.perf_counter()
         report.sanity.append({"threat_model": tm, "check": check, "name": CHECKS[check],
-                              "status": "passed" if passed else "failed", "passed": bool(passed), **detail})
+                              "status": "passed" if passed else "failed", "passed": bool(passed), **detail,
+                              "seconds": round(now - clock[0], 2)})
+        clock[0] = now
         if not passed:
             report.warnings.append(f"[{tm}] sanity check {check} failed: {warning}")
+        if checkpoint is not None:
+            checkpoint(report)
 
     def fold(eps, name, subset_correct):
         column = np.ones(full, bool)
@@ -83,9 +106,9 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
         base["norm"] = attacks_lib.parse_norm(base["norm"])  # a row's params are resolved: norm is there
         k = base["nb_iter"]
         # A cascaded row counts the attacks before it too: the checks need PGD-k on its own.
-        pgd_k = r.correct[:n] if not r.after else correct_on_subset("pgd", eps=r.eps, **base)
+        pgd_k = r.correct[:n] if not r.after else correct_on_subset(1, "pgd", eps=r.eps, **base)
         acc_k = float(np.mean(pgd_k))
-        correct_2k = correct_on_subset("pgd", eps=r.eps, **{**base, "nb_iter": 2 * k})
+        correct_2k = correct_on_subset(1, "pgd", eps=r.eps, **{**base, "nb_iter": 2 * k})
         fold(r.eps, f"pgd-{2 * k} on the first {n}", correct_2k)
         acc_2k = float(np.mean(correct_2k))
         tol = binomial_tolerance(acc_k, n)
@@ -99,18 +122,19 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
                {"eps": r.eps, f"pgd_{k}": acc_k, f"pgd_{2 * k}": acc_2k, "n": n, "tolerance": tol}, why)
         fgsm = [f for f in report.results if f.threat_model == tm and f.attack == "fgsm" and f.eps == r.eps
                 and not f.after]
-        acc_fgsm = float(np.mean(fgsm[0].correct[:n] if fgsm else correct_on_subset("fgsm", eps=r.eps,
-                                                                                   norm=base["norm"])))
+        acc_fgsm = float(np.mean(fgsm[0].correct[:n] if fgsm else correct_on_subset(2, "fgsm", eps=r.eps,
+                                                                                      norm=base["norm"])))
         tol = binomial_tolerance(acc_fgsm, n)
         record(2, acc_k <= acc_fgsm + tol,
                {"eps": r.eps, "pgd": acc_k, "fgsm": acc_fgsm, "n": n, "tolerance": tol},
                f"PGD accuracy {acc_k:.3f} > FGSM {acc_fgsm:.3f} at eps {r.eps} "
                f"(an iterative attack should beat a single step: gradients may be masked)")
     large_eps = 0.5
-    acc_large = float(np.mean(correct_on_subset("pgd", eps=large_eps, eps_iter=large_eps / 10, nb_iter=40)))
+    acc_large = float(np.mean(correct_on_subset(3, "pgd", eps=large_eps, eps_iter=large_eps / 10, nb_iter=40)))
     record(3, acc_large <= 0.05, {"eps": large_eps, "pgd": acc_large, "n": n, "threshold": 0.05},
            f"PGD accuracy {acc_large:.3f} at eps {large_eps} is not ~0 (gradients are masked)")
-    _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold)
+    _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold,
+                         progress, n_queries)
     _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed, record)
 
 
@@ -139,8 +163,22 @@ def _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed,
            "pipeline, and its robust accuracy overestimates robustness")
 
 
-def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold):
-    """Check 4: a gradient-free attack on what the gradient attacks left robust must not break clearly more."""
+def query_seconds(model_fn, x, batch_size):
+    """Seconds one query of every example in `x` costs (batches of `batch_size`; timed after a warm-up call)."""
+    batch = x[:batch_size]
+    model_fn(batch)
+    start = time.perf_counter()
+    model_fn(batch)
+    return (time.perf_counter() - start) * math.ceil(len(x) / len(batch))
+
+
+def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold,
+                         progress=False, n_queries=None):
+    """Check 4: a gradient-free attack on what the gradient attacks left robust must not break clearly more.
+
+    With `progress`, its cost is estimated before it runs (queries x one timed query of the examples it
+    attacks: an upper bound, since an example stops once broken) and an estimate above ANNOUNCE_SECONDS
+    is printed with how to bound it."""
     n = len(x)
     name = GRADIENT_FREE_CHECK["attack"]
     eps_values = sorted({r.eps for r in report.results if r.threat_model == tm and r.eps
@@ -148,15 +186,26 @@ def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct
     if not eps_values:
         skip_checks(report, tm, "no gradient attack with an eps budget in this evaluation", (4,))
     params = {k: v for k, v in GRADIENT_FREE_CHECK.items() if k != "attack"}
+    if n_queries is not None:
+        params["n_queries"] = int(n_queries)
     for eps in eps_values:
         columns = [r.correct[:n] for r in report.results if r.threat_model == tm and r.eps == eps
                    and attacks_lib.get_attack(r.attack).gradient]
         columns += [c[:n] for t, e, _, c in report.check_columns if t == tm and e == eps]
         robust = np.all(np.stack([clean_correct, *columns]), axis=0)
         after = robust.copy()
+        estimate = None
         if robust.any():  # attack only what is left: the rest is already counted as broken
+            if progress:
+                estimate = params["n_queries"] * query_seconds(attacked_fn, x[robust], batch_size)
+            if progress and estimate > ANNOUNCE_SECONDS:
+                tqdm.tqdm.write(f"[{tm}] sanity check 4 at eps {eps:g}: {name}, {params['n_queries']} queries on "
+                                f"{int(robust.sum())} examples, up to {estimate / 60:.0f} min on this machine (bound "
+                                "it: tfpurify eval --check-queries N, evaluate(sanity_queries=N); or skip the "
+                                "checks: --no-sanity-checks)")
             after[robust] = attack_and_score(name, attacked_fn, scored_fn, x[robust], y[robust],
-                                              clean_correct[robust], batch_size, seed, eps=eps, **params)[2]
+                                              clean_correct[robust], batch_size, seed, progress,
+                                              progress_label=f"[{tm}] check 4: {name}", eps=eps, **params)[2]
         fold(eps, f"{name} on the first {n}", after)
         acc_grad, acc_after = float(np.mean(robust)), float(np.mean(after))
         broken = int(robust.sum() - after.sum())
@@ -164,7 +213,7 @@ def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct
         record(4, acc_grad - acc_after <= tol,
                {"eps": eps, "gradient_attacks": acc_grad, "with_gradient_free": acc_after,
                 "broken_by_gradient_free_only": broken, "n": n, "tolerance": tol,
-                "gradient_free_attack": dict(GRADIENT_FREE_CHECK)},
+                "gradient_free_attack": {"attack": name, **params}, "estimated_seconds": None if estimate is None else round(estimate, 1)},
                f"{name} broke {broken} of the {int(robust.sum())} examples every gradient attack left robust at "
                f"eps {eps} (accuracy {acc_grad:.3f} -> {acc_after:.3f}): a gradient-free attack does clearly "
                f"better, so gradients are masked; the worst case includes {name}")
