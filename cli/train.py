@@ -6,6 +6,7 @@ import pathlib
 import click
 
 from cli.options import COUNT, FRACTION, POSITIVE, dataset_option, limit_option, option_type, registries, seed_option
+from tfpurify.metrics import human_metrics
 
 
 @click.group()
@@ -28,8 +29,10 @@ def classifier(arch, dataset, epochs, batch_size, learning_rate, limit, seed, ou
 
     config = ClassifierConfig(arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size,
                               learning_rate=learning_rate, limit=limit, seed=seed)
+    if _already_trained(out, "classifier.weights.h5", {"kind": "classifier", **dataclasses.asdict(config)}):
+        return
     _, history = train_classifier(config, out, verbose=2)
-    click.echo(f"trained {arch} on {dataset}: val_accuracy {history['val_accuracy'][-1]:.4f} -> {out}")
+    click.echo(f"trained {arch} on {dataset}: {human_metrics({k: v[-1] for k, v in history.items()})} -> {out}")
 
 
 def _defense_command(name, model_class, config_class):
@@ -40,10 +43,16 @@ def _defense_command(name, model_class, config_class):
         from tfpurify.training import train_defense
 
         given = {k: v for k, v in fields.items() if v is not None and v != ()}
-        config = config_class.from_dict({**_read_config_file(config_file, name), **given})
+        from_file = _read_config_file(config_file, name)
+        config = config_class.from_dict({**from_file, **given})
+        if config_file is not None:
+            _say_what_was_taken(config_file, config_class, from_file, given)
+        if _already_trained(out, "defense.weights.h5", {"kind": "defense", "defense": name,
+                                                        **dataclasses.asdict(config)}):
+            return
         _, history = train_defense(name, config, out, strategy=strategy, verbose=2, target_fpr=target_fpr)
-        last = {k: f"{v[-1]:.4g}" for k, v in history.items()}
-        click.echo(f"trained {name} on {config.dataset}: {last} -> {out}")
+        click.echo(f"trained {name} on {config.dataset}: {human_metrics({k: v[-1] for k, v in history.items()})} "
+                   f"-> {out}")
 
     for field in reversed(dataclasses.fields(config_class)):
         several = isinstance(field.default, tuple)  # e.g. aaa's classifier runs: repeat the option
@@ -62,6 +71,37 @@ def _defense_command(name, model_class, config_class):
     command = click.option("--out", required=True, help="Run folder; an unfinished run there resumes.")(command)
     doc = (config_class.__doc__ or "").strip().splitlines()[0]
     return click.command(name, help=f"Train the {name} defense. {doc}")(command)
+
+
+def _already_trained(out, weights_name, config_dict):
+    """True (and says so) where `out` holds a finished run of this config; says it resumes an unfinished one;
+    a finished run of another config is an error (never overwritten)."""
+    import json
+
+    from tfpurify.errors import RunFolderError
+    from tfpurify.runs import read_config, run_state
+
+    state = run_state(out, weights_name)
+    if state == "unfinished":
+        click.echo(f"resuming the unfinished run in {out} from its last finished epoch")
+    if state != "finished":
+        return False
+    if read_config(out) != json.loads(json.dumps(config_dict)):
+        raise RunFolderError(f"{out} holds a finished run of another config; use another --out (or delete it)")
+    click.echo(f"{out} is already trained with this config: nothing to do (delete it, or use another --out, to "
+               "train again)")
+    return True
+
+
+def _say_what_was_taken(path, config_class, from_file, given):
+    """One line: the fields `path` set away from the defaults, and those the options overrode."""
+    defaults = dataclasses.asdict(config_class())
+    taken = {k: v for k, v in from_file.items() if k in defaults and k not in given and v != defaults[k]
+             and not (isinstance(v, list) and tuple(v) == defaults[k])}
+    line = f"from {path}: " + (", ".join(f"{k}={v}" for k, v in taken.items()) or "the defaults")
+    if given:
+        line += "; given here: " + ", ".join(f"{k}={v}" for k, v in given.items())
+    click.echo(line)
 
 
 def _read_config_file(path, name):

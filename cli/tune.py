@@ -39,14 +39,22 @@ def tune_command(defense, params, sets, classifier_run, objective_classifier_run
     _, config_class = get_defense(defense)
     fixed = dict(parse_assignment(text, config_class) for text in sets)
     fields = {f.name for f in dataclasses.fields(config_class)}
-    extra = {"epochs": epochs, "limit": limit, "seed": seed,
-             "classifier": classifier_run if "classifier" in fields else None}
+    extra = {"seed": seed, "classifier": classifier_run if "classifier" in fields else None}
     fixed.update({k: v for k, v in extra.items() if v is not None})
     base = config_class(**fixed)
     specs = [parse_param(text, config_class) for text in params]
     best, rows = tune(defense, specs, out, base, classifier_run, objective, tuner, trials, max_epochs, eps, nb_iter,
-                      val_limit=val_limit, seed=seed, objective_classifier_run=objective_classifier_run)
+                      val_limit=val_limit, seed=seed, objective_classifier_run=objective_classifier_run,
+                      search_epochs=epochs, search_limit=limit)
+    import json
+    import pathlib
+
+    searched = json.loads((pathlib.Path(out) / "best" / "search.json").read_text())
     finished = [r for r in rows if r["score"] is not None]
     click.echo(f"{len(finished)} of {len(rows)} trials finished; table: {out}/trials.md, plot: {out}/objective.png")
     click.echo("best: " + ", ".join(f"{s.name}={getattr(best, s.name)}" for s in specs))
-    click.echo(f"train it: tfpurify train {defense} --config {out}/best/config.json --out runs/{defense}")
+    if searched.get("warning"):
+        click.echo(f"warning: {searched['warning']}", err=True)
+    click.echo(f"train it: tfpurify train {defense} --config {out}/best/config.json --out runs/{defense} (the "
+               f"search trained each trial on {searched['train_examples']} images for {searched['epochs_per_trial']} "
+               "epoch(s); best/config.json keeps the config's own sizes)")

@@ -293,3 +293,25 @@ def test_a_stopped_evaluation_keeps_what_it_finished(runner, cnn_run, tmp_path, 
     assert "fgsm: 100%" in result.output and "24/24" in result.output  # progress over examples, not batches
     assert "check 4: square" in result.output
     assert "- sanity checks: ran under none on the first 24 examples (" in report.read_text()
+
+
+def test_training_a_finished_run_again_says_so_and_never_overwrites_it(runner, tmp_path):
+    out = tmp_path / "dae"
+    args = ["train", "denoising_ae", "--epochs", "1", "--limit", "300", "--filters", "4", "--out", str(out)]
+    first = runner.invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "trained denoising_ae on fashion_mnist: loss " in first.output and "{" not in first.output
+    weights = (out / "defense.weights.h5").read_bytes()
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 0 and "already trained with this config: nothing to do" in again.output
+    _one_line_error(runner.invoke(cli, args[:-4] + ["--filters", "8", "--out", str(out)]), "finished run of another")
+    assert (out / "defense.weights.h5").read_bytes() == weights
+    (out / "backup").mkdir()  # as a killed run leaves it
+    assert "resuming the unfinished run" in runner.invoke(cli, args).output
+    # a config that cannot train leaves no run folder behind; --limit 0 clears a limit (all examples)
+    _one_line_error(runner.invoke(cli, ["train", "denoising_ae", "--limit", "-3", "--out", str(tmp_path / "bad")]),
+                    "limit must be")
+    assert not (tmp_path / "bad").exists()
+    from tfpurify.defenses.denoising_ae import DenoisingAEConfig
+
+    assert DenoisingAEConfig(limit=0).limit is None

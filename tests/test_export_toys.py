@@ -430,14 +430,14 @@ def test_predict_saved_model_lines(tmp_path, load_as_served):
         assert 0 < np.sum(out["classes"] == y) < len(y)
         expected = [f"{path}: {type(purifier).__name__} + toy_cnn, 8 fashion_mnist test images"]
         for i, c in enumerate(out["classes"]):
-            line = (f"  image {i}: true {names[y[i]]:<12} predicted {names[c]:<12} p={out['probabilities'][i, c]:.2f}"
+            line = (f"  image {i}: true {names[y[i]]:<12} predicted {names[c]:<12} p {100 * out['probabilities'][i, c]:.1f} %"
                     + ("" if c == y[i] else "  (wrong)"))
             if det is not None:
                 line += f"  score {out['adversarial_score'][i]:.4f}" + ("  FLAGGED" if out["is_adversarial"][i] else "")
             expected.append(line)
-        expected.append(f"accuracy {np.mean(out['classes'] == y):.2f}")
+        expected.append(f"accuracy {100 * np.mean(out['classes'] == y):.1f} %")
         assert export.predict_saved_model(path) == expected  # 8 images by default
-        first_two = f"accuracy {np.mean(out['classes'][:2] == y[:2]):.2f}"
+        first_two = f"accuracy {100 * np.mean(out['classes'][:2] == y[:2]):.1f} %"
         assert export.predict_saved_model(path, limit=2) == [expected[0].replace("8 fashion", "2 fashion"),
                                                              *expected[1:3], first_two]
         if det is not None:

@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pytest
@@ -47,6 +48,13 @@ def test_tune_runs_trials_writes_its_table_and_resumes(cnn_run, tmp_path, monkey
     assert (out / "objective.png").stat().st_size > 1000
     best = json.loads((out / "best" / "config.json").read_text())
     assert best["kind"] == "defense" and best["defense"] == "denoising_ae" and best["filters"] in (4, 8)
+    # the search's own sizes stay with the search: recorded beside the config, not in it
+    assert best["limit"] is None and best["epochs"] == DenoisingAEConfig().epochs
+    searched = json.loads((out / "best" / "search.json").read_text())
+    assert searched["train_examples"] == 540 and searched["val_examples"] == 32 and searched["epochs_per_trial"] == 1
+    assert "the search trained each trial on 540 images for 1 epoch(s)" in result.output
+    assert "\x1b" not in result.output and "trial 1: filters=" in result.output  # no terminal codes in a pipe
+    assert [row["epochs"] for row in csv.DictReader(lines)] == ["1", "1"]  # the epochs column, filled
     # resuming trains nothing again
     calls = []
     monkeypatch.setattr(tuning.DefenseHyperModel, "fit", lambda *a, **k: calls.append(1))
@@ -57,8 +65,11 @@ def test_tune_runs_trials_writes_its_table_and_resumes(cnn_run, tmp_path, monkey
     best = json.loads((out / "best" / "config.json").read_text())
     run = tmp_path / "best_run"
     trained = CliRunner().invoke(cli, ["train", "denoising_ae", "--config", str(out / "best" / "config.json"),
-                                       "--epochs", "1", "--out", str(run)])
+                                       "--epochs", "1", "--limit", "600", "--out", str(run)])
     assert trained.exit_code == 0, trained.output
+    taken = [f"filters={best['filters']}", f"noise_std={best['noise_std']}"]
+    assert f"from {out / 'best' / 'config.json'}: " in trained.output and all(t in trained.output for t in taken)
+    assert "given here: epochs=1, limit=600" in trained.output or "given here: limit=600, epochs=1" in trained.output
     config = json.loads((run / "config.json").read_text())
     assert config["filters"] == best["filters"] and config["noise_std"] == best["noise_std"] and config["epochs"] == 1
 
@@ -72,3 +83,12 @@ def test_tune_cli_errors_are_one_line(tmp_path):
         assert result.exit_code == 1 and "Traceback" not in result.output
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and match in lines[0], lines
+
+
+def test_a_validation_slice_too_small_to_separate_the_trials_is_said():
+    rows = [{"score": 0.0}, {"score": 0.0}, {"score": None}]
+    warning = tuning.separation_warning(rows, "robust_accuracy", 10)
+    assert warning.startswith("the validation slice (10 images) cannot separate the trials") and "tie" in warning
+    assert tuning.separation_warning([{"score": 0.60}, {"score": 0.50}], "robust_accuracy", 2000) is None
+    assert tuning.separation_warning([{"score": 0.55}, {"score": 0.50}], "robust_accuracy", 100) is not None
+    assert tuning.separation_warning([{"score": 0.6}], "robust_accuracy", 10) is None  # one trial: nothing to separate

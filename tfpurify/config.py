@@ -54,11 +54,16 @@ class TrainingConfig(ConfigBase):
     batch_size: int = 128
     learning_rate: float = 1e-3
     val_fraction: float = 0.1
-    limit: int = None
+    limit: int = None  # the first N training examples; None (or 0, which clears a limit) for all of them
     seed: int = 0
 
     def __post_init__(self):
         dataset_info(self.dataset)  # raises DatasetUnavailableError for unknown names
+        if self.limit == 0:
+            object.__setattr__(self, "limit", None)
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 0):
+            raise InputValidationError(f"limit must be a positive integer, 0 or None (all examples), got {self.limit!r}")
         self.require_positive("epochs", "batch_size", "learning_rate")
         if not 0.0 < self.val_fraction < 1.0:
             raise InputValidationError(f"val_fraction must be in (0, 1), got {self.val_fraction}")

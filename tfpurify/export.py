@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tfpurify.data import dataset_info, load_dataset
 from tfpurify.errors import InputValidationError, RunFolderError, TfpurifyError
+from tfpurify.metrics import percent
 
 __all__ = ["ExportError", "export_saved_model", "METADATA_ASSET", "RESERVED_METADATA", "validate_name",
            "predict_request", "evaluation_summary", "predict_saved_model"]
@@ -269,10 +270,10 @@ def predict_saved_model(path, dataset=None, limit=8):
     lines = [f"{path}: {meta.get('defense')} + {meta.get('classifier')}, {len(x)} {dataset} test images"]
     for i in range(len(x)):
         c = int(out["classes"][i])
-        line = (f"  image {i}: true {names[y[i]]:<12} predicted {names[c]:<12} p={out['probabilities'][i, c]:.2f}"
+        line = (f"  image {i}: true {names[y[i]]:<12} predicted {names[c]:<12} p {percent(out['probabilities'][i, c])}"
                 f"{'' if c == y[i] else '  (wrong)'}")
         if "adversarial_score" in out:
             line += f"  score {out['adversarial_score'][i]:.4f}{'  FLAGGED' if out['is_adversarial'][i] else ''}"
         lines.append(line)
-    lines.append(f"accuracy {np.mean(out['classes'] == y):.2f}")
+    lines.append(f"accuracy {percent(np.mean(out['classes'] == y))}")
     return lines

@@ -1,4 +1,4 @@
-"""Numbers from scores and verdicts: numpy only, no model code.
+"""Numbers from scores and verdicts, and their one terminal format: numpy only, no model code.
 
 What detectors, the Cowboy threshold and `tfpurify.evaluation` compute from arrays they already
 hold: ROC-AUC, the rate of scores above a threshold (TPR on adversarial inputs, FPR on clean
@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 __all__ = ["roc_auc", "flag_rate", "calibrate_threshold", "worst_case_accuracy", "binomial_tolerance",
-           "detection_metrics"]
+           "detection_metrics", "percent", "human_metrics"]
 
 
 def roc_auc(clean_scores, attacked_scores):
@@ -53,6 +53,18 @@ def worst_case_accuracy(correct_columns):
     """
     stacked = np.stack([np.asarray(c, dtype=bool) for c in correct_columns])
     return float(np.mean(np.all(stacked, axis=0)))
+
+
+def percent(value):
+    """tfpurify's one terminal format for a fraction (accuracy, probability, rate): "84.0 %" ("-" for None).
+    Files keep full precision."""
+    return "-" if value is None else f"{100 * float(value):.1f} %"
+
+
+def human_metrics(logs):
+    """Training logs for the terminal: accuracies (names ending in accuracy) in percent, the rest with 4
+    significant digits: "loss 0.1699, val_accuracy 84.2 %"."""
+    return ", ".join(f"{k} {percent(v)}" if k.endswith("accuracy") else f"{k} {float(v):.4g}" for k, v in logs.items())
 
 
 def binomial_tolerance(p, n):

@@ -9,6 +9,7 @@ import pathlib
 
 import numpy as np
 
+from tfpurify.metrics import percent
 from tfpurify.runs import atomic_write_text
 
 __all__ = ["attack_label", "to_markdown", "sanity_lines", "detection_lines", "corruption_lines", "write_json", "write_markdown", "save_image_grid", "save_pictures", "write_report"]
@@ -35,7 +36,7 @@ def attack_label(row):
 
 
 def _pct(value):
-    return "-" if value is None else f"{100 * value:.1f} %"
+    return percent(value)
 
 
 def _settings_lines(settings, checks_run=()):

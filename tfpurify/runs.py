@@ -17,7 +17,7 @@ import tensorflow as tf
 from tfpurify.errors import RunFolderError
 
 __all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_config", "start_run",
-           "run_callbacks", "finish_run", "read_run", "restore_weights", "weights_digest"]
+           "run_state", "run_callbacks", "finish_run", "read_run", "restore_weights", "weights_digest"]
 
 
 def atomic_write_text(path, text):
@@ -77,6 +77,14 @@ def start_run(out_dir, config_dict):
             raise RunFolderError(f"{out_dir} holds an unfinished run with a different config; use another --out")
     write_config(out_dir, config_dict)
     return out_dir
+
+
+def run_state(out_dir, weights_name):
+    """"finished" (weights written, no resume backup), "unfinished" (a backup to resume from) or "new"."""
+    out_dir = pathlib.Path(out_dir)
+    if (out_dir / "backup").exists() and (out_dir / "config.json").is_file():
+        return "unfinished"
+    return "finished" if (out_dir / weights_name).is_file() and (out_dir / "config.json").is_file() else "new"
 
 
 def run_callbacks(out_dir):

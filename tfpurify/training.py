@@ -67,11 +67,12 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
     if not 0.0 < target_fpr < 1.0:
         raise InputValidationError(f"target_fpr must be in (0, 1), got {target_fpr}")
     strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
+    # the data first: a config that cannot train (no such data, a bad limit) leaves no run folder behind
+    (x_train, y_train), (x_val, y_val) = data_lib.load_train_val(
+        config.dataset, config.limit, config.val_fraction, config.seed)
     out_dir = start_run(out_dir, _config_dict(name, config))
     tf.keras.utils.set_random_seed(config.seed)
 
-    (x_train, y_train), (x_val, y_val) = data_lib.load_train_val(
-        config.dataset, config.limit, config.val_fraction, config.seed)
     with strategy.scope():
         model = build_defense(name, config)
         model.compile_for_training()

@@ -26,6 +26,7 @@ from tfpurify.config import field_type
 from tfpurify.defenses.base import DefendedClassifier, RobustClassifier
 from tfpurify.defenses.registry import build_defense, get_defense, is_detector
 from tfpurify.errors import InputValidationError
+from tfpurify.metrics import binomial_tolerance
 from tfpurify.runs import atomic_write_text
 
 __all__ = ["ParamSpec", "parse_param", "parse_assignment", "OBJECTIVES", "TUNERS", "objective_metrics",
@@ -161,7 +162,7 @@ class _ObjectiveCallback(tf.keras.callbacks.Callback):
                                    hm.eot_samples)
         if logs is not None:
             logs.update(values)
-        print(f"  epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()), flush=True)
+        print(f"  epoch {epoch + 1}: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in values.items()), flush=True)
 
 
 class DefenseHyperModel(keras_tuner.HyperModel):
@@ -176,6 +177,7 @@ class DefenseHyperModel(keras_tuner.HyperModel):
         (self.x_train, self.y_train), (self.x_val, self.y_val) = train, val
         self.eps, self.nb_iter, self.eot_samples = eps, nb_iter, eot_samples
         self.target_fpr, self.verbose = target_fpr, verbose
+        self.trials_started = 0
 
     def config_for(self, hp):
         values = {p.name: p.sample(hp) for p in self.params}
@@ -191,23 +193,46 @@ class DefenseHyperModel(keras_tuner.HyperModel):
 
     def fit(self, hp, model, *args, callbacks=(), epochs=None, initial_epoch=0, **kwargs):
         cfg = model.config
+        self.trials_started += 1
+        print(f"trial {self.trials_started}: " + ", ".join(f"{p.name}={getattr(cfg, p.name)}" for p in self.params)
+              + f" ({_epochs(epochs or cfg.epochs)} on {len(self.x_train)} images)", flush=True)
         dataset = model.make_dataset(self.x_train, self.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
         return model.fit(dataset, epochs=epochs or cfg.epochs, initial_epoch=initial_epoch, verbose=self.verbose,
                          callbacks=[_ObjectiveCallback(self), *model.training_callbacks(), *callbacks])
 
 
-def _trial_rows(tuner, params, objective):
+def _epochs(n):
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def separation_warning(rows, objective, n_val):
+    """A warning when the validation slice cannot tell the best trial from the runner-up (their scores
+    differ by less than two binomial standard errors on `n_val` images), or None."""
+    scores = sorted((r["score"] for r in rows if r["score"] is not None), reverse=True)
+    if len(scores) < 2:
+        return None
+    best, second = scores[0], scores[1]
+    margin = binomial_tolerance(min(max(best, 1 / n_val), 1 - 1 / n_val), n_val)
+    if best - second > margin:
+        return None
+    return (f"the validation slice ({n_val} images) cannot separate the trials: the best {objective} "
+            f"({100 * best:.1f} %) and the runner-up ({100 * second:.1f} %) differ by less than two binomial "
+            f"standard errors (+-{100 * margin:.1f} points); the best is a tie or noise: raise --val-limit "
+            "(and --limit) or train longer")
+
+
+def _trial_rows(tuner, params, objective, epochs=None):
     rows = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
         metrics = {name: trial.metrics.get_best_value(name) for name in OBJECTIVES if trial.metrics.exists(name)}
         rows.append({"trial": trial.trial_id, "status": trial.status,
                      **{p.name: trial.hyperparameters.values.get(p.name) for p in params},
-                     "epochs": trial.hyperparameters.values.get("tuner/epochs"),
+                     "epochs": trial.hyperparameters.values.get("tuner/epochs", epochs),
                      **{name: metrics.get(name) for name in OBJECTIVES}, "score": trial.score})
     return rows
 
 
-def _write_tables(out, rows, params, objective):
+def _write_tables(out, rows, params, objective, warning=None):
     keys = list(rows[0]) if rows else ["trial"]
     with open(out / ".trials.csv.tmp", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
@@ -222,6 +247,8 @@ def _write_tables(out, rows, params, objective):
     lines = [f"# Tuning: objective {objective} (validation slice of the training split)", "",
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in ranked]
+    if warning:
+        lines += ["", f"WARNING: {warning}"]
     atomic_write_text(out / "trials.md", "\n".join(lines) + "\n")
 
 
@@ -254,7 +281,7 @@ def _plot(out, rows, params, objective):
 
 def tune(name, params, out, base_config=None, classifier_run=None, objective="robust_accuracy", tuner="random",
          trials=10, max_epochs=3, eps=0.1, nb_iter=10, eot_samples=4, val_limit=500, seed=0, verbose=0,
-         objective_classifier_run=None):
+         objective_classifier_run=None, search_epochs=None, search_limit=None):
     """Searches `params` of defense `name`; writes trials.csv/.md, objective.png and best/config.json under `out`.
 
     Args:
@@ -266,8 +293,11 @@ def tune(name, params, out, base_config=None, classifier_run=None, objective="ro
       objective_classifier_run: the classifier the objective is measured with, if not that one
         (AAA: a transfer classifier never seen in training).
       objective: one of OBJECTIVES.
-      tuner: "random" (`trials` trials of `base_config.epochs` epochs) or "hyperband" (up to
-        `max_epochs` epochs per trial).
+      tuner: "random" (`trials` trials of `search_epochs` epochs, default `base_config.epochs`) or
+        "hyperband" (up to `max_epochs` epochs per trial).
+      search_epochs, search_limit: the search's own sizes (epochs per random-search trial, the first
+        N training examples): the trials use them, the recommended best/config.json keeps
+        `base_config`'s (the search's sizes are recorded in `best/search.json`).
 
     Returns:
       (best config, rows of the trials table)
@@ -290,9 +320,11 @@ def tune(name, params, out, base_config=None, classifier_run=None, objective="ro
         raise InputValidationError(f"tuning {name} needs the classifier it protects: --classifier RUN")
     scored_run = objective_classifier_run or classifier_run
     classifier = load_classifier(scored_run)[0] if scored_run else None
-    (x_train, y_train), (x_val, y_val) = data.load_train_val(base_config.dataset, base_config.limit,
-                                                             base_config.val_fraction, base_config.seed)
-    hypermodel = DefenseHyperModel(name, base_config, params, classifier, (x_train, y_train),
+    sizes = {"epochs": search_epochs, "limit": search_limit}
+    search_config = dataclasses.replace(base_config, **{k: v for k, v in sizes.items() if v is not None})
+    (x_train, y_train), (x_val, y_val) = data.load_train_val(search_config.dataset, search_config.limit,
+                                                             search_config.val_fraction, search_config.seed)
+    hypermodel = DefenseHyperModel(name, search_config, params, classifier, (x_train, y_train),
                                    (x_val[:val_limit], y_val[:val_limit]), eps, nb_iter, eot_samples, verbose=verbose)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,9 +334,10 @@ def tune(name, params, out, base_config=None, classifier_run=None, objective="ro
         search = keras_tuner.RandomSearch(hypermodel, max_trials=trials, **common)
     else:
         search = keras_tuner.Hyperband(hypermodel, max_epochs=max_epochs, factor=3, **common)
-    search.search()
-    rows = _trial_rows(search, params, objective)
-    _write_tables(out, rows, params, objective)
+    search.search(verbose=0)  # keras-tuner's own display takes any non-IPython process for a notebook
+    rows = _trial_rows(search, params, objective, search_config.epochs if tuner == "random" else None)
+    warning = separation_warning(rows, objective, len(x_val[:val_limit]))
+    _write_tables(out, rows, params, objective, warning)
     _plot(out, rows, params, objective)
     best_hp = search.get_best_hyperparameters(1)
     if not best_hp:
@@ -313,4 +346,9 @@ def tune(name, params, out, base_config=None, classifier_run=None, objective="ro
     (out / "best").mkdir(exist_ok=True)
     atomic_write_text(out / "best" / "config.json",
                       json.dumps({"kind": "defense", "defense": name, **dataclasses.asdict(best)}, indent=2) + "\n")
+    searched = {"tuner": tuner, "objective": objective, "train_examples": len(x_train),
+                "val_examples": len(x_val[:val_limit]),
+                "epochs_per_trial": search_config.epochs if tuner == "random" else f"up to {max_epochs}",
+                "eps": eps, "nb_iter": nb_iter, "warning": warning}
+    atomic_write_text(out / "best" / "search.json", json.dumps(searched, indent=2) + "\n")
     return best, rows
