@@ -40,3 +40,23 @@ def test_score_violins_are_written(tmp_path):
     reports.save_score_violins(path, {"clean": rng.normal(0, 1, 50), "graybox/pgd 0.1": rng.normal(2, 1, 50)},
                                threshold=1.5)
     assert path.stat().st_size > 1000 and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_evaluate_takes_names_and_digests_from_a_loaded_run(cnn_run, fmnist_test, caplog):
+    from tfpurify import attacks, classifiers, evaluation, reports
+
+    x, y = fmnist_test
+    model, config = classifiers.load_classifier(cnn_run)
+    report = evaluation.evaluate(model, x[:16], y[:16], evaluation.make_attack_specs(["fgsm"], [0.1]),
+                                 sanity_checks=False)
+    assert (report.defense, report.classifier, report.dataset) == ("none", "cnn", "fashion_mnist")
+    digest = report.settings["runs"]["classifier"]["weights_sha256"]
+    assert len(digest) == 64
+    text = reports.to_markdown(report)
+    assert text.startswith("# Robustness report: none on cnn (fashion_mnist)") and digest in text
+    named = evaluation.evaluate(model, x[:16], y[:16], ["fgsm"], sanity_checks=False, classifier="mine", runs={})
+    assert named.classifier == "mine" and "runs" not in named.settings  # what it is told wins
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        for _ in range(7):  # a fresh trace per call, on purpose: TensorFlow's retracing warning is dropped
+            attacks.run_attack("pgd", model, x[:4], y[:4], eps=0.1, nb_iter=2)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]

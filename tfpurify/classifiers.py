@@ -13,7 +13,7 @@ import tensorflow as tf
 from tfpurify import data as data_lib
 from tfpurify.config import TrainingConfig
 from tfpurify.errors import InputValidationError
-from tfpurify.runs import finish_run, read_run, restore_weights, run_callbacks, start_run
+from tfpurify.runs import finish_run, read_run, restore_weights, run_callbacks, start_run, weights_digest
 
 __all__ = [
     "ARCHITECTURES",
@@ -176,8 +176,13 @@ def load_classifier(run_dir):
       (model, ClassifierConfig)
     """
     config = ClassifierConfig.from_dict(read_run(run_dir, "classifier"))
-    model = build_classifier(config.arch, config.input_shape, config.num_classes)
-    return restore_weights(model, run_dir, WEIGHTS), config
+    model = restore_weights(build_classifier(config.arch, config.input_shape, config.num_classes), run_dir, WEIGHTS)
+    # what `evaluation.evaluate` records when it is not told: names, data set, the weights' digest (set
+    # past Keras' attribute tracking: a plain record, no part of the model's state)
+    object.__setattr__(model, "tfpurify_run", {
+        "defense": "none", "classifier": config.arch, "dataset": config.dataset,
+        "runs": {"classifier": {"path": str(run_dir), "weights_sha256": weights_digest(run_dir, WEIGHTS)}}})
+    return model, config
 
 
 def predict_logits(model_fn, x, batch_size=256):

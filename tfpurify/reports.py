@@ -51,6 +51,11 @@ def _settings_lines(settings, checks_run=()):
             lines.append(f"- {tm}: {_fmt_params(target)}")
     if "detector" in settings:
         lines.append(f"- detector: {_fmt_params(settings['detector'])}")
+    for role, run in (settings.get("runs") or {}).items():
+        if isinstance(run, dict):
+            runtime = run.get("runtime")
+            lines.append(f"- {role} run: {run.get('path')}, weights SHA-256 {run.get('weights_sha256')}"
+                         + (f", runtime options {_fmt_params(runtime)}" if runtime else ""))
     checks = settings.get("sanity_checks", {})
     ran = sorted({c["threat_model"] for c in checks_run if c.get("status") != "skipped"})
     if checks and not checks.get("enabled"):

@@ -148,5 +148,8 @@ def load_defended(run_dir, classifier_run=None, overrides=None):
             runs["undefended" if robust else "classifier"] = digest(classifier_run, CLASSIFIER_WEIGHTS)
     dataset = (cconfig or dconfig).dataset
     defended(tf.zeros((1, *(cconfig or dconfig).input_shape)))  # build, so export can track it
+    # what `evaluation.evaluate` records when it is not told (past Keras' attribute tracking: no model state)
+    object.__setattr__(defended, "tfpurify_run", {"defense": info["defense"], "classifier": info["classifier"],
+                                                  "dataset": dataset, "runs": runs})
     return defended, {**info, "dataset": dataset, "classifier_config": cconfig.to_dict() if cconfig else None,
                       "runs": runs}

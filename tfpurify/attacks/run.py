@@ -7,6 +7,8 @@ Results always lie in [clip_min, clip_max] and, for norm-bounded attacks, inside
 `y=None` attacks the model's own predictions (no label leaking).
 """
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 import tqdm
@@ -87,6 +89,18 @@ def _batch_runner(attack, model_fn, p, judge=None):
         return x_adv, cost, loss, hit, flagged
 
     return tf.function(step) if attack.graph and staged is None else step
+
+
+class _IntendedRetracing(logging.Filter):
+    """Drops TensorFlow's retracing warning for the attack step: `run_attack` traces a fresh step function
+    on purpose (so its seed takes effect), which TensorFlow takes for a function made in a loop by mistake."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "_batch_runner.<locals>.step" in message)
+
+
+tf.get_logger().addFilter(_IntendedRetracing())
 
 
 def run_attack(name, model_fn, x, y=None, batch_size=256, seed=0, progress=False, return_cost=False, judge=None,

@@ -106,7 +106,7 @@ class _Pipelines:
 
 def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surrogate_fn=None,
              pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
-             defense="none", classifier="", dataset="", progress=False, n_samples=10, detector=None,
+             defense=None, classifier=None, dataset=None, progress=False, n_samples=10, detector=None,
              runs=None, cascade=True, score_draws=10, sanity_queries=None, checkpoint=None):
     """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
 
@@ -122,7 +122,9 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
       batch_size, seed: passed to every attack.
       sanity_checks: run checks 1-5 on the first `sanity_n` examples for gradient threat models;
         a check that does not run is recorded as skipped, with the reason.
-      defense, classifier, dataset: names recorded in the report.
+      defense, classifier, dataset: names recorded in the report; None: taken from `model_fn` where it
+        came from `classifiers.load_classifier` or `training.load_defended` (its `tfpurify_run`), else
+        "none", "" and "".
       progress: progress bars over examples on every attack, the sanity checks' included, and before
         check 4 its estimated cost where it exceeds a minute.
       n_samples: how many examples to keep for the image grid.
@@ -130,7 +132,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         adversarial examples of clean-correct inputs, FPR on clean inputs, "detected or correct",
         the whole system's accuracy and the accuracy on accepted inputs, per attack.
       runs: {role: {path, weights_sha256}} of the run folders evaluated, recorded in the settings
-        (an export checks its report against them).
+        (an export checks its report against them); None: taken from `model_fn` as the names are.
       cascade: at each (threat model, eps), run each attack only on the examples the attacks
         before it (in the order given) left robust, as AutoAttack does within itself: the worst
         case for less compute. An attack's row then counts robustness under it *and* the attacks
@@ -168,6 +170,11 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         raise InputValidationError(
             "the detector's threshold was never calibrated; calibrate it on validation data "
             "(tfpurify train does, or Detector.calibrate) before evaluating")
+    known = getattr(model_fn, "tfpurify_run", None) or {}
+    defense = known.get("defense", "none") if defense is None else defense
+    classifier = known.get("classifier", "") if classifier is None else classifier
+    dataset = known.get("dataset", "") if dataset is None else dataset
+    runs = known.get("runs") if runs is None else runs
     threat_models = [threat_model] if isinstance(threat_model, str) else list(threat_model)
     table = _Pipelines(model_fn, surrogate_fn, pipelines)
     for tm in threat_models:
