@@ -85,8 +85,8 @@ def runtime_options(command):
                 seen.setdefault(field.name, (field, []))[1].append(name)
     for key, (field, names) in sorted(seen.items(), reverse=True):
         command = click.option(f"--{key.replace('_', '-')}", f"runtime_{key}", type=option_type(field), default=None,
-                               help=f"{'/'.join(names)} runs: overrides the trained run's {key} "
-                                    f"[trained default: {field.default}].")(command)
+                               help=f"{'/'.join(names)} runs: overrides the trained run's {key} [default: the "
+                                    f"run's own value; {field.default} unless it was trained with another].")(command)
     return command
 
 

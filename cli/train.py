@@ -20,15 +20,20 @@ def train():
 @click.option("--epochs", default=3, show_default=True, type=COUNT)
 @click.option("--batch-size", default=128, show_default=True, type=COUNT)
 @click.option("--learning-rate", default=1e-3, show_default=True, type=POSITIVE)
+@click.option("--val-fraction", default=0.1, show_default=True, type=FRACTION,
+              help="Share of the training split held out for validation (early stopping).")
+@click.option("--patience", default=3, show_default=True, type=COUNT,
+              help="Epochs without a lower validation loss before training stops (the best weights kept).")
 @limit_option
 @seed_option
 @click.option("--out", required=True, help="Run folder to write; an unfinished run there resumes.")
-def classifier(arch, dataset, epochs, batch_size, learning_rate, limit, seed, out):
+def classifier(arch, dataset, epochs, batch_size, learning_rate, val_fraction, patience, limit, seed, out):
     """Train a reference classifier (returns logits) with Keras fit."""
     from tfpurify.classifiers import ClassifierConfig, train_classifier
 
     config = ClassifierConfig(arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size,
-                              learning_rate=learning_rate, limit=limit, seed=seed)
+                              learning_rate=learning_rate, val_fraction=val_fraction, patience=patience,
+                              limit=limit, seed=seed)
     if _already_trained(out, "classifier.weights.h5", {"kind": "classifier", **dataclasses.asdict(config)}):
         return
     _, history = train_classifier(config, out, verbose=2)

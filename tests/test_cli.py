@@ -1,6 +1,9 @@
 import json
+import pathlib
+import re
 import shutil
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -315,3 +318,21 @@ def test_training_a_finished_run_again_says_so_and_never_overwrites_it(runner, t
     from tfpurify.defenses.denoising_ae import DenoisingAEConfig
 
     assert DenoisingAEConfig(limit=0).limit is None
+
+
+def _options(command):
+    return {o[2:] for p in command.params if isinstance(p, click.Option)
+            for o in (*p.opts, *p.secondary_opts) if o.startswith("--")} - {"help"}
+
+
+def test_the_readme_and_the_options_agree():
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    named = set(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]+)", readme))
+    commands = {"eval": cli.commands["eval"], "tune": cli.commands["tune"], "export": cli.commands["export"],
+                "predict": cli.commands["predict"], "train classifier": cli.commands["train"].commands["classifier"]}
+    for name, command in commands.items():  # every option a user can give is in the README
+        assert not _options(command) - named, f"{name}: options missing from the README"
+    everywhere = set().union(*(_options(c) for c in commands.values()),
+                             *(_options(c) for c in cli.commands["train"].commands.values()))
+    others = {"dir", "all", "defense", "help"}  # saved_model_cli's, a benchmark script's, `--help`
+    assert not named - everywhere - others, "the README names options no command has"

@@ -50,3 +50,25 @@ def test_gradient_is_straight_through_and_it_traces():
 def test_bad_arguments():
     with pytest.raises(ValueError):
         BlockDCTQuantize(step=-1.0)
+
+
+def test_leaky_relu_is_keras_function_without_the_grappler_error(capfd):
+    from tfpurify.layers import LeakyReLU
+
+    x = tf.random.normal((4, 28, 28, 1), seed=1)
+    np.testing.assert_array_equal(LeakyReLU(0.2)(x).numpy(), tf.keras.layers.LeakyReLU(0.2)(x).numpy())
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((28, 28, 1))
+    h = LeakyReLU(0.2)(layers.Conv2D(8, 5, 2, padding="same")(inputs))
+    model = tf.keras.Model(inputs, layers.Dense(1)(layers.Flatten()(LeakyReLU(0.2)(layers.Conv2D(8, 5, 2)(h)))))
+
+    @tf.function
+    def step(images):  # a discriminator's step: the fusion Conv2D + BiasAdd + LeakyRelu fails with Keras' layer
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            loss = tf.reduce_sum(model(images))
+        return tape.gradient(loss, [images, *model.trainable_variables])
+
+    capfd.readouterr()
+    step(x)
+    assert "remapper failed" not in capfd.readouterr().err

@@ -14,7 +14,7 @@ with warnings.catch_warnings():  # tfa's end-of-life notice is known (see above)
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["weight_norm", "ConditionalBatchNorm", "dct_matrix", "BlockDCTQuantize"]
+__all__ = ["weight_norm", "LeakyReLU", "ConditionalBatchNorm", "dct_matrix", "BlockDCTQuantize"]
 
 
 def weight_norm(layer):
@@ -25,6 +25,18 @@ def weight_norm(layer):
     mismatch) and it assigns variables in the first call, which replica contexts forbid.
     """
     return tfa.layers.WeightNormalization(layer, data_init=False)
+
+
+class LeakyReLU(tf.keras.layers.LeakyReLU):
+    """Keras' LeakyReLU computed as max(x, alpha x) (the same function for 0 < alpha < 1).
+
+    TensorFlow's grappler fuses Conv2D + BiasAdd + LeakyRelu, and in a graph that also holds the
+    gradient of that LeakyRelu the fusion fails with an error line in the log ("remapper failed ...
+    LeakyReluGrad"); the discriminators and detectors, differentiated in every training step, use this.
+    """
+
+    def call(self, inputs):
+        return tf.maximum(inputs, self.alpha * inputs)
 
 
 class ConditionalBatchNorm(tf.keras.layers.Layer):

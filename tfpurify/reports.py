@@ -207,8 +207,8 @@ def _save_figure(fig, path):
     tmp.replace(path)
 
 
-def save_image_grid(path, rows, labels, class_names=None, title=None):
-    """Saves a PNG grid: one row per image set, predicted labels under each image.
+def save_image_grid(path, rows, labels, class_names=None, title=None, true_labels=None):
+    """Saves a PNG grid: one row per image set, the predicted label above each image.
 
     Args:
       path: output PNG path.
@@ -216,6 +216,7 @@ def save_image_grid(path, rows, labels, class_names=None, title=None):
       labels: {row title: [n] predicted class ids} (same keys as rows), or None for no labels.
       class_names: names for class ids, or None to print the ids.
       title: figure title.
+      true_labels: [n] true class ids, or None; a prediction that differs is printed in red.
     """
     import matplotlib
 
@@ -234,7 +235,9 @@ def save_image_grid(path, rows, labels, class_names=None, title=None):
             ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
             if labels is not None:
                 label = int(labels[name][c])
-                ax.set_title(class_names[label][:10] if class_names else str(label), fontsize=7)
+                wrong = true_labels is not None and label != int(true_labels[c])
+                ax.set_title(class_names[label] if class_names else str(label), fontsize=6.5,
+                             color="tab:red" if wrong else "black")
         axes[r][0].text(-0.1, 0.5, name, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -292,8 +295,10 @@ def write_report(report, markdown_path, class_names=None):
     for r in report.results:
         key = f"{r.threat_model}/{r.attack}" + ("" if r.eps is None or math.isnan(r.eps) else f" {r.eps:g}")
         rows[key], labels[key] = r.x_adv_sample, r.pred_sample
+    true = [class_names[int(v)] if class_names else str(int(v)) for v in report.y_sample]
     save_image_grid(paths["grid"], rows, labels, class_names,
-                    title=f"true labels: {', '.join(str(int(v)) for v in report.y_sample)}")
+                    title=f"predicted class above each image (red: wrong); true: {', '.join(true)}",
+                    true_labels=report.y_sample)
     if report.corruption_grid:  # one image under each corruption, severities 0-5
         paths["corruptions"] = md.with_name(f"{md.stem}-corruptions.png")
         save_image_grid(paths["corruptions"], report.corruption_grid, None,

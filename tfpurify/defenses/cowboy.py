@@ -44,6 +44,7 @@ from tfpurify.config import runtime_field
 from tfpurify.defenses.base import DefenseConfig, Detector, Purifier, adversarial_scores, apply_gradients
 from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
+from tfpurify.layers import LeakyReLU
 
 __all__ = ["CowboyConfig", "Cowboy"]
 
@@ -139,8 +140,8 @@ def build_discriminator(input_shape, cfg):
     f = cfg.base_filters
     wrap = layers.SpectralNormalization if cfg.spectral_norm else (lambda layer: layer)
     x = keras.Input(input_shape)
-    h = layers.LeakyReLU(0.2)(wrap(layers.Conv2D(f, 5, 2, padding="same"))(x))
-    h = layers.LeakyReLU(0.2)(wrap(layers.Conv2D(2 * f, 5, 2, padding="same"))(h))
+    h = LeakyReLU(0.2)(wrap(layers.Conv2D(f, 5, 2, padding="same"))(x))
+    h = LeakyReLU(0.2)(wrap(layers.Conv2D(2 * f, 5, 2, padding="same"))(h))
     logit = wrap(layers.Dense(1))(layers.Flatten()(h))
     return keras.Model(x, logit, name="discriminator")
 

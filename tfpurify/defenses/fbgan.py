@@ -23,7 +23,7 @@ from tfpurify.config import runtime_field
 from tfpurify.defenses.base import DefenseConfig, Purifier, apply_gradients
 from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
-from tfpurify.layers import weight_norm
+from tfpurify.layers import LeakyReLU, weight_norm
 
 __all__ = ["FBGANConfig", "FBGAN"]
 
@@ -117,15 +117,15 @@ def build_discriminator(input_shape, cfg):
     x, z = keras.Input(input_shape), keras.Input((cfg.latent_dim,))
     h = x
     for filters, kernel, stride in ((f, 4, 2), (2 * f, 3, 1), (4 * f, 4, 2), (4 * f, 3, 1)):
-        h = layers.Dropout(cfg.d_dropout)(layers.LeakyReLU(0.2)(layers.Conv2D(filters, kernel, stride, "same")(h)))
-    x_features = layers.Flatten()(layers.LeakyReLU(0.2)(layers.Conv2D(8 * f, k, padding="valid")(h)))
-    q = layers.LeakyReLU(0.2)(layers.Dense(4 * f)(x_features))
+        h = layers.Dropout(cfg.d_dropout)(LeakyReLU(0.2)(layers.Conv2D(filters, kernel, stride, "same")(h)))
+    x_features = layers.Flatten()(LeakyReLU(0.2)(layers.Conv2D(8 * f, k, padding="valid")(h)))
+    q = LeakyReLU(0.2)(layers.Dense(4 * f)(x_features))
     q_categorical, q_continuous = layers.Dense(cfg.n_categories)(q), layers.Dense(cfg.n_continuous)(q)
-    hz = layers.LeakyReLU(0.2)(layers.Dense(8 * f)(z))
-    hz = layers.LeakyReLU(0.2)(layers.Dense(8 * f)(hz))
+    hz = LeakyReLU(0.2)(layers.Dense(8 * f)(z))
+    hz = LeakyReLU(0.2)(layers.Dense(8 * f)(hz))
     joint = layers.Concatenate()([x_features, hz])
-    joint = layers.Dropout(cfg.d_dropout)(layers.LeakyReLU(0.2)(layers.Dense(16 * f)(joint)))
-    features = layers.LeakyReLU(0.2)(layers.Dense(16 * f)(joint))
+    joint = layers.Dropout(cfg.d_dropout)(LeakyReLU(0.2)(layers.Dense(16 * f)(joint)))
+    features = LeakyReLU(0.2)(layers.Dense(16 * f)(joint))
     logit = layers.Dense(1)(features)
     return keras.Model([x, z], [logit, features, q_categorical, q_continuous], name="discriminator")
 

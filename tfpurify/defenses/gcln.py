@@ -36,7 +36,7 @@ from tfpurify.defenses.adversarial_training import pgd_examples
 from tfpurify.defenses.base import DefenseConfig, Detector, Purifier, apply_gradients
 from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
-from tfpurify.layers import BlockDCTQuantize
+from tfpurify.layers import BlockDCTQuantize, LeakyReLU
 
 __all__ = ["GCLNConfig", "GCLN"]
 
@@ -100,8 +100,8 @@ def build_detector(input_shape, cfg):
     """D: two stride-2 convolutions (LeakyReLU 0.2) and a dense logit; > 0 means clean."""
     f = cfg.detector_filters
     x = keras.Input(input_shape)
-    h = layers.LeakyReLU(0.2)(layers.Conv2D(f, 3, 2, padding="same")(x))
-    h = layers.LeakyReLU(0.2)(layers.Conv2D(2 * f, 3, 2, padding="same")(h))
+    h = LeakyReLU(0.2)(layers.Conv2D(f, 3, 2, padding="same")(x))
+    h = LeakyReLU(0.2)(layers.Conv2D(2 * f, 3, 2, padding="same")(h))
     return keras.Model(x, layers.Dense(1)(layers.Flatten()(h)), name="detector")
 
 
