@@ -80,7 +80,8 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
         model.make_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed),
         validation_data=model.make_dataset(x_val, y_val, config.batch_size),
         epochs=config.epochs,
-        callbacks=[*run_callbacks(out_dir), *model.training_callbacks(), *callbacks],
+        # the defense's own callbacks first: what they add to an epoch's logs reaches history.csv
+        callbacks=[*model.training_callbacks((x_val, y_val)), *run_callbacks(out_dir), *callbacks],
         verbose=verbose,
     )
     if is_detector(model):  # before the final save, so the threshold is saved with the weights

@@ -177,7 +177,7 @@ class AAA(Purifier):
         self.native_classifiers  # noqa: B018  (fails early without a classifier run)
         self.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate))
 
-    def training_callbacks(self):
+    def training_callbacks(self, validation=None):
         return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=self.config.lr_patience)]
 
     def train_step(self, data):

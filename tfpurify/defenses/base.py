@@ -83,8 +83,9 @@ class _TrainingHooks:
         """Compiles with the defense's own optimizers from its config (one per player)."""
         raise NotImplementedError
 
-    def training_callbacks(self):
-        """Keras callbacks the defense's own schedule needs during `fit` (none by default)."""
+    def training_callbacks(self, validation=None):
+        """Keras callbacks the defense's own schedule (and its training diagnostics) need during `fit`
+        (none by default). `validation`: (x, y) of the validation split, where the trainer has it."""
         return []
 
 

@@ -200,7 +200,7 @@ class GCLN(Purifier, Detector):
         super().compile(**kwargs)
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
 
-    def training_callbacks(self):
+    def training_callbacks(self, validation=None):
         return [_DetectorPretraining()]
 
     def _objective(self, x, y, training):
