@@ -23,6 +23,7 @@ Usage: python benchmarks/adaptive_purifiers_fmnist.py --classifier runs/bench-cn
 
 import argparse
 import dataclasses
+import json
 import pathlib
 import sys
 import time
@@ -48,10 +49,12 @@ def _parse_run(text):
 
 
 def _train_missing(label, path, classifier, minutes):
-    """Trains the defense the label names (its longest registered prefix) into `path` unless it holds one."""
-    if (pathlib.Path(path) / WEIGHTS).exists():
-        return None
+    """Trains the defense the label names (its longest registered prefix) into `path` unless it holds one;
+    returns the training record (that of an earlier run of this script where the run exists)."""
     name = max((n for n in REGISTRY if label.startswith(n)), key=len, default=None)
+    if (pathlib.Path(path) / WEIGHTS).exists():
+        timing = pathlib.Path(path) / "timing.json"
+        return {"defense": name, "minutes": minutes, **json.loads(timing.read_text())} if timing.exists() else None
     if name is None:
         raise SystemExit(f"{label}: no trained defense in {path} and no registered defense named by the label")
     _, config_class = get_defense(name)
@@ -143,8 +146,8 @@ def _write(args, rows, summary):
         lines.append(f"| {s['defense']} | {100 * b['worst_case']:.1f} % | {100 * a['worst_case']:.1f} % | "
                      f"{a['set_by']} | {draws} | {binar} | {b['seconds_per_example']:.2f} | "
                      f"{a['seconds_per_example']:.2f} |")
-    trained = [f"{s['defense']} ({s['training']['defense']}, default config): {s['training']['minutes']:g} minutes of "
-               f"wall time, {s['training'].get('images')} images seen" for s in summary if s.get("training")]
+    trained = [f"{s['defense']} ({s['training']['defense']}, default config): {s['training']['train_seconds'] / 60:.0f} "
+               f"minutes of wall time, {s['training'].get('images')} images seen" for s in summary if s.get("training")]
     if trained:
         lines += ["", "Trained by this script on this machine: " + "; ".join(trained) + "."]
     lines += ["", rows_table(rows)]
