@@ -13,8 +13,8 @@ STEPS = int(np.ceil(LIMIT * 0.9 / BATCH))  # training images per epoch (validati
 # state at the start of an epoch (a function of the epoch) as an uninterrupted run has it.
 RESUMABLE = {
     "cowboy": ({"base_filters": 8, "z_dim": 8}, ("d_optimizer", "g_optimizer"), {}),
-    # the AE term switches on for the last ae_fraction (0.2) of the planned steps
-    "fbgan": ({"base_filters": 8}, ("d_optimizer", "g_optimizer", "e_optimizer"),
+    # the AE term (our deviation, on here) switches on for the last ae_fraction (0.2) of the planned steps
+    "fbgan": ({"base_filters": 8, "ae_fraction": 0.2}, ("d_optimizer", "g_optimizer", "e_optimizer"),
               {"ae_start_step": lambda epoch: round(0.8 * EPOCHS * STEPS)}),
     # the detector pre-trains for detector_pretrain_epochs (1) before the cleaner moves
     "gcln": ({"filters": 8, "residual_blocks": 1, "detector_filters": 8, "attack_steps": 1, "classifier": "CNN"},

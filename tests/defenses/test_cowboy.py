@@ -18,7 +18,8 @@ from tfpurify.training import build_defense, load_defended, load_defense, train_
 
 from tests.toys import layer_specs
 
-SMALL = CowboyConfig(base_filters=8, z_dim=16, batch_size=32)
+# the cleaning search itself: every input cleaned (the default cleans only what the detector flags)
+SMALL = CowboyConfig(base_filters=8, z_dim=16, batch_size=32, clean_only_detected=False)
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +314,19 @@ def test_white_box_attacks_with_the_surrogate_and_the_exact_gradient(untrained):
         grads.append(tape.gradient(total, x).numpy())
     assert np.abs(grads[0]).max() > 0
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_the_papers_schedule_and_pipeline_are_the_defaults(fmnist_train_slice):
+    assert CowboyConfig().clean_only_detected and CowboyConfig().train_steps == 2000
+    assert CowboyConfig(dataset="svhn").train_steps == 40000 and CowboyConfig(train_steps=0).train_steps == 0
+    with pytest.raises(InputValidationError, match="train_steps"):
+        CowboyConfig(train_steps=-1)
+    x, _ = fmnist_train_slice
+    model = build_defense("cowboy", dataclasses.replace(SMALL, train_steps=5))
+    model.compile_for_training()
+    model.fit(model.make_dataset(x[:320], None, 32), epochs=3, verbose=0, callbacks=model.training_callbacks())
+    assert int(model.g_optimizer.iterations) == 5  # 10 steps an epoch: stopped in the first
+    model.fit(model.make_dataset(x[:320], None, 32), epochs=3, verbose=0, callbacks=model.training_callbacks())
+    assert int(model.g_optimizer.iterations) == 6  # a resumed run counts its earlier steps (one more: the check)
+    unbounded = build_defense("cowboy", dataclasses.replace(SMALL, train_steps=0))
+    assert unbounded.training_callbacks() == []

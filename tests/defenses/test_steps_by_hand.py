@@ -170,7 +170,8 @@ COWBOY_SEARCHES = {
 @pytest.mark.parametrize("name", list(COWBOY_SEARCHES))
 def test_cowboy_search_by_hand(batch, name):
     x = batch[0][:3]
-    model = build_defense("cowboy", {"base_filters": 4, "z_dim": 6, "cleaning_seed": 3, **COWBOY_SEARCHES[name]})
+    model = build_defense("cowboy", {"base_filters": 4, "z_dim": 6, "cleaning_seed": 3, "clean_only_detected": False,
+                                     **COWBOY_SEARCHES[name]})
     model(x[:1])
     z_best, loss_best, passes = _search_by_hand(model, x)
     got = [t.numpy() for t in model.search_rows(x)]

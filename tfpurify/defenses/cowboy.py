@@ -3,13 +3,17 @@ an entire GAN"): a GAN's discriminator detects adversarial inputs, and a latent 
 uses the discriminator cleans them.
 
 - GAN: a DCGAN-family generator G(z), z ~ N(0, I), and discriminator D(x) (a logit), trained on
-  clean images with the standard game (eq. 1). No batch norm in either network (paper 4: batch
+  clean images with the standard game (eq. 1) for the paper's `train_steps` (2K generator steps on
+  MNIST and Fashion-MNIST, 40K on SVHN and CIFAR-10; `epochs` only bounds it). No batch norm in either network (paper 4: batch
   norm and dropout only in the classifier); one-sided label smoothing and spectral norm in D are
   config options, off by default (paper 4.3: no stabilizing tricks).
 - Detection (paper 3.3-3.4): `adversarial_score(x) = -log D(x)`. Two thresholds, both measured
   when training ends and kept in `calibration.json`: a target false-positive rate on clean
   validation images, and the paper's L^p average of D over FGSM examples made on the validation
   images against the classifier run named in `classifier` (`threshold_rule` picks which flags).
+- Detect, then clean (the paper's pipeline, `clean_only_detected`, default on): only inputs the
+  detector flags are cleaned; the rest reach the classifier as they are (`--clean-only-detected
+  false` cleans everything, our earlier default).
 - Cleaning (Algorithm 1, eq. 4): minimize L(z) = ||G(z) - x||^2 / (2 sigma^2) - log D(G(z)) by
   gradient descent in z from `clean_restarts` random starts per image, tiled into one batch,
   keeping per image the restart with the lowest L. `mode="defense_gan"` drops the D term
@@ -19,8 +23,8 @@ uses the discriminator cleans them.
 Faster than the paper's 5000 steps (config fields, all changeable at eval time without
 retraining): Adam in z, a warm start (each restart begins at the best of several random codes,
 scored in forward passes only), per-example early stopping (`patience`) and pruning to the best
-restart after `prune_after` steps. `clean_only_detected` cleans only what the detector flags (the
-paper's detect-then-clean pipeline).
+restart after `prune_after` steps. Pixels are in [0, 1] here, in [-1, 1] in the paper: the squared
+error is 4x smaller, so our sigma s is the paper's sigma 2s (sigma 0.5 here = 1 there).
 
 Adaptive evaluation: the random starts make cleaning stochastic (EOT over z0) unless
 `cleaning_seed` fixes them; BPDA treats cleaning as the identity by default (Athalye et al. 2018
@@ -64,10 +68,13 @@ class CowboyConfig(DefenseConfig):
     learning_rate: float = 2e-4
     beta_1: float = 0.5
     batch_size: int = 64
-    epochs: int = 10
+    # the paper's GAN schedule: generator steps (None: 2K on MNIST and Fashion-MNIST, 40K on SVHN and
+    # CIFAR-10; 0: every step of `epochs`); the run that trained ~16.9K steps used 0 and 20 epochs
+    train_steps: int = None
+    epochs: int = 100                       # at most (`train_steps` ends training first)
     # cleaning (Algorithm 1); each of these can be changed at eval time
     mode: str = _runtime("cowboy")          # "cowboy" (eq. 4) or "defense_gan" (no D term)
-    sigma: float = _runtime(1.0)            # eq. 4's sigma, pixels in [0, 1], squared error summed
+    sigma: float = _runtime(1.0)            # eq. 4's sigma, pixels in [0, 1] (the paper's [-1, 1]: 2 sigma)
     clean_steps: int = _runtime(50)         # descent steps per restart (paper: 5000)
     clean_restarts: int = _runtime(3)       # random starts per image (Defense-GAN: 10)
     z_optimizer: str = _runtime("adam")     # "adam" or "sgd" (momentum, lr x0.1 after 80 % of the steps)
@@ -76,7 +83,7 @@ class CowboyConfig(DefenseConfig):
     warm_start: int = _runtime(16)          # random codes scored per image before descending (0: off)
     patience: int = _runtime(0)             # stop an example after this many steps without improvement
     prune_after: int = _runtime(0)          # after this many steps keep only each image's best restart
-    clean_only_detected: bool = _runtime(False)
+    clean_only_detected: bool = _runtime(True)  # the paper's detect-then-clean (False: clean every input)
     cleaning_seed: int = _runtime(None)     # fixed starting codes (deterministic); None: fresh each call
     bpda_unroll: int = _runtime(0)          # white-box: differentiate this many steps from the found code
     grad_checkpoint: int = _runtime(10)     # exact gradient: steps per block recomputed backward (0: keep all)
@@ -88,6 +95,10 @@ class CowboyConfig(DefenseConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.train_steps is None:  # the paper's, per data set
+            object.__setattr__(self, "train_steps", 2000 if self.dataset in ("mnist", "fashion_mnist") else 40000)
+        if self.train_steps < 0:
+            raise InputValidationError(f"train_steps must be >= 0 (0: every step of epochs), got {self.train_steps}")
         if self.mode not in ("cowboy", "defense_gan"):
             raise InputValidationError(f"mode must be cowboy or defense_gan, got {self.mode!r}")
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0):
@@ -115,6 +126,14 @@ class CowboyConfig(DefenseConfig):
         """Generator passes per image at most: the warm start plus every descent step of every restart."""
         rounds = math.ceil(self.warm_start / self.clean_restarts) if self.warm_start else 0
         return (rounds + self.clean_steps) * self.clean_restarts
+
+
+class _StopAfterSteps(keras.callbacks.Callback):
+    """Ends training once the generator has taken `train_steps` steps (a resumed run counts its earlier ones)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.g_optimizer.iterations) >= self.model.config.train_steps:
+            self.model.stop_training = True
 
 
 def _check_shape(input_shape):
@@ -183,6 +202,9 @@ class Cowboy(Purifier, Detector):
     def compile(self, d_optimizer, g_optimizer, **kwargs):
         super().compile(**kwargs)
         self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
+
+    def training_callbacks(self, validation=None):
+        return [_StopAfterSteps()] if self.config.train_steps else []
 
     def _losses_on(self, x, training):
         z = tf.random.normal([tf.shape(x)[0], self.config.z_dim])
