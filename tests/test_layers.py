@@ -72,3 +72,21 @@ def test_leaky_relu_is_keras_function_without_the_grappler_error(capfd):
     capfd.readouterr()
     step(x)
     assert "remapper failed" not in capfd.readouterr().err
+
+
+def test_quantizer_gradient_is_straight_through_or_true_as_asked():
+    layer = BlockDCTQuantize(10.0)
+    x = tf.random.uniform((2, 16, 16, 1), 0.2, 0.8, seed=3)
+
+    def gradient():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tf.reduce_sum(layer(x))
+        g = tape.gradient(out, x)
+        return np.zeros(x.shape, np.float32) if g is None else g.numpy()
+
+    np.testing.assert_array_equal(gradient(), np.ones(x.shape, np.float32))  # the identity's
+    with layer.gradient(straight_through=False):
+        np.testing.assert_array_equal(gradient(), np.zeros(x.shape, np.float32))  # rounding's
+        np.testing.assert_allclose(layer(x).numpy(), layer.quantize(x).numpy())
+    assert layer.straight_through  # restored after the block

@@ -4,6 +4,7 @@ tfa is end-of-life and breaks under Keras 3 (hence TensorFlow 2.15): keeping eve
 a later move one file.
 """
 
+import contextlib
 import warnings
 
 
@@ -88,8 +89,11 @@ class BlockDCTQuantize(tf.keras.layers.Layer):
     reflection as needed, cropped back after), each block goes through the orthonormal 2-D DCT,
     its coefficients are quantized to round(X / step) * step with `step` on the 0-255 pixel scale
     (the paper's Q, 5-12), and the inverse DCT gives the image back in [0, 1]. `step` 0 is the
-    identity. The forward pass is exact; the gradient is straight-through (the identity), which is
-    both how the cleaning network trains through it and the BPDA an adaptive attacker uses.
+    identity. The forward pass is exact. The gradient is straight-through (the identity) while
+    `straight_through` is on (the default: how the cleaning network trains through it, and the BPDA
+    an adaptive attacker uses), and otherwise the true one, zero almost everywhere (rounding), which
+    is what plain gradients through the served transform see. The attribute is read when the layer
+    is called (or traced): `with quantizer.gradient(straight_through=False): ...`.
     """
 
     def __init__(self, step=8.0, block=8, **kwargs):
@@ -98,6 +102,16 @@ class BlockDCTQuantize(tf.keras.layers.Layer):
             raise ValueError(f"BlockDCTQuantize needs step >= 0 and block >= 1, got {step}, {block}")
         self.step, self.block = float(step), int(block)
         self.c = tf.constant(dct_matrix(self.block))
+        self.straight_through = True
+
+    @contextlib.contextmanager
+    def gradient(self, straight_through):
+        """Calls inside the block use the straight-through (True) or the true (False) gradient."""
+        before, self.straight_through = self.straight_through, bool(straight_through)
+        try:
+            yield self
+        finally:
+            self.straight_through = before
 
     def _blocks(self, x):
         """[N, H, W, C] -> ([N, C, H', W', b, b] blocks of 0-255 pixels, padding (ph, pw))."""
@@ -129,6 +143,8 @@ class BlockDCTQuantize(tf.keras.layers.Layer):
 
     def call(self, x):
         x = tf.convert_to_tensor(x, tf.float32)
+        if not self.straight_through:
+            return self.quantize(x)
         return x + tf.stop_gradient(self.quantize(x) - x)
 
     def get_config(self):

@@ -88,3 +88,37 @@ def test_export_with_detector_outputs_reloads_equal(trained_run, cnn_run, tmp_pa
     np.testing.assert_array_equal(served["is_adversarial"].numpy(), expected["is_adversarial"].numpy())
     purified = reloaded.signatures["purify"](images=tf.constant(x))["purified"]
     np.testing.assert_allclose(purified.numpy(), defended.purify(x).numpy(), atol=1e-5)
+
+
+def test_served_cleaner_has_the_true_gradient_and_bpda_the_straight_through_one_in_one_pass(cnn_run,
+                                                                                          fmnist_test):
+    model = build_defense("gcln", _small(cnn_run))
+    x = tf.constant(fmnist_test[0][:4])
+
+    def input_gradient(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tf.reduce_sum(fn(x))
+        g = tape.gradient(out, x)
+        return np.zeros(x.shape) if g is None else g.numpy()
+
+    assert np.abs(input_gradient(model.purify)).max() == 0.0  # rounding: what plain gradients see
+    assert np.abs(input_gradient(model.attack_surrogate)).max() > 0.0  # straight-through: BPDA
+    np.testing.assert_allclose(model.attack_surrogate(x).numpy(), model.purify(x).numpy(), atol=1e-5)
+    calls, cleaner = [], model.cleaner
+
+    class Counting:  # the cleaner, counting its calls
+        def __call__(self, images, **kwargs):
+            calls.append(1)
+            return cleaner(images, **kwargs)
+
+        def get_layer(self, name):
+            return cleaner.get_layer(name)
+
+    object.__setattr__(model, "cleaner", Counting())
+    try:
+        surrogate = input_gradient(adaptive.bpda(model))
+    finally:
+        object.__setattr__(model, "cleaner", cleaner)
+    assert len(calls) == 1 and np.abs(surrogate).max() > 0.0  # BPDA runs the cleaner once
+    assert model.quantizer.straight_through  # training keeps the straight-through gradient

@@ -22,8 +22,10 @@ channels). D also keeps seeing the raw attacked images x* as "attacked" during t
 vs clean", and GCLN is also used as a detector of attacked *inputs*.
 
 GCLN is a `Detector` (score: D's probability that an input is attacked, threshold calibrated on
-validation images). The quantizer's gradient is straight-through, which is the BPDA a white-box
-attacker uses (`attack_surrogate`).
+validation images). `purify` (what is served) has the quantizer's true gradient, zero almost
+everywhere; its straight-through estimate, with which the cleaner trains, is the BPDA a white-box
+attacker uses (`attack_surrogate`), and one pass of the cleaner gives both halves of BPDA
+(`purify_and_surrogate`).
 """
 
 import dataclasses
@@ -176,12 +178,25 @@ class GCLN(Purifier, Detector):
         return tf.reshape(model(images, training=False), [tf.shape(images)[0], -1])
 
     # ------------------------------------------------------------------ purifier and detector
+    @property
+    def quantizer(self):
+        return self.cleaner.get_layer("quantized_dct")
+
     def purify(self, x, training=False):
-        return self.cleaner(x, training=training)
+        """The served cleaner: the quantizer's true gradient (rounding: zero almost everywhere)."""
+        with self.quantizer.gradient(straight_through=False):
+            return self.cleaner(x, training=training)
 
     def attack_surrogate(self, x):
         """BPDA: the cleaner with the quantizer's straight-through (identity) gradient, as trained."""
-        return self.cleaner(x)
+        with self.quantizer.gradient(straight_through=True):
+            return self.cleaner(x)
+
+    def purify_and_surrogate(self, x):
+        """Both halves of BPDA from one pass: the straight-through cleaner's forward value is the served
+        one (up to float rounding of x + (Q(x) - x)), its gradient the surrogate's."""
+        out = self.attack_surrogate(x)
+        return out, out
 
     def adversarial_score(self, x):
         """D's probability that `x` is attacked, [N]."""
