@@ -49,9 +49,20 @@ def test_diversity_loss_is_mean_image_gap_over_mean_code_gap():
     a = [tf.zeros([2, 4, 4, 1]), tf.zeros([2, 4, 4, 1])]
     b = [tf.fill([2, 4, 4, 1], 0.2), tf.fill([2, 4, 4, 1], 0.4)]
     z1, z2 = tf.zeros([2, 3]), tf.fill([2, 3], 2.0)
-    # image gaps 0.2 and 0.4 averaged over the trajectory (0.3), over the code gap 2
-    assert float(losses.diversity_loss(a, b, z1, z2)) == pytest.approx(0.15, rel=1e-5)
-    assert float(losses.diversity_loss(a[0], b[0], z1, z2)) == pytest.approx(0.1, rel=1e-5)
+    # the earlier form: image gaps 0.2 and 0.4 averaged over the trajectory (0.3), over the code gap 2
+    assert float(losses.diversity_loss(a, b, z1, z2, form="batch_mean")) == pytest.approx(0.15, rel=1e-5)
+    assert float(losses.diversity_loss(a[0], b[0], z1, z2, form="batch_mean")) == pytest.approx(0.1, rel=1e-5)
+    # eq. 7 per example: L1 over 16 pixels (0.3 x 16 = 4.8) over the code's L1 gap (3 x 2 = 6)
+    assert float(losses.diversity_loss(a, b, z1, z2)) == pytest.approx(0.8, rel=1e-5)
+
+
+def test_diversity_loss_is_a_mean_of_per_example_ratios():
+    a = tf.zeros([2, 4, 4, 1])
+    b = tf.concat([tf.fill([1, 4, 4, 1], 0.5), tf.fill([1, 4, 4, 1], 0.25)], axis=0)  # L1 gaps 8 and 4
+    z1, z2 = tf.zeros([2, 2]), tf.constant([[1.0, 1.0], [0.5, 0.5]])  # L1 gaps 2 and 1
+    assert float(losses.diversity_loss(a, b, z1, z2)) == pytest.approx((8 / 2 + 4 / 1) / 2, rel=1e-5)  # not 12 / 3
+    with pytest.raises(ValueError, match="diversity form"):
+        losses.diversity_loss(a, b, z1, z2, form="max")
 
 
 def test_classification_loss_matches_keras():

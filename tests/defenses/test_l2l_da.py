@@ -144,3 +144,18 @@ def test_generator_shapes_for_32x32_colour():
     generator = AttackGenerator((32, 32, 3), 10, z_dim=4, filters=8)
     x = tf.random.uniform([2, 32, 32, 3])
     assert generator([x, tf.constant([1, 2]), tf.zeros([2, 4]), x, x]).shape == (2, 32, 32, 3)
+
+
+def test_delta_keeps_what_pixel_clipping_cuts_unless_asked(untrained, cnn):
+    x = tf.fill([4, 28, 28, 1], 0.98)  # near the top of the pixel range: clipping cuts most of a step up
+    y = tf.zeros([4], tf.int64)
+    z = tf.random.normal([4, untrained.config.z_dim], seed=2)
+
+    def final(pixel_clipped_delta):
+        return attack_trajectory(untrained.generator, cnn, x, y, z, 0.1, 0.05, 4,
+                                 pixel_clipped_delta=pixel_clipped_delta)[0][-1].numpy()
+
+    paper, ours = final(False), final(True)
+    assert np.all(paper <= 1.0) and np.all(np.abs(paper - 0.98) <= 0.1 + 1e-6)
+    assert not np.allclose(paper, ours)  # eq. 5 keeps the unclipped delta; the earlier form did not
+    assert L2LDAConfig().diversity_form == "example" and not L2LDAConfig().pixel_clipped_delta

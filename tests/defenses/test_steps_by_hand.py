@@ -300,9 +300,10 @@ def test_gcln_scores_purifies_and_compiles_by_hand(batch):
     model(x[:1])
     np.testing.assert_allclose(model.adversarial_score(x).numpy(),
                                tf.sigmoid(-model.detector_net(x)[:, 0]).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(model.purify(x).numpy(), model.cleaner(x).numpy())
+    # the served (true-gradient) and straight-through passes differ by the float rounding of x + (Q(x) - x)
+    np.testing.assert_allclose(model.purify(x).numpy(), model.cleaner(x).numpy(), atol=1e-6)
     np.testing.assert_allclose(model.attack_surrogate(x).numpy(), model.cleaner(x).numpy())
-    np.testing.assert_allclose(model.call(x).numpy(), model.cleaner(x).numpy())
+    np.testing.assert_allclose(model.call(x).numpy(), model.cleaner(x).numpy(), atol=1e-6)
     model.compile_for_training()
     for optimizer in (model.g_optimizer, model.d_optimizer):
         assert float(optimizer.learning_rate) == pytest.approx(3e-4) and float(optimizer.beta_1) == pytest.approx(0.4)
@@ -420,9 +421,10 @@ def test_pgd_at_step(batch, adv_weight, eps_iter, rand_init):
 # ---------------------------------------------------------------------- L2L-DA (eqs. 5-7, Algorithm 1)
 
 
-def _trajectory_by_hand(generator, classifier, x, y, z, eps, eps_step, steps):
+def _trajectory_by_hand(generator, classifier, x, y, z, eps, eps_step, steps, pixel_clipped_delta=False):
     """Eq. 5: delta_t = clip_eps(delta_{t-1} + eps_step g(x, y, z, delta_{t-1}, grad / ||grad||)), the image clipped
-    to [0, 1] and delta the perturbation applied; the gradient scaled to unit RMS per pixel."""
+    to [0, 1] (delta, with `pixel_clipped_delta`, the perturbation applied); the gradient scaled to unit RMS
+    per pixel."""
     def loss_and_grad(images):
         with tf.GradientTape() as tape:
             tape.watch(images)
@@ -436,7 +438,8 @@ def _trajectory_by_hand(generator, classifier, x, y, z, eps, eps_step, steps):
         unit = grad / (tf.norm(tf.reshape(grad, [len(x), -1]), axis=1)[:, None, None, None] + 1e-12) * 28.0
         delta = tf.clip_by_value(delta + eps_step * generator([x, y, z, delta, unit], training=True), -eps, eps)
         x_adv = tf.clip_by_value(x + delta, 0.0, 1.0)
-        delta = x_adv - x
+        if pixel_clipped_delta:
+            delta = x_adv - x
         loss, grad, logits = loss_and_grad(x_adv)
         trajectory.append(x_adv)
         step_losses.append(loss)
@@ -461,8 +464,9 @@ def test_l2l_da_step(batch, fields):
         trajectory, step_losses, _ = _trajectory_by_hand(generator, classifier, x2, y2, tf.concat([z1, z2], 0), 0.1,
                                                          eps_step, steps)
         cls = tf.reduce_mean(tf.stack(step_losses))
-        div = tf.add_n([tf.reduce_mean(tf.abs(t[:8] - t[8:])) for t in trajectory]) / steps \
-            / (tf.reduce_mean(tf.abs(z1 - z2)) + 1e-8)
+        # eq. 7 per example: the trajectory's mean L1 image gap over the L1 code gap, then the batch mean
+        image_gap = tf.add_n([tf.reduce_sum(tf.abs(t[:8] - t[8:]), axis=[1, 2, 3]) for t in trajectory]) / steps
+        div = tf.reduce_mean(image_gap / (tf.reduce_sum(tf.abs(z1 - z2), axis=1) + 1e-8))
         x_adv = tf.stop_gradient(trajectory[-1])
         adv = losses.classification_loss(y2, classifier(x_adv, training=True))
         return {"g": -0.1 * (cls + weight * div), "c": 0.1 * (losses.classification_loss(y, classifier(x, training=True))
@@ -473,7 +477,9 @@ def test_l2l_da_step(batch, fields):
             w.assign(value)
         return model.train_step((x, y))
 
-    got, want = _check_step(step, {"g": generator, "c": classifier}, by_hand)
+    # eq. 7's per-example ratios (over small code gaps) make the generator's gradients larger: float noise up
+    # to 3e-5 on weights that move by 1e-2
+    got, want = _check_step(step, {"g": generator, "c": classifier}, by_hand, atol=1e-4)
     assert float(got["gen_loss"]) == pytest.approx(10 * float(want["g"]), rel=1e-4)
     assert float(got["div_loss"]) == pytest.approx(float(want["div"]), rel=1e-4)
     assert float(got["adv_loss"]) == pytest.approx(float(want["adv"]), rel=1e-4)
@@ -515,12 +521,13 @@ def test_l2l_da_compiles_the_papers_optimizers(generator_optimizer):
     assert c.weight_decay == pytest.approx(1e-4)
     assert float(g.learning_rate) == pytest.approx(0.03)
     if generator_optimizer == "sgd":
-        assert isinstance(g, keras.optimizers.SGD) and g.momentum == pytest.approx(0.8) and not g.weight_decay
+        assert isinstance(g, keras.optimizers.SGD) and g.momentum == pytest.approx(0.8)
     else:
         assert isinstance(g, keras.optimizers.Adam)
+    assert g.weight_decay == pytest.approx(1e-4)  # both players (paper 5.1)
     no_decay = build_defense("l2l_da", {"arch": "lenet5", "weight_decay": 0.0})
     no_decay.compile_for_training()
-    assert not no_decay.c_optimizer.weight_decay
+    assert not no_decay.c_optimizer.weight_decay and not no_decay.g_optimizer.weight_decay
 
 
 # ---------------------------------------------------------------------- denoising autoencoder (MagNet)

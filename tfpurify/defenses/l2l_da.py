@@ -6,10 +6,13 @@ A generator g_phi(x, y, z, delta_t, grad_t) proposes a step; the attack recurses
     delta_{t+1} = Proj_eps(delta_t + eps_step * g_phi(x, y, z, delta_t, grad_t / ||grad_t||_F))
     x_adv_{t+1} = clip(x + delta_{t+1}, 0, 1),   delta_0 = 0,   eps_step = eps / 4,
 
+delta kept as projected onto the eps-ball only (`pixel_clipped_delta` resets it to the perturbation
+that survives the pixel clipping, our earlier form),
+
 where grad_t is the classifier's loss gradient at x_adv_t. `train_step` is Algorithm 1: the batch
 is duplicated with two latent draws z1, z2; the generator maximizes L_cls (the classifier loss
-averaged over the T steps, eq. 6) + lambda * L_div (eq. 7); the classifier minimizes
-L(x) + L(x_adv_T). Both use SGD with momentum 0.9 (weight decay 1e-5 for the classifier), as the
+averaged over the T steps, eq. 6) + lambda * L_div (eq. 7, per example: `diversity_form`); the
+classifier minimizes L(x) + L(x_adv_T). Both use SGD with momentum 0.9 and weight decay 1e-5, as the
 paper's section 5.1; the classifier may start from a trained classifier run.
 
 One deviation, measured: the gradient fed to the generator is grad / ||grad||_F (the paper) times
@@ -58,12 +61,14 @@ class L2LDAConfig(RobustClassifierConfig):
     eps_step: float = None           # default eps / 4 (paper 5.1); eps when recursive is off
     z_dim: int = 8
     diversity_weight: float = 0.02   # lambda (authors' code: 0.02 MNIST, 0.5 CIFAR-10)
+    diversity_form: str = "example"  # eq. 7 per example (paper); "batch_mean": our earlier, ~98x smaller form
+    pixel_clipped_delta: bool = False  # True: delta reset to the pixel-clipped perturbation (our earlier eq. 5)
     generator_filters: int = 32
     learning_rate: float = 0.01      # classifier SGD
     generator_optimizer: str = "sgd"  # the paper's (momentum as below); or "adam"
     generator_learning_rate: float = 0.01
     momentum: float = 0.9
-    weight_decay: float = 1e-5
+    weight_decay: float = 1e-5       # both players (paper 5.1)
     recursive: bool = True
     diversity: bool = True
     use_delta: bool = True
@@ -78,6 +83,8 @@ class L2LDAConfig(RobustClassifierConfig):
         self.require_positive("steps", "z_dim", "generator_filters", "generator_learning_rate")
         if self.eps_step is not None and not 0.0 < self.eps_step <= self.eps:
             raise InputValidationError(f"eps_step must be in (0, eps={self.eps}], got {self.eps_step}")
+        if self.diversity_form not in ("example", "batch_mean"):
+            raise InputValidationError(f"diversity_form must be example or batch_mean, got {self.diversity_form!r}")
         if self.generator_optimizer not in ("adam", "sgd"):
             raise InputValidationError(f"generator_optimizer must be adam or sgd, got {self.generator_optimizer!r}")
         for name in ("diversity_weight", "momentum", "weight_decay"):
@@ -135,7 +142,7 @@ class AttackGenerator(keras.Model):
         return self.out(h)
 
 
-def attack_trajectory(generator, model_fn, x, y, z, eps, eps_step, steps, training=False):
+def attack_trajectory(generator, model_fn, x, y, z, eps, eps_step, steps, training=False, pixel_clipped_delta=False):
     """Runs the recursion of eq. 5 against `model_fn` (images -> logits).
 
     Returns:
@@ -155,9 +162,10 @@ def attack_trajectory(generator, model_fn, x, y, z, eps, eps_step, steps, traini
         # gradient channel is on the scale of the image channels it is concatenated with
         norms = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=[1, 2, 3], keepdims=True))
         direction = generator([x, y, z, delta, tf.stop_gradient(size * grad / (norms + 1e-12))], training=training)
-        delta = tf.clip_by_value(delta + eps_step * direction, -eps, eps)
-        x_adv = tf.clip_by_value(x + delta, 0.0, 1.0)
-        delta = x_adv - x  # the perturbation that is actually applied
+        delta = tf.clip_by_value(delta + eps_step * direction, -eps, eps)  # Proj_S: the eps-ball only
+        x_adv = tf.clip_by_value(x + delta, 0.0, 1.0)  # Proj_X
+        if pixel_clipped_delta:  # our earlier form: the perturbation that is actually applied
+            delta = x_adv - x
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
             logits = model_fn(x_adv)
@@ -188,10 +196,11 @@ class L2LDA(RobustClassifier):
     def compile_for_training(self):
         c = self.config
         self.start_from_classifier_run()
+        decay = c.weight_decay or None
         if c.generator_optimizer == "sgd":
-            g_optimizer = keras.optimizers.SGD(c.generator_learning_rate, momentum=c.momentum)
+            g_optimizer = keras.optimizers.SGD(c.generator_learning_rate, momentum=c.momentum, weight_decay=decay)
         else:
-            g_optimizer = keras.optimizers.Adam(c.generator_learning_rate)
+            g_optimizer = keras.optimizers.Adam(c.generator_learning_rate, weight_decay=decay)
         self.compile(
             c_optimizer=keras.optimizers.SGD(c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay or None),
             g_optimizer=g_optimizer)
@@ -208,9 +217,11 @@ class L2LDA(RobustClassifier):
         x2, y2 = tf.concat([x, x], axis=0), tf.concat([y, y], axis=0)
         trajectory, step_losses, logits = attack_trajectory(
             self.generator, lambda images: self.classifier(images, training=False), x2, y2,
-            tf.concat([z1, z2], axis=0), c.eps, c.step_size, c.n_steps, training=training)
+            tf.concat([z1, z2], axis=0), c.eps, c.step_size, c.n_steps, training=training,
+            pixel_clipped_delta=c.pixel_clipped_delta)
         cls = tf.reduce_mean(tf.stack(step_losses))
-        div = losses.diversity_loss([t[:n] for t in trajectory], [t[n:] for t in trajectory], z1, z2)
+        div = losses.diversity_loss([t[:n] for t in trajectory], [t[n:] for t in trajectory], z1, z2,
+                                    form=c.diversity_form)
         return x2, y2, trajectory[-1], cls, div
 
     def generator_step(self, x, y):
@@ -260,7 +271,7 @@ def _load_generator(p):
     if not isinstance(model, L2LDA):
         raise AttackConfigError(f"{p['generator_run']} is not an l2l_da run")
     return {"generator": model.generator, "steps": config.n_steps, "step_ratio": config.step_size / config.eps,
-            "z_dim": config.z_dim}
+            "z_dim": config.z_dim, "pixel_clipped_delta": config.pixel_clipped_delta}
 
 
 def _check(p):
@@ -278,7 +289,8 @@ def _l2l_da_attack(model_fn, x, y, p, loss_fn):
     for _ in range(p["draws"]):
         z = tf.random.normal([tf.shape(x)[0], p["z_dim"]])
         trajectory, step_losses, logits = attack_trajectory(
-            p["generator"], model_fn, x, tf.cast(y, tf.int64), z, p["eps"], p["step_ratio"] * p["eps"], p["steps"])
+            p["generator"], model_fn, x, tf.cast(y, tf.int64), z, p["eps"], p["step_ratio"] * p["eps"], p["steps"],
+            pixel_clipped_delta=p["pixel_clipped_delta"])
         fooled = tf.not_equal(tf.argmax(logits, axis=1), tf.cast(y, tf.int64))
         better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (step_losses[-1] > best_loss))
         best = tf.where(better[:, None, None, None], trajectory[-1], best)
