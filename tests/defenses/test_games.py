@@ -174,7 +174,7 @@ def test_gcln_detector_and_both_terms_of_the_cleaner(batch, cnn_run):
 def test_aaa_autoencoder_lowers_eq_3_at_its_own_adversarial_examples(batch, cnn_run):
     x, y = batch
     model = build_defense("aaa", {"classifier": (str(cnn_run),), "filters": 8, "nb_iter": 3, "eps_iter": 0.05,
-                                  "batch_size": 32})
+                                  "batch_size": 32, "mse_weight": 1.0})  # a fixed lambda: one objective to descend
     model.compile_for_training()
     classifier = model.native_classifiers[0]
 

@@ -329,10 +329,10 @@ def test_gcln_features_from_a_model_file_resized_and_tiled(batch, tmp_path):
 # ---------------------------------------------------------------------- AAA (eqs. 2-3)
 
 
-@pytest.mark.parametrize("loss", ["xent", "mse", "xent+mse"])
-def test_aaa_step(batch, loss):
+@pytest.mark.parametrize("loss,weight", [("xent", 0.7), ("mse", 0.7), ("xent+mse", 0.7), ("xent+mse", None)])
+def test_aaa_step(batch, loss, weight):
     x, y = batch
-    model = build_defense("aaa", {"filters": 4, "loss": loss, "mse_weight": 0.7, "eps": 0.2, "eps_iter": 0.05,
+    model = build_defense("aaa", {"filters": 4, "loss": loss, "mse_weight": weight, "eps": 0.2, "eps_iter": 0.05,
                                   "nb_iter": 3})
     native = _tiny_classifier()
     object.__setattr__(model, "_natives", [native])
@@ -345,7 +345,8 @@ def test_aaa_step(batch, loss):
         logits = native(cleaned)
         xent = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
         mse = tf.reduce_mean(tf.square(cleaned - x))
-        return {"ae": {"xent": xent, "mse": mse, "xent+mse": xent + 0.7 * mse}[loss], "xent": xent, "mse": mse,
+        lam = 0.7 if weight is not None else tf.stop_gradient(xent / mse)  # unset: the magnitudes balanced
+        return {"ae": {"xent": xent, "mse": mse, "xent+mse": xent + lam * mse}[loss], "xent": xent, "mse": mse,
                 "logits": logits}
 
     got, want = _check_step(lambda: model.train_step((x, y)), {"ae": model.autoencoder}, by_hand)

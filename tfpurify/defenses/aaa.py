@@ -7,8 +7,11 @@ Each training step picks one native classifier F at random (ensemble adversarial
 
 - `xent`: cross-entropy of F(G(x_adv)),
 - `mse`: mean squared error between G(x_adv) and the clean x,
-- `xent+mse`: both, the second weighted by `mse_weight` (lambda in eq. 3; the paper does not give
-  its value),
+- `xent+mse`: both, the second weighted by `mse_weight` (lambda in eq. 3, which "balances the
+  magnitudes of the two losses"; the paper gives no value). By default lambda balances them at every
+  step, xent / mse of the batch (treated as a constant), so both terms weigh the same; a number
+  fixes it (1, our earlier default, left the per-pixel MSE at 1-3 % of the loss: `xent+mse` trained
+  like `xent`),
 
 with Adam at 1e-3 and the learning rate reduced when the validation loss has not improved for
 `lr_patience` epochs. The classifiers never change and are not part of the saved defense: the run
@@ -42,7 +45,7 @@ class AAAConfig(DefenseConfig):
 
     classifier: tuple = ()        # native classifier runs (one picked at random per step)
     loss: str = "xent+mse"        # xent, mse or xent+mse (paper Tables 4-5)
-    mse_weight: float = 1.0       # lambda of eq. 3
+    mse_weight: float = None      # lambda of eq. 3; None: xent / mse each step (the magnitudes balanced)
     eps: float = 0.2              # the paper's Fashion-MNIST budget
     eps_iter: float = 0.01
     nb_iter: int = 40
@@ -65,8 +68,8 @@ class AAAConfig(DefenseConfig):
             raise InputValidationError(f"architecture must be auto, conv or unet, got {self.architecture!r}")
         if not 0.0 < self.eps <= 1.0 or not 0.0 < self.eps_iter <= self.eps:
             raise InputValidationError(f"need 0 < eps_iter <= eps <= 1, got eps {self.eps}, eps_iter {self.eps_iter}")
-        if self.mse_weight < 0:
-            raise InputValidationError(f"mse_weight must be >= 0, got {self.mse_weight}")
+        if self.mse_weight is not None and self.mse_weight < 0:
+            raise InputValidationError(f"mse_weight must be >= 0 (or unset: balanced), got {self.mse_weight}")
         self.require_positive("nb_iter", "filters", "lr_patience")
 
 
@@ -162,7 +165,10 @@ class AAA(Purifier):
         logits = classifier(cleaned, training=False)
         xent = losses.classification_loss(y, logits)
         mse = losses.reconstruction_loss(x, cleaned)
-        loss = {"xent": xent, "mse": mse, "xent+mse": xent + self.config.mse_weight * mse}[self.config.loss]
+        weight = self.config.mse_weight
+        if weight is None:  # eq. 3's lambda balances the magnitudes: both terms weigh xent
+            weight = tf.stop_gradient(xent / (mse + 1e-12))
+        loss = {"xent": xent, "mse": mse, "xent+mse": xent + weight * mse}[self.config.loss]
         return loss, xent, mse, logits
 
     def _on_random_native(self, x, y, training):
