@@ -165,11 +165,21 @@ class AAA(Purifier):
         logits = classifier(cleaned, training=False)
         xent = losses.classification_loss(y, logits)
         mse = losses.reconstruction_loss(x, cleaned)
+        return xent, mse, logits
+
+    def _loss(self, xent, mse):
+        """Eq. 3. Unset lambda balances the magnitudes (both terms weigh xent), from the global batch's
+        means under a distribution strategy, so that every replica weighs the same."""
+        if self.config.loss != "xent+mse":
+            return {"xent": xent, "mse": mse}[self.config.loss]
         weight = self.config.mse_weight
-        if weight is None:  # eq. 3's lambda balances the magnitudes: both terms weigh xent
-            weight = tf.stop_gradient(xent / (mse + 1e-12))
-        loss = {"xent": xent, "mse": mse, "xent+mse": xent + weight * mse}[self.config.loss]
-        return loss, xent, mse, logits
+        if weight is None:
+            ctx = tf.distribute.get_replica_context()
+            xent_all, mse_all = xent, mse
+            if ctx is not None and ctx.num_replicas_in_sync > 1:
+                xent_all, mse_all = ctx.all_reduce("MEAN", xent), ctx.all_reduce("MEAN", mse)
+            weight = tf.stop_gradient(xent_all / (mse_all + 1e-12))
+        return xent + weight * mse
 
     def _on_random_native(self, x, y, training):
         natives = self.native_classifiers
@@ -189,14 +199,15 @@ class AAA(Purifier):
     def train_step(self, data):
         x, y = data
         with tf.GradientTape() as tape:
-            loss, xent, mse, logits = self._on_random_native(x, y, training=True)
+            xent, mse, logits = self._on_random_native(x, y, training=True)
+            loss = self._loss(xent, mse)  # outside the native's branch: its all-reduce runs on every replica
         apply_gradients(self.optimizer, loss, tape, self.autoencoder.trainable_weights)
         return self._track(loss, xent, mse, y, logits)
 
     def test_step(self, data):
         x, y = data
-        loss, xent, mse, logits = self._on_random_native(x, y, training=False)
-        return self._track(loss, xent, mse, y, logits)
+        xent, mse, logits = self._on_random_native(x, y, training=False)
+        return self._track(self._loss(xent, mse), xent, mse, y, logits)
 
     def _track(self, loss, xent, mse, y, logits):
         for name, value in (("loss", loss), ("xent", xent), ("mse", mse)):
