@@ -286,15 +286,15 @@ def test_a_stopped_evaluation_keeps_what_it_finished(runner, cnn_run, tmp_path, 
         "fgsm", "worst_case"]
     assert "> **Unfinished.**" in report.read_text()
     monkeypatch.setattr(run_module, "attack_and_score", finish)
-    result = runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "fgsm", "--limit", "24", "--batch-size", "8",
-                                 "--report", str(report), "--check-queries", "50"])
+    result = runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "fgsm,pgd", "--nb-iter", "3", "--limit", "24",
+                                 "--batch-size", "8", "--report", str(report), "--check-queries", "50"])
     assert result.exit_code == 0, result.output
     d = json.loads(report.with_suffix(".json").read_text())
     assert d["finished"] is True and "Unfinished" not in report.read_text()
     assert d["settings"]["sanity_checks"]["gradient_free_attack"]["n_queries"] == 50
     assert d["settings"]["sanity_checks"]["seconds"]["none"] > 0
     assert "fgsm: 100%" in result.output and "24/24" in result.output  # progress over examples, not batches
-    assert "check 4: square" in result.output
+    assert "check 4: square" in result.output and "check 5: pgd" in result.output
     assert "- sanity checks: ran under none on the first 24 examples (" in report.read_text()
 
 

@@ -100,8 +100,10 @@ class Readouts:
         return tf.stack([-z / 2, z / 2], axis=1)
 
 
-def binarization_test(binarize, x, attack, params, seed=0, batch_size=256, n=None, inner=None):
+def binarization_test(binarize, x, attack, params, seed=0, batch_size=256, n=None, inner=None, progress=False,
+                      progress_label=None):
     """Runs the test on the first `n` images of x; returns the check's record (see the module).
+    `progress`, `progress_label`: the attack's progress bar (see `attacks.run_attack`).
 
     Args:
       binarize: an attacked callable's `binarize` (set by `tfpurify.adaptive`): `head -> (attacked,
@@ -123,7 +125,7 @@ def binarization_test(binarize, x, attack, params, seed=0, batch_size=256, n=Non
     accepted = attacks_lib.get_attack(attack).defaults  # every example in one batch, in order, to the end
     run = {**params, **{k: v for k, v in (("early_exit", False), ("restarts", 1)) if k in accepted}}
     x_adv = attacks_lib.run_attack(attack, attacked, x, np.zeros(len(x), np.int64), batch_size=len(x), seed=seed,
-                                   **run)
+                                   progress=progress, progress_label=progress_label, **run)
 
     def says_one(images):
         return np.argmax(predict_logits(scored, np.ascontiguousarray(images), len(x)), axis=1) == 1

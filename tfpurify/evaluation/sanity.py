@@ -135,10 +135,10 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
            f"PGD accuracy {acc_large:.3f} at eps {large_eps} is not ~0 (gradients are masked)")
     _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold,
                          progress, n_queries)
-    _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed, record)
+    _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed, record, progress)
 
 
-def _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed, record):
+def _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed, record, progress=False):
     """Check 5: PGD with the report's settings must find the adversarial example a binarized readout has
     by construction (`tfpurify.evaluation.binarization`) on at least BINARIZATION["min_success"] of them."""
     binarize = getattr(attacked_fn, "binarize", None)
@@ -152,7 +152,8 @@ def _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed,
         return skip_checks(report, tm, "no pgd attack in this evaluation", (5,))
     params = {k: v for k, v in pgd[0].params.items() if k in ("eps_iter", "nb_iter", "norm")}
     params["norm"] = attacks_lib.parse_norm(params["norm"])
-    result = binarization_test(binarize, x, "pgd", {**params, "eps": pgd[0].eps}, seed, batch_size)
+    result = binarization_test(binarize, x, "pgd", {**params, "eps": pgd[0].eps}, seed, batch_size,
+                               progress=progress, progress_label=f"[{tm}] check 5: pgd")
     if result["attack_success"] is None:
         return skip_checks(report, tm, f"no binary readout could be fitted on the features of the first "
                                        f"{result['n']} examples", (5,))
