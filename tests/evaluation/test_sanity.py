@@ -320,23 +320,33 @@ def test_checks_without_pgd_or_gradient_attacks_are_skipped_with_their_reason(mo
 def test_check_4_announces_a_long_run_and_takes_a_query_budget(monkeypatch, capsys):
     n = 20
     seen = []
-    _fake_attacks(monkeypatch, lambda name, params: seen.append((name, params)) or _column(n, 10))
-    monkeypatch.setattr(sanity, "query_seconds", lambda model_fn, x, batch_size: 0.5 * len(x))  # 0.5 s a query
-    monkeypatch.setattr(sanity, "ANNOUNCE_SECONDS", 100.0)
-    report = _report_with_pgd(n, _column(n, 10))
+
+    def fake(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False, progress_label=None,
+             **params):
+        seen.append((name, attacked_fn, progress, progress_label, params))
+        correct = _column(n, 10)[:len(x)] & clean_correct
+        return x, np.where(correct, y, (y + 1) % 10), correct, np.zeros(len(x))
+
+    attacked = object()  # what check 4 times and attacks
+    monkeypatch.setattr(sanity, "attack_and_score", fake)
+    monkeypatch.setattr(sanity, "query_seconds", lambda model_fn, x, batch_size: 0.3 * len(x) * (model_fn is attacked))
     x, y = np.zeros((n, 28, 28, 1), np.float32), np.zeros(n, np.int64)
+
+    def run(announce_seconds, **kwargs):
+        monkeypatch.setattr(sanity, "ANNOUNCE_SECONDS", announce_seconds)
+        report = _report_with_pgd(n, _column(n, 10))
+        sanity.run_sanity_checks(report, "none", attacked, None, x, y, np.ones(n, bool), 64, 0, **kwargs)
+        return next(c for c in report.sanity if c["check"] == 4), capsys.readouterr().out
+
     written = []
-    sanity.run_sanity_checks(report, "none", None, None, x, y, np.ones(n, bool), 64, 0, progress=True,
-                             n_queries=30, checkpoint=lambda r: written.append(len(r.sanity)))
-    check4 = next(c for c in report.sanity if c["check"] == 4)
+    check4, out = run(89.0, progress=True, n_queries=30, checkpoint=lambda r: written.append(len(r.sanity)))
     assert check4["gradient_free_attack"] == {"attack": "square", "n_queries": 30, "p_init": 0.8}
-    assert ("square", {"eps": 0.1, "n_queries": 30, "p_init": 0.8}) in seen
-    assert check4["estimated_seconds"] == 30 * 0.5 * 10  # 30 queries of the 10 examples left robust
-    out = capsys.readouterr().out
+    square = [s for s in seen if s[0] == "square"]
+    assert square == [("square", attacked, True, "[none] check 4: square", {"eps": 0.1, "n_queries": 30, "p_init": 0.8})]
+    assert check4["estimated_seconds"] == 30 * 0.3 * 10  # 30 queries of the 10 examples left robust: 90 s
     assert "sanity check 4 at eps 0.1: square, 30 queries on 10 examples, up to 2 min" in out and "--check-queries" in out
     assert written == [1, 2, 3, 4]  # after every check that ran (check 5, skipped with the fakes, costs nothing)
-    capsys.readouterr()
-    monkeypatch.setattr(sanity, "ANNOUNCE_SECONDS", 1000.0)  # under the bar: nothing said
-    sanity.run_sanity_checks(_report_with_pgd(n, _column(n, 10)), "none", None, None, x, y, np.ones(n, bool), 64, 0,
-                             progress=True, n_queries=30)
-    assert "sanity check 4" not in capsys.readouterr().out
+    check4, out = run(90.0, progress=True, n_queries=30)  # not over the bar: nothing said
+    assert check4["estimated_seconds"] == 90.0 and "sanity check 4" not in out
+    check4, out = run(0.0, n_queries=30)  # without progress: no timing, no message, no bars
+    assert check4["estimated_seconds"] is None and out == "" and seen[-1][2] is False

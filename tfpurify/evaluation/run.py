@@ -50,6 +50,7 @@ class AttackSpec:
 GRAYBOX_ONLY = ("gray-box only: the attacks saw the classifier, never the defense; an attacker who knows the "
                 "defense is not measured, so no number here is a robustness claim (add the whitebox threat model)")
 
+
 def make_attack_specs(names, eps_values, **params):
     """The cross product of attack names and eps values, sharing the other parameters.
 
