@@ -1,6 +1,7 @@
 """GCLN on Fashion-MNIST: q 5, q 10 and the tuned (q, lambda), against the anchors of this family.
 
-1. `tfpurify.tuning.tune` searches quant_step (4-16) and perceptual_weight (lambda, 0.1-0.9) with
+1. `tfpurify.tuning.tune` searches quant_step (4-40: the paper's q was chosen for eps 8/255; eps 0.1 is
+   about 25/255, where the equivalent q is about 30) and perceptual_weight (lambda, 0.1-0.9) with
    random search; the objective is white-box PGD-10 accuracy at eps 0.1 on a validation slice of
    the *training* split (never the test split). Each trial trains on a slice for a few epochs.
 2. Three models train on the same wall-clock budget on this CPU: q 5 and q 10 at the paper's
@@ -43,7 +44,7 @@ def pct(value):
 
 def tune_gcln(cnn_run, out, trials, limit, epochs):
     """Random search over (quant_step, perceptual_weight); returns (best config, trial rows)."""
-    params = [tuning.parse_param(text, GCLNConfig) for text in ("quant_step=4:16", "perceptual_weight=0.1:0.9")]
+    params = [tuning.parse_param(text, GCLNConfig) for text in ("quant_step=4:40", "perceptual_weight=0.1:0.9")]
     base = GCLNConfig(classifier=str(cnn_run), limit=limit, epochs=epochs)
     return tuning.tune("gcln", params, out, base_config=base, classifier_run=str(cnn_run), trials=trials,
                        eps=0.1, nb_iter=10, val_limit=500)

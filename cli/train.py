@@ -63,7 +63,8 @@ def _defense_command(name, model_class, config_class):
         several = isinstance(field.default, tuple)  # e.g. aaa's classifier runs: repeat the option
         command = click.option(f"--{field.name.replace('_', '-')}", field.name, type=str if several else option_type(field),
                                multiple=several, default=None,
-                               help="repeatable" if several else f"[default: {field.default}]")(command)
+                               help=(f"repeatable [default: {', '.join(map(str, field.default)) or 'none'}]"
+                                     if several else f"[default: {field.default}]"))(command)
     if issubclass(model_class, Detector):
         command = click.option("--target-fpr", default=0.05, show_default=True, type=FRACTION,
                                help="The detector's threshold flags this fraction of clean validation "

@@ -147,7 +147,7 @@ def test_gcln_detector_and_both_terms_of_the_cleaner(batch, cnn_run):
 
     def parts(model):
         c = model.config
-        x_adv = pgd_examples(model.target_classifier, x, y, c.attack_eps, c.attack_eps / 4.0, c.attack_steps)
+        x_adv = pgd_examples(model.target_classifier, x, y, c.attack_eps[0], c.attack_eps[0] / 4.0, c.attack_steps)
         recovered = model.cleaner(x_adv, training=True)
         return x_adv, recovered
 

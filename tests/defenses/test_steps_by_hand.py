@@ -1001,3 +1001,23 @@ def test_robust_classifiers_attack_and_validate_at_inference_and_train_in_the_tr
         want = l2l_by_hand(False)
         for key, name in (("gen", "gen_loss"), ("cls", "cls_loss"), ("adv", "adv_loss")):
             assert float(got[name]) == pytest.approx(float(want[key]), rel=1e-4), (diversity, name)
+
+
+def test_gcln_trains_at_every_eps_it_is_given(batch, monkeypatch):
+    from tfpurify.defenses import gcln
+    from tfpurify.errors import InputValidationError
+
+    x, y = batch
+    seen = []
+    real = gcln.pgd_examples
+    monkeypatch.setattr(gcln, "pgd_examples", lambda c, images, labels, eps, eps_iter, steps: seen.append(
+        (np.asarray(eps).reshape(-1), np.asarray(eps_iter).reshape(-1))) or real(c, images, labels, eps, eps_iter, steps))
+    model = _gcln(attack_eps=["0.1", 0.3])  # repeated CLI options arrive as strings
+    assert model.config.attack_eps == (0.1, 0.3) and _gcln().config.attack_eps == (0.1,)
+    model(x[:1])
+    model.train_step((x, y))
+    eps, eps_iter = seen[-1]
+    np.testing.assert_allclose(eps, np.tile([0.1, 0.3], len(x) // 2 + 1)[:len(x)])  # the batch split between them
+    np.testing.assert_allclose(eps_iter, eps / 4)
+    with pytest.raises(InputValidationError, match="attack_eps"):
+        build_defense("gcln", {"attack_eps": ["x"]})

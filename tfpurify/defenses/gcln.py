@@ -11,7 +11,8 @@ transform, trained against a detector of attacked images.
 - G minimizes lambda * L_P + (1 - lambda) * L_A (eq. 3, `perceptual_weight` = lambda, paper 0.5):
   L_P = ||F(x_o) - F(G(x*))||^2 (eq. 4), L_A = -log D(G(x*)) (eq. 5).
 - x* are made on the fly each step: PGD (`attack_steps`, `attack_eps`, random start) on the
-  target classifier, which never changes. With `recycle`, recovered images the classifier gets
+  target classifier, which never changes. Several `attack_eps` train the cleaner at each of them
+  (the examples of a batch split evenly between them): train at every eps it is evaluated at. With `recycle`, recovered images the classifier gets
   right join D's clean pool (paper 3.3, last paragraph).
 
 Deviations, all stated as config fields: F (the paper's ImageNet VGG-19 cannot be downloaded here
@@ -59,7 +60,7 @@ class GCLNConfig(DefenseConfig):
     detector_filters: int = 32
     detector_pretrain_epochs: int = 1
     raw_attack_weight: float = 0.5  # share of D's fake term on raw x* (the rest on G(x*))
-    attack_eps: float = 0.1
+    attack_eps: tuple = (0.1,)      # one or more budgets (the examples of a batch split between them)
     attack_steps: int = 7
     recycle: bool = False
     feature_model: str = None       # a Keras model file for F; None: the classifier's penultimate features
@@ -76,8 +77,14 @@ class GCLNConfig(DefenseConfig):
             raise InputValidationError(f"perceptual_weight must be in [0, 1], got {self.perceptual_weight}")
         if not 0.0 <= self.raw_attack_weight < 1.0:
             raise InputValidationError(f"raw_attack_weight must be in [0, 1), got {self.raw_attack_weight}")
-        if not 0.0 < self.attack_eps <= 1.0:
+        values = (self.attack_eps,) if isinstance(self.attack_eps, (int, float, str)) else tuple(self.attack_eps)
+        try:
+            values = tuple(float(v) for v in values)
+        except ValueError:
+            raise InputValidationError(f"attack_eps must be numbers, got {self.attack_eps!r}") from None
+        if not values or not all(0.0 < v <= 1.0 for v in values):
             raise InputValidationError(f"attack_eps must be in (0, 1], got {self.attack_eps}")
+        object.__setattr__(self, "attack_eps", values)
         if self.detector_pretrain_epochs < 0 or self.residual_blocks < 0:
             raise InputValidationError("detector_pretrain_epochs and residual_blocks must be >= 0")
         self.require_positive("dct_block", "filters", "detector_filters", "attack_steps")
@@ -221,7 +228,8 @@ class GCLN(Purifier, Detector):
     def _objective(self, x, y, training):
         cfg = self.config
         classifier = self.target_classifier
-        x_adv = pgd_examples(classifier, x, y, cfg.attack_eps, cfg.attack_eps / 4.0, cfg.attack_steps)
+        eps = tf.gather(tf.constant(cfg.attack_eps), tf.range(tf.shape(x)[0]) % len(cfg.attack_eps))[:, None, None, None]
+        x_adv = pgd_examples(classifier, x, y, eps, eps / 4.0, cfg.attack_steps)
         recovered = self.cleaner(x_adv, training=training)
         real = self.detector_net(x, training=training)
         fake_raw = self.detector_net(x_adv, training=training)
