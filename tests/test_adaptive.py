@@ -271,6 +271,50 @@ def test_bpda_is_the_purifier_forward_and_its_surrogate_backward():
     np.testing.assert_array_equal(first, noisy.purify(x))  # no surrogate: the purifier itself
 
 
+class _Squaring(RoundingPurifier):
+    """purify = round(x^2 * 2) / 2 forward; surrogate x^2 (a gradient 2x, unlike the identity's 1); it unrolls:
+    `purify_and_surrogate(x, unroll=K)` records K and returns K * x^2 as its surrogate."""
+
+    def __init__(self):
+        super().__init__(levels=2)
+        self.unrolled = []
+
+    def purify(self, x, training=False):
+        return tf.round(tf.square(x) * 2.0) / 2.0
+
+    def attack_surrogate(self, x):
+        return tf.square(x)
+
+    def purify_and_surrogate(self, x, unroll=None):
+        self.unrolled.append(unroll)
+        return self.purify(x), (1.0 if unroll is None else float(unroll)) * tf.square(x)
+
+
+def test_every_bpda_mode_is_the_served_forward_with_its_own_backward():
+    x, purifier = _toy_images(), _Squaring()
+    served = purifier.purify(x).numpy()
+    gradients = {}
+    for mode in ("surrogate", "identity", "unroll:3", "exact"):
+        through = adaptive.bpda(purifier, mode)
+        np.testing.assert_allclose(through(x).numpy(), served, atol=1e-6, err_msg=mode)  # the served forward
+        g = _gradient(lambda v: through(v)[:, 0, 0], x)  # None where no op passes a gradient
+        gradients[mode] = np.zeros(len(x)) if g is None else g.numpy()[:, 0, 0, 0]
+    pixel = x.numpy()[:, 0, 0, 0]
+    np.testing.assert_allclose(gradients["surrogate"], 2 * pixel, rtol=1e-6)  # d(x^2)
+    np.testing.assert_allclose(gradients["identity"], np.ones_like(pixel))
+    np.testing.assert_allclose(gradients["unroll:3"], 3 * 2 * pixel, rtol=1e-6)  # K reaches the purifier
+    np.testing.assert_allclose(gradients["exact"], np.zeros_like(pixel))  # rounding passes none
+    assert purifier.unrolled[-1] == 3 and None in purifier.unrolled
+    rounding = RoundingPurifier(levels=2)  # a surrogate-free mode on a purifier with one
+    np.testing.assert_allclose(_gradient(lambda v: adaptive.bpda(rounding, "identity")(v)[:, 0, 0], x).numpy(),
+                               _gradient(lambda v: v[:, 0, 0], x).numpy())
+    with pytest.raises(AttackConfigError, match="RoundingPurifier has no descent steps"):
+        adaptive.bpda(RoundingPurifier(), "unroll:1")  # no descent steps to unroll
+    with pytest.raises(AttackConfigError, match="unroll:K needs an integer K >= 1"):
+        adaptive.parse_bpda("unroll:0")
+    assert tuple(adaptive.parse_bpda("unroll:1")) == ("unroll:1",)  # K = 1 is the smallest allowed
+
+
 def test_whitebox_targets_and_their_settings_on_toys():
     classifier, x = _toy_classifier(), _toy_images()
     rounding = DefendedClassifier(classifier, purifier=RoundingPurifier(levels=2))
