@@ -6,8 +6,8 @@ schedule), MIM, the learned `l2l_da` attack (the L2L-DA run's generator, 10 z dr
 (our per-example worst case over all of them and the sanity checks' attacks), plus AutoAttack.
 Robust classifiers are attacked directly (white-box; gray-box is the same thing). Both defenses
 fine-tune the plain `cnn` and stop when the budget is spent; training images/s is reported, since
-one L2L-DA step costs several PGD-k steps. (The paper makes no claim about cost; it compares the
-two at an equal number of iterations. Equal wall clock is this benchmark's own question.)
+one L2L-DA step costs several PGD-k steps. (The paper makes no claim about cost and does not state
+its baselines' training budgets; equal wall clock is this benchmark's own question.)
 
 Usage: python benchmarks/l2l_da_fmnist.py [--budget-minutes 45] [--eps 0.1] [--n 1000] [--tag T] [--train-only pgd_at]
 """
