@@ -34,7 +34,7 @@ def classifier(arch, dataset, epochs, batch_size, learning_rate, val_fraction, p
     config = ClassifierConfig(arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size,
                               learning_rate=learning_rate, val_fraction=val_fraction, patience=patience,
                               limit=limit, seed=seed)
-    if _already_trained(out, "classifier.weights.h5", {"kind": "classifier", **dataclasses.asdict(config)}):
+    if _already_trained(out, "classifier.weights.h5", config.to_dict()):
         return
     _, history = train_classifier(config, out, verbose=2)
     click.echo(f"trained {arch} on {dataset}: {human_metrics({k: v[-1] for k, v in history.items()})} -> {out}")
@@ -45,15 +45,14 @@ def _defense_command(name, model_class, config_class):
     from tfpurify.defenses import Detector
 
     def command(out, strategy, config_file=None, target_fpr=0.05, **fields):
-        from tfpurify.training import train_defense
+        from tfpurify.training import config_dict, train_defense
 
         given = {k: v for k, v in fields.items() if v is not None and v != ()}
         from_file = _read_config_file(config_file, name)
         config = config_class.from_dict({**from_file, **given})
         if config_file is not None:
             _say_what_was_taken(config_file, config_class, from_file, given)
-        if _already_trained(out, "defense.weights.h5", {"kind": "defense", "defense": name,
-                                                        **dataclasses.asdict(config)}):
+        if _already_trained(out, "defense.weights.h5", config_dict(name, config)):
             return
         _, history = train_defense(name, config, out, strategy=strategy, verbose=2, target_fpr=target_fpr)
         click.echo(f"trained {name} on {config.dataset}: {human_metrics({k: v[-1] for k, v in history.items()})} "
@@ -82,17 +81,15 @@ def _defense_command(name, model_class, config_class):
 def _already_trained(out, weights_name, config_dict):
     """True (and says so) where `out` holds a finished run of this config; says it resumes an unfinished one;
     a finished run of another config is an error (never overwritten)."""
-    import json
-
     from tfpurify.errors import RunFolderError
-    from tfpurify.runs import read_config, run_state
+    from tfpurify.runs import holds_config, run_state
 
     state = run_state(out, weights_name)
     if state == "unfinished":
         click.echo(f"resuming the unfinished run in {out} from its last finished epoch")
     if state != "finished":
         return False
-    if read_config(out) != json.loads(json.dumps(config_dict)):
+    if not holds_config(out, config_dict):
         raise RunFolderError(f"{out} holds a finished run of another config; use another --out (or delete it)")
     click.echo(f"{out} is already trained with this config: nothing to do (delete it, or use another --out, to "
                "train again)")

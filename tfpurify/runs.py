@@ -17,7 +17,7 @@ import tensorflow as tf
 from tfpurify.errors import RunFolderError
 
 __all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_config", "start_run",
-           "run_state", "run_callbacks", "finish_run", "read_run", "restore_weights", "weights_digest"]
+           "holds_config", "run_state", "run_callbacks", "finish_run", "read_run", "restore_weights", "weights_digest"]
 
 
 def atomic_write_text(path, text):
@@ -73,18 +73,25 @@ def start_run(out_dir, config_dict):
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "config.json").is_file() and (out_dir / "backup").exists():
-        if read_config(out_dir) != json.loads(json.dumps(config_dict)):  # as written: tuples are lists in JSON
+        if not holds_config(out_dir, config_dict):
             raise RunFolderError(f"{out_dir} holds an unfinished run with a different config; use another --out")
     write_config(out_dir, config_dict)
     return out_dir
 
 
+def holds_config(out_dir, config_dict):
+    """Whether the run folder's config.json is `config_dict` (as written: tuples are lists in JSON)."""
+    return read_config(out_dir) == json.loads(json.dumps(config_dict))
+
+
 def run_state(out_dir, weights_name):
     """"finished" (weights written, no resume backup), "unfinished" (a backup to resume from) or "new"."""
     out_dir = pathlib.Path(out_dir)
-    if (out_dir / "backup").exists() and (out_dir / "config.json").is_file():
+    if not (out_dir / "config.json").is_file():
+        return "new"
+    if (out_dir / "backup").exists():
         return "unfinished"
-    return "finished" if (out_dir / weights_name).is_file() and (out_dir / "config.json").is_file() else "new"
+    return "finished" if (out_dir / weights_name).is_file() else "new"
 
 
 def run_callbacks(out_dir):

@@ -15,7 +15,6 @@ import tensorflow as tf
 
 from tfpurify import data as data_lib
 from tfpurify import registry
-from tfpurify.classifiers import WEIGHTS as CLASSIFIER_WEIGHTS
 from tfpurify.classifiers import load_classifier
 from tfpurify.defenses import registry as defenses_registry
 from tfpurify.defenses.base import DefendedClassifier, RobustClassifier
@@ -24,7 +23,7 @@ from tfpurify.errors import InputValidationError, RunFolderError
 from tfpurify.runs import atomic_write_text, finish_run, read_config, run_callbacks, start_run, weights_digest
 
 __all__ = ["STRATEGIES", "make_strategy", "build_defense", "is_detector", "train_defense", "load_defense",
-           "load_defended"]
+           "load_defended", "config_dict"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -40,7 +39,8 @@ def make_strategy(name="default"):
     raise InputValidationError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
 
 
-def _config_dict(name, config):
+def config_dict(name, config):
+    """A defense run's config.json: kind, defense name and the config's fields."""
     return {"kind": "defense", "defense": name, **dataclasses.asdict(config)}
 
 
@@ -70,7 +70,7 @@ def train_defense(name, config, out_dir, strategy="default", callbacks=(), verbo
     # the data first: a config that cannot train (no such data, a bad limit) leaves no run folder behind
     (x_train, y_train), (x_val, y_val) = data_lib.load_train_val(
         config.dataset, config.limit, config.val_fraction, config.seed)
-    out_dir = start_run(out_dir, _config_dict(name, config))
+    out_dir = start_run(out_dir, config_dict(name, config))
     tf.keras.utils.set_random_seed(config.seed)
 
     with strategy.scope():
@@ -117,9 +117,6 @@ def load_defended(run_dir, classifier_run=None, overrides=None):
       (defended, info) where info names the defense, classifier, dataset and configs, and `runs`
       holds each run folder with the SHA-256 of its weights (what a report was made for).
     """
-    def digest(path, weights):
-        return {"path": str(path), "weights_sha256": weights_digest(path, weights)}
-
     if read_config(run_dir).get("kind") == "classifier":
         if classifier_run is not None:
             raise RunFolderError(f"{run_dir} is a classifier run; --classifier is only for defense runs")
@@ -128,7 +125,7 @@ def load_defended(run_dir, classifier_run=None, overrides=None):
         classifier, cconfig = load_classifier(run_dir)
         defended = DefendedClassifier(classifier)
         info = {"defense": "none", "config": cconfig.to_dict(), "classifier": cconfig.arch}
-        runs = {"classifier": digest(run_dir, CLASSIFIER_WEIGHTS)}
+        runs = {"classifier": classifier.tfpurify_run["runs"]["classifier"]}  # digested by load_classifier
     else:
         defense, dconfig = load_defense(run_dir, overrides)
         robust = isinstance(defense, RobustClassifier)
@@ -142,11 +139,12 @@ def load_defended(run_dir, classifier_run=None, overrides=None):
         else:
             defended = DefendedClassifier(classifier, purifier=defense if hasattr(defense, "purify") else None,
                                           detector=defense if is_detector(defense) else None)
-        info = {"defense": defense.registry_name, "config": _config_dict(defense.registry_name, dconfig),
+        info = {"defense": defense.registry_name, "config": config_dict(defense.registry_name, dconfig),
                 "classifier": defense.arch if robust else cconfig.arch}
-        runs = {"defense": {**digest(run_dir, WEIGHTS), **({"runtime": dict(overrides)} if overrides else {})}}
+        runs = {"defense": {"path": str(run_dir), "weights_sha256": weights_digest(run_dir, WEIGHTS),
+                            **({"runtime": dict(overrides)} if overrides else {})}}
         if classifier_run:
-            runs["undefended" if robust else "classifier"] = digest(classifier_run, CLASSIFIER_WEIGHTS)
+            runs["undefended" if robust else "classifier"] = classifier.tfpurify_run["runs"]["classifier"]
     dataset = (cconfig or dconfig).dataset
     defended(tf.zeros((1, *(cconfig or dconfig).input_shape)))  # build, so export can track it
     # what `evaluation.evaluate` records when it is not told (past Keras' attribute tracking: no model state)

@@ -583,9 +583,9 @@ def _defense_run(path, name, model):
     """A defense run folder written without training: its config and its weights, as `tfpurify train` leaves them."""
     from tfpurify.defenses.registry import WEIGHTS
     from tfpurify.runs import finish_run, start_run
-    from tfpurify.training import _config_dict
+    from tfpurify.training import config_dict
 
-    start_run(path, _config_dict(name, model.config))
+    start_run(path, config_dict(name, model.config))
     finish_run(model, path, WEIGHTS)
     return str(path)
 

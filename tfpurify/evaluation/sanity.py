@@ -199,11 +199,11 @@ def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct
         if robust.any():  # attack only what is left: the rest is already counted as broken
             if progress:
                 estimate = params["n_queries"] * query_seconds(attacked_fn, x[robust], batch_size)
-            if progress and estimate > ANNOUNCE_SECONDS:
-                tqdm.tqdm.write(f"[{tm}] sanity check 4 at eps {eps:g}: {name}, {params['n_queries']} queries on "
-                                f"{int(robust.sum())} examples, up to {estimate / 60:.0f} min on this machine (bound "
-                                "it: tfpurify eval --check-queries N, evaluate(sanity_queries=N); or skip the "
-                                "checks: --no-sanity-checks)")
+                if estimate > ANNOUNCE_SECONDS:
+                    tqdm.tqdm.write(f"[{tm}] sanity check 4 at eps {eps:g}: {name}, {params['n_queries']} queries "
+                                    f"on {int(robust.sum())} examples, up to {estimate / 60:.0f} min on this machine "
+                                    "(bound it: tfpurify eval --check-queries N, evaluate(sanity_queries=N); or skip "
+                                    "the checks: --no-sanity-checks)")
             after[robust] = attack_and_score(name, attacked_fn, scored_fn, x[robust], y[robust],
                                               clean_correct[robust], batch_size, seed, progress,
                                               progress_label=f"[{tm}] check 4: {name}", eps=eps, **params)[2]
