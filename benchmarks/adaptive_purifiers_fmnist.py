@@ -66,16 +66,18 @@ def _train_missing(label, path, classifier, minutes):
     return {"defense": name, "minutes": minutes, **timing}
 
 
-def _evaluate(defended, x, y, eps, after, label):
+def _evaluate(defended, x, y, eps, after, label, args):
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
-    names = ["fgsm", "pgd", "autoattack"] + (["pgd_eot"] if after and stochastic else [])
-    specs = evaluation.make_attack_specs(names, [eps], version="rand" if stochastic else "standard")
+    names = args.attacks.split(",") + (["pgd_eot"] if after and stochastic else [])
+    specs = evaluation.make_attack_specs(names, [eps], version="rand" if stochastic else "standard",
+                                         n_target_classes=args.n_target_classes)
     pipelines = adaptive.threat_model_pipelines(defended, eot_samples=1 if after else 8,
                                                 bpda="auto" if after else "surrogate")
     start = time.perf_counter()
     report = evaluation.evaluate(defended, x, y, specs, threat_model="whitebox", pipelines=pipelines,
                                  score_draws=10 if after else 1, defense=label, classifier="cnn",
-                                 dataset="fashion_mnist", progress=True, detector=defended.detector)
+                                 dataset="fashion_mnist", progress=True, detector=defended.detector,
+                                 sanity_n=args.sanity_n, sanity_queries=args.sanity_queries)
     seconds = time.perf_counter() - start
     if not after:  # check 5 did not exist before: keep the record, but it is no part of "before"
         report.sanity = [c for c in report.sanity if c["check"] != 5]
@@ -91,6 +93,13 @@ def main():
     parser.add_argument("--train-minutes", type=float, default=10.0,
                         help="wall time for training a run that does not exist yet")
     parser.add_argument("--name", default="adaptive_purifiers_fmnist")
+    parser.add_argument("--attacks", default="fgsm,pgd,autoattack",
+                        help="the attack set, before and after (a cheaper one for a costly purifier, stated in the results)")
+    parser.add_argument("--n-target-classes", type=int, default=None, help="APGD-T's and AutoAttack's target classes")
+    parser.add_argument("--sanity-n", type=int, default=200, help="examples the sanity checks run on")
+    parser.add_argument("--sanity-queries", type=int, default=None, help="check 4's query budget (default 5000)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the purifiers already in the results file that this start does not run again")
     args = parser.parse_args()
     registry.load()
     trained = {}
@@ -99,13 +108,14 @@ def main():
         if path not in trained:
             trained[path] = _train_missing(label, path, args.classifier, args.train_minutes)
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
-    rows, summary = [], []
+    rows, summary = _kept(args)
     for text in args.run:
         label, path, overrides = _parse_run(text)
         defended, info = load_defended(path, args.classifier, overrides)
-        line = {"defense": label, "run": path, "overrides": overrides, "training": trained.get(path)}
+        line = {"defense": label, "run": path, "overrides": overrides, "training": trained.get(path),
+                "protocol": _protocol(args)}
         for when in ("before", "after"):
-            report, seconds = _evaluate(defended, x, y, args.eps, when == "after", label)
+            report, seconds = _evaluate(defended, x, y, args.eps, when == "after", label, args)
             worst = report.worst_case("whitebox", args.eps)
             results = [r for r in report.results if r.threat_model == "whitebox"]
             deciding = min(results, key=lambda r: r.accuracy) if results else None
@@ -119,33 +129,63 @@ def main():
             over = report.worst_case_over_draws("whitebox", args.eps)
             if over is not None:
                 line[when].update(score_draws=over[0], worst_case_all_draws=over[1], worst_case_majority=over[2])
-            rows += [{**r, "params": {**r["params"], "protocol": when}} for r in report.rows()
+            rows += [{**r, "params": {**r["params"], "protocol": when}, "benchmark_protocol": line["protocol"]}
+                     for r in report.rows()
                      if r["threat_model"] == "whitebox"]
+            _write(args, rows, summary + [line])  # a long run killed later keeps what it finished
         summary.append(line)
-        _write(args, rows, summary)
+
+
+def _protocol(args):
+    """The attack set and sanity-check budget of this start (recorded per purifier: --append mixes starts)."""
+    return {"attacks": args.attacks, "n_target_classes": args.n_target_classes, "sanity_n": args.sanity_n,
+            "sanity_queries": args.sanity_queries or 5000}
+
+
+def _kept(args):
+    """The rows and summary lines of purifiers this start does not run (with --append), else nothing."""
+    path = pathlib.Path(__file__).resolve().parent / "results" / f"{args.name}.json"
+    if not args.append or not path.exists():
+        return [], []
+    labels = {_parse_run(text)[0] for text in args.run}
+    old = json.loads(path.read_text())
+    default = {"attacks": "fgsm,pgd,autoattack", "n_target_classes": None, "sanity_n": 200, "sanity_queries": 5000}
+    summary = [{"protocol": default, **s} for s in old["summary"] if s["defense"] not in labels]
+    rows = [{"benchmark_protocol": default, **r} for r in old["rows"] if r["defense"] not in labels]
+    return rows, summary
 
 
 def _write(args, rows, summary):
-    """Writes the results so far (after every purifier: a long run killed later keeps what it finished)."""
+    """Writes the results so far (after every protocol of every purifier)."""
     lines = ["# Adaptive attacks on every purifier (Fashion-MNIST, white-box)", "",
              f"Machine: {machine()}. The first {args.n} test images, eps {args.eps:g} (L-inf), the `cnn` behind each "
-             "purifier. Before: FGSM, PGD-40 and AutoAttack through the BPDA surrogate, EOT 8, one draw scored. "
-             "After: the same with every white-box gradient (`--bpda auto`), PGD-EOT 200 x 20 where the pipeline "
-             "is stochastic, 10 draws scored, and sanity check 5 (the binarization test). Script: "
+             "purifier. Before: the attack set (default FGSM, PGD-40 and AutoAttack) through the BPDA surrogate, "
+             "EOT 8, one draw scored, checks 1-4. After: the same with every white-box gradient (`--bpda auto`: "
+             "the surrogate and, where the purifier is differentiable end to end, the exact gradient), PGD-EOT "
+             "200 x 20 where the pipeline is stochastic, 10 draws scored, and sanity check 5 (the binarization "
+             "test). A purifier too costly for the whole set gets a smaller one, named in its row. Script: "
              "`benchmarks/adaptive_purifiers_fmnist.py`.", "",
              "| purifier | worst case before | worst case after | set by (after) | all 10 draws / majority | "
-             "binarization test (PGD success, random control) | s/example before | s/example after |",
-             "|---|---|---|---|---|---|---|---|"]
+             "binarization test (PGD success, random control) | s/example before | s/example after | "
+             "attacks (sanity checks on, check-4 queries) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        b, a = s["before"], s["after"]
+        b, a = s["before"], s.get("after")
+        if a is None:  # "after" still running
+            a = {"worst_case": float("nan"), "set_by": "(running)", "binarization": None, "seconds_per_example": 0.0}
         draws = (f"{100 * a['worst_case_all_draws']:.1f} % / {100 * a['worst_case_majority']:.1f} %"
                  if "score_draws" in a else "- (deterministic)")
         check = a["binarization"] or {}
         binar = (f"{check['status']}: {100 * check['attack_success']:.0f} %, {100 * check['random_success']:.0f} %"
                  if check.get("attack_success") is not None else check.get("status", "-"))
-        lines.append(f"| {s['defense']} | {100 * b['worst_case']:.1f} % | {100 * a['worst_case']:.1f} % | "
-                     f"{a['set_by']} | {draws} | {binar} | {b['seconds_per_example']:.2f} | "
-                     f"{a['seconds_per_example']:.2f} |")
+        proto = s["protocol"]
+        attacks = proto["attacks"].replace(",", ", ") + (
+            f" ({proto['n_target_classes']} target classes)" if proto["n_target_classes"] else "")
+        overrides = ", ".join(f"{k}={v}" for k, v in s["overrides"].items())
+        lines.append(f"| {s['defense']}{f' ({overrides})' if overrides else ''} | {100 * b['worst_case']:.1f} % | "
+                     f"{100 * a['worst_case']:.1f} % | {a['set_by']} | {draws} | {binar} | "
+                     f"{b['seconds_per_example']:.2f} | {a['seconds_per_example']:.2f} | "
+                     f"{attacks} ({min(proto['sanity_n'], args.n)}, {proto['sanity_queries']}) |")
     trained = [f"{s['defense']} ({s['training']['defense']}, default config): {s['training']['train_seconds'] / 60:.0f} "
                f"minutes of wall time, {s['training'].get('images')} images seen" for s in summary if s.get("training")]
     if trained:
