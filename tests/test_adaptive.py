@@ -495,3 +495,48 @@ def test_bpda_modes_are_parsed_and_chosen_per_purifier():
         exact = tf.reduce_sum(adaptive.bpda(RoundingPurifier(), "exact")(x))
     np.testing.assert_array_equal(tape.gradient(identity, x), np.ones((3, 2, 2, 1)))
     assert tape.gradient(exact, x) is None  # tf.round passes none: the exact gradient is blind there
+
+
+class _Search(RoundingPurifier):
+    """A purifier differentiable end to end (purify = x^2, gradient 2x) that declares `exact_gradient`, as
+    Cowboy's search does, and keeps a BPDA surrogate of its own (the identity, gradient 1)."""
+
+    exact_gradient = True
+
+    def purify(self, x, training=False):
+        return tf.square(x)
+
+    def attack_surrogate(self, x):
+        return x
+
+
+def test_auto_adds_the_exact_gradient_where_the_purifier_declares_one():
+    classifier = tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(2, 2, 1)), tf.keras.layers.Dense(3),
+                                      tf.keras.layers.Dense(2)])
+    x = _toy_images()
+    variants = adaptive.threat_model_pipelines(DefendedClassifier(classifier, purifier=_Search()))["whitebox"][0]
+    assert [t.variant for t in variants] == ["surrogate", "exact"]  # auto: the surrogate, and the exact gradient
+    assert [t.settings["bpda"] for t in variants] == [
+        "_Search.attack_surrogate", "exact: plain gradients through the served purifier, every step of its search"]
+    for target in variants:  # both serve the real purifier forward
+        np.testing.assert_allclose(target(x), classifier(tf.square(x)), atol=1e-6)
+    pixel = x.numpy()
+    surrogate, exact = (_gradient(lambda v, t=t: t(v), x).numpy() for t in variants)
+    np.testing.assert_allclose(exact, 2 * pixel * surrogate, rtol=1e-5, atol=1e-7)  # chain rule through x^2
+    assert np.abs(surrogate).sum() > 0
+    # without the declaration (RoundingPurifier: a surrogate, no exact_gradient) auto is the surrogate alone
+    rounding = adaptive.threat_model_pipelines(DefendedClassifier(classifier, purifier=RoundingPurifier()))
+    assert rounding["whitebox"][0].variant == "surrogate" and not isinstance(rounding["whitebox"][0], list)
+    # a purifier without a surrogate: any asked mode among surrogate/exact is the one plain gradient, tagged so
+    noisy = adaptive.threat_model_pipelines(DefendedClassifier(classifier, purifier=NoisyPurifier()), bpda="exact",
+                                            eot_samples=3)["whitebox"][0]
+    assert noisy.variant == "surrogate" and noisy.settings["bpda"] == "off (purifier differentiable)"
+    # the identity on a purifier without a surrogate is still the identity, and says so
+    identity = adaptive.whitebox_target(DefendedClassifier(classifier, purifier=NoisyPurifier()), bpda_mode="identity")
+    assert identity.settings["bpda"] == "identity (straight through the purifier)"
+    unrolled = adaptive.whitebox_target(DefendedClassifier(classifier, purifier=_Squaring()), bpda_mode="unroll:4")
+    assert unrolled.settings["bpda"] == "_Squaring.attack_surrogate, 4 descent steps unrolled"
+    # sanity check 5's pipeline keeps the attacked pipeline's EOT (its own head in the classifier's place)
+    head = tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(2, 2, 1)), tf.keras.layers.Dense(2)])
+    attacked, _ = noisy.binarize(head)
+    assert attacked.settings["eot_samples"] == 3 and attacked.settings["detector_weight"] == 0.0
