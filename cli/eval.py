@@ -5,7 +5,7 @@ import pathlib
 import click
 import numpy as np
 
-from cli.options import (COUNT, NON_NEGATIVE, POSITIVE, limit_option, parse_float_list, parse_list, registries,
+from cli.options import (COUNT, NON_NEGATIVE, POSITIVE, ZERO_OR_MORE, limit_option, parse_float_list, parse_list, registries,
                          runtime_options, runtime_overrides, seed_option)
 from tfpurify.errors import InputValidationError
 
@@ -48,6 +48,9 @@ def _attacks_help():
               help="standard (APGD-CE, APGD-T, FAB-T, Square) or rand (APGD-CE, APGD-DLR with EOT, stochastic defenses).")
 @click.option("--l2l-da-run", default=None,
               help="An l2l_da run folder: its trained generator is the `l2l_da` attack (10 z draws per example).")
+@click.option("--l2l-da-finetune-steps", default=20, show_default=True, type=ZERO_OR_MORE,
+              help="Before attacking, the `l2l_da` generator is fine-tuned this many updates against its target on "
+                   "each batch, as the paper does (0: the generator as trained).")
 @click.option("--eot-samples", default=8, show_default=True, type=COUNT,
               help="Draws averaged per gradient (EOT) for stochastic purifiers, white-box.")
 @click.option("--bpda", default="auto", show_default=True,
@@ -79,7 +82,7 @@ def _attacks_help():
 @click.option("--severities", default="1,2,3,4,5", show_default=True, help="Corruption severities (1-5).")
 @runtime_options
 def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, surrogate, nb_iter, eps_iter, restarts,
-                 early_exit, cascade, autoattack_version, l2l_da_run, eot_samples, bpda, score_draws, detector_weight, batch_size,
+                 early_exit, cascade, autoattack_version, l2l_da_run, l2l_da_finetune_steps, eot_samples, bpda, score_draws, detector_weight, batch_size,
                  limit, seed,
                  sanity_checks, check_queries, report_path, corruptions, severities, **runtime):
     """Attack RUN (a classifier or a defense run) on the test split and write a report."""
@@ -93,7 +96,8 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     bpda_modes = parse_bpda(bpda)
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
                               nb_iter=nb_iter, eps_iter=eps_iter, restarts=restarts, early_exit=early_exit,
-                              version=autoattack_version, generator_run=l2l_da_run)
+                              version=autoattack_version, generator_run=l2l_da_run,
+                              finetune_steps=l2l_da_finetune_steps)
     if corruptions is not None:  # fail on a bad list or a missing extra before any attack runs
         from tfpurify import corruptions as corruptions_lib
 

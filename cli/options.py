@@ -46,6 +46,7 @@ class Number(click.ParamType):
 
 COUNT = Number(int, low=1)                   # batch sizes, limits, iterations, restarts, epochs, trials
 SEED = Number(int, low=0)
+ZERO_OR_MORE = Number(int, low=0)             # counts where 0 turns a step off (fine-tuning updates)
 POSITIVE = Number(float, low=0.0, open_low=True)                          # step sizes, learning rates
 NON_NEGATIVE = Number(float, low=0.0)                                     # weights
 FRACTION = Number(float, low=0.0, high=1.0, open_low=True, open_high=True)  # rates such as a target FPR

@@ -114,12 +114,32 @@ def trained_run(tmp_path_factory, cnn_run):
 def test_learned_attack_beats_fgsm_on_the_plain_classifier(trained_run, cnn, fmnist_test):
     x, y = fmnist_test
     x_adv, cost = attacks.run_attack("l2l_da", cnn, x, y, eps=0.1, generator_run=str(trained_run), draws=3,
-                                     return_cost=True)
+                                     finetune_steps=0, return_cost=True)
     assert np.max(np.abs(x_adv - x)) <= 0.1 + 1e-6 and x_adv.min() >= 0.0 and x_adv.max() <= 1.0
     assert np.all(cost == 3 * 4)  # draws x steps
     learned = classifiers.accuracy(cnn, x_adv, y)
     fgsm = classifiers.accuracy(cnn, attacks.run_attack("fgsm", cnn, x, y, eps=0.1), y)
     assert learned < fgsm < classifiers.accuracy(cnn, x, y), (learned, fgsm)
+
+
+def test_finetuning_against_the_target_strengthens_the_learned_attack(trained_run, cnn, fmnist_test):
+    x, y = fmnist_test[0][:128], fmnist_test[1][:128]
+
+    def attacked(steps):
+        tf.random.set_seed(0)
+        x_adv, cost = attacks.run_attack("l2l_da", cnn, x, y, eps=0.1, generator_run=str(trained_run), draws=1,
+                                         finetune_steps=steps, return_cost=True, batch_size=64)
+        assert np.max(np.abs(x_adv - x)) <= 0.1 + 1e-6
+        loss = tf.keras.losses.sparse_categorical_crossentropy(y, cnn(x_adv), from_logits=True)
+        return float(np.mean(loss)), cost
+
+    plain, _ = attacked(0)
+    tuned, cost = attacked(20)
+    assert tuned > 1.03 * plain, (plain, tuned)  # the generator ascended the target's loss (seeds move it < 1 %)
+    assert np.all(cost == 1 * 4 + 2 * 20 * 5)  # the draw's steps, two trajectories of T + 1 gradients per update
+    for bad in (-1, 1.5, True):
+        with pytest.raises(AttackConfigError, match="finetune_steps"):
+            attacks.resolve_params("l2l_da", eps=0.1, generator_run=str(trained_run), finetune_steps=bad)
 
 
 def test_learned_attack_needs_its_run():

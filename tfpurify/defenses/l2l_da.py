@@ -30,8 +30,10 @@ Ablations of the paper's Table 1 are config fields: `recursive` (False: one step
 L2L baseline's form), `diversity` (False: lambda = 0), `use_delta` and `use_label`.
 
 The trained generator is also an attack, `l2l_da` in `tfpurify.attacks`, usable against any
-model (`tfpurify eval --attacks l2l_da --l2l-da-run RUN`): several z draws per example, the worst
-kept.
+model (`tfpurify eval --attacks l2l_da --l2l-da-run RUN`): as the paper does before using it as an
+attack, the generator is first fine-tuned against its target (`finetune_steps`, default 20 updates of
+Algorithm 1's objective on the batch being attacked, from the trained weights every batch; the paper
+gives no number; 0: the generator as trained), then several z draws per example, the worst kept.
 """
 
 import dataclasses
@@ -46,7 +48,7 @@ from tfpurify.defenses.registry import load_defense, register
 from tfpurify.errors import AttackConfigError, InputValidationError
 from tfpurify.layers import ConditionalBatchNorm
 
-__all__ = ["L2LDAConfig", "L2LDA", "AttackGenerator", "attack_trajectory"]
+__all__ = ["L2LDAConfig", "L2LDA", "AttackGenerator", "attack_trajectory", "attacker_objective"]
 
 keras = tf.keras
 layers = tf.keras.layers
@@ -177,6 +179,32 @@ def attack_trajectory(generator, model_fn, x, y, z, eps, eps_step, steps, traini
     return trajectory, step_losses, logits
 
 
+def generator_optimizer(config):
+    """The generator's optimizer as `config` names it (SGD with momentum or Adam, weight decay)."""
+    decay = config.weight_decay or None
+    if config.generator_optimizer == "sgd":
+        return keras.optimizers.SGD(config.generator_learning_rate, momentum=config.momentum, weight_decay=decay)
+    return keras.optimizers.Adam(config.generator_learning_rate, weight_decay=decay)
+
+
+def attacker_objective(generator, model_fn, x, y, z_dim, eps, step_size, steps, diversity_form, training=False,
+                       pixel_clipped_delta=False):
+    """Algorithm 1, lines 2-8: the doubled batch (z1, z2), its trajectories against `model_fn`, L_cls and L_div.
+
+    Returns:
+      (x2, y2, x_adv^(T) of the doubled batch, L_cls (the mean loss over the T steps), L_div)
+    """
+    n = tf.shape(x)[0]
+    z1, z2 = tf.random.normal([n, z_dim]), tf.random.normal([n, z_dim])
+    x2, y2 = tf.concat([x, x], axis=0), tf.concat([y, y], axis=0)
+    trajectory, step_losses, _ = attack_trajectory(generator, model_fn, x2, y2, tf.concat([z1, z2], axis=0), eps,
+                                                   step_size, steps, training=training,
+                                                   pixel_clipped_delta=pixel_clipped_delta)
+    cls = tf.reduce_mean(tf.stack(step_losses))
+    div = losses.diversity_loss([t[:n] for t in trajectory], [t[n:] for t in trajectory], z1, z2, form=diversity_form)
+    return x2, y2, trajectory[-1], cls, div
+
+
 @register("l2l_da", L2LDAConfig)
 class L2LDA(RobustClassifier):
     """A classifier adversarially trained against a learned recursive stochastic attack generator."""
@@ -196,33 +224,20 @@ class L2LDA(RobustClassifier):
     def compile_for_training(self):
         c = self.config
         self.start_from_classifier_run()
-        decay = c.weight_decay or None
-        if c.generator_optimizer == "sgd":
-            g_optimizer = keras.optimizers.SGD(c.generator_learning_rate, momentum=c.momentum, weight_decay=decay)
-        else:
-            g_optimizer = keras.optimizers.Adam(c.generator_learning_rate, weight_decay=decay)
         self.compile(
             c_optimizer=keras.optimizers.SGD(c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay or None),
-            g_optimizer=g_optimizer)
+            g_optimizer=generator_optimizer(c))
 
     def compile(self, c_optimizer, g_optimizer, **kwargs):
         super().compile(**kwargs)
         self.c_optimizer, self.g_optimizer = c_optimizer, g_optimizer
 
     def _attack(self, x, y, training):
-        """Algorithm 1, lines 2-8: the doubled batch, its trajectories, L_cls and L_div."""
+        """Algorithm 1, lines 2-8 against this classifier (see `attacker_objective`)."""
         c = self.config
-        n = tf.shape(x)[0]
-        z1, z2 = tf.random.normal([n, c.z_dim]), tf.random.normal([n, c.z_dim])
-        x2, y2 = tf.concat([x, x], axis=0), tf.concat([y, y], axis=0)
-        trajectory, step_losses, logits = attack_trajectory(
-            self.generator, lambda images: self.classifier(images, training=False), x2, y2,
-            tf.concat([z1, z2], axis=0), c.eps, c.step_size, c.n_steps, training=training,
-            pixel_clipped_delta=c.pixel_clipped_delta)
-        cls = tf.reduce_mean(tf.stack(step_losses))
-        div = losses.diversity_loss([t[:n] for t in trajectory], [t[n:] for t in trajectory], z1, z2,
-                                    form=c.diversity_form)
-        return x2, y2, trajectory[-1], cls, div
+        return attacker_objective(self.generator, lambda images: self.classifier(images, training=False), x, y,
+                                  c.z_dim, c.eps, c.step_size, c.n_steps, c.diversity_form, training=training,
+                                  pixel_clipped_delta=c.pixel_clipped_delta)
 
     def generator_step(self, x, y):
         """Algorithm 1, lines 2-9: the generator ascends L_cls + lambda L_div; returns what the classifier needs."""
@@ -266,12 +281,40 @@ class L2LDA(RobustClassifier):
 
 
 def _load_generator(p):
-    """The generator and its recursion settings from an l2l_da run (built once, outside tf.function)."""
+    """The generator and its recursion settings from an l2l_da run (built once, outside tf.function); with
+    `finetune_steps`, a copy of its weights to restore before each batch and the run's own optimizer."""
     model, config = load_defense(p["generator_run"])
     if not isinstance(model, L2LDA):
         raise AttackConfigError(f"{p['generator_run']} is not an l2l_da run")
-    return {"generator": model.generator, "steps": config.n_steps, "step_ratio": config.step_size / config.eps,
-            "z_dim": config.z_dim, "pixel_clipped_delta": config.pixel_clipped_delta}
+    prepared = {"generator": model.generator, "steps": config.n_steps, "step_ratio": config.step_size / config.eps,
+                "z_dim": config.z_dim, "pixel_clipped_delta": config.pixel_clipped_delta}
+    if p["finetune_steps"]:
+        generator = model.generator
+        optimizer = generator_optimizer(config)  # the run's own, as the generator trained
+        optimizer.build(generator.trainable_variables)
+        prepared["finetune"] = {
+            "trained": [tf.Variable(v, trainable=False) for v in generator.variables], "optimizer": optimizer,
+            "diversity_weight": config.diversity_weight if config.diversity else 0.0,
+            "diversity_form": config.diversity_form}
+    return prepared
+
+
+def _finetune(model_fn, x, y, p):
+    """The paper's fine-tuning of the learned attacker against its target: from the trained weights (restored,
+    optimizer state cleared), `finetune_steps` generator updates ascending L_cls + lambda L_div (Algorithm 1's
+    objective) against `model_fn` on the batch being attacked."""
+    generator, tune = p["generator"], p["finetune"]
+    for variable, trained in zip(generator.variables, tune["trained"]):
+        variable.assign(trained)
+    for variable in tune["optimizer"].variables:
+        variable.assign(tf.zeros_like(variable))
+    for _ in tf.range(p["finetune_steps"]):
+        with tf.GradientTape() as tape:
+            _, _, _, cls, div = attacker_objective(
+                generator, model_fn, x, y, p["z_dim"], p["eps"], p["step_ratio"] * p["eps"], p["steps"],
+                tune["diversity_form"], training=True, pixel_clipped_delta=p["pixel_clipped_delta"])
+            loss = -(cls + tune["diversity_weight"] * div)
+        apply_gradients(tune["optimizer"], loss, tape, generator.trainable_variables)
 
 
 def _check(p):
@@ -281,10 +324,16 @@ def _check(p):
         raise AttackConfigError("l2l_da supports only norm inf")
     if not isinstance(p["draws"], int) or p["draws"] < 1:
         raise AttackConfigError(f"draws must be an integer >= 1, got {p['draws']!r}")
+    if isinstance(p["finetune_steps"], bool) or not isinstance(p["finetune_steps"], int) or p["finetune_steps"] < 0:
+        raise AttackConfigError(f"finetune_steps must be an integer >= 0, got {p['finetune_steps']!r}")
 
 
 def _l2l_da_attack(model_fn, x, y, p, loss_fn):
-    """`draws` latent samples per example; keeps the first draw that fools the model, else the highest loss."""
+    """`draws` latent samples per example, after fine-tuning the generator against `model_fn` (`finetune_steps`);
+    keeps the first draw that fools the model, else the highest loss."""
+    y = tf.cast(y, tf.int64)
+    if p["finetune_steps"]:
+        _finetune(model_fn, x, y, p)
     best, best_loss, best_fooled = x, tf.fill(tf.shape(y), -np.inf), tf.zeros(tf.shape(y), tf.bool)
     for _ in range(p["draws"]):
         z = tf.random.normal([tf.shape(x)[0], p["z_dim"]])
@@ -296,11 +345,12 @@ def _l2l_da_attack(model_fn, x, y, p, loss_fn):
         best = tf.where(better[:, None, None, None], trajectory[-1], best)
         best_loss = tf.where(better, step_losses[-1], best_loss)
         best_fooled = best_fooled | fooled
-    return best, tf.fill(tf.shape(y), float(p["draws"] * p["steps"]))
+    # gradient evaluations of the target per example: the draws' steps, and per fine-tuning step two trajectories
+    return best, tf.fill(tf.shape(y), float(p["draws"] * p["steps"] + 2 * p["finetune_steps"] * (p["steps"] + 1)))
 
 
 register_attack("l2l_da", AttackDef(
     _l2l_da_attack,
     {"eps": 0.1, "norm": np.inf, "clip_min": 0.0, "clip_max": 1.0, "targeted": False, "generator_run": None,
-     "draws": 10},
+     "draws": 10, "finetune_steps": 20},
     prepare=_load_generator, check=_check))
