@@ -15,11 +15,11 @@
 
 Usage: python benchmarks/cowboy_fmnist.py [--budget-minutes 60 | --epochs N] [--train-steps N] [--n 1000]
        [--n-sweep 200] [--n-whitebox 200] [--eps 0.1,0.2] [--unroll 5] [--whitebox-checks] [--train-only]
-       [--clean-everything]
+       [--clean-everything] [--name cowboy_fmnist]
 The GAN trains the paper's 2K generator steps unless `--train-steps` says otherwise (0: the whole budget
 or `--epochs`; the GAN of the committed results trained about 16.9K steps). Test images go through the
 paper's detect-then-clean pipeline unless `--clean-everything` (every input cleaned, our earlier default).
-Each phase is cached (the run folder, results/cowboy_fmnist_sweep.json, which is redone when the
+Each phase is cached (the run folder, results/<name>_sweep.json, which is redone when the
 GAN is retrained): a rerun continues. `--epochs` trains a fixed number of epochs instead of a
 wall-clock budget (for training beside another job: the time is then not a budget); `--train-only`
 stops after training.
@@ -154,6 +154,7 @@ def main():
                         help="generator steps (default: the paper's 2K; 0: the whole budget or --epochs)")
     parser.add_argument("--clean-everything", action="store_true",
                         help="clean every test input (default: only what the detector flags, the paper's pipeline)")
+    parser.add_argument("--name", default="cowboy_fmnist", help="results/<name>.{json,md} and its pictures")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--n-sweep", type=int, default=200)
     parser.add_argument("--n-whitebox", type=int, default=200)
@@ -181,8 +182,8 @@ def main():
     x_val, y_val = x_val[:args.n_sweep], y_val[:args.n_sweep]
     cnn, _ = classifiers.load_classifier(clf_run)
     x_val_fgsm = attacks.run_attack("fgsm", cnn, x_val, y_val, eps=0.1)
-    sweep_results = sweep(run, clf_run, x_val, y_val, x_val_fgsm, RESULTS / "cowboy_fmnist_sweep.json", timing)
-    plot_passes(sweep_results, RESULTS / "cowboy_fmnist_passes.png")
+    sweep_results = sweep(run, clf_run, x_val, y_val, x_val_fgsm, RESULTS / f"{args.name}_sweep.json", timing)
+    plot_passes(sweep_results, RESULTS / f"{args.name}_passes.png")
     within = {k: r for k, r in sweep_results.items()
               if r["passes_per_image"] <= 200 and r["overrides"].get("mode", "cowboy") == "cowboy"}
     best = max(within, key=lambda k: within[k]["fgsm_cleaned_accuracy"])
@@ -226,7 +227,7 @@ def main():
                 detection[label] = {rule: {"tpr": float(np.mean(s > t)), "fpr": float(np.mean(clean_scores > t))}
                                     for rule, t in thresholds.items() if t is not None}
                 detection[label]["roc_auc"] = metrics.roc_auc(clean_scores, s)
-            reports.save_score_violins(RESULTS / "cowboy_fmnist_scores.png", scores, thresholds["fpr"],
+            reports.save_score_violins(RESULTS / f"{args.name}_scores.png", scores, thresholds["fpr"],
                                        title="Cowboy: -log D(x), clean vs each attack (test images)")
             detection_metrics = report.detection + wb.detection
 
@@ -257,18 +258,20 @@ def main():
             cmp_lines.append(f"| {attack} | {e:g} | {cell('none', 'none', attack, e)} | "
                              f"{cell('cowboy (defense_gan)', 'graybox', attack, e)} | "
                              f"{cell('cowboy (cowboy)', 'graybox', attack, e)} | {100 * paper[0]:.0f} | {100 * paper[1]:.0f} |")
-    results = {"benchmark": "cowboy_fmnist", "dataset": "fashion_mnist", "n_examples": len(x),
+    results = {"benchmark": args.name, "dataset": "fashion_mnist", "n_examples": len(x),
                "n_whitebox": args.n_whitebox, "eps": eps, "training": {**timing, "budget_minutes": None if args.epochs else args.budget_minutes,
                                                          "epochs": args.epochs},
                "config": dataclasses.asdict(config), "chosen_setting": {"name": best, "overrides": chosen},
                "sweep": sweep_results, "detection": detection, "detection_metrics": detection_metrics,
                "rows": rows, "reports": reports_out, "paper_table_1": PAPER_TABLE_1, "paper_table_2": PAPER_TABLE_2,
                "environment": environment()}
+    steps = timing.get("images", 0) // config.batch_size  # the run's own, also for a run trained earlier
+    steps_text = f", {steps} generator steps (the paper: 2K)" if steps else ""
     md = (f"# Cowboy vs Defense-GAN (Fashion-MNIST, cnn, {len(x)} test images; white-box on the first "
           f"{args.n_whitebox})\n\n"
           f"GAN trained {timing.get('train_seconds', '?')} s, {timing.get('images', '?')} images "
           f"({f'{args.epochs} epochs' if args.epochs else f'{args.budget_minutes:g}-minute budget'}"
-          f"{f', at most {config.train_steps} generator steps (the paper: 2K)' if config.train_steps else ''}) "
+          f"{steps_text}) "
           f"on this CPU ({machine()}). Test images: "
           + ("every input cleaned." if args.clean_everything else
              "detect, then clean only what the detector flags (the paper's pipeline).") + "\n\n"
@@ -280,13 +283,13 @@ def main():
              f"example, hours on this CPU{'' if args.no_pgd80 else '; PGD-80 stands in for check 1 in the worst case'}. Gray-box rows have no "
              "gradient checks (the attacker does not differentiate the scored pipeline).") + "\n\n"
           "## Cleaning sweep (validation images of the training split)\n\n" + "\n".join(lines) + "\n\n"
-          "Accuracy vs passes: `cowboy_fmnist_passes.png`.\n\n"
+          f"Accuracy vs passes: `{args.name}_passes.png`.\n\n"
           "## Cleaned accuracy, the paper's metric (plain: correct after cleaning), gray-box\n\n"
           + "\n".join(cmp_lines) + "\n\n"
-          "## Detection (-log D(x), test images; violins in `cowboy_fmnist_scores.png`)\n\n" + "\n".join(det_lines)
+          f"## Detection (-log D(x), test images; violins in `{args.name}_scores.png`)\n\n" + "\n".join(det_lines)
           + f"\n\n## All rows (robust accuracy = correct clean and attacked; plain = the papers' metric)\n\n"
           f"{rows_table(rows)}\n")
-    write_results("cowboy_fmnist", results, md)
+    write_results(args.name, results, md)
 
 
 if __name__ == "__main__":
