@@ -397,11 +397,13 @@ def test_aaa_encodes_at_its_bottleneck(batch):
 # ---------------------------------------------------------------------- PGD adversarial training (Madry et al.)
 
 
-@pytest.mark.parametrize("adv_weight,eps_iter,rand_init", [(1.0, None, True), (0.3, 0.03, False)])
-def test_pgd_at_step(batch, adv_weight, eps_iter, rand_init):
+@pytest.mark.parametrize("adv_weight,clean_weight,eps_iter,rand_init",
+                         [(1.0, None, None, True), (0.3, None, 0.03, False), (1.0, 1.0, None, False)])
+def test_pgd_at_step(batch, adv_weight, clean_weight, eps_iter, rand_init):
     x, y = batch
     model = build_defense("pgd_at", {"arch": "lenet5", "eps": 0.1, "nb_iter": 2, "eps_iter": eps_iter,
-                                     "adv_weight": adv_weight, "rand_init": rand_init})
+                                     "adv_weight": adv_weight, "clean_weight": clean_weight, "rand_init": rand_init})
+    share = 1 - adv_weight if clean_weight is None else clean_weight  # L2L-DA's L(x) + L(x_adv): both 1
     model.compile(optimizer=_sgd(0.1))
     model(x[:1])
     step_size = 0.025 if eps_iter is None else eps_iter
@@ -411,7 +413,7 @@ def test_pgd_at_step(batch, adv_weight, eps_iter, rand_init):
         x_adv = _pgd(model.classifier, x, y, 0.1, step_size, 2, rand_init)
         clean = losses.classification_loss(y, model.classifier(x))
         adv = losses.classification_loss(y, model.classifier(x_adv))
-        return {"c": 0.1 * ((1 - adv_weight) * clean + adv_weight * adv), "clean": clean, "adv": adv}
+        return {"c": 0.1 * (share * clean + adv_weight * adv), "clean": clean, "adv": adv}
 
     got, want = _check_step(lambda: model.train_step((x, y)), {"c": model.classifier}, by_hand)
     assert float(got["clean_loss"]) == pytest.approx(float(want["clean"]), rel=1e-5)
@@ -604,7 +606,7 @@ def _classifier_run(path, arch="lenet5", dataset="fashion_mnist", seed=0):
 
 
 def test_a_robust_classifier_starts_from_its_classifier_run(batch, tmp_path):
-    from tfpurify.errors import RunFolderError
+    from tfpurify.errors import InputValidationError, RunFolderError
 
     run, start = _classifier_run(tmp_path / "lenet")
     model = build_defense("pgd_at", {"classifier": run, "learning_rate": 3e-4, "nb_iter": 1})
@@ -623,6 +625,17 @@ def test_a_robust_classifier_starts_from_its_classifier_run(batch, tmp_path):
     x_adv = _pgd(start, x, y, 0.1, 0.025, 1)
     assert float(got["adv_accuracy"]) == pytest.approx(np.mean(np.argmax(start(x_adv).numpy(), 1) == y.numpy()))
     assert model.get_config()["classifier"] == run
+    sgd = build_defense("pgd_at", {"classifier": run, "learning_rate": 0.05, "optimizer": "sgd", "momentum": 0.8,
+                                   "weight_decay": 1e-4})
+    sgd.compile_for_training()  # L2L-DA's classifier optimiser, for a comparison with the same one
+    assert isinstance(sgd.optimizer, tf.keras.optimizers.SGD)
+    assert (float(sgd.optimizer.learning_rate), sgd.optimizer.momentum, sgd.optimizer.weight_decay) == pytest.approx(
+        (0.05, 0.8, 1e-4))
+    assert isinstance(model.optimizer, tf.keras.optimizers.Adam) and model.optimizer.weight_decay is None
+    for fields, match in (({"optimizer": "rmsprop"}, "optimizer"), ({"momentum": -0.1}, "momentum"),
+                          ({"clean_weight": 1.5}, "clean_weight"), ({"weight_decay": -1.0}, "weight_decay")):
+        with pytest.raises(InputValidationError, match=match):
+            build_defense("pgd_at", {"arch": "lenet5", **fields})
     fresh = build_defense("pgd_at", {"arch": "lenet5"})
     before = [w.copy() for w in fresh.classifier.get_weights()]
     fresh.compile_for_training()  # no run: the weights it was built with

@@ -4,8 +4,11 @@ Adversarial Attacks"): the baseline every purifier in this package is measured a
 Each training step crafts PGD examples against the classifier as it is at that step (k steps of
 `eps_iter` inside the L-inf ball of radius `eps`, from a uniform random start, the classifier in
 inference mode), then updates the classifier on
-`(1 - adv_weight) * L(x) + adv_weight * L(x_adv)` (Madry: `adv_weight` 1; Goodfellow et al.'s
-half-and-half mix: 0.5). The PGD loop is tfpurify's graph loop (`attacks.loop.iterative_gradient`,
+`clean_weight * L(x) + adv_weight * L(x_adv)`, `clean_weight` defaulting to `1 - adv_weight` (Madry:
+`adv_weight` 1; Goodfellow et al.'s half-and-half mix: 0.5; L2L-DA's classifier loss L(x) + L(x_adv):
+both 1), with Adam (default) or, as L2L-DA's paper trains its classifier, SGD with momentum and weight
+decay (`optimizer`, `momentum`, `weight_decay`), so the two can be compared with the same optimiser
+and loss. The PGD loop is tfpurify's graph loop (`attacks.loop.iterative_gradient`,
 no early exit), so one traced step holds one copy of the model however large k is. It may start
 from a trained classifier run (`classifier`), which it fine-tunes.
 """
@@ -33,7 +36,11 @@ class PGDATConfig(RobustClassifierConfig):
     nb_iter: int = 10
     eps_iter: float = None  # default eps / 4 (tfpurify's PGD default)
     rand_init: bool = True
-    adv_weight: float = 1.0  # loss = (1 - w) L(x) + w L(x_adv)
+    adv_weight: float = 1.0  # loss = clean_weight L(x) + adv_weight L(x_adv)
+    clean_weight: float = None  # default 1 - adv_weight
+    optimizer: str = "adam"   # or "sgd" (with momentum)
+    momentum: float = 0.9     # sgd only
+    weight_decay: float = 0.0
     epochs: int = 5
 
     def __post_init__(self):
@@ -45,6 +52,18 @@ class PGDATConfig(RobustClassifierConfig):
             raise InputValidationError(f"eps_iter must be in (0, eps={self.eps}], got {self.eps_iter}")
         if not 0.0 <= self.adv_weight <= 1.0:
             raise InputValidationError(f"adv_weight must be in [0, 1], got {self.adv_weight}")
+        if self.clean_weight is not None and not 0.0 <= self.clean_weight <= 1.0:
+            raise InputValidationError(f"clean_weight must be in [0, 1], got {self.clean_weight}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise InputValidationError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+        for name in ("momentum", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise InputValidationError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def clean_share(self):
+        """The weight of L(x) in the loss."""
+        return 1.0 - self.adv_weight if self.clean_weight is None else self.clean_weight
 
     @property
     def step_size(self):
@@ -68,7 +87,13 @@ class PGDAdversarialTraining(RobustClassifier):
 
     def compile_for_training(self):
         self.start_from_classifier_run()
-        self.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate))
+        c = self.config
+        decay = c.weight_decay or None
+        if c.optimizer == "sgd":
+            optimizer = keras.optimizers.SGD(c.learning_rate, momentum=c.momentum, weight_decay=decay)
+        else:
+            optimizer = keras.optimizers.Adam(c.learning_rate, weight_decay=decay)
+        self.compile(optimizer=optimizer)
 
     def _objective(self, x, y, training):
         """PGD examples on the current weights, then the mixed loss (clean and adversarial logits too)."""
@@ -77,7 +102,7 @@ class PGDAdversarialTraining(RobustClassifier):
         logits, adv_logits = self.classifier(x, training=training), self.classifier(x_adv, training=training)
         clean_loss = losses.classification_loss(y, logits)
         adv_loss = losses.classification_loss(y, adv_logits)
-        loss = (1.0 - c.adv_weight) * clean_loss + c.adv_weight * adv_loss
+        loss = c.clean_share * clean_loss + c.adv_weight * adv_loss
         return {"loss": loss, "clean_loss": clean_loss, "adv_loss": adv_loss}, logits, adv_logits
 
     def train_step(self, data):
