@@ -812,7 +812,8 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
                                      "eps_step": 0.05})
     model(x[:1])
     run = _defense_run(tmp_path / "l2l", "l2l_da", model)
-    p = {**resolve_params("l2l_da", generator_run=run, eps=0.1, draws=3), **_load_generator({"generator_run": run})}
+    p = {**resolve_params("l2l_da", generator_run=run, eps=0.1, draws=3, finetune_steps=0),
+         **_load_generator({"generator_run": run, "finetune_steps": 0})}
     assert (p["steps"], p["step_ratio"], p["z_dim"]) == (3, 0.25, 4)
     target = _tiny_classifier(3)
     tf.random.set_seed(SEED)
@@ -833,7 +834,17 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
     assert np.abs(got.numpy() - x.numpy()).max() <= 0.1 + 1e-6
     x_adv = run_attack("l2l_da", target, x.numpy(), y.numpy(), eps=0.1, generator_run=run, draws=2)
     assert np.abs(x_adv - x.numpy()).max() <= 0.1 + 1e-6
+    # fine-tuning starts from the trained weights on every batch: the same batch twice, the same result
+    tuned = {**p, "finetune_steps": 2, **_load_generator({"generator_run": run, "finetune_steps": 2})}
+    trained = [w.copy() for w in tuned["generator"].get_weights()]
+    outcomes = []
+    for _ in range(2):
+        tf.random.set_seed(SEED)
+        outcomes.append(_l2l_da_attack(target, x, y, tuned, None)[0].numpy())
+    np.testing.assert_array_equal(outcomes[0], outcomes[1])
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(trained, tuned["generator"].get_weights()))  # it moved
     assert resolve_params("l2l_da", generator_run=run, draws=1)["draws"] == 1
+    assert resolve_params("l2l_da", generator_run=run)["finetune_steps"] == 20  # the default
     for params, match in (({}, "needs a trained generator"), ({"generator_run": run, "norm": 2}, "only norm inf"),
                           ({"generator_run": run, "draws": 0}, "draws must be an integer >= 1"),
                           ({"generator_run": run, "draws": 1.5}, "draws must be an integer >= 1")):
