@@ -19,13 +19,12 @@ import tensorflow as tf
 
 from tfpurify import losses
 from tfpurify.attacks.loop import iterative_gradient
-from tfpurify.defenses.base import RobustClassifier, RobustClassifierConfig, apply_gradients
+from tfpurify.defenses.base import RobustClassifier, RobustClassifierConfig, apply_gradients, make_optimizer
 from tfpurify.defenses.registry import register
 from tfpurify.errors import InputValidationError
 
 __all__ = ["PGDATConfig", "PGDAdversarialTraining", "pgd_examples"]
 
-keras = tf.keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +87,7 @@ class PGDAdversarialTraining(RobustClassifier):
     def compile_for_training(self):
         self.start_from_classifier_run()
         c = self.config
-        decay = c.weight_decay or None
-        if c.optimizer == "sgd":
-            optimizer = keras.optimizers.SGD(c.learning_rate, momentum=c.momentum, weight_decay=decay)
-        else:
-            optimizer = keras.optimizers.Adam(c.learning_rate, weight_decay=decay)
-        self.compile(optimizer=optimizer)
+        self.compile(optimizer=make_optimizer(c.optimizer, c.learning_rate, c.momentum, c.weight_decay))
 
     def _objective(self, x, y, training):
         """PGD examples on the current weights, then the mixed loss (clean and adversarial logits too)."""

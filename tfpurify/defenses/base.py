@@ -20,7 +20,7 @@ from tfpurify.errors import InputValidationError, RunFolderError
 from tfpurify.runs import read_run
 
 __all__ = ["DefenseConfig", "RobustClassifierConfig", "Purifier", "Detector", "RobustClassifier",
-           "DefendedClassifier", "apply_gradients", "adversarial_scores"]
+           "DefendedClassifier", "make_optimizer", "apply_gradients", "adversarial_scores"]
 
 keras = tf.keras
 
@@ -28,6 +28,14 @@ keras = tf.keras
 @dataclasses.dataclass(frozen=True)
 class DefenseConfig(TrainingConfig):
     """Fields every defense's config shares (data and training schedule)."""
+
+
+def make_optimizer(name, learning_rate, momentum=0.0, weight_decay=0.0):
+    """`sgd` (with `momentum`) or `adam`, with decoupled `weight_decay` (0: none), as a config names it."""
+    decay = weight_decay or None
+    if name == "sgd":
+        return tf.keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=decay)
+    return tf.keras.optimizers.Adam(learning_rate, weight_decay=decay)
 
 
 def apply_gradients(optimizer, loss, tape, variables):

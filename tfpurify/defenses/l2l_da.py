@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from tfpurify import losses
 from tfpurify.attacks import AttackDef, register_attack
-from tfpurify.defenses.base import RobustClassifier, RobustClassifierConfig, apply_gradients
+from tfpurify.defenses.base import RobustClassifier, RobustClassifierConfig, apply_gradients, make_optimizer
 from tfpurify.defenses.registry import load_defense, register
 from tfpurify.errors import AttackConfigError, InputValidationError
 from tfpurify.layers import ConditionalBatchNorm
@@ -179,14 +179,6 @@ def attack_trajectory(generator, model_fn, x, y, z, eps, eps_step, steps, traini
     return trajectory, step_losses, logits
 
 
-def generator_optimizer(config):
-    """The generator's optimizer as `config` names it (SGD with momentum or Adam, weight decay)."""
-    decay = config.weight_decay or None
-    if config.generator_optimizer == "sgd":
-        return keras.optimizers.SGD(config.generator_learning_rate, momentum=config.momentum, weight_decay=decay)
-    return keras.optimizers.Adam(config.generator_learning_rate, weight_decay=decay)
-
-
 def attacker_objective(generator, model_fn, x, y, z_dim, eps, step_size, steps, diversity_form, training=False,
                        pixel_clipped_delta=False):
     """Algorithm 1, lines 2-8: the doubled batch (z1, z2), its trajectories against `model_fn`, L_cls and L_div.
@@ -225,8 +217,8 @@ class L2LDA(RobustClassifier):
         c = self.config
         self.start_from_classifier_run()
         self.compile(
-            c_optimizer=keras.optimizers.SGD(c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay or None),
-            g_optimizer=generator_optimizer(c))
+            c_optimizer=make_optimizer("sgd", c.learning_rate, c.momentum, c.weight_decay),
+            g_optimizer=_generator_optimizer(c))
 
     def compile(self, c_optimizer, g_optimizer, **kwargs):
         super().compile(**kwargs)
@@ -280,6 +272,11 @@ class L2LDA(RobustClassifier):
 # ---------------------------------------------------------------------- the learned attack
 
 
+def _generator_optimizer(config):
+    return make_optimizer(config.generator_optimizer, config.generator_learning_rate, config.momentum,
+                          config.weight_decay)
+
+
 def _load_generator(p):
     """The generator and its recursion settings from an l2l_da run (built once, outside tf.function); with
     `finetune_steps`, a copy of its weights to restore before each batch and the run's own optimizer."""
@@ -290,7 +287,7 @@ def _load_generator(p):
                 "z_dim": config.z_dim, "pixel_clipped_delta": config.pixel_clipped_delta}
     if p["finetune_steps"]:
         generator = model.generator
-        optimizer = generator_optimizer(config)  # the run's own, as the generator trained
+        optimizer = _generator_optimizer(config)  # the run's own, as the generator trained
         optimizer.build(generator.trainable_variables)
         prepared["finetune"] = {
             "trained": [tf.Variable(v, trainable=False) for v in generator.variables], "optimizer": optimizer,
