@@ -26,7 +26,6 @@ from tfpurify.errors import InputValidationError
 __all__ = ["PGDATConfig", "PGDAdversarialTraining", "pgd_examples"]
 
 
-
 @dataclasses.dataclass(frozen=True)
 class PGDATConfig(RobustClassifierConfig):
     """PGD adversarial training (Madry et al.): eps, PGD steps and step size, clean/adversarial mix."""
