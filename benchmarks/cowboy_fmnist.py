@@ -57,6 +57,7 @@ SWEEP = {  # name -> runtime overrides
                               warm_start=0),
     "cowboy adam 50 x 4": dict(clean_steps=50, clean_restarts=4, warm_start=0),
     "cowboy adam 50 x 3 + warm 16 (default)": dict(),
+    "cowboy adam 50 x 3 + warm 16, sigma 0.5 (the paper's 1 on [-1, 1])": dict(sigma=0.5),
     "cowboy adam 50 x 3 + warm 16, sigma 3": dict(sigma=3.0),
     "cowboy adam 50 x 3 + warm 16, sigma 10": dict(sigma=10.0),
     "cowboy adam 60 x 3 + warm 16, patience 5": dict(clean_steps=60, patience=5),
