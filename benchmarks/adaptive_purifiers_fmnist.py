@@ -155,6 +155,14 @@ def _kept(args):
     return rows, summary
 
 
+def _percent(value):
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _number(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _write(args, rows, summary):
     """Writes the results so far (after every protocol of every purifier)."""
     lines = ["# Adaptive attacks on every purifier (Fashion-MNIST, white-box)", "",
@@ -171,8 +179,8 @@ def _write(args, rows, summary):
              "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         b, a = s["before"], s.get("after")
-        if a is None:  # "after" still running
-            a = {"worst_case": float("nan"), "set_by": "(running)", "binarization": None, "seconds_per_example": 0.0}
+        if a is None:  # "after" unfinished
+            a = {"worst_case": None, "set_by": "(not finished)", "binarization": None, "seconds_per_example": None}
         draws = (f"{100 * a['worst_case_all_draws']:.1f} % / {100 * a['worst_case_majority']:.1f} %"
                  if "score_draws" in a else "- (deterministic)")
         check = a["binarization"] or {}
@@ -183,8 +191,8 @@ def _write(args, rows, summary):
             f" ({proto['n_target_classes']} target classes)" if proto["n_target_classes"] else "")
         overrides = ", ".join(f"{k}={v}" for k, v in s["overrides"].items())
         lines.append(f"| {s['defense']}{f' ({overrides})' if overrides else ''} | {100 * b['worst_case']:.1f} % | "
-                     f"{100 * a['worst_case']:.1f} % | {a['set_by']} | {draws} | {binar} | "
-                     f"{b['seconds_per_example']:.2f} | {a['seconds_per_example']:.2f} | "
+                     f"{_percent(a['worst_case'])} | {a['set_by']} | {draws} | {binar} | "
+                     f"{b['seconds_per_example']:.2f} | {_number(a['seconds_per_example'])} | "
                      f"{attacks} ({min(proto['sanity_n'], args.n)}, {proto['sanity_queries']}) |")
     trained = [f"{s['defense']} ({s['training']['defense']}, default config): {s['training']['train_seconds'] / 60:.0f} "
                f"minutes of wall time, {s['training'].get('images')} images seen" for s in summary if s.get("training")]
