@@ -55,7 +55,8 @@ def test_readouts_separate_with_the_boundary_halfway_and_a_unit_logit_range():
 def test_a_strong_attack_passes_and_weak_or_blinded_ones_fail(tiny, images):
     x, _ = images
     binarize = adaptive.threat_model_pipelines(DefendedClassifier(tiny))["none"][0].binarize
-    strong = binarization_test(binarize, x, "pgd", PGD)
+    strong = binarization_test(binarize, np.concatenate([x, x[:5]]), "pgd", PGD)  # 25 given, the first 20 used
+    assert strong["n"] == BINARIZATION["n"] == 20
     assert strong["fitted"] == 20 and strong["attack_success"] >= BINARIZATION["min_success"]
     assert strong["random_success"] < 0.5  # the control: random points of the ball mostly do not cross
     weak = binarization_test(binarize, x, "pgd", {"eps": 0.1, "eps_iter": 1e-4, "nb_iter": 1})
@@ -103,9 +104,12 @@ class _PixelFeatures:
     def __init__(self):
         self.training = []
 
-    def features(self, images, training=None):
-        self.training.append(training)
-        return tf.reshape(images, [tf.shape(images)[0], -1])
+        @tf.autograph.experimental.do_not_convert  # a plain function: recorded when traced, as when run
+        def features(images, training=None):
+            self.training.append(training)
+            return tf.reshape(images, [tf.shape(images)[0], -1])
+
+        self.features = features
 
     def purify(self, images):
         return images
