@@ -188,3 +188,16 @@ def test_readouts_are_fitted_to_a_unit_range_early_and_tell_separable_examples_a
     np.testing.assert_allclose(z.max(1) - z.min(1), 1.0, rtol=1e-4)
     features[0] = features[0, :1]  # example 0: the corner indistinguishable from the image; the others separable
     np.testing.assert_array_equal(fit_readouts(features, steps=300)[2], [False, True, True, True])
+
+
+def test_the_random_control_stays_inside_the_pixel_range(monkeypatch):
+    from tfpurify.evaluation import binarization
+
+    # all-black and all-white images: the corner can only move up (black) or down (white), so the readout
+    # looks at those pixels alone; a random point clipped to [0, 1] moves them the same way or not at all
+    # and always crosses, while an unclipped one would cross about half the time
+    x = np.concatenate([np.zeros((4, 8, 8, 1), np.float32), np.ones((4, 8, 8, 1), np.float32)])
+    monkeypatch.setattr(binarization, "fit_readouts", _corner_readouts(np.ones(8, bool)))
+    monkeypatch.setitem(binarization.BINARIZATION, "random_points", 1)  # one point: half of them would not cross
+    record = binarization_test(_PixelFeatures(), x, "pgd", PGD, n=8, inner=3)
+    assert record["fitted"] == 8 and record["random_success"] == 1.0
