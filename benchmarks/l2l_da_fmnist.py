@@ -134,11 +134,7 @@ def main():
         return
 
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
-    eps = [args.eps]
-    specs = (evaluation.make_attack_specs(["fgsm"], eps)
-             + [evaluation.AttackSpec("pgd", {"eps": args.eps, "nb_iter": k}) for k in (10, 100)]
-             + evaluation.make_attack_specs(["apgd_dlr", "mim", "autoattack"], eps)
-             + evaluation.make_attack_specs(["l2l_da"], eps, generator_run=str(runs["l2l_da"])))
+    specs = _specs(args.eps, runs["l2l_da"])
     rows, reports = [], {}
     for name in ("none", "pgd_at", "l2l_da"):
         defended, info = load_defended(clf_run if name == "none" else runs[name])

@@ -335,9 +335,9 @@ def _l2l_da_attack(model_fn, x, y, p, loss_fn):
     for _ in range(p["draws"]):
         z = tf.random.normal([tf.shape(x)[0], p["z_dim"]])
         trajectory, step_losses, logits = attack_trajectory(
-            p["generator"], model_fn, x, tf.cast(y, tf.int64), z, p["eps"], p["step_ratio"] * p["eps"], p["steps"],
+            p["generator"], model_fn, x, y, z, p["eps"], p["step_ratio"] * p["eps"], p["steps"],
             pixel_clipped_delta=p["pixel_clipped_delta"])
-        fooled = tf.not_equal(tf.argmax(logits, axis=1), tf.cast(y, tf.int64))
+        fooled = tf.not_equal(tf.argmax(logits, axis=1), y)
         better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (step_losses[-1] > best_loss))
         best = tf.where(better[:, None, None, None], trajectory[-1], best)
         best_loss = tf.where(better, step_losses[-1], best_loss)
