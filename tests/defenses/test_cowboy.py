@@ -101,6 +101,19 @@ def test_cleaning_is_deterministic_for_a_seed_and_random_without(untrained):
     assert not np.array_equal(free.purify(x).numpy(), free.purify(x).numpy())
 
 
+def test_a_seeded_cleaning_of_an_image_does_not_depend_on_its_batch(untrained):
+    # Served or attacked, an image must be cleaned as one function of itself: an attacker scoring
+    # one batch and a report scoring another must see the same cleaning (the ART check's gap).
+    x = np.random.RandomState(0).rand(5, 28, 28, 1).astype(np.float32)
+    seeded = _with(untrained, clean_steps=4, warm_start=6, clean_restarts=2, cleaning_seed=3)
+    together = seeded.purify(x).numpy()
+    alone = np.concatenate([seeded.purify(x[i:i + 1]).numpy() for i in range(len(x))])
+    reversed_batch = seeded.purify(x[::-1]).numpy()[::-1]
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+    np.testing.assert_allclose(reversed_batch, together, atol=1e-5)
+    assert np.abs(together[0] - together[1]).max() > 1e-3  # distinct images: a test that can fail
+
+
 def test_defense_gan_mode_ignores_the_discriminator(untrained):
     x = np.random.rand(3, 28, 28, 1).astype(np.float32)
     gan = _with(untrained, mode="defense_gan", clean_steps=5, cleaning_seed=0)

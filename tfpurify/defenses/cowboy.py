@@ -27,7 +27,8 @@ restart after `prune_after` steps. Pixels are in [0, 1] here, in [-1, 1] in the 
 error is 4x smaller, so our sigma s is the paper's sigma 2s (sigma 0.5 here = 1 there).
 
 Adaptive evaluation: the random starts make cleaning stochastic (EOT over z0) unless
-`cleaning_seed` fixes them; BPDA treats cleaning as the identity by default (Athalye et al. 2018
+`cleaning_seed` fixes them (the same codes for every image, so an image's cleaning does not depend
+on the batch it is served in); BPDA treats cleaning as the identity by default (Athalye et al. 2018
 broke Defense-GAN that way), or differentiates the last `bpda_unroll` descent steps from the
 found code. The served cleaning is itself differentiable: backpropagating through `purify` (or an
 exported SavedModel) gives the exact gradient through every step of the search, with memory bounded
@@ -84,7 +85,7 @@ class CowboyConfig(DefenseConfig):
     patience: int = _runtime(0)             # stop an example after this many steps without improvement
     prune_after: int = _runtime(0)          # after this many steps keep only each image's best restart
     clean_only_detected: bool = _runtime(True)  # the paper's detect-then-clean (False: clean every input)
-    cleaning_seed: int = _runtime(None)     # fixed starting codes (deterministic); None: fresh each call
+    cleaning_seed: int = _runtime(None)     # the same starting codes for every image (deterministic); None: fresh
     bpda_unroll: int = _runtime(0)          # white-box: differentiate this many steps from the found code
     grad_checkpoint: int = _runtime(10)     # exact gradient: steps per block recomputed backward (0: keep all)
     # detection threshold (paper 3.4)
@@ -268,10 +269,17 @@ class Cowboy(Purifier, Detector):
         return result
 
     # ------------------------------------------------------------------ cleaning (Algorithm 1, eq. 4)
-    def _draw(self, shape, salt):
-        if self.config.cleaning_seed is None:
-            return tf.random.normal(shape)
-        return tf.random.stateless_normal(shape, seed=[self.config.cleaning_seed, salt])
+    def _draw(self, n, salt):
+        """Starting codes for n images, [n * R, z_dim] (row i * R + r is restart r of image i).
+
+        Fresh each call; with `cleaning_seed`, the same R codes for every image, so that an image's
+        cleaning is one function of that image alone, whichever batch serves or attacks it.
+        """
+        cfg = self.config
+        if cfg.cleaning_seed is None:
+            return tf.random.normal([n * cfg.clean_restarts, cfg.z_dim])
+        codes = tf.random.stateless_normal([cfg.clean_restarts, cfg.z_dim], seed=[cfg.cleaning_seed, salt])
+        return tf.tile(codes, [n, 1])
 
     def search_loss(self, z, x):
         """L(z) per row: eq. 4 (cowboy) or ||G(z) - x||^2 (defense_gan)."""
@@ -300,12 +308,12 @@ class Cowboy(Purifier, Detector):
         n, restarts, d = tf.shape(x)[0], cfg.clean_restarts, cfg.z_dim
         rows = n * restarts
         x_rows = tf.repeat(x, restarts, axis=0)
-        z = self._draw([rows, d], 0)
+        z = self._draw(n, 0)
         passes = tf.zeros([rows])
         if cfg.warm_start:  # each restart starts at the best of `rounds` random codes
             loss = self.search_loss(z, x_rows)
             for r in range(1, math.ceil(cfg.warm_start / restarts)):
-                candidate = self._draw([rows, d], r)
+                candidate = self._draw(n, r)
                 candidate_loss = self.search_loss(candidate, x_rows)
                 better = candidate_loss < loss
                 z, loss = tf.where(better[:, None], candidate, z), tf.where(better, candidate_loss, loss)
