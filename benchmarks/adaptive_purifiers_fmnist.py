@@ -38,13 +38,11 @@ from tfpurify.training import load_defended  # noqa: E402
 
 
 def _parse_run(text):
-    """label=path[:field=value,...] -> (label, path, runtime overrides)."""
+    """label=path[:field=value,...] -> (label, path, runtime overrides as text, read as each field's type
+    by `load_defended`)."""
     label, _, rest = text.partition("=")
     path, _, fields = rest.partition(":")
-    overrides = {}
-    for item in filter(None, fields.split(",")):
-        key, _, value = item.partition("=")
-        overrides[key] = int(value) if value.isdigit() else value
+    overrides = dict(item.partition("=")[::2] for item in filter(None, fields.split(",")))
     return label, path, overrides
 
 
@@ -112,7 +110,8 @@ def main():
     for text in args.run:
         label, path, overrides = _parse_run(text)
         defended, info = load_defended(path, args.classifier, overrides)
-        line = {"defense": label, "run": path, "overrides": overrides, "training": trained.get(path),
+        typed = info["runs"]["defense"].get("runtime", {})  # the overrides as the config holds them
+        line = {"defense": label, "run": path, "overrides": typed, "training": trained.get(path),
                 "protocol": _protocol(args)}
         for when in ("before", "after"):
             report, seconds = _evaluate(defended, x, y, args.eps, when == "after", label, args)

@@ -65,11 +65,9 @@ json.dump({"clean": clean.tolist(), "robust": robust.tolist(),
 
 
 def _parse_override(text):
+    """key=value -> (key, value as text): `load_defended` reads it as the field's type."""
     key, _, value = text.partition("=")
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return key, lowered == "true"
-    return key, int(value) if value.lstrip("-").isdigit() else value
+    return key, value
 
 
 def _export(args, folder):
@@ -95,14 +93,14 @@ def _art(saved_model, x, y, eps, folder):
 
 def _ours(args, x, y):
     overrides = dict(_parse_override(text) for text in args.override)
-    defended, _ = load_defended(args.run, args.classifier, overrides)
+    defended, info = load_defended(args.run, args.classifier, overrides)
     specs = evaluation.make_attack_specs(["pgd"], [args.eps], **PGD)
     pipelines = adaptive.threat_model_pipelines(defended, eot_samples=1, bpda="auto")
     start = time.perf_counter()
     report = evaluation.evaluate(defended, x, y, specs, threat_model="whitebox", pipelines=pipelines,
                                  sanity_checks=False, cascade=True, defense=args.label, classifier="cnn",
                                  dataset="fashion_mnist", progress=True, detector=defended.detector)
-    return report, time.perf_counter() - start
+    return report, time.perf_counter() - start, info["runs"]["defense"].get("runtime", {})
 
 
 def main():
@@ -120,7 +118,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folder = pathlib.Path(tmp)
         art = _art(_export(args, folder), x, y, args.eps, folder)
-    report, seconds = _ours(args, x, y)
+    report, seconds, overrides = _ours(args, x, y)  # the overrides as the config holds them
     clean = report.clean_by_threat_model.get("whitebox", report.clean_correct)
     ours = np.logical_and.reduce([clean] + [r.correct for r in report.results if r.threat_model == "whitebox"])
     art_robust = np.asarray(art["robust"])
@@ -129,7 +127,7 @@ def main():
     rows.append({"defense": args.label, "classifier": "cnn", "threat_model": "whitebox (ART on the SavedModel)",
                  "attack": "pgd (ART)", "eps": args.eps, "accuracy": float(art_robust.mean()),
                  "params": {"norm": "inf", "eps_iter": args.eps / 4, **PGD, "loss": "cross-entropy on probabilities"}})
-    summary = {"defense": args.label, "run": args.run, "overrides": dict(_parse_override(t) for t in args.override),
+    summary = {"defense": args.label, "run": args.run, "overrides": overrides,
                "n": args.n, "eps": args.eps, "clean_served": float(np.mean(art["clean"])),
                "clean_ours": report.clean_accuracy, "art_pgd": float(art_robust.mean()),
                "ours_worst_case": report.worst_case("whitebox", args.eps), "fooled_by_art_but_robust_in_ours": missed,

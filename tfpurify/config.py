@@ -5,7 +5,7 @@ import dataclasses
 from tfpurify.data import dataset_info
 from tfpurify.errors import InputValidationError
 
-__all__ = ["ConfigBase", "TrainingConfig", "runtime_field", "runtime_fields", "field_type"]
+__all__ = ["ConfigBase", "TrainingConfig", "runtime_field", "runtime_fields", "field_type", "field_value"]
 
 
 def field_type(field):
@@ -15,6 +15,24 @@ def field_type(field):
     if isinstance(field.default, (bool, int, float, str)):
         return type(field.default)
     return str
+
+
+def field_value(field, text):
+    """A config field's value from text (`clean_steps=5`, `clean_only_detected=false` on a command line).
+
+    Raises InputValidationError when the text is not of the field's type.
+    """
+    kind = field_type(field)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise InputValidationError(f"{field.name} takes true or false, got {text!r}")
+        return lowered in ("true", "1", "yes")
+    try:
+        return kind(text)
+    except ValueError:
+        wanted = "an integer" if kind is int else "a number"
+        raise InputValidationError(f"{field.name} takes {wanted}, got {text!r}") from None
 
 
 def runtime_field(default):

@@ -142,7 +142,7 @@ def load_defended(run_dir, classifier_run=None, overrides=None):
         info = {"defense": defense.registry_name, "config": config_dict(defense.registry_name, dconfig),
                 "classifier": defense.arch if robust else cconfig.arch}
         runs = {"defense": {"path": str(run_dir), "weights_sha256": weights_digest(run_dir, WEIGHTS),
-                            **({"runtime": dict(overrides)} if overrides else {})}}
+                            **({"runtime": {k: getattr(dconfig, k) for k in overrides}} if overrides else {})}}
         if classifier_run:
             runs["undefended" if robust else "classifier"] = classifier.tfpurify_run["runs"]["classifier"]
     dataset = (cconfig or dconfig).dataset

@@ -222,6 +222,20 @@ def test_runtime_options_do_not_apply_to_other_defenses(dae_run, cnn_run):
         load_defended(dae_run, cnn_run, {"clean_steps": 3})
 
 
+def test_runtime_overrides_given_as_text_are_read_as_their_fields_types(trained_run, cnn_run):
+    # What a benchmark's `--run label=path:clean_steps=3,...` or `--override key=value` passes on.
+    _, info = load_defended(trained_run, cnn_run, {"clean_steps": "3", "clean_only_detected": "false",
+                                                   "sigma": "0.25", "mode": "defense_gan", "cleaning_seed": "0"})
+    assert info["runs"]["defense"]["runtime"] == {"clean_steps": 3, "clean_only_detected": False, "sigma": 0.25,
+                                                  "mode": "defense_gan", "cleaning_seed": 0}
+    assert type(info["runs"]["defense"]["runtime"]["clean_steps"]) is int
+    for overrides, match in (({"clean_steps": "3.5"}, "clean_steps takes an integer, got '3.5'"),
+                             ({"sigma": "wide"}, "sigma takes a number, got 'wide'"),
+                             ({"clean_only_detected": "maybe"}, "clean_only_detected takes true or false")):
+        with pytest.raises(InputValidationError, match=match):
+            load_defended(trained_run, cnn_run, overrides)
+
+
 def test_paper_threshold_rule_flags_below_the_lp_mean_of_d_over_fgsm(trained_run, cnn, fmnist_train_slice):
     """Paper 3.4: the threshold is the L^p average of D over FGSM examples; flagged when D falls below it."""
     model, config = load_defense(trained_run)

@@ -11,7 +11,7 @@ import pathlib
 
 import tensorflow as tf
 
-from tfpurify.config import runtime_fields
+from tfpurify.config import field_value, runtime_fields
 from tfpurify.defenses.base import Detector
 from tfpurify.errors import InputValidationError, RunFolderError
 from tfpurify.runs import read_run, restore_weights
@@ -65,7 +65,8 @@ def load_defense(run_dir, overrides=None):
     Args:
       run_dir: a defense run folder.
       overrides: {field: value} for the config's runtime fields (how the trained model is used,
-        e.g. a purifier's search steps); any other field is an error.
+        e.g. a purifier's search steps); any other field is an error. A value given as text
+        (`"5"`, `"false"`) is read as the field's type.
 
     Returns:
       (model, config)
@@ -80,7 +81,9 @@ def load_defense(run_dir, overrides=None):
             options = ", ".join("--" + k.replace("_", "-") for k in wrong)
             raise InputValidationError(f"{options} does not apply to a {cfg['defense']} run (it takes "
                                        f"{', '.join('--' + k.replace('_', '-') for k in allowed) or 'none'})")
-        config = dataclasses.replace(config, **overrides)
+        fields = {f.name: f for f in dataclasses.fields(config_class)}
+        config = dataclasses.replace(config, **{k: field_value(fields[k], v) if isinstance(v, str) else v
+                                                for k, v in overrides.items()})
     model = restore_weights(build_defense(cfg["defense"], config), run_dir, WEIGHTS)
     calibration = pathlib.Path(run_dir) / CALIBRATION
     if is_detector(model) and calibration.is_file():
