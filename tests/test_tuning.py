@@ -25,7 +25,7 @@ def test_parse_param_ranges_and_choices():
 
 @pytest.mark.parametrize("text, match", [
     ("nope=1:2", "not a field"), ("filters=8:8", "empty range"), ("noise_std=0.5:0.1", "empty range"),
-    ("filters=8.5:16", "is not a int"), ("learning_rate=0:1:log", "LOW > 0"), ("mode=a:b", "numeric field"),
+    ("filters=8.5:16", "is not an integer"), ("learning_rate=0:1:log", "LOW > 0"), ("mode=a:b", "numeric field"),
     ("filters", "expected NAME="), ("filters=1:2:3", "LOW:HIGH or LOW:HIGH:log"), ("filters=", "empty choice"),
 ])
 def test_bad_params_are_one_line_errors(text, match):

@@ -5,7 +5,7 @@ import dataclasses
 from tfpurify.data import dataset_info
 from tfpurify.errors import InputValidationError
 
-__all__ = ["ConfigBase", "TrainingConfig", "runtime_field", "runtime_fields", "field_type", "field_value"]
+__all__ = ["ConfigBase", "TrainingConfig", "runtime_field", "runtime_fields", "field_type", "field_value", "parse_value"]
 
 
 def field_type(field):
@@ -17,22 +17,23 @@ def field_type(field):
     return str
 
 
-def field_value(field, text):
-    """A config field's value from text (`clean_steps=5`, `clean_only_detected=false` on a command line).
-
-    Raises InputValidationError when the text is not of the field's type.
-    """
-    kind = field_type(field)
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered not in ("true", "false", "1", "0", "yes", "no"):
-            raise InputValidationError(f"{field.name} takes true or false, got {text!r}")
-        return lowered in ("true", "1", "yes")
+def parse_value(text, kind, what):
+    """Text read as `kind` (bool, int, float or str); `what` names it in the one-line error."""
+    text = text.strip()
     try:
+        if kind is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
         return kind(text)
     except ValueError:
-        wanted = "an integer" if kind is int else "a number"
-        raise InputValidationError(f"{field.name} takes {wanted}, got {text!r}") from None
+        wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        raise InputValidationError(f"{what}: {text!r} is not {wanted}") from None
+
+
+def field_value(field, text):
+    """A config field's value from text (`clean_steps=5`, `clean_only_detected=false`)."""
+    return parse_value(text, field_type(field), field.name)
 
 
 def runtime_field(default):

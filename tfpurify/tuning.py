@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tfpurify import adaptive, attacks, data, registry
 from tfpurify.classifiers import load_classifier, predict_logits
-from tfpurify.config import field_type
+from tfpurify.config import field_type, parse_value
 from tfpurify.defenses.base import DefendedClassifier, RobustClassifier
 from tfpurify.defenses.registry import build_defense, get_defense, is_detector
 from tfpurify.errors import InputValidationError
@@ -55,18 +55,6 @@ class ParamSpec:
         return hp.Choice(self.name, list(self.values))
 
 
-def _coerce(text, kind, what):
-    text = text.strip()
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false"):
-                raise ValueError
-            return text.lower() == "true"
-        return kind(text)
-    except ValueError:
-        raise InputValidationError(f"{what}: {text!r} is not a {kind.__name__}") from None
-
-
 def parse_param(text, config_class):
     """Parses `NAME=LOW:HIGH[:log]` or `NAME=a,b,c` against the fields of `config_class`.
 
@@ -91,13 +79,13 @@ def parse_param(text, config_class):
         if kind not in (int, float):
             raise InputValidationError(f"{what}: a range needs a numeric field ({name} is {kind.__name__}); "
                                        "give a choice a,b,c")
-        low, high = (_coerce(p, kind, what) for p in parts[:2])
+        low, high = (parse_value(p, kind, what) for p in parts[:2])
         if not low < high:
             raise InputValidationError(f"{what}: empty range {low}:{high} (LOW must be below HIGH)")
         if log and low <= 0:
             raise InputValidationError(f"{what}: a log range needs LOW > 0, got {low}")
         return ParamSpec(name, kind.__name__, low, high, log)
-    values = tuple(_coerce(v, kind, what) for v in spec.split(",") if v.strip())
+    values = tuple(parse_value(v, kind, what) for v in spec.split(",") if v.strip())
     if not values:
         raise InputValidationError(f"{what}: empty choice")
     return ParamSpec(name, "choice", values=tuple(dict.fromkeys(values)))
@@ -111,7 +99,7 @@ def parse_assignment(text, config_class):
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     if name not in fields:
         raise InputValidationError(f"--set {name}: not a field of {config_class.__name__}")
-    return name, _coerce(value, field_type(fields[name]), f"--set {name}")
+    return name, parse_value(value, field_type(fields[name]), f"--set {name}")
 
 
 def defended_for(model, classifier):

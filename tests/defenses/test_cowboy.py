@@ -229,9 +229,9 @@ def test_runtime_overrides_given_as_text_are_read_as_their_fields_types(trained_
     assert info["runs"]["defense"]["runtime"] == {"clean_steps": 3, "clean_only_detected": False, "sigma": 0.25,
                                                   "mode": "defense_gan", "cleaning_seed": 0}
     assert type(info["runs"]["defense"]["runtime"]["clean_steps"]) is int
-    for overrides, match in (({"clean_steps": "3.5"}, "clean_steps takes an integer, got '3.5'"),
-                             ({"sigma": "wide"}, "sigma takes a number, got 'wide'"),
-                             ({"clean_only_detected": "maybe"}, "clean_only_detected takes true or false")):
+    for overrides, match in (({"clean_steps": "3.5"}, "clean_steps: '3.5' is not an integer"),
+                             ({"sigma": "wide"}, "sigma: 'wide' is not a number"),
+                             ({"clean_only_detected": "maybe"}, "clean_only_detected: 'maybe' is not true or false")):
         with pytest.raises(InputValidationError, match=match):
             load_defended(trained_run, cnn_run, overrides)
 
