@@ -6,7 +6,7 @@ from tests.toys import BrightnessDetector, RoundingPurifier, brightness_images, 
 from tfpurify import data
 from tfpurify.defenses import REGISTRY, DefendedClassifier, get_defense
 from tfpurify.defenses.denoising_ae import DenoisingAEConfig, DenoisingAutoencoder
-from tfpurify.defenses.base import Purifier, adversarial_scores, apply_gradients
+from tfpurify.defenses.base import Purifier, adversarial_scores, apply_gradients, make_optimizer
 from tfpurify.errors import InputValidationError, RunFolderError
 
 
@@ -151,6 +151,21 @@ def test_purifier_defaults_and_trackers():
     identity.trackers = {"d_loss": tf.keras.metrics.Mean(name="d_loss")}
     identity.track({"d_loss": 1.0})
     assert {k: float(v) for k, v in identity.track({"d_loss": 3.0}).items()} == {"d_loss": 2.0}
+
+
+def test_make_optimizer_names_defaults_and_decay():
+    plain = make_optimizer("sgd", 0.1)
+    assert isinstance(plain, tf.keras.optimizers.SGD) and plain.momentum == 0.0 and plain.weight_decay is None
+    assert float(plain.learning_rate) == pytest.approx(0.1)
+    sgd = make_optimizer("sgd", 0.01, momentum=0.9, weight_decay=1e-5)
+    assert sgd.momentum == 0.9 and sgd.weight_decay == 1e-5
+    adam = make_optimizer("adam", 1e-3)
+    assert isinstance(adam, tf.keras.optimizers.Adam) and adam.weight_decay is None
+    assert make_optimizer("adam", 1e-3, weight_decay=0.1).weight_decay == 0.1
+    variable = tf.Variable([1.0, -2.0])  # decoupled decay: w - lr * wd * w, then the gradient's step
+    sgd_decay = make_optimizer("sgd", 0.5, weight_decay=0.2)
+    sgd_decay.apply_gradients([(tf.constant([0.0, 1.0]), variable)])
+    np.testing.assert_allclose(variable.numpy(), [1.0 - 0.1, -2.0 + 0.2 - 0.5], rtol=1e-6)
 
 
 def test_apply_gradients_dense_and_sparse():

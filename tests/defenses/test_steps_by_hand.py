@@ -453,7 +453,8 @@ def _trajectory_by_hand(generator, classifier, x, y, z, eps, eps_step, steps, pi
     return trajectory, step_losses, logits
 
 
-@pytest.mark.parametrize("fields", [{}, {"diversity": False}, {"recursive": False}, {"eps_step": 0.05}])
+@pytest.mark.parametrize("fields", [{}, {"diversity": False}, {"recursive": False}, {"eps_step": 0.05},
+                                    {"pixel_clipped_delta": True}, {"diversity_form": "batch_mean"}])
 def test_l2l_da_step(batch, fields):
     x, y = batch
     model = build_defense("l2l_da", {"arch": "lenet5", "eps": 0.1, "steps": 3, "z_dim": 4, "generator_filters": 4,
@@ -469,11 +470,14 @@ def test_l2l_da_step(batch, fields):
         z1, z2 = tf.random.normal([8, 4]), tf.random.normal([8, 4])
         x2, y2 = tf.concat([x, x], 0), tf.concat([y, y], 0)
         trajectory, step_losses, _ = _trajectory_by_hand(generator, classifier, x2, y2, tf.concat([z1, z2], 0), 0.1,
-                                                         eps_step, steps)
+                                                         eps_step, steps, fields.get("pixel_clipped_delta", False))
         cls = tf.reduce_mean(tf.stack(step_losses))
         # eq. 7 per example: the trajectory's mean L1 image gap over the L1 code gap, then the batch mean
         image_gap = tf.add_n([tf.reduce_sum(tf.abs(t[:8] - t[8:]), axis=[1, 2, 3]) for t in trajectory]) / steps
         div = tf.reduce_mean(image_gap / (tf.reduce_sum(tf.abs(z1 - z2), axis=1) + 1e-8))
+        if fields.get("diversity_form") == "batch_mean":  # our earlier form: a ratio of the batch's mean gaps
+            mean_gap = tf.add_n([tf.reduce_mean(tf.abs(t[:8] - t[8:])) for t in trajectory]) / steps
+            div = mean_gap / (tf.reduce_mean(tf.abs(z1 - z2)) + 1e-8)
         x_adv = tf.stop_gradient(trajectory[-1])
         adv = losses.classification_loss(y2, classifier(x_adv, training=True))
         return {"g": -0.1 * (cls + weight * div), "c": 0.1 * (losses.classification_loss(y, classifier(x, training=True))
@@ -491,6 +495,16 @@ def test_l2l_da_step(batch, fields):
     assert float(got["div_loss"]) == pytest.approx(float(want["div"]), rel=1e-4)
     assert float(got["adv_loss"]) == pytest.approx(float(want["adv"]), rel=1e-4)
     assert float(got["cls_loss"]) == pytest.approx(10 * float(want["c"]), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["l2l_da", "pgd_at"])
+def test_a_robust_classifier_serves_in_inference_unless_asked(batch, name):
+    x = batch[0][:4]
+    model = build_defense(name, {"arch": "mlp"})  # the mlp has dropout: the phase shows
+    served = model(x).numpy()
+    np.testing.assert_allclose(served, model.classifier(x, training=False).numpy(), atol=1e-6)
+    np.testing.assert_allclose(model(x).numpy(), served, atol=1e-6)
+    assert np.abs(model(x, training=True).numpy() - served).max() > 1e-3
 
 
 def test_l2l_da_generator_sees_what_its_flags_say(batch):
@@ -637,9 +651,12 @@ def test_a_robust_classifier_starts_from_its_classifier_run(batch, tmp_path):
         (0.05, 0.8, 1e-4))
     assert isinstance(model.optimizer, tf.keras.optimizers.Adam) and model.optimizer.weight_decay is None
     for fields, match in (({"optimizer": "rmsprop"}, "optimizer"), ({"momentum": -0.1}, "momentum"),
-                          ({"clean_weight": 1.5}, "clean_weight"), ({"weight_decay": -1.0}, "weight_decay")):
+                          ({"clean_weight": 1.5}, "clean_weight"), ({"clean_weight": -0.1}, "clean_weight"),
+                          ({"weight_decay": -1.0}, "weight_decay")):
         with pytest.raises(InputValidationError, match=match):
             build_defense("pgd_at", {"arch": "lenet5", **fields})
+    for weight in (0.0, 1.0):  # both ends of [0, 1] are weights a user may give
+        assert build_defense("pgd_at", {"arch": "lenet5", "clean_weight": weight}).config.clean_weight == weight
     fresh = build_defense("pgd_at", {"arch": "lenet5"})
     before = [w.copy() for w in fresh.classifier.get_weights()]
     fresh.compile_for_training()  # no run: the weights it was built with
@@ -806,14 +823,15 @@ def test_every_defense_returns_its_config():
 # ---------------------------------------------------------------------- L2L-DA's learned attack
 
 
-def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_loss(batch, tmp_path):
+@pytest.mark.parametrize("pixel_clipped", [False, True])
+def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_loss(batch, tmp_path, pixel_clipped):
     from tfpurify.attacks import resolve_params, run_attack
     from tfpurify.defenses.l2l_da import _l2l_da_attack, _load_generator
     from tfpurify.errors import AttackConfigError
 
     x, y = batch
     model = build_defense("l2l_da", {"arch": "lenet5", "steps": 3, "z_dim": 4, "generator_filters": 4, "eps": 0.2,
-                                     "eps_step": 0.05})
+                                     "eps_step": 0.05, "pixel_clipped_delta": pixel_clipped})
     model(x[:1])
     run = _defense_run(tmp_path / "l2l", "l2l_da", model)
     p = {**resolve_params("l2l_da", generator_run=run, eps=0.1, draws=3, finetune_steps=0),
@@ -828,7 +846,8 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
     for _ in range(3):
         z = tf.random.normal([8, 4])
         trajectory, step_losses, logits = _trajectory_by_hand(
-            lambda inputs, training=True: p["generator"](inputs, training=False), target, x, y, z, 0.1, 0.025, 3)
+            lambda inputs, training=True: p["generator"](inputs, training=False), target, x, y, z, 0.1, 0.025, 3,
+            pixel_clipped)
         fooled = np.argmax(logits.numpy(), 1) != y.numpy()
         loss = step_losses[-1].numpy()
         better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
@@ -844,9 +863,37 @@ def test_the_learned_attack_keeps_the_first_draw_that_fools_else_the_highest_los
     outcomes = []
     for _ in range(2):
         tf.random.set_seed(SEED)
-        outcomes.append(_l2l_da_attack(target, x, y, tuned, None)[0].numpy())
+        adversarial, cost = _l2l_da_attack(target, x, y, tuned, None)
+        outcomes.append(adversarial.numpy())
+    # per example: the draws' steps, and per update two trajectories of T + 1 gradients (start and T steps)
+    np.testing.assert_array_equal(cost.numpy(), 3 * 3 + 2 * 2 * (3 + 1))
     np.testing.assert_array_equal(outcomes[0], outcomes[1])
     assert any(np.abs(a - b).max() > 0 for a, b in zip(trained, tuned["generator"].get_weights()))  # it moved
+    # ... by the run's optimizer (SGD, momentum 0.9, decoupled weight decay 1e-5, rate 0.01), in training mode,
+    # ascending L_cls + lambda L_div with the run's step size, in two updates from the trained weights
+    tuned_weights = [w.copy() for w in tuned["generator"].get_weights()]
+    generator = tuned["generator"]
+    generator.set_weights(trained)
+    tf.random.set_seed(SEED)
+    weights, velocity = [v.numpy() for v in generator.trainable_variables], None
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            z1, z2 = tf.random.normal([8, 4]), tf.random.normal([8, 4])
+            x2, y2 = tf.concat([x, x], 0), tf.concat([y, y], 0)
+            trajectory, step_losses, _ = _trajectory_by_hand(generator, target, x2, y2, tf.concat([z1, z2], 0), 0.1,
+                                                             0.025, 3, pixel_clipped)
+            cls = tf.reduce_mean(tf.stack(step_losses))
+            image_gap = tf.add_n([tf.reduce_sum(tf.abs(t[:8] - t[8:]), axis=[1, 2, 3]) for t in trajectory]) / 3
+            div = tf.reduce_mean(image_gap / (tf.reduce_sum(tf.abs(z1 - z2), axis=1) + 1e-8))
+            loss = -(cls + 0.02 * div)
+        grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, generator.trainable_variables)]
+        velocity = [-0.01 * g for g in grads] if velocity is None else [0.9 * m - 0.01 * g
+                                                                         for m, g in zip(velocity, grads)]
+        weights = [w - 0.01 * 1e-5 * w + m for w, m in zip(weights, velocity)]
+        for variable, value in zip(generator.trainable_variables, weights):
+            variable.assign(value)
+    for got_weight, want in zip(tuned_weights, generator.get_weights()):  # moving statistics included
+        np.testing.assert_allclose(got_weight, want, atol=1e-5)
     assert resolve_params("l2l_da", generator_run=run, draws=1)["draws"] == 1
     assert resolve_params("l2l_da", generator_run=run)["finetune_steps"] == 20  # the default
     for params, match in (({}, "needs a trained generator"), ({"generator_run": run, "norm": 2}, "only norm inf"),

@@ -179,8 +179,8 @@ def attack_trajectory(generator, model_fn, x, y, z, eps, eps_step, steps, traini
     return trajectory, step_losses, logits
 
 
-def attacker_objective(generator, model_fn, x, y, z_dim, eps, step_size, steps, diversity_form, training=False,
-                       pixel_clipped_delta=False):
+def attacker_objective(generator, model_fn, x, y, z_dim, eps, step_size, steps, diversity_form, *, training,
+                       pixel_clipped_delta):
     """Algorithm 1, lines 2-8: the doubled batch (z1, z2), its trajectories against `model_fn`, L_cls and L_div.
 
     Returns:
