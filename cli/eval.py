@@ -73,7 +73,8 @@ def _attacks_help():
               help="Query budget of sanity check 4's Square attack (recorded in the report); the check says "
                    "what it will cost before a long run.")
 @click.option("--report", "report_path", default=None,
-              help="Markdown report path (default RUN/report.md); .json and .png are written beside it.")
+              help="Markdown report path (default RUN/report.md, for zoo:ENTRY reports/zoo-ENTRY.md); .json and "
+                   ".png are written beside it.")
 @click.option("--corruptions", default=None,
               help="Also measure accuracy under common corruptions (CIFAR-10-C definitions): all, or a comma list "
                    "of gaussian_noise, shot_noise, impulse_noise, speckle_noise, gaussian_blur, glass_blur, "
@@ -85,13 +86,14 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
                  early_exit, cascade, autoattack_version, l2l_da_run, l2l_da_finetune_steps, eot_samples, bpda, score_draws, detector_weight, batch_size,
                  limit, seed,
                  sanity_checks, check_queries, report_path, corruptions, severities, **runtime):
-    """Attack RUN (a classifier or a defense run) on the test split and write a report."""
+    """Attack RUN (a classifier or a defense run, or zoo:ENTRY) on the test split and write a report."""
     from tfpurify.adaptive import parse_bpda, threat_model_pipelines
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
     from tfpurify.evaluation import evaluate, make_attack_specs
     from tfpurify.reports import save_pictures, to_markdown, write_json, write_markdown, write_report
     from tfpurify.training import load_defended
+    from tfpurify.zoo import is_reference, resolve
 
     bpda_modes = parse_bpda(bpda)
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
@@ -107,7 +109,12 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
             if s not in corruptions_lib.SEVERITIES:
                 raise InputValidationError(f"--severities: {s:g} is not an integer in 1-5")
         corruptions_lib.corrupt(np.zeros((1, 2, 2, 1), np.float32), corruption_names[0], 1)
-    defended, info = load_defended(run, classifier_run, runtime_overrides(runtime))
+    overrides = runtime_overrides(runtime)
+    default_report = pathlib.Path(run) / "report.md"
+    if is_reference(run):  # zoo:ENTRY -> its run folders, after checking their SHA-256 (the zoo stays as shipped)
+        default_report = pathlib.Path("reports") / f"zoo-{run[len('zoo:'):]}.md"
+        run, classifier_run, overrides = resolve(run, classifier_run, overrides)
+    defended, info = load_defended(run, classifier_run, overrides)
     if info["defense"] == "none":
         default_threat_models = "none"
     elif defended.robust_classifier:  # adversarial training: gray-box = white-box; none needs the plain classifier
@@ -125,7 +132,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     surrogate_model = load_classifier(surrogate)[0] if surrogate else None
     x, y = load_dataset(info["dataset"], "test", limit=limit)
     pipelines = threat_model_pipelines(defended, surrogate_model, eot_samples, detector_weight, bpda_modes)
-    markdown_path = pathlib.Path(report_path or pathlib.Path(run) / "report.md")
+    markdown_path = pathlib.Path(report_path or default_report)
 
     def checkpoint(unfinished):  # after every attack and check: a killed evaluation keeps what it finished
         write_json(unfinished, markdown_path.with_suffix(".json"))

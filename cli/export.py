@@ -15,16 +15,24 @@ from cli.options import COUNT, runtime_options, runtime_overrides
 @click.option("--overwrite", is_flag=True, help="Replace an existing version (atomically).")
 @runtime_options
 def export_command(run, classifier_run, name, version, out, overwrite, **runtime):
-    """Export RUN as saved_models/NAME/VERSION with `serving_default` and `purify` signatures.
+    """Export RUN (a run folder or zoo:ENTRY) as saved_models/NAME/VERSION with `serving_default` and `purify`
+    signatures.
 
     RUN's report.json joins the metadata only if it was made for these exact weights.
     """
+    export_run(run, classifier_run, name, version, out, overwrite, runtime_overrides(runtime))
+
+
+def export_run(run, classifier_run, name, version, out, overwrite, overrides):
     from tfpurify.data import dataset_info
     from tfpurify.export import evaluation_summary, export_saved_model, validate_name
     from tfpurify.training import load_defended
+    from tfpurify.zoo import is_reference, resolve
 
     validate_name(name)
-    defended, info = load_defended(run, classifier_run, runtime_overrides(runtime))
+    if is_reference(run):
+        run, classifier_run, overrides = resolve(run, classifier_run, overrides)
+    defended, info = load_defended(run, classifier_run, overrides)
     summary, note = evaluation_summary(run, info["runs"])
     if note:
         click.echo(note)

@@ -25,6 +25,7 @@ from cli.export import export_command  # noqa: E402
 from cli.predict import predict_command  # noqa: E402
 from cli.train import train  # noqa: E402
 from cli.tune import tune_command  # noqa: E402
+from cli.zoo import zoo  # noqa: E402
 
 
 def _quiet_python_logs():
@@ -58,6 +59,7 @@ cli.add_command(data)
 cli.add_command(train)
 cli.add_command(eval_command)
 cli.add_command(tune_command)
+cli.add_command(zoo)
 cli.add_command(export_command)
 cli.add_command(predict_command)
 

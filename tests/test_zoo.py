@@ -1,0 +1,138 @@
+"""The zoo: entries made from run folders, re-verified (hashes, clean accuracy), used as zoo:NAME, exported."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from tfpurify import zoo
+from tfpurify.errors import InputValidationError, RunFolderError
+
+
+def _one_line_error(result, match):
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and match in lines[0], lines
+
+
+@pytest.fixture(scope="module")
+def small_zoo(tmp_path_factory, dae_run, cnn_run):
+    root = tmp_path_factory.mktemp("zoo")
+    runner = CliRunner()
+    details = root.parent / "details.json"
+    details.write_text(json.dumps({"paper": {"title": "a denoising autoencoder"}, "license": "MIT",
+                                   "training": {"cpu_minutes": 0.5}}))
+    made = runner.invoke(cli, ["zoo", "add", "dae", "--run", str(dae_run), "--classifier", str(cnn_run),
+                               "--classifier-name", "cnn", "--zoo", str(root), "--n", "60", "--details", str(details)])
+    assert made.exit_code == 0, made.output
+    bare = runner.invoke(cli, ["zoo", "add", "none", "--run", str(cnn_run), "--classifier-name", "cnn",
+                               "--zoo", str(root), "--n", "60"])
+    assert bare.exit_code == 0, bare.output
+    return root
+
+
+def test_an_entry_holds_its_runs_its_numbers_and_every_files_hash(small_zoo, cnn_run):
+    manifest = zoo.read_manifest("dae", small_zoo)
+    assert (manifest["defense"], manifest["classifier"], manifest["dataset"]) == ("denoising_ae", "cnn", "fashion_mnist")
+    assert manifest["runs"] == {"run": "dae/run", "classifier": "classifiers/cnn"}
+    assert manifest["license"] == "MIT" and manifest["training"] == {"cpu_minutes": 0.5}
+    assert manifest["clean_accuracy"]["n"] == 60 and 0.5 < manifest["clean_accuracy"]["accuracy"] <= 1.0
+    assert "dae/run/defense.weights.h5" in manifest["files"] and "classifiers/cnn/classifier.weights.h5" in manifest["files"]
+    for relative, digest in manifest["files"].items():
+        assert len(digest) == 64 and (small_zoo / relative).is_file()
+    bare = zoo.read_manifest("none", small_zoo)  # the bare classifier is the stored one, not a second copy
+    assert bare["defense"] == "none" and bare["runs"] == {"run": "classifiers/cnn"}
+    assert sorted(p.name for p in (small_zoo / "classifiers").iterdir()) == ["cnn"]
+    assert [m["name"] for m in zoo.entries(small_zoo)] == ["dae", "none"]
+    listed = CliRunner().invoke(cli, ["zoo", "list", "--zoo", str(small_zoo)])
+    assert listed.exit_code == 0 and listed.output.count("\n") == 2, listed.output
+    assert "dae: denoising_ae + cnn on fashion_mnist" in listed.output and "trained 0.5 CPU-minutes" in listed.output
+
+
+def test_verify_passes_as_made_and_fails_on_a_changed_number_or_byte(small_zoo, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["zoo", "verify", "dae", "--zoo", str(small_zoo)])
+    assert ok.exit_code == 0 and ok.output.strip().endswith("OK"), ok.output
+    copy = tmp_path / "zoo"
+    import shutil
+
+    shutil.copytree(small_zoo, copy)
+    manifest_path = copy / "dae" / zoo.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["clean_accuracy"]["accuracy"] += 0.05  # a number the weights do not reach
+    manifest_path.write_text(json.dumps(manifest))
+    off = runner.invoke(cli, ["zoo", "verify", "dae", "--zoo", str(copy)])
+    assert off.exit_code == 1 and "FAILED" in off.output, off.output
+    assert runner.invoke(cli, ["zoo", "verify", "dae", "--zoo", str(copy), "--tolerance", "0.06"]).exit_code == 0
+    weights = copy / "classifiers" / "cnn" / "classifier.weights.h5"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert set(zoo.check_files("dae", copy)) == {"classifiers/cnn/classifier.weights.h5"}
+    _one_line_error(runner.invoke(cli, ["zoo", "verify", "dae", "--zoo", str(copy)]), "do not match the manifest")
+    _one_line_error(runner.invoke(cli, ["eval", "zoo:none", "--limit", "4"], env={"TFPURIFY_ZOO": str(copy)}),
+                    "do not match the manifest")  # a changed file is never evaluated
+    weights.unlink()
+    assert zoo.check_files("none", copy)["classifiers/cnn/classifier.weights.h5"][1] is None
+
+
+def test_zoo_references_evaluate_and_export_like_run_folders(small_zoo, dae_run, cnn_run, tmp_path):
+    runner = CliRunner()
+    env = {"TFPURIFY_ZOO": str(small_zoo)}
+    report = tmp_path / "zoo-dae.md"
+    result = runner.invoke(cli, ["eval", "zoo:dae", "--attacks", "fgsm", "--limit", "24", "--threat-model", "graybox",
+                                 "--graybox-only", "--no-sanity-checks", "--report", str(report)], env=env)
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.with_suffix(".json").read_text())
+    assert written["settings"]["runs"]["defense"]["path"] == str(small_zoo / "dae" / "run")
+    direct = runner.invoke(cli, ["eval", str(dae_run), "--classifier", str(cnn_run), "--attacks", "fgsm", "--limit",
+                                 "24", "--threat-model", "graybox", "--graybox-only", "--no-sanity-checks", "--report",
+                                 str(tmp_path / "direct.md")])
+    assert direct.exit_code == 0, direct.output
+    rows = [json.loads(p.read_text())["rows"] for p in (report.with_suffix(".json"), tmp_path / "direct.json")]
+    assert [r["accuracy"] for r in rows[0]] == [r["accuracy"] for r in rows[1]]  # the same weights, the same numbers
+    assert not (small_zoo / "dae" / "run" / "report.md").exists()  # the zoo stays as shipped
+    _one_line_error(runner.invoke(cli, ["eval", "zoo:dae", "--classifier", str(cnn_run)], env=env),
+                    "names its own classifier")
+    _one_line_error(runner.invoke(cli, ["eval", "zoo:nothing"], env=env), "no zoo entry 'nothing'")
+    exported = runner.invoke(cli, ["zoo", "export", "dae", "--zoo", str(small_zoo), "--out", str(tmp_path / "sm")])
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "sm" / "dae" / "1" / "saved_model.pb").is_file()
+    also = runner.invoke(cli, ["export", "zoo:none", "--name", "bare", "--out", str(tmp_path / "sm")], env=env)
+    assert also.exit_code == 0 and (tmp_path / "sm" / "bare" / "1" / "saved_model.pb").is_file(), also.output
+
+
+def test_add_refuses_what_would_make_a_wrong_entry(small_zoo, dae_run, cnn_run, tmp_path):
+    with pytest.raises(RunFolderError, match="exists"):
+        zoo.add("dae", dae_run, cnn_run, "cnn", small_zoo, n=8)
+    other = tmp_path / "other-cnn"  # another classifier under a stored classifier's name
+    other.mkdir()
+    for file in ("config.json", "classifier.weights.h5"):
+        (other / file).write_bytes((pathlib.Path(cnn_run) / file).read_bytes())
+    (other / "classifier.weights.h5").write_bytes((other / "classifier.weights.h5").read_bytes() + b"\0")
+    with pytest.raises(RunFolderError, match="holds another classifier"):
+        zoo._store_classifier(other, "cnn", small_zoo)
+    for name in ("", "a/b", "classifiers", ".."):
+        with pytest.raises(InputValidationError, match="zoo entry name"):
+            zoo.add(name, dae_run, cnn_run, root=tmp_path / "z", n=8)
+    with pytest.raises(InputValidationError, match="files"):
+        zoo.add("x", dae_run, cnn_run, root=tmp_path / "z", n=8, details={"files": {}})
+    assert not (tmp_path / "z").exists()  # refused before anything was written
+
+
+def test_resolve_merges_runtime_options_and_needs_no_network(tmp_path, monkeypatch):
+    monkeypatch.delenv("TFPURIFY_ZOO", raising=False)
+    entry = tmp_path / "e"
+    entry.mkdir()
+    (entry / zoo.MANIFEST).write_text(json.dumps({"name": "e", "runs": {"run": "e/run"}, "runtime": {"a": 1, "b": 2},
+                                                  "files": {}}))
+    run, classifier, overrides = zoo.resolve("zoo:e", overrides={"b": 3}, root=tmp_path)
+    assert (run, classifier, overrides) == (str(tmp_path / "e" / "run"), None, {"a": 1, "b": 3})
+    assert zoo.is_reference("zoo:e") and not zoo.is_reference("runs/e") and not zoo.is_reference(None)
+    assert zoo.zoo_dir() == pathlib.Path(zoo.__file__).resolve().parents[1] / "zoo"
+    assert zoo.entries(tmp_path / "none") == []
+    assert np.isclose(zoo.VerifyResult("e", 1, 10, 0.5, 0.51, 0.01).passed, True)
+    assert not zoo.VerifyResult("e", 1, 10, 0.5, 0.52, 0.01).passed

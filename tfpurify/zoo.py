@@ -1,0 +1,229 @@
+"""The pretrained zoo: trained runs with a manifest that anyone can re-verify in one command.
+
+A zoo is a folder (the project's `zoo/` by default, `TFPURIFY_ZOO` or `--zoo` otherwise) of entries:
+
+    zoo/<entry>/manifest.json        what the entry is, how it was trained, its numbers, its files' SHA-256
+    zoo/<entry>/run/                 the defense's run folder (config.json, weights, calibration)
+    zoo/classifiers/<name>/          a classifier run, stored once and shared by the entries that protect it
+
+`zoo:<entry>` stands for the entry's runs wherever the CLI takes a run (`tfpurify eval zoo:cowboy`,
+`tfpurify export zoo:cowboy`): its files are checked against the manifest first. `verify` is
+RobustBench's own check: the hashes, then the clean accuracy on the first `n` test images within one
+point of the manifest's. `add` makes an entry from run folders (copied; a shared classifier must match
+the stored one byte for byte).
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+from importlib import metadata
+
+import numpy as np
+
+from tfpurify import data
+from tfpurify.classifiers import accuracy
+from tfpurify.errors import InputValidationError, RunFolderError
+from tfpurify.runs import atomic_write_text
+from tfpurify.training import load_defended
+
+__all__ = ["PREFIX", "MANIFEST", "zoo_dir", "is_reference", "entries", "read_manifest", "check_files", "resolve",
+           "verify", "add", "VerifyResult"]
+
+PREFIX = "zoo:"
+MANIFEST = "manifest.json"
+RESERVED = {"name", "defense", "classifier", "dataset", "config", "runs", "runtime", "clean_accuracy",
+            "tfpurify_version", "created", "files"}  # what `add` measures or records itself
+RUN_FILES = ("config.json", "defense.weights.h5", "classifier.weights.h5", "calibration.json", "history.csv",
+             "timing.json")
+
+
+def zoo_dir(path=None):
+    """The zoo folder: `path`, else $TFPURIFY_ZOO, else the project's `zoo/`."""
+    if path is not None:
+        return pathlib.Path(path)
+    if os.environ.get("TFPURIFY_ZOO"):
+        return pathlib.Path(os.environ["TFPURIFY_ZOO"])
+    return pathlib.Path(__file__).resolve().parents[1] / "zoo"
+
+
+def is_reference(run):
+    """True for `zoo:<entry>`."""
+    return isinstance(run, str) and run.startswith(PREFIX)
+
+
+def entries(root=None):
+    """Every entry's manifest, sorted by name."""
+    root = zoo_dir(root)
+    if not root.is_dir():
+        return []
+    return [read_manifest(p.parent.name, root) for p in sorted(root.glob(f"*/{MANIFEST}"))]
+
+
+def read_manifest(name, root=None):
+    root = zoo_dir(root)
+    path = root / name / MANIFEST
+    if not path.is_file():
+        known = ", ".join(m.parent.name for m in sorted(root.glob(f"*/{MANIFEST}"))) or "none"
+        raise RunFolderError(f"no zoo entry {name!r} in {root} (entries: {known})")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{path}: unreadable ({e})") from None
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_files(name, root=None):
+    """{relative path: (expected SHA-256, found SHA-256 or None if missing)} for every file that differs."""
+    root = zoo_dir(root)
+    manifest = read_manifest(name, root)
+    wrong = {}
+    for relative, expected in manifest["files"].items():
+        path = root / relative
+        found = _sha256(path) if path.is_file() else None
+        if found != expected:
+            wrong[relative] = (expected, found)
+    return wrong
+
+
+def _require_intact(name, root):
+    wrong = check_files(name, root)
+    if wrong:
+        first, (expected, found) = next(iter(wrong.items()))
+        state = "missing" if found is None else f"SHA-256 {found[:12]}..., the manifest says {expected[:12]}..."
+        raise RunFolderError(f"zoo entry {name!r}: {len(wrong)} file(s) do not match the manifest ({first}: {state})")
+
+
+def resolve(reference, classifier_run=None, overrides=None, root=None):
+    """`zoo:<entry>` -> (run folder, classifier run folder, runtime overrides) after checking the files.
+
+    An explicit `classifier_run` is refused (the entry names its own); `overrides` win over the entry's.
+    """
+    name = reference[len(PREFIX):] if is_reference(reference) else reference
+    root = zoo_dir(root)
+    manifest = read_manifest(name, root)
+    if classifier_run is not None:
+        raise InputValidationError(f"zoo:{name} names its own classifier; leave out --classifier")
+    _require_intact(name, root)
+    runs = manifest["runs"]
+    classifier = str(root / runs["classifier"]) if runs.get("classifier") else None
+    return str(root / runs["run"]), classifier, {**manifest.get("runtime", {}), **(overrides or {})}
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    files: int
+    n: int
+    clean_accuracy: float
+    expected: float
+    tolerance: float
+
+    @property
+    def passed(self):
+        return abs(self.clean_accuracy - self.expected) <= self.tolerance + 1e-9
+
+
+def _clean_accuracy(run, classifier, overrides, dataset, n, batch_size=100):
+    defended, _ = load_defended(run, classifier, overrides)
+    x, y = data.load_dataset(dataset, "test", limit=n)
+    return accuracy(defended, x, y, batch_size=batch_size), len(x)
+
+
+def verify(name, root=None, n=None, tolerance=0.01):
+    """The entry's files against their SHA-256, then its clean accuracy on the first `n` test images (default:
+    the manifest's n) against the manifest's, within `tolerance` (one point). Raises RunFolderError on a hash."""
+    root = zoo_dir(root)
+    manifest = read_manifest(name, root)
+    _require_intact(name, root)
+    clean = manifest["clean_accuracy"]
+    n = clean["n"] if n is None else n
+    if n != clean["n"]:
+        raise InputValidationError(f"zoo entry {name!r} states its clean accuracy on {clean['n']} images; "
+                                   f"verify on those (n {n} given)")
+    run, classifier, overrides = resolve(name, root=root)
+    measured, used = _clean_accuracy(run, classifier, overrides, manifest["dataset"], n)
+    return VerifyResult(name, len(manifest["files"]), used, measured, clean["accuracy"], tolerance)
+
+
+def _copy_run(source, target):
+    """The run's files that loading needs (and its history), copied; returns the relative paths."""
+    source = pathlib.Path(source)
+    if not (source / "config.json").is_file():
+        raise RunFolderError(f"{source} is not a run folder (no config.json)")
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for file in RUN_FILES:
+        if (source / file).is_file():
+            shutil.copyfile(source / file, target / file)
+            copied.append(target / file)
+    return copied
+
+
+def _store_classifier(classifier_run, classifier_name, root):
+    """A classifier run under classifiers/<name>, stored once: one stored there already must be identical.
+    Returns (its files, its path relative to the zoo)."""
+    shared = root / "classifiers" / (classifier_name or pathlib.Path(classifier_run).name)
+    if not shared.exists():
+        return _copy_run(classifier_run, shared), str(shared.relative_to(root))
+    for file in RUN_FILES:
+        mine, stored = pathlib.Path(classifier_run) / file, shared / file
+        if mine.is_file() != stored.is_file() or (mine.is_file() and _sha256(mine) != _sha256(stored)):
+            raise RunFolderError(f"{shared} holds another classifier ({file} differs); give --classifier-name a new name")
+    return [shared / f for f in RUN_FILES if (shared / f).is_file()], str(shared.relative_to(root))
+
+
+def add(name, run, classifier_run=None, classifier_name=None, root=None, overrides=None, n=200, details=None):
+    """Makes zoo entry `name` from run folders: copies them, measures the clean accuracy on the first `n` test
+    images, writes the manifest with every file's SHA-256. Classifiers (the one a defense protects, or the
+    entry's run itself when it is a bare classifier) are stored once under classifiers/<classifier_name>
+    (default: the run folder's name)."""
+    root = zoo_dir(root)
+    reserved = sorted(set(details or {}) & RESERVED)
+    if reserved:
+        raise InputValidationError(f"the manifest's own fields cannot be given as details: {', '.join(reserved)}")
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name in ("classifiers", ".", ".."):
+        raise InputValidationError(f"zoo entry name {name!r}: letters, digits, '-', '_' and '.' only")
+    entry = root / name
+    if (entry / MANIFEST).exists():
+        raise RunFolderError(f"zoo entry {name!r} exists in {root}; remove its folder to replace it")
+    defended, info = load_defended(run, classifier_run, overrides)  # refuses what would not load later
+    if info["defense"] == "none":  # a bare classifier: the shared copy is the entry's run
+        files, run_path = _store_classifier(run, classifier_name, root)
+        runs = {"run": run_path}
+    else:
+        files, runs = _copy_run(run, entry / "run"), {"run": f"{name}/run"}
+        if classifier_run is not None:
+            classifier_files, runs["classifier"] = _store_classifier(classifier_run, classifier_name, root)
+            files += classifier_files
+    x, y = data.load_dataset(info["dataset"], "test", limit=n)
+    clean = accuracy(defended, x, y, batch_size=100)
+    manifest = {"name": name, "defense": info["defense"], "classifier": info["classifier"],
+                "dataset": info["dataset"], "config": info["config"], "runs": runs,
+                "runtime": info["runs"].get("defense", {}).get("runtime", {}),
+                "clean_accuracy": {"n": len(x), "accuracy": float(clean)},
+                "tfpurify_version": metadata.version("tfpurify"),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                **(details or {}),
+                "files": {str(p.relative_to(root)): _sha256(p) for p in files}}
+    entry.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(entry / MANIFEST, json.dumps(manifest, indent=2, default=_plain) + "\n")
+    return manifest
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
