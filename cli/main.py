@@ -22,6 +22,7 @@ except TfpurifyError as e:  # a broken plug-in: one line, as for every library e
 from cli.data import data  # noqa: E402
 from cli.eval import eval_command  # noqa: E402
 from cli.export import export_command  # noqa: E402
+from cli.leaderboard import leaderboard_command  # noqa: E402
 from cli.predict import predict_command  # noqa: E402
 from cli.train import train  # noqa: E402
 from cli.tune import tune_command  # noqa: E402
@@ -60,6 +61,7 @@ cli.add_command(train)
 cli.add_command(eval_command)
 cli.add_command(tune_command)
 cli.add_command(zoo)
+cli.add_command(leaderboard_command)
 cli.add_command(export_command)
 cli.add_command(predict_command)
 

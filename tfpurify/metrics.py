@@ -3,8 +3,8 @@
 What detectors, the Cowboy threshold and `tfpurify.evaluation` compute from arrays they already
 hold: ROC-AUC, the rate of scores above a threshold (TPR on adversarial inputs, FPR on clean
 ones), a threshold calibrated to a target false-positive rate, the per-example worst case over
-attacks, the binomial tolerance that says what "within noise" means, and a detector's metrics
-for one attack.
+attacks, the binomial tolerance that says what "within noise" means, an accuracy's 95 % interval
+(scipy's Wilson interval), and a detector's metrics for one attack.
 """
 
 import math
@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 __all__ = ["roc_auc", "flag_rate", "calibrate_threshold", "worst_case_accuracy", "binomial_tolerance",
-           "detection_metrics", "percent", "human_metrics"]
+           "accuracy_interval", "detection_metrics", "percent", "human_metrics"]
 
 
 def roc_auc(clean_scores, attacked_scores):
@@ -65,6 +65,17 @@ def human_metrics(logs):
     """Training logs for the terminal: accuracies (names ending in accuracy) in percent, the rest with 4
     significant digits: "loss 0.1699, val_accuracy 84.2 %"."""
     return ", ".join(f"{k} {percent(v)}" if k.endswith("accuracy") else f"{k} {float(v):.4g}" for k, v in logs.items())
+
+
+def accuracy_interval(correct, n, confidence=0.95):
+    """The Wilson score interval (low, high) of an accuracy of `correct` out of `n` (scipy's `binomtest`):
+    what a leaderboard's column means beside its point value. (0, 1) for n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    from scipy.stats import binomtest
+
+    interval = binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def binomial_tolerance(p, n):

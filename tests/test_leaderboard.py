@@ -1,0 +1,105 @@
+"""The leaderboard on a shrunken protocol: cells cached and resumed, rows sorted, intervals, the three tables."""
+
+import html.parser
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from tfpurify import evaluation, leaderboard, metrics
+from tfpurify.errors import InputValidationError
+
+SMALL = leaderboard.Protocol(n=24, eps=(0.1, 0.2), attacks=("fgsm", "pgd"), pgd_steps=5, pgd_restarts=1,
+                             eot_samples=1, score_draws=2, sanity_checks=False, batch_size=24)
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory, dae_run, cnn_run):
+    out = tmp_path_factory.mktemp("leaderboard")
+    entries = [leaderboard.Entry("none", str(cnn_run)), leaderboard.Entry("dae", str(dae_run), str(cnn_run))]
+    return out, entries, leaderboard.run(entries, out, SMALL, log=lambda line: None)
+
+
+def test_rows_hold_every_column_sorted_by_the_white_box_worst_case(board):
+    out, _, rows = board
+    assert [r["entry"] for r in rows] == sorted(
+        (r["entry"] for r in rows), key=lambda name: -next(r for r in rows if r["entry"] == name)["whitebox 0.1"]["accuracy"])
+    for row in rows:
+        assert row["n"] == 24 and row["dataset"] == "fashion_mnist"
+        for key in ("clean", "whitebox 0.1", "whitebox 0.2", "graybox 0.1", "graybox 0.2"):
+            cell = row[key]
+            assert cell["low"] <= cell["accuracy"] <= cell["high"], (row["entry"], key, cell)
+        assert row["whitebox 0.2"]["accuracy"] <= row["whitebox 0.1"]["accuracy"] <= row["clean"]["accuracy"]
+        assert row["clean"]["accuracy"] > 0.5
+    bare = next(r for r in rows if r["entry"] == "none")  # attacked as it is: one cell per eps for both columns
+    assert bare["graybox 0.1"] == bare["whitebox 0.1"] and bare["purification_images_per_second"] is None
+    assert bare["whitebox 0.1"]["accuracy"] < bare["clean"]["accuracy"]  # PGD breaks a bare cnn
+    dae = next(r for r in rows if r["entry"] == "dae")
+    assert dae["purification_images_per_second"] > 0 and dae["whitebox 0.1"]["attacks"] == ["fgsm", "pgd"]
+    written = json.loads((out / "fashion_mnist.json").read_text())
+    assert written["protocol"] == SMALL.to_dict() and [r["entry"] for r in written["rows"]] == [r["entry"] for r in rows]
+
+
+def test_the_wilson_interval_by_hand():
+    low, high = metrics.accuracy_interval(87, 100)
+    p, n, z = 0.87, 100, 1.959964
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-6)
+    assert metrics.accuracy_interval(0, 0) == (0.0, 1.0) and metrics.accuracy_interval(10, 10)[1] == 1.0
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.rows, self.images = 0, []
+
+    def handle_starttag(self, tag, attrs):
+        self.rows += tag == "tr"
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_the_markdown_and_html_tables_show_every_entry_and_the_picture(board):
+    out, entries, rows = board
+    markdown = (out / "fashion_mnist.md").read_text()
+    assert markdown.count("\n| ") == 1 + len(rows) and "Wilson" in markdown
+    page = _Page()
+    page.feed((out / "fashion_mnist.html").read_text())
+    assert page.rows == 1 + len(rows) and page.images == ["fashion_mnist_eps.png"]
+    assert (out / "fashion_mnist_eps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rerun_evaluates_only_the_cells_it_lacks(board, monkeypatch):  # after the tables' test: it rewrites them
+    out, entries, rows = board
+    calls = []
+    real = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: calls.append(k["threat_model"]) or real(*a, **k))
+    again = leaderboard.run(entries, out, SMALL, log=lambda line: None)
+    assert calls == [] and [r["whitebox 0.1"] for r in again] == [r["whitebox 0.1"] for r in rows]
+    (out / "cache" / "dae" / "graybox-0.2.json").unlink()  # a cell that never finished
+    leaderboard.run(entries, out, SMALL, log=lambda line: None)
+    assert calls == ["graybox"]
+    leaderboard.run(entries[:1], out, leaderboard.Protocol(**{**SMALL.to_dict(), "eps": (0.1,), "n": 16}),
+                    log=lambda line: None)  # another protocol: nothing cached counts
+    assert calls == ["graybox", "none"]
+
+
+def test_the_command_line(board, monkeypatch, cnn_run, dae_run, tmp_path):
+    monkeypatch.setattr(leaderboard, "PROTOCOL", SMALL)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["leaderboard", "--entries", f"none={cnn_run}", "--out", str(tmp_path), "--n", "16"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("1. none: white-box 0.1 ") and "(n 16)" in result.stdout
+    for args, match in ((["--entries", "nothing"], "expected zoo:NAME or NAME=RUN"),
+                        (["--entries", f"a={cnn_run},a={cnn_run}"], "entry names must differ"),
+                        (["--zoo", str(tmp_path / "empty")], "the zoo is empty"),
+                        (["--entries", "zoo:missing", "--zoo", str(tmp_path)], "no zoo entry 'missing'"),
+                        (["--n", "0"], "--n must be")):
+        bad = runner.invoke(cli, ["leaderboard", "--out", str(tmp_path), *args])
+        assert bad.exit_code == 1 and "Traceback" not in bad.output, bad.output
+        lines = [line for line in bad.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and match in lines[0], lines
+    with pytest.raises(InputValidationError):
+        leaderboard.entry_from_text("=runs/x")

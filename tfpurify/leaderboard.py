@@ -1,0 +1,304 @@
+"""The leaderboard: every entry (zoo entries or run folders) under one fixed protocol, in one table.
+
+`PROTOCOL` is the protocol: Fashion-MNIST, the first 1000 test images (or an entry's stated smaller n,
+at least 200, where its evaluation would not fit an hour of CPU), L-inf eps 0.1 and 0.2, gray-box and
+white-box threat models; per (eps, threat model) FGSM, PGD-100 with 2 restarts and AutoAttack
+(`standard`, or `rand` for a stochastic pipeline) in a cascade, through every white-box gradient
+(`--bpda auto`), EOT 8, 10 draws scored for a stochastic pipeline, and the sanity checks (white-box,
+first 200 images), whose attacks join the worst case.
+
+Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished:
+a rerun evaluates only the cells it lacks (a killed cell starts again). Written: `<out>/<dataset>.json`
+(rows, protocol, machine), `.md` and a static `.html` (the table and the accuracy-vs-eps picture),
+sorted by the white-box worst case at the first eps. Every accuracy has its 95 % Wilson interval.
+"""
+
+import dataclasses
+import html
+import json
+import pathlib
+import platform
+import time
+
+import numpy as np
+
+from tfpurify import adaptive, data, evaluation, metrics
+from tfpurify.errors import InputValidationError
+from tfpurify.runs import atomic_write_text
+from tfpurify.training import load_defended
+from tfpurify.zoo import entries as zoo_entries
+from tfpurify.zoo import is_reference, read_manifest, resolve
+
+__all__ = ["Protocol", "PROTOCOL", "Entry", "entry_from_text", "zoo_entry", "run", "write"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """What every entry is measured with (the defaults are the leaderboard's; tests shrink them)."""
+
+    dataset: str = "fashion_mnist"
+    n: int = 1000
+    min_n: int = 200
+    eps: tuple = (0.1, 0.2)
+    attacks: tuple = ("fgsm", "pgd", "autoattack")
+    pgd_steps: int = 100
+    pgd_restarts: int = 2
+    eot_samples: int = 8
+    score_draws: int = 10
+    sanity_checks: bool = True
+    sanity_n: int = 200
+    batch_size: int = 256
+    seed: int = 0
+
+    def to_dict(self):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+PROTOCOL = Protocol()
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One row: a name, the run folders it loads, its runtime options, the images it is measured on."""
+
+    name: str
+    run: str
+    classifier: str = None
+    overrides: dict = dataclasses.field(default_factory=dict)
+    n: int = None  # None: the protocol's
+    manifest: dict = dataclasses.field(default_factory=dict)  # zoo entries: the paper, budget, ...
+
+
+def zoo_entry(name, root=None):
+    """A zoo entry (its files checked against the manifest) as a leaderboard entry."""
+    name = name[len("zoo:"):] if is_reference(name) else name
+    manifest = read_manifest(name, root)
+    run_dir, classifier, overrides = resolve(name, root=root)
+    return Entry(name, run_dir, classifier, overrides, manifest.get("leaderboard", {}).get("n"), manifest)
+
+
+def entry_from_text(text, root=None):
+    """`zoo:NAME`, or `NAME=RUN[:CLASSIFIER_RUN]` for a run folder outside the zoo."""
+    if is_reference(text):
+        return zoo_entry(text, root)
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise InputValidationError(f"entry {text!r}: expected zoo:NAME or NAME=RUN[:CLASSIFIER_RUN]")
+    run_dir, _, classifier = rest.partition(":")
+    return Entry(name, run_dir, classifier or None)
+
+
+def all_zoo_entries(root=None):
+    return [zoo_entry(m["name"], root) for m in zoo_entries(root)]
+
+
+def _cell_path(out, entry, threat_model, eps):
+    return pathlib.Path(out) / "cache" / entry.name / f"{threat_model}-{eps:g}.json"
+
+
+def _specs(protocol, eps, stochastic):
+    return evaluation.make_attack_specs(
+        list(protocol.attacks), [eps], nb_iter=protocol.pgd_steps, restarts=protocol.pgd_restarts,
+        version="rand" if stochastic else "standard")
+
+
+def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress):
+    stochastic = bool(getattr(defended.purifier, "stochastic", False))
+    start = time.perf_counter()
+    report = evaluation.evaluate(
+        defended, x, y, _specs(protocol, eps, stochastic), threat_model=threat_model, pipelines=pipelines,
+        batch_size=protocol.batch_size, seed=protocol.seed,
+        sanity_checks=protocol.sanity_checks and threat_model == "whitebox", sanity_n=protocol.sanity_n,
+        defense=info["defense"], classifier=info["classifier"], dataset=info["dataset"], progress=progress,
+        detector=defended.detector, runs=info["runs"], cascade=True, score_draws=protocol.score_draws)
+    seconds = time.perf_counter() - start
+    clean = report.clean_by_threat_model.get(threat_model, report.clean_correct)
+    columns = [r.correct for r in report.results if r.threat_model == threat_model and r.eps == eps]
+    columns += [c for tm, e, _, c in report.check_columns if tm == threat_model and e == eps]
+    robust = np.all(np.stack([clean, *columns]), axis=0)
+    over = report.worst_case_over_draws(threat_model, eps)
+    return {"entry": entry.name, "threat_model": threat_model, "eps": eps, "n": len(x), "seconds": seconds,
+            "clean_correct": np.asarray(clean, bool).tolist(), "robust": robust.tolist(),
+            "plain_worst_case": report.plain_worst_case(threat_model, eps),
+            "attacks": report.worst_case_attacks(threat_model, eps),
+            "all_draws": None if over is None else over[1], "majority": None if over is None else over[2],
+            "rows": [r for r in report.rows() if r["threat_model"] == threat_model],
+            "sanity": [{k: c.get(k) for k in ("check", "name", "status")} for c in report.sanity],
+            "detection": [d for d in report.detection if d.get("threat_model") == threat_model],
+            "warnings": list(report.warnings), "stochastic": stochastic}
+
+
+def _threat_models(defended, info):
+    """{column: threat model evaluated}: a bare classifier is attacked as it is (`none`) in both columns; an
+    adversarially trained one once (gray-box = white-box)."""
+    if info["defense"] == "none":
+        return {"graybox": "none", "whitebox": "none"}
+    if defended.robust_classifier:
+        return {"graybox": "whitebox", "whitebox": "whitebox"}
+    return {"graybox": "graybox", "whitebox": "whitebox"}
+
+
+def _purification_rate(defended, x, repeats=2):
+    """Images per second through the purifier (None without one), the best of `repeats` passes."""
+    if defended.purifier is None:
+        return None
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.asarray(defended.purify(x))
+        best = min(best, time.perf_counter() - start)
+    return len(x) / best
+
+
+def evaluate_entry(entry, out, protocol, progress=False, log=print):
+    """The entry's row: every cell it lacks evaluated (and cached), then its numbers."""
+    defended, info = load_defended(entry.run, entry.classifier, entry.overrides)
+    n = entry.n or protocol.n
+    x, y = data.load_dataset(protocol.dataset, "test", limit=n)
+    pipelines = adaptive.threat_model_pipelines(defended, eot_samples=protocol.eot_samples)
+    cells = {}
+    for column, threat_model in _threat_models(defended, info).items():
+        for eps in protocol.eps:
+            path = _cell_path(out, entry, threat_model, eps)
+            cached = json.loads(path.read_text()) if path.is_file() else None
+            if cached is not None and cached.get("n") == len(x) and cached.get("protocol") == protocol.to_dict():
+                cells[column, eps] = cached
+                continue
+            log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images")
+            cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress),
+                    "protocol": protocol.to_dict()}
+            atomic_write_text(path, json.dumps(cell, default=_plain))
+            cells[column, eps] = cell
+    return _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]))
+
+
+def _interval(correct):
+    correct = np.asarray(correct, bool)
+    low, high = metrics.accuracy_interval(int(correct.sum()), len(correct))
+    return {"accuracy": float(correct.mean()), "low": low, "high": high}
+
+
+def _row(entry, info, cells, protocol, n, rate):
+    first = protocol.eps[0]
+    row = {"entry": entry.name, "defense": info["defense"], "classifier": info["classifier"],
+           "dataset": protocol.dataset, "n": n, "runtime": entry.overrides,
+           "clean": _interval(cells["whitebox", first]["clean_correct"]),
+           "purification_images_per_second": rate,
+           "seconds": sum(c["seconds"] for c in cells.values()),
+           "paper": entry.manifest.get("paper"), "training": entry.manifest.get("training")}
+    for (column, eps), cell in sorted(cells.items()):
+        key = f"{column} {eps:g}"
+        row[key] = {**_interval(cell["robust"]), "plain": cell["plain_worst_case"], "attacks": cell["attacks"],
+                    "all_draws": cell["all_draws"], "majority": cell["majority"]}
+    sanity = [c for cell in cells.values() for c in cell["sanity"]]
+    row["sanity"] = {"failed": sorted({c["name"] for c in sanity if c["status"] == "failed"}),
+                     "passed": sum(c["status"] == "passed" for c in sanity)}
+    detection = [d for d in cells["whitebox", first]["detection"] if d.get("roc_auc") is not None]
+    row["detection_roc_auc"] = min((d["roc_auc"] for d in detection), default=None)
+    row["warnings"] = sorted({w for cell in cells.values() for w in cell["warnings"]})
+    return row
+
+
+def run(entries, out, protocol=None, progress=False, log=print):
+    """Evaluates every entry (resuming from the cache) and writes the leaderboard; returns its rows.
+    `protocol`: None for `PROTOCOL`."""
+    protocol = protocol or PROTOCOL
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise InputValidationError(f"entry names must differ: {', '.join(sorted(names))}")
+    rows = [evaluate_entry(entry, out, protocol, progress, log) for entry in entries]
+    rows.sort(key=lambda r: (-r[f"whitebox {protocol.eps[0]:g}"]["accuracy"], r["entry"]))
+    write(rows, out, protocol)
+    return rows
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _pct(cell):
+    return "-" if cell is None else f"{100 * cell['accuracy']:.1f} ({100 * cell['low']:.1f}-{100 * cell['high']:.1f})"
+
+
+def _table(rows, protocol):
+    eps = [f"{e:g}" for e in protocol.eps]
+    head = (["#", "entry", "defense + classifier", "n", "clean"] + [f"white-box {e}" for e in eps]
+            + [f"gray-box {e}" for e in eps] + [f"paper's plain, white-box {eps[0]}", "sanity checks",
+                                                "detector ROC-AUC", "purified images/s", "paper's number"])
+    body = []
+    for i, r in enumerate(rows, 1):
+        plain = r[f"whitebox {eps[0]}"]["plain"]
+        paper = r.get("paper") or {}
+        sanity = ("failed: " + ", ".join(r["sanity"]["failed"])) if r["sanity"]["failed"] else (
+            f"{r['sanity']['passed']} passed" if r["sanity"]["passed"] else "-")
+        body.append([str(i), r["entry"], f"{r['defense']} + {r['classifier']}", str(r["n"]), _pct(r["clean"])]
+                    + [_pct(r.get(f"whitebox {e}")) for e in eps] + [_pct(r.get(f"graybox {e}")) for e in eps]
+                    + ["-" if plain is None else f"{100 * plain:.1f}", sanity,
+                       "-" if r["detection_roc_auc"] is None else f"{r['detection_roc_auc']:.3f}",
+                       "-" if r["purification_images_per_second"] is None
+                       else f"{r['purification_images_per_second']:.0f}",
+                       f"{paper['number']} ({paper.get('threat_model', '?')})" if "number" in paper else "-"])
+    return head, body
+
+
+def _intro(protocol):
+    return (f"{protocol.dataset}, the first {protocol.n} test images (fewer where an entry says so, column n), "
+            f"L-inf eps {', '.join(f'{e:g}' for e in protocol.eps)}; per threat model and eps "
+            f"{', '.join(protocol.attacks)} (PGD {protocol.pgd_steps} steps x {protocol.pgd_restarts} restarts; "
+            f"AutoAttack rand for a stochastic pipeline) in a cascade, every white-box gradient, EOT "
+            f"{protocol.eot_samples}, {protocol.score_draws} draws scored where stochastic"
+            + (f", and the sanity checks (white-box, first {protocol.sanity_n} images) joining the worst case"
+               if protocol.sanity_checks else ", no sanity checks")
+            + ". Accuracies in percent: the worst case per example over every attack, with the 95 % Wilson "
+              "interval. Sorted by the white-box worst case at the first eps.")
+
+
+def write(rows, out, protocol):
+    """`<out>/<dataset>.json`, `.md`, `.html` and `<dataset>_eps.png` (accuracy against eps per entry)."""
+    out = pathlib.Path(out)
+    machine = f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}"
+    atomic_write_text(out / f"{protocol.dataset}.json", json.dumps(
+        {"protocol": protocol.to_dict(), "machine": machine, "rows": rows}, indent=2, default=_plain) + "\n")
+    head, body = _table(rows, protocol)
+    lines = [f"# Leaderboard: {protocol.dataset}", "", _intro(protocol), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    atomic_write_text(out / f"{protocol.dataset}.md", "\n".join(lines) + "\n")
+    picture = _eps_picture(rows, protocol, out / f"{protocol.dataset}_eps.png")
+    table = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Leaderboard: {protocol.dataset}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #999;padding:4px 8px;text-align:right}</style></head><body>"
+            f"<h1>Leaderboard: {html.escape(protocol.dataset)}</h1><p>{html.escape(_intro(protocol))}</p>"
+            f"<table id='leaderboard'><thead><tr>{table}</tr></thead><tbody>{trs}</tbody></table>"
+            f"<p><img id='eps-curves' src='{picture.name}' alt='white-box accuracy against eps'></p>"
+            f"<p>Machine: {html.escape(machine)}.</p></body></html>\n")
+    atomic_write_text(out / f"{protocol.dataset}.html", page)
+
+
+def _eps_picture(rows, protocol, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    eps = [0.0, *protocol.eps]
+    for r in rows:
+        values = [r["clean"]["accuracy"]] + [r[f"whitebox {e:g}"]["accuracy"] for e in protocol.eps]
+        ax.plot(eps, [100 * v for v in values], marker="o", label=r["entry"])
+    ax.set_xlabel("eps (L-inf)")
+    ax.set_ylabel("white-box worst case (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
