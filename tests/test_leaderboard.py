@@ -2,6 +2,8 @@
 
 import html.parser
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -53,12 +55,13 @@ def test_the_wilson_interval_by_hand():
 class _Page(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
-        self.rows, self.images = 0, []
+        self.rows, self.images, self.loaded = 0, [], []
 
     def handle_starttag(self, tag, attrs):
         self.rows += tag == "tr"
         if tag == "img":
             self.images.append(dict(attrs)["src"])
+            self.loaded.append(dict(attrs).get("data-loaded"))
 
 
 def test_the_markdown_and_html_tables_show_every_entry_and_the_picture(board):
@@ -69,6 +72,31 @@ def test_the_markdown_and_html_tables_show_every_entry_and_the_picture(board):
     page.feed((out / "fashion_mnist.html").read_text())
     assert page.rows == 1 + len(rows) and page.images == ["fashion_mnist_eps.png"]
     assert (out / "fashion_mnist_eps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_browser_renders_the_page_with_its_table_and_picture(board):
+    """Headless Chromium (Debian's; .ci/run installs it) opens the static page: the table's rows are there and
+    the picture loads (the page marks each image loaded or not)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    out, _, rows = board
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", (out / "fashion_mnist.html").resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    page = _Page()
+    page.feed(dom)
+    assert page.rows == 1 + len(rows) and page.loaded == ["yes"], (page.rows, page.loaded, dom[-500:])
+    (out / "fashion_mnist_eps.png").rename(out / "moved.png")  # a picture that does not load is seen as such
+    try:
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                              "--dump-dom", (out / "fashion_mnist.html").resolve().as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+        page = _Page()
+        page.feed(dom)
+        assert page.loaded == ["no"]
+    finally:
+        (out / "moved.png").rename(out / "fashion_mnist_eps.png")
 
 
 def test_a_rerun_evaluates_only_the_cells_it_lacks(board, monkeypatch):  # after the tables' test: it rewrites them

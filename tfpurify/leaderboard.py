@@ -276,7 +276,8 @@ def write(rows, out, protocol):
             "td,th{border:1px solid #999;padding:4px 8px;text-align:right}</style></head><body>"
             f"<h1>Leaderboard: {html.escape(protocol.dataset)}</h1><p>{html.escape(_intro(protocol))}</p>"
             f"<table id='leaderboard'><thead><tr>{table}</tr></thead><tbody>{trs}</tbody></table>"
-            f"<p><img id='eps-curves' src='{picture.name}' alt='white-box accuracy against eps'></p>"
+            f"<p><img id='eps-curves' src='{picture.name}' alt='white-box accuracy against eps' "
+            "onload=\"this.dataset.loaded='yes'\" onerror=\"this.dataset.loaded='no'\"></p>"
             f"<p>Machine: {html.escape(machine)}.</p></body></html>\n")
     atomic_write_text(out / f"{protocol.dataset}.html", page)
 
