@@ -40,6 +40,10 @@ def test_rows_hold_every_column_sorted_by_the_white_box_worst_case(board):
     assert bare["whitebox 0.1"]["accuracy"] < bare["clean"]["accuracy"]  # PGD breaks a bare cnn
     dae = next(r for r in rows if r["entry"] == "dae")
     assert dae["purification_images_per_second"] > 0 and dae["whitebox 0.1"]["attacks"] == ["fgsm", "pgd"]
+    for row in rows:  # the exported SavedModel, timed per request
+        latency = row["serving_latency_ms"]
+        assert 0 < latency["batch 1"]["p50"] <= latency["batch 1"]["p99"] and latency["batch 256"]["calls"] == 5
+        assert latency["batch 256"]["p50"] > latency["batch 1"]["p50"]
     written = json.loads((out / "fashion_mnist.json").read_text())
     assert written["protocol"] == SMALL.to_dict() and [r["entry"] for r in written["rows"]] == [r["entry"] for r in rows]
 
@@ -70,8 +74,10 @@ def test_the_markdown_and_html_tables_show_every_entry_and_the_picture(board):
     assert markdown.count("\n| ") == 1 + len(rows) and "Wilson" in markdown
     page = _Page()
     page.feed((out / "fashion_mnist.html").read_text())
-    assert page.rows == 1 + len(rows) and page.images == ["fashion_mnist_eps.png"]
-    assert (out / "fashion_mnist_eps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pictures = ["fashion_mnist_eps.png"] + [f"fashion_mnist_{r['entry']}.png" for r in rows]
+    assert page.rows == 1 + len(rows) and page.images == pictures
+    for picture in pictures:
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({picture})" in markdown
 
 
 def test_a_browser_renders_the_page_with_its_table_and_picture(board):
@@ -86,7 +92,7 @@ def test_a_browser_renders_the_page_with_its_table_and_picture(board):
                          capture_output=True, text=True, timeout=120).stdout
     page = _Page()
     page.feed(dom)
-    assert page.rows == 1 + len(rows) and page.loaded == ["yes"], (page.rows, page.loaded, dom[-500:])
+    assert page.rows == 1 + len(rows) and page.loaded == ["yes"] * 3, (page.rows, page.loaded, dom[-500:])
     (out / "fashion_mnist_eps.png").rename(out / "moved.png")  # a picture that does not load is seen as such
     try:
         dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
@@ -94,7 +100,7 @@ def test_a_browser_renders_the_page_with_its_table_and_picture(board):
                              capture_output=True, text=True, timeout=120).stdout
         page = _Page()
         page.feed(dom)
-        assert page.loaded == ["no"]
+        assert page.loaded == ["no", "yes", "yes"]
     finally:
         (out / "moved.png").rename(out / "fashion_mnist_eps.png")
 

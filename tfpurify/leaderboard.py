@@ -18,11 +18,13 @@ import html
 import json
 import pathlib
 import platform
+import tempfile
 import time
 
 import numpy as np
+import tensorflow as tf
 
-from tfpurify import adaptive, data, evaluation, metrics
+from tfpurify import adaptive, data, evaluation, export, metrics, reports
 from tfpurify.errors import InputValidationError
 from tfpurify.runs import atomic_write_text
 from tfpurify.training import load_defended
@@ -102,7 +104,7 @@ def _specs(protocol, eps, stochastic):
         version="rand" if stochastic else "standard")
 
 
-def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress):
+def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, grid=None):
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
     start = time.perf_counter()
     report = evaluation.evaluate(
@@ -112,6 +114,8 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
         defense=info["defense"], classifier=info["classifier"], dataset=info["dataset"], progress=progress,
         detector=defended.detector, runs=info["runs"], cascade=True, score_draws=protocol.score_draws)
     seconds = time.perf_counter() - start
+    if grid is not None:  # the entry's picture: clean test images and the white-box adversarial examples
+        reports.save_report_grid(report, grid, data.dataset_info(protocol.dataset).class_names)
     clean = report.clean_by_threat_model.get(threat_model, report.clean_correct)
     columns = [r.correct for r in report.results if r.threat_model == threat_model and r.eps == eps]
     columns += [c for tm, e, _, c in report.check_columns if tm == threat_model and e == eps]
@@ -157,7 +161,8 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
     x, y = data.load_dataset(protocol.dataset, "test", limit=n)
     pipelines = adaptive.threat_model_pipelines(defended, eot_samples=protocol.eot_samples)
     cells = {}
-    for column, threat_model in _threat_models(defended, info).items():
+    models = _threat_models(defended, info)
+    for column, threat_model in models.items():
         for eps in protocol.eps:
             path = _cell_path(out, entry, threat_model, eps)
             cached = json.loads(path.read_text()) if path.is_file() else None
@@ -165,11 +170,50 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
                 cells[column, eps] = cached
                 continue
             log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images")
-            cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress),
-                    "protocol": protocol.to_dict()}
+            white = (threat_model, eps) == (models["whitebox"], protocol.eps[0])  # the cell the picture shows
+            grid = _grid_path(out, protocol, entry) if white else None
+            cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
+                                     grid), "protocol": protocol.to_dict()}
             atomic_write_text(path, json.dumps(cell, default=_plain))
             cells[column, eps] = cell
-    return _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]))
+    serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json",
+                      lambda: _serving_latency(defended, info, protocol, x))
+    return _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]), serving)
+
+
+def _grid_path(out, protocol, entry):
+    return pathlib.Path(out) / f"{protocol.dataset}_{entry.name}.png"
+
+
+def _cached(path, compute):
+    """`compute()`'s JSON value, computed once and kept at `path`."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    atomic_write_text(path, json.dumps(value, default=_plain))
+    return value
+
+
+def _serving_latency(defended, info, protocol, x, calls=(30, 5)):
+    """Milliseconds per request (p50, p99) of the exported SavedModel's `serving_default` at batch 1 and
+    256, loaded as TF Serving would load it (`tf.saved_model.load`), on this machine."""
+    shape = data.dataset_info(protocol.dataset).input_shape
+    result = {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = export.export_saved_model(defended, folder, "entry", 1, shape,
+                                         metadata={"defense": info["defense"], "classifier": info["classifier"]})
+        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        for batch, count in zip((1, 256), calls):
+            images = tf.constant(np.resize(x, (batch, *shape)))
+            serve(images=images)  # the first call traces and warms up
+            times = []
+            for _ in range(count):
+                start = time.perf_counter()
+                serve(images=images)["probabilities"].numpy()
+                times.append(1000 * (time.perf_counter() - start))
+            result[f"batch {batch}"] = {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
+                                        "calls": count}
+    return result
 
 
 def _interval(correct):
@@ -178,12 +222,13 @@ def _interval(correct):
     return {"accuracy": float(correct.mean()), "low": low, "high": high}
 
 
-def _row(entry, info, cells, protocol, n, rate):
+def _row(entry, info, cells, protocol, n, rate, serving):
     first = protocol.eps[0]
     row = {"entry": entry.name, "defense": info["defense"], "classifier": info["classifier"],
            "dataset": protocol.dataset, "n": n, "runtime": entry.overrides,
            "clean": _interval(cells["whitebox", first]["clean_correct"]),
-           "purification_images_per_second": rate,
+           "purification_images_per_second": rate, "serving_latency_ms": serving,
+           "picture": _grid_path("", protocol, entry).name,
            "seconds": sum(c["seconds"] for c in cells.values()),
            "paper": entry.manifest.get("paper"), "training": entry.manifest.get("training")}
     for (column, eps), cell in sorted(cells.items()):
@@ -228,7 +273,9 @@ def _table(rows, protocol):
     eps = [f"{e:g}" for e in protocol.eps]
     head = (["#", "entry", "defense + classifier", "n", "clean"] + [f"white-box {e}" for e in eps]
             + [f"gray-box {e}" for e in eps] + [f"paper's plain, white-box {eps[0]}", "sanity checks",
-                                                "detector ROC-AUC", "purified images/s", "paper's number"])
+                                                "detector ROC-AUC", "purified images/s",
+                                                "SavedModel ms p50/p99, batch 1 | 256", "training",
+                                                "paper's number"])
     body = []
     for i, r in enumerate(rows, 1):
         plain = r[f"whitebox {eps[0]}"]["plain"]
@@ -241,8 +288,25 @@ def _table(rows, protocol):
                        "-" if r["detection_roc_auc"] is None else f"{r['detection_roc_auc']:.3f}",
                        "-" if r["purification_images_per_second"] is None
                        else f"{r['purification_images_per_second']:.0f}",
+                       _latency(r["serving_latency_ms"]), _training(r.get("training")),
                        f"{paper['number']} ({paper.get('threat_model', '?')})" if "number" in paper else "-"])
     return head, body
+
+
+def _latency(serving):
+    return " | ".join(f"{serving[k]['p50']:.0f}/{serving[k]['p99']:.0f}" for k in ("batch 1", "batch 256"))
+
+
+def _training(training):
+    """A zoo manifest's training budget: CPU-minutes and images seen where stated."""
+    if not training:
+        return "-"
+    parts = []
+    if training.get("cpu_minutes") is not None:
+        parts.append(f"{training['cpu_minutes']:g} CPU-min")
+    if training.get("images_seen") is not None:
+        parts.append(f"{training['images_seen']:,} images")
+    return ", ".join(parts) or "-"
 
 
 def _intro(protocol):
@@ -267,6 +331,8 @@ def write(rows, out, protocol):
     lines = [f"# Leaderboard: {protocol.dataset}", "", _intro(protocol), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += ["", f"![white-box accuracy against eps]({protocol.dataset}_eps.png)"]
+    lines += [f"![{r['entry']}]({r['picture']})" for r in rows if (out / r["picture"]).is_file()]
     atomic_write_text(out / f"{protocol.dataset}.md", "\n".join(lines) + "\n")
     picture = _eps_picture(rows, protocol, out / f"{protocol.dataset}_eps.png")
     table = "".join(f"<th>{html.escape(h)}</th>" for h in head)
@@ -276,10 +342,17 @@ def write(rows, out, protocol):
             "td,th{border:1px solid #999;padding:4px 8px;text-align:right}</style></head><body>"
             f"<h1>Leaderboard: {html.escape(protocol.dataset)}</h1><p>{html.escape(_intro(protocol))}</p>"
             f"<table id='leaderboard'><thead><tr>{table}</tr></thead><tbody>{trs}</tbody></table>"
-            f"<p><img id='eps-curves' src='{picture.name}' alt='white-box accuracy against eps' "
-            "onload=\"this.dataset.loaded='yes'\" onerror=\"this.dataset.loaded='no'\"></p>"
+            f"<p>{_img(picture.name, 'white-box accuracy against eps')}</p>"
+            + "".join(f"<h2>{html.escape(r['entry'])}</h2><p>{_img(r['picture'], r['entry'] + ': test images')}</p>"
+                      for r in rows if (out / r["picture"]).is_file()) +
             f"<p>Machine: {html.escape(machine)}.</p></body></html>\n")
     atomic_write_text(out / f"{protocol.dataset}.html", page)
+
+
+def _img(source, alt):
+    """An image the page marks `data-loaded` yes or no once the browser has tried it."""
+    return (f"<img src='{html.escape(source)}' alt='{html.escape(alt)}' "
+            "onload=\"this.dataset.loaded='yes'\" onerror=\"this.dataset.loaded='no'\">")
 
 
 def _eps_picture(rows, protocol, path):

@@ -12,7 +12,7 @@ import numpy as np
 from tfpurify.metrics import percent
 from tfpurify.runs import atomic_write_text
 
-__all__ = ["attack_label", "to_markdown", "sanity_lines", "detection_lines", "corruption_lines", "write_json", "write_markdown", "save_image_grid", "save_pictures", "write_report"]
+__all__ = ["attack_label", "to_markdown", "sanity_lines", "detection_lines", "corruption_lines", "write_json", "write_markdown", "save_image_grid", "save_report_grid", "save_pictures", "write_report"]
 
 
 def _fmt_value(value):
@@ -280,6 +280,20 @@ def save_pictures(pictures, folder):
     return paths
 
 
+def save_report_grid(report, path, class_names=None):
+    """The report's sample images: clean, then each attack's adversarial examples, the predicted class above
+    each (red where wrong)."""
+    rows = {"clean": report.x_sample}
+    labels = {"clean": report.clean_pred_sample}
+    for r in report.results:
+        key = f"{r.threat_model}/{r.attack}" + ("" if r.eps is None or math.isnan(r.eps) else f" {r.eps:g}")
+        rows[key], labels[key] = r.x_adv_sample, r.pred_sample
+    true = [class_names[int(v)] if class_names else str(int(v)) for v in report.y_sample]
+    save_image_grid(path, rows, labels, class_names,
+                    title=f"predicted class above each image (red: wrong); true: {', '.join(true)}",
+                    true_labels=report.y_sample)
+
+
 def write_report(report, markdown_path, class_names=None):
     """Writes `<stem>.md`, `<stem>.json` and `<stem>.png` (clean vs adversarial grid) side by side.
 
@@ -290,15 +304,7 @@ def write_report(report, markdown_path, class_names=None):
     paths = {"markdown": md, "json": md.with_suffix(".json"), "grid": md.with_suffix(".png")}  # + "scores" (detectors)
     write_markdown(report, paths["markdown"])
     write_json(report, paths["json"])
-    rows = {"clean": report.x_sample}
-    labels = {"clean": report.clean_pred_sample}
-    for r in report.results:
-        key = f"{r.threat_model}/{r.attack}" + ("" if r.eps is None or math.isnan(r.eps) else f" {r.eps:g}")
-        rows[key], labels[key] = r.x_adv_sample, r.pred_sample
-    true = [class_names[int(v)] if class_names else str(int(v)) for v in report.y_sample]
-    save_image_grid(paths["grid"], rows, labels, class_names,
-                    title=f"predicted class above each image (red: wrong); true: {', '.join(true)}",
-                    true_labels=report.y_sample)
+    save_report_grid(report, paths["grid"], class_names)
     if report.corruption_grid:  # one image under each corruption, severities 0-5
         paths["corruptions"] = md.with_name(f"{md.stem}-corruptions.png")
         save_image_grid(paths["corruptions"], report.corruption_grid, None,
