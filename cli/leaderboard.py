@@ -11,9 +11,9 @@ from cli.options import COUNT
 @click.option("--zoo", "zoo_path", default=None, help="The zoo folder [default: $TFPURIFY_ZOO, else zoo/].")
 @click.option("--out", default="leaderboard", show_default=True,
               help="Folder of the tables (DATASET.json, .md, .html) and the cache of finished cells.")
-@click.option("--n", "n", default=None, type=COUNT,
-              help="Test images per entry instead of the protocol's 1000 (at least 200 for a row that counts; "
-                   "the tables say n).")
+@click.option("--limit", "n", default=None, type=COUNT,
+              help="The first N test images per entry instead of the protocol's 1000 (at least 200 for a row that "
+                   "counts; the tables say n).")
 def leaderboard_command(entries, zoo_path, out, n):
     """Evaluate every entry under the leaderboard's protocol (eps 0.1 and 0.2, gray-box and white-box, FGSM,
     PGD-100 x 2, AutoAttack, sanity checks) and write the tables; a rerun evaluates only missing cells."""

@@ -72,7 +72,7 @@ def export_command(name, zoo_path, version, out, overwrite):
 @click.option("--classifier-name", default=None,
               help="Its name under classifiers/ [default: its folder's name]; entries share one stored copy.")
 @zoo_option
-@click.option("--n", "n", default=200, show_default=True, type=COUNT,
+@click.option("--limit", "n", default=200, show_default=True, type=COUNT,
               help="Test images the manifest's clean accuracy is measured on (what `verify` checks).")
 @click.option("--details", default=None,
               help="A JSON file of further manifest fields: paper, citation, license, training budget, leaderboard row.")

@@ -329,7 +329,9 @@ def test_the_readme_and_the_options_agree():
     readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
     named = set(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]+)", readme))
     commands = {"eval": cli.commands["eval"], "tune": cli.commands["tune"], "export": cli.commands["export"],
-                "predict": cli.commands["predict"], "train classifier": cli.commands["train"].commands["classifier"]}
+                "predict": cli.commands["predict"], "train classifier": cli.commands["train"].commands["classifier"],
+                "leaderboard": cli.commands["leaderboard"],
+                **{f"zoo {name}": command for name, command in cli.commands["zoo"].commands.items()}}
     for name, command in commands.items():  # every option a user can give is in the README
         assert not _options(command) - named, f"{name}: options missing from the README"
     everywhere = set().union(*(_options(c) for c in commands.values()),

@@ -123,14 +123,14 @@ def test_a_rerun_evaluates_only_the_cells_it_lacks(board, monkeypatch):  # after
 def test_the_command_line(board, monkeypatch, cnn_run, dae_run, tmp_path):
     monkeypatch.setattr(leaderboard, "PROTOCOL", SMALL)
     runner = CliRunner()
-    result = runner.invoke(cli, ["leaderboard", "--entries", f"none={cnn_run}", "--out", str(tmp_path), "--n", "16"])
+    result = runner.invoke(cli, ["leaderboard", "--entries", f"none={cnn_run}", "--out", str(tmp_path), "--limit", "16"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("1. none: white-box 0.1 ") and "(n 16)" in result.stdout
     for args, match in ((["--entries", "nothing"], "expected zoo:NAME or NAME=RUN"),
                         (["--entries", f"a={cnn_run},a={cnn_run}"], "entry names must differ"),
                         (["--zoo", str(tmp_path / "empty")], "the zoo is empty"),
                         (["--entries", "zoo:missing", "--zoo", str(tmp_path)], "no zoo entry 'missing'"),
-                        (["--n", "0"], "--n must be")):
+                        (["--limit", "0"], "--limit must be")):
         bad = runner.invoke(cli, ["leaderboard", "--out", str(tmp_path), *args])
         assert bad.exit_code == 1 and "Traceback" not in bad.output, bad.output
         lines = [line for line in bad.stderr.splitlines() if line.strip()]

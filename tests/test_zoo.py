@@ -26,10 +26,10 @@ def small_zoo(tmp_path_factory, dae_run, cnn_run):
     details.write_text(json.dumps({"paper": {"title": "a denoising autoencoder"}, "license": "MIT",
                                    "training": {"cpu_minutes": 0.5}}))
     made = runner.invoke(cli, ["zoo", "add", "dae", "--run", str(dae_run), "--classifier", str(cnn_run),
-                               "--classifier-name", "cnn", "--zoo", str(root), "--n", "60", "--details", str(details)])
+                               "--classifier-name", "cnn", "--zoo", str(root), "--limit", "60", "--details", str(details)])
     assert made.exit_code == 0, made.output
     bare = runner.invoke(cli, ["zoo", "add", "none", "--run", str(cnn_run), "--classifier-name", "cnn",
-                               "--zoo", str(root), "--n", "60"])
+                               "--zoo", str(root), "--limit", "60"])
     assert bare.exit_code == 0, bare.output
     return root
 
