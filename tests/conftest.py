@@ -80,3 +80,11 @@ def defended_dae(dae_run, cnn_run):
 
     defended, _ = load_defended(dae_run, cnn_run)
     return defended
+
+
+@pytest.fixture(scope="session")
+def c_api_runner(tmp_path_factory):
+    """tests/c_api/run_signature.c, built once (skipped where gcc is missing; .ci/run installs it)."""
+    from tests.c_api import build_runner
+
+    return build_runner(tmp_path_factory.mktemp("c_api"))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.c_api import run_through_c_api
 from tests.toys import BrightnessDetector
 from tfpurify import export
 from tfpurify.defenses import DefendedClassifier
@@ -332,43 +333,12 @@ def test_every_defense_is_in_the_export_check():
     assert {name for name, _ in EVERY_DEFENSE.values()} == set(REGISTRY)
 
 
-@pytest.fixture(scope="module")
-def c_api_runner(tmp_path_factory):
-    """tests/c_api/run_signature.c built with gcc against the headers and library of the installed TensorFlow
-    wheel: TF_LoadSessionFromSavedModel, the loader TF Serving is built on (its binary cannot be installed here)."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed (.ci/run installs it): the C API check needs it")
-    wheel = pathlib.Path(tf.__file__).parent
-    runner = tmp_path_factory.mktemp("c_api") / "run_signature"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", f"-I{wheel / 'include'}",
-                    str(pathlib.Path(__file__).parent / "c_api" / "run_signature.c"), "-o", str(runner),
-                    str(wheel / "libtensorflow_cc.so.2"), str(wheel / "libtensorflow_framework.so.2"),
-                    f"-Wl,-rpath,{wheel}"], check=True, timeout=300)
-    return runner
-
-
-def _run_through_c_api(runner, directory, signature, x, folder):
-    """The signature's outputs, {key: numpy array}, as TensorFlow's C API computes them for images `x`."""
-    from tensorflow.python.tools import saved_model_utils
-
-    definition = saved_model_utils.get_meta_graph_def(str(directory), "serve").signature_def[signature]
-    keys = sorted(definition.outputs)
-    x.astype(np.float32).tofile(folder / "in.f32")
-    result = subprocess.run([str(runner), str(directory), definition.inputs["images"].name, *map(str, x.shape),
-                             str(folder / "in.f32"), str(folder / "out"), *(definition.outputs[k].name for k in keys)],
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    return {k: np.fromfile(folder / f"out.{i}", dtype=tf.dtypes.as_dtype(definition.outputs[k].dtype).as_numpy_dtype)
-            for i, k in enumerate(keys)}
-
-
 @pytest.mark.parametrize("entry", sorted(EVERY_DEFENSE))
 def test_every_defense_serves_through_tensorflows_c_api(every_defense_exported, c_api_runner, entry, tmp_path):
     expected, _, _, folder = every_defense_exported
     x = np.load(folder / "x.npy")
     for signature, values in expected[entry].items():
-        served = _run_through_c_api(c_api_runner, folder / entry / "1", signature, x, tmp_path)
+        served = run_through_c_api(c_api_runner, folder / entry / "1", signature, x, tmp_path)
         outputs = {k: v for k, v in values.items() if k != "gradient"}  # the gradient is Python's check alone
         assert set(served) == set(outputs), (entry, signature, sorted(served))
         for key, value in outputs.items():

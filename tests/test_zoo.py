@@ -136,3 +136,35 @@ def test_resolve_merges_runtime_options_and_needs_no_network(tmp_path, monkeypat
     assert zoo.entries(tmp_path / "none") == []
     assert np.isclose(zoo.VerifyResult("e", 1, 10, 0.5, 0.51, 0.01).passed, True)
     assert not zoo.VerifyResult("e", 1, 10, 0.5, 0.52, 0.01).passed
+
+
+PROJECT_ZOO = pathlib.Path(__file__).resolve().parent.parent / "zoo"
+SHIPPED = [m["name"] for m in zoo.entries(PROJECT_ZOO)]
+
+
+def test_the_shipped_zoo_stays_under_80_mb():
+    size = sum(f.stat().st_size for f in PROJECT_ZOO.rglob("*") if f.is_file()) if PROJECT_ZOO.exists() else 0
+    assert size <= 80e6, f"zoo/ holds {size / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("name", SHIPPED or [pytest.param(None, marks=pytest.mark.skip(reason="no zoo entry shipped yet"))])
+def test_every_shipped_entry_verifies_and_serves_through_the_c_api(name, c_api_runner, tmp_path):
+    """RobustBench's check on every entry (hashes, clean accuracy within a point), then its SavedModel loaded
+    by TensorFlow's C API gives Python's outputs."""
+    import tensorflow as tf
+
+    from tests.c_api import run_through_c_api
+    from tfpurify import data
+
+    result = zoo.verify(name, PROJECT_ZOO)
+    assert result.passed, result
+    manifest = zoo.read_manifest(name, PROJECT_ZOO)
+    assert {"paper", "license", "training"} <= set(manifest), sorted(manifest)
+    exported = CliRunner().invoke(cli, ["zoo", "export", name, "--zoo", str(PROJECT_ZOO), "--out", str(tmp_path)])
+    assert exported.exit_code == 0, exported.output
+    x = data.load_dataset(manifest["dataset"], "test", limit=4)[0]
+    directory = tmp_path / name / "1"
+    python = tf.saved_model.load(str(directory)).signatures["serving_default"](images=tf.constant(x))
+    served = run_through_c_api(c_api_runner, directory, "serving_default", x, tmp_path)
+    for key, value in python.items():
+        np.testing.assert_allclose(served[key].reshape(value.shape), value.numpy(), atol=1e-4, err_msg=key)
