@@ -43,6 +43,12 @@ def test_an_entry_holds_its_runs_its_numbers_and_every_files_hash(small_zoo, cnn
     assert "dae/run/defense.weights.h5" in manifest["files"] and "classifiers/cnn/classifier.weights.h5" in manifest["files"]
     for relative, digest in manifest["files"].items():
         assert len(digest) == 64 and (small_zoo / relative).is_file()
+    import h5py
+
+    stored = small_zoo / "classifiers" / "cnn" / "classifier.weights.h5"
+    with h5py.File(stored, "r") as weights, h5py.File(pathlib.Path(cnn_run) / "classifier.weights.h5", "r") as run:
+        assert "optimizer" in run and "optimizer" not in weights and "layers" in weights  # the model's weights only
+    assert stored.stat().st_size < 0.5 * (pathlib.Path(cnn_run) / "classifier.weights.h5").stat().st_size
     bare = zoo.read_manifest("none", small_zoo)  # the bare classifier is the stored one, not a second copy
     assert bare["defense"] == "none" and bare["runs"] == {"run": "classifiers/cnn"}
     assert sorted(p.name for p in (small_zoo / "classifiers").iterdir()) == ["cnn"]
@@ -112,7 +118,12 @@ def test_add_refuses_what_would_make_a_wrong_entry(small_zoo, dae_run, cnn_run, 
     other.mkdir()
     for file in ("config.json", "classifier.weights.h5"):
         (other / file).write_bytes((pathlib.Path(cnn_run) / file).read_bytes())
-    (other / "classifier.weights.h5").write_bytes((other / "classifier.weights.h5").read_bytes() + b"\0")
+    import h5py
+
+    with h5py.File(other / "classifier.weights.h5", "r+") as weights:  # one weight of the model changed
+        bias = weights["layers/dense_1/vars/1"]
+        bias[0] = bias[0] + 1.0
+    zoo._store_classifier(cnn_run, "cnn", small_zoo)  # the same classifier again: accepted, stored once
     with pytest.raises(RunFolderError, match="holds another classifier"):
         zoo._store_classifier(other, "cnn", small_zoo)
     for name in ("", "a/b", "classifiers", ".."):

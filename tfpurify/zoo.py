@@ -7,7 +7,8 @@ A zoo is a folder (the project's `zoo/` by default, `TFPURIFY_ZOO` or `--zoo` ot
     zoo/classifiers/<name>/          a classifier run, stored once and shared by the entries that protect it
 
 `zoo:<entry>` stands for the entry's runs wherever the CLI takes a run (`tfpurify eval zoo:cowboy`,
-`tfpurify export zoo:cowboy`): its files are checked against the manifest first. `verify` is
+`tfpurify export zoo:cowboy`): its files are checked against the manifest first. Weights are stored
+without the optimizer's state. `verify` is
 RobustBench's own check: the hashes, then the clean accuracy on the first `n` test images within one
 point of the manifest's. `add` makes an entry from run folders (copied; a shared classifier must match
 the stored one byte for byte).
@@ -20,6 +21,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 from importlib import metadata
 
 import numpy as np
@@ -165,9 +167,27 @@ def _copy_run(source, target):
     copied = []
     for file in RUN_FILES:
         if (source / file).is_file():
-            shutil.copyfile(source / file, target / file)
+            if file.endswith(".weights.h5"):
+                _copy_without_optimizer(source / file, target / file)
+            else:
+                shutil.copyfile(source / file, target / file)
             copied.append(target / file)
     return copied
+
+
+def _copy_without_optimizer(source, target):
+    """A Keras `.weights.h5` without its optimizer's state (training's, not the model's: the cnn's file is a
+    third of the run's), written to a temporary sibling and renamed."""
+    import h5py
+
+    partial = target.with_name(target.name + ".partial")
+    with h5py.File(source, "r") as original, h5py.File(partial, "w") as copy:
+        for key, value in original.attrs.items():
+            copy.attrs[key] = value
+        for key in original:
+            if key != "optimizer":
+                original.copy(key, copy)
+    partial.replace(target)
 
 
 def _store_classifier(classifier_run, classifier_name, root):
@@ -176,10 +196,13 @@ def _store_classifier(classifier_run, classifier_name, root):
     shared = root / "classifiers" / (classifier_name or pathlib.Path(classifier_run).name)
     if not shared.exists():
         return _copy_run(classifier_run, shared), str(shared.relative_to(root))
-    for file in RUN_FILES:
-        mine, stored = pathlib.Path(classifier_run) / file, shared / file
-        if mine.is_file() != stored.is_file() or (mine.is_file() and _sha256(mine) != _sha256(stored)):
-            raise RunFolderError(f"{shared} holds another classifier ({file} differs); give --classifier-name a new name")
+    with tempfile.TemporaryDirectory() as folder:  # compared as it would be stored
+        _copy_run(classifier_run, pathlib.Path(folder))
+        for file in RUN_FILES:
+            mine, stored = pathlib.Path(folder) / file, shared / file
+            if mine.is_file() != stored.is_file() or (mine.is_file() and _sha256(mine) != _sha256(stored)):
+                raise RunFolderError(f"{shared} holds another classifier ({file} differs); "
+                                     "give --classifier-name a new name")
     return [shared / f for f in RUN_FILES if (shared / f).is_file()], str(shared.relative_to(root))
 
 
