@@ -1,5 +1,6 @@
 """The leaderboard on a shrunken protocol: cells cached and resumed, rows sorted, intervals, the three tables."""
 
+import dataclasses
 import html.parser
 import json
 import shutil
@@ -118,6 +119,10 @@ def test_a_rerun_evaluates_only_the_cells_it_lacks(board, monkeypatch):  # after
     leaderboard.run(entries[:1], out, leaderboard.Protocol(**{**SMALL.to_dict(), "eps": (0.1,), "n": 16}),
                     log=lambda line: None)  # another protocol: nothing cached counts
     assert calls == ["graybox", "none"]
+    renamed = dataclasses.replace(entries[1], name="dae", classifier=entries[0].run + "-copy")
+    shutil.copytree(entries[0].run, renamed.classifier)  # the same weights elsewhere: another run, measured again
+    leaderboard.run([renamed], out, SMALL, log=lambda line: None)
+    assert calls == ["graybox", "none", "graybox", "graybox", "whitebox", "whitebox"]
 
 
 def test_the_command_line(board, monkeypatch, cnn_run, dae_run, tmp_path):

@@ -7,8 +7,9 @@ white-box threat models; per (eps, threat model) FGSM, PGD-100 with 2 restarts a
 (`--bpda auto`), EOT 8, 10 draws scored for a stochastic pipeline, and the sanity checks (white-box,
 first 200 images), whose attacks join the worst case.
 
-Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished:
-a rerun evaluates only the cells it lacks (a killed cell starts again). Written: `<out>/<dataset>.json`
+Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished,
+with the protocol and the runs it measured (paths, weights' SHA-256, runtime options): a rerun
+evaluates only the cells it lacks or whose protocol or weights changed (a killed cell starts again). Written: `<out>/<dataset>.json`
 (rows, protocol, machine), `.md` and a static `.html` (the table and the accuracy-vs-eps picture),
 sorted by the white-box worst case at the first eps. Every accuracy has its 95 % Wilson interval.
 """
@@ -166,14 +167,15 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
         for eps in protocol.eps:
             path = _cell_path(out, entry, threat_model, eps)
             cached = json.loads(path.read_text()) if path.is_file() else None
-            if cached is not None and cached.get("n") == len(x) and cached.get("protocol") == protocol.to_dict():
+            if (cached is not None and cached.get("n") == len(x) and cached.get("protocol") == protocol.to_dict()
+                    and cached.get("runs") == json.loads(json.dumps(info["runs"], default=_plain))):
                 cells[column, eps] = cached
                 continue
             log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images")
             white = (threat_model, eps) == (models["whitebox"], protocol.eps[0])  # the cell the picture shows
             grid = _grid_path(out, protocol, entry) if white else None
             cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
-                                     grid), "protocol": protocol.to_dict()}
+                                     grid), "protocol": protocol.to_dict(), "runs": info["runs"]}
             atomic_write_text(path, json.dumps(cell, default=_plain))
             cells[column, eps] = cell
     serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json",
