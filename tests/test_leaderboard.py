@@ -125,6 +125,18 @@ def test_a_rerun_evaluates_only_the_cells_it_lacks(board, monkeypatch):  # after
     assert calls == ["graybox", "none", "graybox", "graybox", "whitebox", "whitebox"]
 
 
+def test_the_sanity_checks_run_on_the_white_box_cells_a_bare_classifier_included(monkeypatch, cnn_run, tmp_path):
+    asked = []
+    real = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate",
+                        lambda *a, **k: asked.append((k["threat_model"], k["sanity_checks"])) or real(*a, **k))
+    checked = leaderboard.Protocol(**{**SMALL.to_dict(), "eps": (0.1,), "n": 12, "sanity_checks": True,
+                                      "sanity_n": 12, "attacks": ("fgsm",)})
+    rows = leaderboard.run([leaderboard.Entry("none", str(cnn_run))], tmp_path, checked, log=lambda line: None)
+    assert asked == [("none", True)]
+    assert rows[0]["sanity"]["passed"] + len(rows[0]["sanity"]["failed"]) > 0
+
+
 def test_the_command_line(board, monkeypatch, cnn_run, dae_run, tmp_path):
     monkeypatch.setattr(leaderboard, "PROTOCOL", SMALL)
     runner = CliRunner()

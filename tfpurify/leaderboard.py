@@ -105,13 +105,13 @@ def _specs(protocol, eps, stochastic):
         version="rand" if stochastic else "standard")
 
 
-def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, grid=None):
+def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, white, grid=None):
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
     start = time.perf_counter()
     report = evaluation.evaluate(
         defended, x, y, _specs(protocol, eps, stochastic), threat_model=threat_model, pipelines=pipelines,
         batch_size=protocol.batch_size, seed=protocol.seed,
-        sanity_checks=protocol.sanity_checks and threat_model == "whitebox", sanity_n=protocol.sanity_n,
+        sanity_checks=protocol.sanity_checks and white, sanity_n=protocol.sanity_n,
         defense=info["defense"], classifier=info["classifier"], dataset=info["dataset"], progress=progress,
         detector=defended.detector, runs=info["runs"], cascade=True, score_draws=protocol.score_draws)
     seconds = time.perf_counter() - start
@@ -172,10 +172,10 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
                 cells[column, eps] = cached
                 continue
             log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images")
-            white = (threat_model, eps) == (models["whitebox"], protocol.eps[0])  # the cell the picture shows
-            grid = _grid_path(out, protocol, entry) if white else None
+            white = threat_model == models["whitebox"]  # the sanity checks run there (a bare classifier: `none`)
+            grid = _grid_path(out, protocol, entry) if white and eps == protocol.eps[0] else None
             cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
-                                     grid), "protocol": protocol.to_dict(), "runs": info["runs"]}
+                                     white, grid), "protocol": protocol.to_dict(), "runs": info["runs"]}
             atomic_write_text(path, json.dumps(cell, default=_plain))
             cells[column, eps] = cell
     serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json",
