@@ -119,6 +119,12 @@ def test_a_rerun_evaluates_only_the_cells_it_lacks(board, monkeypatch):  # after
     leaderboard.run(entries[:1], out, leaderboard.Protocol(**{**SMALL.to_dict(), "eps": (0.1,), "n": 16}),
                     log=lambda line: None)  # another protocol: nothing cached counts
     assert calls == ["graybox", "none"]
+    cell = out / "cache" / "dae" / "whitebox-0.1.json"  # a cell cached before a protocol field existed
+    old = json.loads(cell.read_text())
+    del old["protocol"]["sanity_queries"]
+    cell.write_text(json.dumps(old))
+    leaderboard.run(entries[1:], out, SMALL, log=lambda line: None)
+    assert calls == ["graybox", "none"]  # still counts: the new field's default is what was done
     renamed = dataclasses.replace(entries[1], name="dae", classifier=entries[0].run + "-copy")
     shutil.copytree(entries[0].run, renamed.classifier)  # the same weights elsewhere: another run, measured again
     leaderboard.run([renamed], out, SMALL, log=lambda line: None)
@@ -131,7 +137,7 @@ def test_the_sanity_checks_run_on_the_white_box_cells_a_bare_classifier_included
     monkeypatch.setattr(evaluation, "evaluate",
                         lambda *a, **k: asked.append((k["threat_model"], k["sanity_checks"])) or real(*a, **k))
     checked = leaderboard.Protocol(**{**SMALL.to_dict(), "eps": (0.1,), "n": 12, "sanity_checks": True,
-                                      "sanity_n": 12, "attacks": ("fgsm",)})
+                                      "sanity_n": 12, "sanity_queries": 300, "attacks": ("fgsm",)})
     rows = leaderboard.run([leaderboard.Entry("none", str(cnn_run))], tmp_path, checked, log=lambda line: None)
     assert asked == [("none", True)]
     assert rows[0]["sanity"]["passed"] + len(rows[0]["sanity"]["failed"]) > 0

@@ -50,6 +50,7 @@ class Protocol:
     score_draws: int = 10
     sanity_checks: bool = True
     sanity_n: int = 200
+    sanity_queries: int = 5000  # check 4's Square budget (AutoAttack's)
     batch_size: int = 256
     seed: int = 0
 
@@ -113,7 +114,8 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
         batch_size=protocol.batch_size, seed=protocol.seed,
         sanity_checks=protocol.sanity_checks and white, sanity_n=protocol.sanity_n,
         defense=info["defense"], classifier=info["classifier"], dataset=info["dataset"], progress=progress,
-        detector=defended.detector, runs=info["runs"], cascade=True, score_draws=protocol.score_draws)
+        detector=defended.detector, runs=info["runs"], cascade=True, score_draws=protocol.score_draws,
+        sanity_queries=protocol.sanity_queries)
     seconds = time.perf_counter() - start
     if grid is not None:  # the entry's picture: clean test images and the white-box adversarial examples
         reports.save_report_grid(report, grid, data.dataset_info(protocol.dataset).class_names)
@@ -167,7 +169,7 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
         for eps in protocol.eps:
             path = _cell_path(out, entry, threat_model, eps)
             cached = json.loads(path.read_text()) if path.is_file() else None
-            if (cached is not None and cached.get("n") == len(x) and cached.get("protocol") == protocol.to_dict()
+            if (cached is not None and cached.get("n") == len(x) and _same_protocol(cached.get("protocol"), protocol)
                     and cached.get("runs") == json.loads(json.dumps(info["runs"], default=_plain))):
                 cells[column, eps] = cached
                 continue
@@ -181,6 +183,12 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
     serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json",
                       lambda: _serving_latency(defended, info, protocol, x))
     return _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]), serving)
+
+
+def _same_protocol(cached, protocol):
+    """A cached cell's protocol is this one; a field added since it was cached counts with its default (a new
+    field's default is what was done before it existed)."""
+    return cached is not None and {**Protocol().to_dict(), **cached} == protocol.to_dict()
 
 
 def _grid_path(out, protocol, entry):
