@@ -40,7 +40,9 @@ def test_rows_hold_every_column_sorted_by_the_white_box_worst_case(board):
     assert bare["graybox 0.1"] == bare["whitebox 0.1"] and bare["purification_images_per_second"] is None
     assert bare["whitebox 0.1"]["accuracy"] < bare["clean"]["accuracy"]  # PGD breaks a bare cnn
     dae = next(r for r in rows if r["entry"] == "dae")
-    assert dae["purification_images_per_second"] > 0 and dae["whitebox 0.1"]["attacks"] == ["fgsm", "pgd"]
+    assert dae["purification_images_per_second"] > 0 and dae["graybox 0.1"]["attacks"] == ["fgsm", "pgd"]
+    assert dae["whitebox 0.1"]["attacks"] == ["fgsm", "pgd", "pgd_recon", "latent"]  # the purifier's own attacks
+    assert bare["whitebox 0.1"]["attacks"] == ["fgsm", "pgd"]
     for row in rows:  # the exported SavedModel, timed per request
         latency = row["serving_latency_ms"]
         assert 0 < latency["batch 1"]["p50"] <= latency["batch 1"]["p99"] and latency["batch 256"]["calls"] == 5
@@ -124,11 +126,15 @@ def test_a_rerun_evaluates_only_the_cells_it_lacks(board, monkeypatch):  # after
     del old["protocol"]["sanity_queries"]
     cell.write_text(json.dumps(old))
     leaderboard.run(entries[1:], out, SMALL, log=lambda line: None)
-    assert calls == ["graybox", "none"]  # still counts: the new field's default is what was done
+    assert calls == ["graybox", "none"]  # still counts: 5000 queries is what was done before the field
+    del old["protocol"]["purifier_attacks"]  # before that field, no attack on the purifier itself ran
+    cell.write_text(json.dumps(old))
+    leaderboard.run(entries[1:], out, SMALL, log=lambda line: None)
+    assert calls == ["graybox", "none", "whitebox"]
     renamed = dataclasses.replace(entries[1], name="dae", classifier=entries[0].run + "-copy")
     shutil.copytree(entries[0].run, renamed.classifier)  # the same weights elsewhere: another run, measured again
     leaderboard.run([renamed], out, SMALL, log=lambda line: None)
-    assert calls == ["graybox", "none", "graybox", "graybox", "whitebox", "whitebox"]
+    assert calls == ["graybox", "none", "whitebox", "graybox", "graybox", "whitebox", "whitebox"]
 
 
 def test_the_sanity_checks_run_on_the_white_box_cells_a_bare_classifier_included(monkeypatch, cnn_run, tmp_path):

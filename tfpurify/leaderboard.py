@@ -3,7 +3,8 @@
 `PROTOCOL` is the protocol: Fashion-MNIST, the first 1000 test images (or an entry's stated smaller n,
 at least 200, where its evaluation would not fit an hour of CPU), L-inf eps 0.1 and 0.2, gray-box and
 white-box threat models; per (eps, threat model) FGSM, PGD-100 with 2 restarts and AutoAttack
-(`standard`, or `rand` for a stochastic pipeline) in a cascade, through every white-box gradient
+(`standard`, or `rand` for a stochastic pipeline) in a cascade, white-box also the attacks on the
+purifier itself (`pgd_recon`, and `latent` where it has a code), through every white-box gradient
 (`--bpda auto`), EOT 8, 10 draws scored for a stochastic pipeline, and the sanity checks (white-box,
 first 200 images), whose attacks join the worst case.
 
@@ -44,6 +45,7 @@ class Protocol:
     min_n: int = 200
     eps: tuple = (0.1, 0.2)
     attacks: tuple = ("fgsm", "pgd", "autoattack")
+    purifier_attacks: tuple = ("pgd_recon", "latent")  # white-box, on a purifier (latent: one with a code)
     pgd_steps: int = 100
     pgd_restarts: int = 2
     eot_samples: int = 8
@@ -100,17 +102,27 @@ def _cell_path(out, entry, threat_model, eps):
     return pathlib.Path(out) / "cache" / entry.name / f"{threat_model}-{eps:g}.json"
 
 
-def _specs(protocol, eps, stochastic):
+def _specs(protocol, eps, stochastic, purifier_attacks=()):
     return evaluation.make_attack_specs(
-        list(protocol.attacks), [eps], nb_iter=protocol.pgd_steps, restarts=protocol.pgd_restarts,
+        [*protocol.attacks, *purifier_attacks], [eps], nb_iter=protocol.pgd_steps, restarts=protocol.pgd_restarts,
         version="rand" if stochastic else "standard")
+
+
+def _own_attacks(defended, protocol):
+    """The protocol's attacks on the purifier itself that this entry takes: none without a purifier, `latent`
+    only where the purifier has a code."""
+    purifier = defended.purifier
+    if purifier is None:
+        return ()
+    return tuple(a for a in protocol.purifier_attacks if a != "latent" or getattr(purifier, "has_code", False))
 
 
 def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, white, grid=None):
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
     start = time.perf_counter()
     report = evaluation.evaluate(
-        defended, x, y, _specs(protocol, eps, stochastic), threat_model=threat_model, pipelines=pipelines,
+        defended, x, y, _specs(protocol, eps, stochastic, _own_attacks(defended, protocol) if white else ()),
+        threat_model=threat_model, pipelines=pipelines,
         batch_size=protocol.batch_size, seed=protocol.seed,
         sanity_checks=protocol.sanity_checks and white, sanity_n=protocol.sanity_n,
         defense=info["defense"], classifier=info["classifier"], dataset=info["dataset"], progress=progress,
@@ -185,10 +197,14 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
     return _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]), serving)
 
 
+# Protocol fields added after cells were first cached: what a cell cached without the field was measured with.
+_BEFORE_THE_FIELD = {"sanity_queries": 5000, "purifier_attacks": []}
+
+
 def _same_protocol(cached, protocol):
-    """A cached cell's protocol is this one; a field added since it was cached counts with its default (a new
-    field's default is what was done before it existed)."""
-    return cached is not None and {**Protocol().to_dict(), **cached} == protocol.to_dict()
+    """A cached cell's protocol is this one (a field added since it was cached counts with what was done
+    before the field existed)."""
+    return cached is not None and {**_BEFORE_THE_FIELD, **cached} == protocol.to_dict()
 
 
 def _grid_path(out, protocol, entry):
@@ -323,7 +339,10 @@ def _intro(protocol):
     return (f"{protocol.dataset}, the first {protocol.n} test images (fewer where an entry says so, column n), "
             f"L-inf eps {', '.join(f'{e:g}' for e in protocol.eps)}; per threat model and eps "
             f"{', '.join(protocol.attacks)} (PGD {protocol.pgd_steps} steps x {protocol.pgd_restarts} restarts; "
-            f"AutoAttack rand for a stochastic pipeline) in a cascade, every white-box gradient, EOT "
+            f"AutoAttack rand for a stochastic pipeline)"
+            + (f", white-box also {', '.join(protocol.purifier_attacks)} on a purifier (latent: one with a code)"
+               if protocol.purifier_attacks else "")
+            + f" in a cascade, every white-box gradient, EOT "
             f"{protocol.eot_samples}, {protocol.score_draws} draws scored where stochastic"
             + (f", and the sanity checks (white-box, first {protocol.sanity_n} images) joining the worst case"
                if protocol.sanity_checks else ", no sanity checks")
