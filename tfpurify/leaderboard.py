@@ -192,7 +192,7 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
                                      white, grid), "protocol": protocol.to_dict(), "runs": info["runs"]}
             atomic_write_text(path, json.dumps(cell, default=_plain))
             cells[column, eps] = cell
-    serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json",
+    serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json", info["runs"],
                       lambda: _serving_latency(defended, info, protocol, x))
     return _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]), serving)
 
@@ -211,12 +211,16 @@ def _grid_path(out, protocol, entry):
     return pathlib.Path(out) / f"{protocol.dataset}_{entry.name}.png"
 
 
-def _cached(path, compute):
-    """`compute()`'s JSON value, computed once and kept at `path`."""
+def _cached(path, key, compute):
+    """`compute()`'s JSON value, kept at `path` with `key` (what it was computed for) and computed again only
+    for another key."""
+    key = json.loads(json.dumps(key, default=_plain))
     if path.is_file():
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["value"]
     value = compute()
-    atomic_write_text(path, json.dumps(value, default=_plain))
+    atomic_write_text(path, json.dumps({"key": key, "value": value}, default=_plain))
     return value
 
 
