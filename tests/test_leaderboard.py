@@ -15,7 +15,7 @@ from tfpurify import evaluation, leaderboard, metrics
 from tfpurify.errors import InputValidationError
 
 SMALL = leaderboard.Protocol(n=24, eps=(0.1, 0.2), attacks=("fgsm", "pgd"), pgd_steps=5, pgd_restarts=1,
-                             eot_samples=1, score_draws=2, sanity_checks=False, batch_size=24)
+                             eot_samples=1, score_draws=2, sanity_checks=False, batch_size=24, minutes_per_entry=None)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,19 @@ def test_the_sanity_checks_run_on_the_white_box_cells_a_bare_classifier_included
     rows = leaderboard.run([leaderboard.Entry("none", str(cnn_run))], tmp_path, checked, log=lambda line: None)
     assert asked == [("none", True)]
     assert rows[0]["sanity"]["passed"] + len(rows[0]["sanity"]["failed"]) > 0
+
+
+def test_a_pilot_gives_an_entry_that_would_not_fit_the_largest_n_that_does(monkeypatch, dae_run, cnn_run, tmp_path):
+    asked = []
+    real = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: asked.append(len(a[1])) or real(*a, **k))
+    entry = leaderboard.Entry("dae", str(dae_run), str(cnn_run))
+    tight = dataclasses.replace(SMALL, eps=(0.1,), minutes_per_entry=1e-4, min_n=10, pilot_n=6)
+    row = leaderboard.run([entry], tmp_path, tight, log=lambda line: None)[0]
+    assert row["n"] == 10 and asked == [6, 10, 10]  # the pilot on 6 images, then both cells on the minimum
+    assert 0 < row["estimated_minutes"]
+    roomy = dataclasses.replace(tight, minutes_per_entry=1e6)  # the same cells measure, the pilot is kept
+    assert leaderboard.run([entry], tmp_path, roomy, log=lambda line: None)[0]["n"] == 24 and asked[3:] == [24, 24]
 
 
 def test_the_command_line(board, monkeypatch, cnn_run, dae_run, tmp_path):

@@ -1,14 +1,15 @@
 """The leaderboard: every entry (zoo entries or run folders) under one fixed protocol, in one table.
 
-`PROTOCOL` is the protocol: Fashion-MNIST, the first 1000 test images (or an entry's stated smaller n,
-at least 200, where its evaluation would not fit an hour of CPU), L-inf eps 0.1 and 0.2, gray-box and
+`PROTOCOL` is the protocol: Fashion-MNIST, the first 1000 test images (fewer, at least 200, where the
+evaluation would not fit an hour of CPU: see below), L-inf eps 0.1 and 0.2, gray-box and
 white-box threat models; per (eps, threat model) FGSM, PGD-100 with 2 restarts and AutoAttack
 (`standard`, or `rand` for a stochastic pipeline) in a cascade, white-box also the attacks on the
 purifier itself (`pgd_recon`, and `latent` where it has a code), through every white-box gradient
 (`--bpda auto`), EOT 8, 10 draws scored for a stochastic pipeline, and the sanity checks (white-box,
 first 200 images), whose attacks join the worst case.
 
-Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished,
+An entry whose evaluation would exceed `minutes_per_entry` by a pilot (its first white-box cell on 20
+images, timed) gets the largest n that fits, at least 200. Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished,
 with the protocol and the runs it measured (paths, weights' SHA-256, runtime options): a rerun
 evaluates only the cells it lacks or whose protocol or weights changed (a killed cell starts again). Written: `<out>/<dataset>.json`
 (rows, protocol, machine), `.md` and a static `.html` (the table and the accuracy-vs-eps picture),
@@ -55,6 +56,8 @@ class Protocol:
     sanity_queries: int = 5000  # check 4's Square budget (AutoAttack's)
     batch_size: int = 256
     seed: int = 0
+    minutes_per_entry: float = 60.0  # longer by the pilot: the largest n that fits (None: no limit, no pilot)
+    pilot_n: int = 20                # images of the pilot that estimates it
 
     def to_dict(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -169,14 +172,41 @@ def _purification_rate(defended, x, repeats=2):
     return len(x) / best
 
 
+def _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log):
+    """(n, estimate): the protocol's n, or the largest n (at least `min_n`) whose evaluation fits
+    `minutes_per_entry` by a pilot: the white-box cell at the first eps (sanity checks off) on `pilot_n`
+    images, timed, times the number of cells (an over-estimate: gray-box cells cost less; the sanity checks'
+    fixed-size runs are not in it)."""
+    def pilot():
+        x, y = data.load_dataset(protocol.dataset, "test", limit=protocol.pilot_n)
+        quiet = dataclasses.replace(protocol, sanity_checks=False)
+        cell = _evaluate_cell(defended, info, entry, x, y, models["whitebox"], protocol.eps[0], quiet, pipelines,
+                              False, True)
+        return cell["seconds"] / len(x)
+
+    key = {"runs": info["runs"], "protocol": _cell_protocol(protocol.to_dict()), "pilot_n": protocol.pilot_n}
+    per_image = _cached(pathlib.Path(out) / "cache" / entry.name / "pilot.json", key, pilot)
+    cells = len(set(models.values())) * len(protocol.eps)
+    minutes = per_image * cells * protocol.n / 60
+    if minutes <= protocol.minutes_per_entry:
+        return protocol.n, minutes
+    n = max(protocol.min_n, int(protocol.minutes_per_entry * 60 / (per_image * cells)))
+    log(f"{entry.name}: about {minutes:.0f} min on {protocol.n} images by a pilot on {protocol.pilot_n}; {n} images "
+        f"fit {protocol.minutes_per_entry:g} min")
+    return n, per_image * cells * n / 60
+
+
 def evaluate_entry(entry, out, protocol, progress=False, log=print):
     """The entry's row: every cell it lacks evaluated (and cached), then its numbers."""
     defended, info = load_defended(entry.run, entry.classifier, entry.overrides)
-    n = entry.n or protocol.n
-    x, y = data.load_dataset(protocol.dataset, "test", limit=n)
     pipelines = adaptive.threat_model_pipelines(defended, eot_samples=protocol.eot_samples)
-    cells = {}
     models = _threat_models(defended, info)
+    if entry.n is not None or protocol.minutes_per_entry is None:
+        n, estimate = entry.n or protocol.n, None
+    else:
+        n, estimate = _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log)
+    x, y = data.load_dataset(protocol.dataset, "test", limit=n)
+    cells = {}
     for column, threat_model in models.items():
         for eps in protocol.eps:
             path = _cell_path(out, entry, threat_model, eps)
@@ -194,17 +224,27 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
             cells[column, eps] = cell
     serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json", info["runs"],
                       lambda: _serving_latency(defended, info, protocol, x))
-    return _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]), serving)
+    row = _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]), serving)
+    row["estimated_minutes"] = estimate
+    return row
 
 
 # Protocol fields added after cells were first cached: what a cell cached without the field was measured with.
 _BEFORE_THE_FIELD = {"sanity_queries": 5000, "purifier_attacks": []}
 
 
+# Fields that choose the images, not how a cell measures them (a cell keeps its own n).
+_NOT_THE_CELLS = ("n", "min_n", "minutes_per_entry", "pilot_n")
+
+
+def _cell_protocol(protocol_dict):
+    return {k: v for k, v in {**_BEFORE_THE_FIELD, **protocol_dict}.items() if k not in _NOT_THE_CELLS}
+
+
 def _same_protocol(cached, protocol):
-    """A cached cell's protocol is this one (a field added since it was cached counts with what was done
-    before the field existed)."""
-    return cached is not None and {**_BEFORE_THE_FIELD, **cached} == protocol.to_dict()
+    """A cached cell was measured as this protocol measures a cell (a field added since it was cached counts
+    with what was done before the field existed)."""
+    return cached is not None and _cell_protocol(cached) == _cell_protocol(protocol.to_dict())
 
 
 def _grid_path(out, protocol, entry):
