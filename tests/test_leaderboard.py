@@ -75,6 +75,7 @@ def test_the_markdown_and_html_tables_show_every_entry_and_the_picture(board):
     out, entries, rows = board
     markdown = (out / "fashion_mnist.md").read_text()
     assert markdown.count("\n| ") == 1 + len(rows) and "Wilson" in markdown
+    assert markdown.count("| 24 (below the protocol's minimum) |") == len(rows)  # 24 images: not a row that counts
     page = _Page()
     page.feed((out / "fashion_mnist.html").read_text())
     pictures = ["fashion_mnist_eps.png"] + [f"fashion_mnist_{r['entry']}.png" for r in rows]

@@ -352,7 +352,8 @@ def _table(rows, protocol):
         paper = r.get("paper") or {}
         sanity = ("failed: " + ", ".join(r["sanity"]["failed"])) if r["sanity"]["failed"] else (
             f"{r['sanity']['passed']} passed" if r["sanity"]["passed"] else "-")
-        body.append([str(i), r["entry"], f"{r['defense']} + {r['classifier']}", str(r["n"]), _pct(r["clean"])]
+        n = f"{r['n']}" + (" (below the protocol's minimum)" if r["n"] < protocol.min_n else "")
+        body.append([str(i), r["entry"], f"{r['defense']} + {r['classifier']}", n, _pct(r["clean"])]
                     + [_pct(r.get(f"whitebox {e}")) for e in eps] + [_pct(r.get(f"graybox {e}")) for e in eps]
                     + ["-" if plain is None else f"{100 * plain:.1f}", sanity,
                        "-" if r["detection_roc_auc"] is None else f"{r['detection_roc_auc']:.3f}",
