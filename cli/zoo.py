@@ -74,10 +74,12 @@ def export_command(name, zoo_path, version, out, overwrite):
 @zoo_option
 @click.option("--limit", "n", default=200, show_default=True, type=COUNT,
               help="Test images the manifest's clean accuracy is measured on (what `verify` checks).")
+@click.option("--half", is_flag=True,
+              help="Store the weights as float16 (half the size; the manifest's numbers are measured on them).")
 @click.option("--details", default=None,
               help="A JSON file of further manifest fields: paper, citation, license, training budget, leaderboard row.")
 @runtime_options
-def add_command(name, run, classifier_run, classifier_name, zoo_path, n, details, **runtime):
+def add_command(name, run, classifier_run, classifier_name, zoo_path, n, half, details, **runtime):
     """Make entry NAME from run folders: copy them, measure the clean accuracy, write the manifest (SHA-256 of
     every file). The runtime options given are the entry's (eval and export of zoo:NAME use them)."""
     import json
@@ -94,7 +96,7 @@ def add_command(name, run, classifier_run, classifier_name, zoo_path, n, details
             raise InputValidationError(f"--details {details}: unreadable ({e})") from None
         if not isinstance(extra, dict):
             raise InputValidationError(f"--details {details}: a JSON object expected")
-    manifest = add(name, run, classifier_run, classifier_name, zoo_path, runtime_overrides(runtime), n, extra)
+    manifest = add(name, run, classifier_run, classifier_name, zoo_path, runtime_overrides(runtime), n, extra, half)
     click.echo(f"{name}: {manifest['defense']} + {manifest['classifier']}, clean "
                f"{100 * manifest['clean_accuracy']['accuracy']:.1f} % on {manifest['clean_accuracy']['n']} test "
                f"images, {len(manifest['files'])} files hashed")

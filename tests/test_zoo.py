@@ -134,6 +134,23 @@ def test_add_refuses_what_would_make_a_wrong_entry(small_zoo, dae_run, cnn_run, 
     assert not (tmp_path / "z").exists()  # refused before anything was written
 
 
+def test_half_precision_entries_are_half_the_size_and_measured_as_stored(small_zoo, dae_run, cnn_run, tmp_path):
+    import h5py
+
+    result = CliRunner().invoke(cli, ["zoo", "add", "dae16", "--run", str(dae_run), "--classifier", str(cnn_run),
+                                      "--zoo", str(tmp_path), "--limit", "60", "--half"])
+    assert result.exit_code == 0, result.output
+    manifest = zoo.read_manifest("dae16", tmp_path)
+    assert manifest["weights_dtype"] == "float16"
+    stored = tmp_path / "classifiers" / pathlib.Path(cnn_run).name / "classifier.weights.h5"
+    full = small_zoo / "classifiers" / "cnn" / "classifier.weights.h5"
+    assert stored.stat().st_size < 0.6 * full.stat().st_size
+    with h5py.File(stored, "r") as weights:
+        assert weights["layers/dense/vars/0"].dtype == np.float16
+    assert abs(manifest["clean_accuracy"]["accuracy"] - zoo.read_manifest("dae", small_zoo)["clean_accuracy"]["accuracy"]) <= 0.02
+    assert zoo.verify("dae16", tmp_path).passed
+
+
 def test_resolve_merges_runtime_options_and_needs_no_network(tmp_path, monkeypatch):
     monkeypatch.delenv("TFPURIFY_ZOO", raising=False)
     entry = tmp_path / "e"

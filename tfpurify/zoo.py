@@ -38,7 +38,7 @@ __all__ = ["PREFIX", "MANIFEST", "zoo_dir", "is_reference", "entries", "read_man
 PREFIX = "zoo:"
 MANIFEST = "manifest.json"
 RESERVED = {"name", "defense", "classifier", "dataset", "config", "runs", "runtime", "clean_accuracy",
-            "tfpurify_version", "created", "files"}  # what `add` measures or records itself
+            "weights_dtype", "tfpurify_version", "created", "files"}  # what `add` measures or records itself
 RUN_FILES = ("config.json", "defense.weights.h5", "classifier.weights.h5", "calibration.json", "history.csv",
              "timing.json")
 
@@ -153,7 +153,7 @@ def verify(name, root=None, tolerance=0.01):
     return VerifyResult(name, len(manifest["files"]), used, measured, clean["accuracy"], tolerance)
 
 
-def _copy_run(source, target):
+def _copy_run(source, target, half=False):
     """The run's files that loading needs (and its history), copied into `target`; returns their paths."""
     source = pathlib.Path(source)
     if not (source / "config.json").is_file():
@@ -163,36 +163,52 @@ def _copy_run(source, target):
     for file in RUN_FILES:
         if (source / file).is_file():
             if file.endswith(".weights.h5"):
-                _copy_without_optimizer(source / file, target / file)
+                _copy_without_optimizer(source / file, target / file, half)
             else:
                 shutil.copyfile(source / file, target / file)
             copied.append(target / file)
     return copied
 
 
-def _copy_without_optimizer(source, target):
+def _copy_without_optimizer(source, target, half=False):
     """A Keras `.weights.h5` without its optimizer's state (training's, not the model's: the cnn's file is a
-    third of the run's), written to a temporary sibling and renamed."""
+    third of the run's), float32 arrays stored as float16 with `half` (Keras casts them back when loading),
+    written to a temporary sibling and renamed."""
     import h5py
 
     partial = target.with_name(target.name + ".partial")
     with h5py.File(source, "r") as original, h5py.File(partial, "w") as copy:
         for key, value in original.attrs.items():
             copy.attrs[key] = value
+
+        def copy_item(name, item):
+            if isinstance(item, h5py.Dataset):
+                value = item[()]
+                if half and isinstance(value, np.ndarray) and value.dtype == np.float32:
+                    value = value.astype(np.float16)
+                copy.create_dataset(name, data=value)
+            else:
+                group = copy.require_group(name)
+                for key, attr in item.attrs.items():
+                    group.attrs[key] = attr
+
         for key in original:
-            if key != "optimizer":
-                original.copy(key, copy)
+            if key == "optimizer":
+                continue
+            copy_item(key, original[key])
+            if isinstance(original[key], h5py.Group):
+                original[key].visititems(lambda name, item, top=key: copy_item(f"{top}/{name}", item))
     partial.replace(target)
 
 
-def _store_classifier(classifier_run, classifier_name, root):
+def _store_classifier(classifier_run, classifier_name, root, half=False):
     """A classifier run under classifiers/<name>, stored once: one stored there already must be identical.
     Returns (its files, its path relative to the zoo)."""
     shared = root / "classifiers" / (classifier_name or pathlib.Path(classifier_run).name)
     if not shared.exists():
-        return _copy_run(classifier_run, shared), str(shared.relative_to(root))
+        return _copy_run(classifier_run, shared, half), str(shared.relative_to(root))
     with tempfile.TemporaryDirectory() as folder:  # compared as it would be stored
-        _copy_run(classifier_run, pathlib.Path(folder))
+        _copy_run(classifier_run, pathlib.Path(folder), half)
         for file in RUN_FILES:
             mine, stored = pathlib.Path(folder) / file, shared / file
             if mine.is_file() != stored.is_file() or (mine.is_file() and _sha256(mine) != _sha256(stored)):
@@ -201,11 +217,13 @@ def _store_classifier(classifier_run, classifier_name, root):
     return [shared / f for f in RUN_FILES if (shared / f).is_file()], str(shared.relative_to(root))
 
 
-def add(name, run, classifier_run=None, classifier_name=None, root=None, overrides=None, n=200, details=None):
+def add(name, run, classifier_run=None, classifier_name=None, root=None, overrides=None, n=200, details=None,
+        half=False):
     """Makes zoo entry `name` from run folders: copies them, measures the clean accuracy on the first `n` test
     images, writes the manifest with every file's SHA-256. Classifiers (the one a defense protects, or the
     entry's run itself when it is a bare classifier) are stored once under classifiers/<classifier_name>
-    (default: the run folder's name)."""
+    (default: the run folder's name). `half`: weights stored as float16 (half the size; the manifest's clean
+    accuracy is measured on what is stored)."""
     root = zoo_dir(root)
     reserved = sorted(set(details or {}) & RESERVED)
     if reserved:
@@ -215,21 +233,24 @@ def add(name, run, classifier_run=None, classifier_name=None, root=None, overrid
     entry = root / name
     if (entry / MANIFEST).exists():
         raise RunFolderError(f"zoo entry {name!r} exists in {root}; remove its folder to replace it")
-    defended, info = load_defended(run, classifier_run, overrides)  # refuses what would not load later
+    _, info = load_defended(run, classifier_run, overrides)  # refuses what would not load, before any copy
     if info["defense"] == "none":  # a bare classifier: the shared copy is the entry's run
-        files, run_path = _store_classifier(run, classifier_name, root)
+        files, run_path = _store_classifier(run, classifier_name, root, half)
         runs = {"run": run_path}
     else:
-        files, runs = _copy_run(run, entry / "run"), {"run": f"{name}/run"}
+        files, runs = _copy_run(run, entry / "run", half), {"run": f"{name}/run"}
         if classifier_run is not None:
-            classifier_files, runs["classifier"] = _store_classifier(classifier_run, classifier_name, root)
+            classifier_files, runs["classifier"] = _store_classifier(classifier_run, classifier_name, root, half)
             files += classifier_files
+    stored, _ = load_defended(str(root / runs["run"]), str(root / runs["classifier"]) if "classifier" in runs else None,
+                              overrides)  # the entry as shipped: its numbers are the stored weights
     x, y = data.load_dataset(info["dataset"], "test", limit=n)
-    clean = accuracy(defended, x, y, batch_size=100)
+    clean = accuracy(stored, x, y, batch_size=100)
     manifest = {"name": name, "defense": info["defense"], "classifier": info["classifier"],
                 "dataset": info["dataset"], "config": info["config"], "runs": runs,
                 "runtime": info["runs"].get("defense", {}).get("runtime", {}),
                 "clean_accuracy": {"n": len(x), "accuracy": float(clean)},
+                "weights_dtype": "float16" if half else "float32",
                 "tfpurify_version": metadata.version("tfpurify"),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 **(details or {}),
