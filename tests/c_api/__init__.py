@@ -17,7 +17,7 @@ def build_runner(folder):
         pytest.skip("gcc is not installed (.ci/run installs it): the C API check needs it")
     wheel = pathlib.Path(tf.__file__).parent
     runner = pathlib.Path(folder) / "run_signature"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", f"-I{wheel / 'include'}",
+    subprocess.run(["gcc", "-O1", "-Wall", f"-I{wheel / 'include'}",
                     str(pathlib.Path(__file__).parent / "run_signature.c"), "-o", str(runner),
                     str(wheel / "libtensorflow_cc.so.2"), str(wheel / "libtensorflow_framework.so.2"),
                     f"-Wl,-rpath,{wheel}"], check=True, timeout=300)
