@@ -163,6 +163,20 @@ def test_a_pilot_gives_an_entry_that_would_not_fit_the_largest_n_that_does(monke
     assert leaderboard.run([entry], tmp_path, roomy, log=lambda line: None)[0]["n"] == 24 and asked[3:] == [24, 24]
 
 
+def test_a_zoo_entry_brings_its_paper_its_budget_and_its_n(dae_run, cnn_run, tmp_path):
+    from tfpurify import zoo
+
+    details = {"paper": {"title": "a denoising autoencoder", "number": "80.0 %", "threat_model": "gray-box PGD"},
+               "training": {"cpu_minutes": 2, "images_seen": 120000}, "leaderboard": {"n": 16}}
+    zoo.add("dae", str(dae_run), str(cnn_run), "cnn", tmp_path / "zoo", n=16, details=details)
+    entry = leaderboard.entry_from_text("zoo:dae", tmp_path / "zoo")
+    assert (entry.n, entry.run) == (16, str(tmp_path / "zoo" / "dae" / "run"))
+    row = leaderboard.run([entry], tmp_path / "board", dataclasses.replace(SMALL, eps=(0.1,)), log=lambda line: None)[0]
+    assert row["n"] == 16 and row["paper"]["number"] == "80.0 %"
+    markdown = (tmp_path / "board" / "fashion_mnist.md").read_text()
+    assert "| 80.0 % (gray-box PGD) |" in markdown and "| 2 CPU-min, 120,000 images |" in markdown
+
+
 def test_the_command_line(board, monkeypatch, cnn_run, dae_run, tmp_path):
     monkeypatch.setattr(leaderboard, "PROTOCOL", SMALL)
     runner = CliRunner()
