@@ -131,6 +131,14 @@ def test_add_refuses_what_would_make_a_wrong_entry(small_zoo, dae_run, cnn_run, 
             zoo.add(name, dae_run, cnn_run, root=tmp_path / "z", n=8)
     with pytest.raises(InputValidationError, match="files"):
         zoo.add("x", dae_run, cnn_run, root=tmp_path / "z", n=8, details={"files": {}})
+    from tests.defenses.test_steps_by_hand import _defense_run
+    from tfpurify.defenses.registry import build_defense
+
+    cowboy = build_defense("cowboy", {"base_filters": 4, "z_dim": 4, "clean_steps": 1, "clean_only_detected": False})
+    cowboy(np.zeros((1, 28, 28, 1), np.float32))
+    cowboy_run = _defense_run(tmp_path / "cowboy", "cowboy", cowboy)
+    with pytest.raises(InputValidationError, match="--cleaning-seed"):  # fresh draws: not re-verifiable
+        zoo.add("x", cowboy_run, cnn_run, root=tmp_path / "z", n=8)
     assert not (tmp_path / "z").exists()  # refused before anything was written
 
 

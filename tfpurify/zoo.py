@@ -233,7 +233,10 @@ def add(name, run, classifier_run=None, classifier_name=None, root=None, overrid
     entry = root / name
     if (entry / MANIFEST).exists():
         raise RunFolderError(f"zoo entry {name!r} exists in {root}; remove its folder to replace it")
-    _, info = load_defended(run, classifier_run, overrides)  # refuses what would not load, before any copy
+    defended, info = load_defended(run, classifier_run, overrides)  # refuses what would not load, before any copy
+    if getattr(defended.purifier, "stochastic", False):
+        raise InputValidationError(f"{run} cleans with fresh random draws: an entry's numbers must be re-verifiable; "
+                                   "fix them with its runtime option (Cowboy: --cleaning-seed N)")
     if info["defense"] == "none":  # a bare classifier: the shared copy is the entry's run
         files, run_path = _store_classifier(run, classifier_name, root, half)
         runs = {"run": run_path}
