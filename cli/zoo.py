@@ -25,7 +25,7 @@ def list_command(zoo_path):
         click.echo(f"no entries in {zoo_dir(zoo_path)}")
     for m in found:
         clean = m["clean_accuracy"]
-        budget = m.get("training", {}).get("cpu_minutes")
+        budget = (m.get("training") or {}).get("cpu_minutes")
         click.echo(f"{m['name']}: {m['defense']} + {m['classifier']} on {m['dataset']}, clean "
                    f"{100 * clean['accuracy']:.1f} % (first {clean['n']} test images)"
                    + (f", trained {budget:g} CPU-minutes" if budget is not None else ""))
