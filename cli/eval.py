@@ -93,7 +93,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     from tfpurify.evaluation import evaluate, make_attack_specs
     from tfpurify.reports import save_pictures, to_markdown, write_json, write_markdown, write_report
     from tfpurify.training import load_defended
-    from tfpurify.zoo import is_reference, resolve
+    from tfpurify.zoo import PREFIX, is_reference, resolve
 
     bpda_modes = parse_bpda(bpda)
     specs = make_attack_specs(parse_list(attacks, "--attacks"), parse_float_list(eps, "--eps"),
@@ -112,7 +112,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     overrides = runtime_overrides(runtime)
     default_report = pathlib.Path(run) / "report.md"
     if is_reference(run):  # zoo:ENTRY -> its run folders, after checking their SHA-256 (the zoo stays as shipped)
-        default_report = pathlib.Path("reports") / f"zoo-{run[len('zoo:'):]}.md"
+        default_report = pathlib.Path("reports") / f"zoo-{run[len(PREFIX):]}.md"
         run, classifier_run, overrides = resolve(run, classifier_run, overrides)
     defended, info = load_defended(run, classifier_run, overrides)
     if info["defense"] == "none":

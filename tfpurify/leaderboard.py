@@ -29,10 +29,11 @@ import tensorflow as tf
 
 from tfpurify import adaptive, data, evaluation, export, metrics, reports
 from tfpurify.errors import InputValidationError
+from tfpurify.evaluation.report import jsonable
 from tfpurify.runs import atomic_write_text
 from tfpurify.training import load_defended
+from tfpurify.zoo import PREFIX, is_reference, read_manifest, resolve
 from tfpurify.zoo import entries as zoo_entries
-from tfpurify.zoo import is_reference, read_manifest, resolve
 
 __all__ = ["Protocol", "PROTOCOL", "Entry", "entry_from_text", "zoo_entry", "run", "write"]
 
@@ -80,7 +81,7 @@ class Entry:
 
 def zoo_entry(name, root=None):
     """A zoo entry (its files checked against the manifest) as a leaderboard entry."""
-    name = name[len("zoo:"):] if is_reference(name) else name
+    name = name[len(PREFIX):] if is_reference(name) else name
     manifest = read_manifest(name, root)
     run_dir, classifier, overrides = resolve(name, root=root)
     return Entry(name, run_dir, classifier, overrides, manifest.get("leaderboard", {}).get("n"), manifest)
@@ -135,9 +136,7 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
     if grid is not None:  # the entry's picture: clean test images and the white-box adversarial examples
         reports.save_report_grid(report, grid, data.dataset_info(protocol.dataset).class_names)
     clean = report.clean_by_threat_model.get(threat_model, report.clean_correct)
-    columns = [r.correct for r in report.results if r.threat_model == threat_model and r.eps == eps]
-    columns += [c for tm, e, _, c in report.check_columns if tm == threat_model and e == eps]
-    robust = np.all(np.stack([clean, *columns]), axis=0)
+    robust = report.worst_case_correct(threat_model, eps)
     over = report.worst_case_over_draws(threat_model, eps)
     return {"entry": entry.name, "threat_model": threat_model, "eps": eps, "n": len(x), "seconds": seconds,
             "clean_correct": np.asarray(clean, bool).tolist(), "robust": robust.tolist(),
@@ -206,21 +205,22 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
     else:
         n, estimate = _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log)
     x, y = data.load_dataset(protocol.dataset, "test", limit=n)
+    runs = jsonable(info["runs"])  # what the cells were measured on, as their JSON holds it
     cells = {}
     for column, threat_model in models.items():
         for eps in protocol.eps:
             path = _cell_path(out, entry, threat_model, eps)
             cached = json.loads(path.read_text()) if path.is_file() else None
             if (cached is not None and cached.get("n") == len(x) and _same_protocol(cached.get("protocol"), protocol)
-                    and cached.get("runs") == json.loads(json.dumps(info["runs"], default=_plain))):
+                    and cached.get("runs") == runs):
                 cells[column, eps] = cached
                 continue
             log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images")
             white = threat_model == models["whitebox"]  # the sanity checks run there (a bare classifier: `none`)
             grid = _grid_path(out, protocol, entry) if white and eps == protocol.eps[0] else None
             cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
-                                     white, grid), "protocol": protocol.to_dict(), "runs": info["runs"]}
-            atomic_write_text(path, json.dumps(cell, default=_plain))
+                                     white, grid), "protocol": protocol.to_dict(), "runs": runs}
+            atomic_write_text(path, json.dumps(jsonable(cell)))
             cells[column, eps] = cell
     serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json", info["runs"],
                       lambda: _serving_latency(defended, info, protocol, x))
@@ -254,13 +254,13 @@ def _grid_path(out, protocol, entry):
 def _cached(path, key, compute):
     """`compute()`'s JSON value, kept at `path` with `key` (what it was computed for) and computed again only
     for another key."""
-    key = json.loads(json.dumps(key, default=_plain))
+    key = jsonable(key)
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return stored["value"]
     value = compute()
-    atomic_write_text(path, json.dumps({"key": key, "value": value}, default=_plain))
+    atomic_write_text(path, json.dumps(jsonable({"key": key, "value": value})))
     return value
 
 
@@ -325,14 +325,6 @@ def run(entries, out, protocol=None, progress=False, log=print):
     rows.sort(key=lambda r: (-r[f"whitebox {protocol.eps[0]:g}"]["accuracy"], r["entry"]))
     write(rows, out, protocol)
     return rows
-
-
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _pct(cell):
@@ -400,7 +392,7 @@ def write(rows, out, protocol):
     out = pathlib.Path(out)
     machine = f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}"
     atomic_write_text(out / f"{protocol.dataset}.json", json.dumps(
-        {"protocol": protocol.to_dict(), "machine": machine, "rows": rows}, indent=2, default=_plain) + "\n")
+        jsonable({"protocol": protocol.to_dict(), "machine": machine, "rows": rows}), indent=2) + "\n")
     head, body = _table(rows, protocol)
     lines = [f"# Leaderboard: {protocol.dataset}", "", _intro(protocol), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -408,7 +400,10 @@ def write(rows, out, protocol):
     lines += ["", f"![white-box accuracy against eps]({protocol.dataset}_eps.png)"]
     lines += [f"![{r['entry']}]({r['picture']})" for r in rows if (out / r["picture"]).is_file()]
     atomic_write_text(out / f"{protocol.dataset}.md", "\n".join(lines) + "\n")
-    picture = _eps_picture(rows, protocol, out / f"{protocol.dataset}_eps.png")
+    picture = out / f"{protocol.dataset}_eps.png"
+    reports.save_accuracy_curves(picture, [0.0, *protocol.eps], {
+        r["entry"]: [r["clean"]["accuracy"]] + [r[f"whitebox {e:g}"]["accuracy"] for e in protocol.eps] for r in rows},
+        "white-box worst case (%)")
     table = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Leaderboard: {protocol.dataset}</title>"
@@ -427,26 +422,3 @@ def _img(source, alt):
     """An image the page marks `data-loaded` yes or no once the browser has tried it."""
     return (f"<img src='{html.escape(source)}' alt='{html.escape(alt)}' "
             "onload=\"this.dataset.loaded='yes'\" onerror=\"this.dataset.loaded='no'\">")
-
-
-def _eps_picture(rows, protocol, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    eps = [0.0, *protocol.eps]
-    for r in rows:
-        values = [r["clean"]["accuracy"]] + [r[f"whitebox {e:g}"]["accuracy"] for e in protocol.eps]
-        ax.plot(eps, [100 * v for v in values], marker="o", label=r["entry"])
-    ax.set_xlabel("eps (L-inf)")
-    ax.set_ylabel("white-box worst case (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path

@@ -12,7 +12,7 @@ import numpy as np
 from tfpurify.metrics import percent
 from tfpurify.runs import atomic_write_text
 
-__all__ = ["attack_label", "to_markdown", "sanity_lines", "detection_lines", "corruption_lines", "write_json", "write_markdown", "save_image_grid", "save_report_grid", "save_pictures", "write_report"]
+__all__ = ["attack_label", "to_markdown", "sanity_lines", "detection_lines", "corruption_lines", "write_json", "write_markdown", "save_image_grid", "save_report_grid", "save_accuracy_curves", "save_pictures", "write_report"]
 
 
 def _fmt_value(value):
@@ -205,6 +205,24 @@ def _save_figure(fig, path):
     fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
+
+
+def save_accuracy_curves(path, eps, curves, ylabel):
+    """A PNG of accuracy (in percent) against L-inf eps, one line per name in `curves` ({name: [accuracy at
+    each eps]})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        ax.plot(eps, [100 * v for v in values], marker="o", label=name)
+    ax.set_xlabel("eps (L-inf)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    _save_figure(fig, path)
 
 
 def save_image_grid(path, rows, labels, class_names=None, title=None, true_labels=None):

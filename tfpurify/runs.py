@@ -17,7 +17,8 @@ import tensorflow as tf
 from tfpurify.errors import RunFolderError
 
 __all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_config", "start_run",
-           "holds_config", "run_state", "run_callbacks", "finish_run", "read_run", "restore_weights", "weights_digest"]
+           "holds_config", "run_state", "run_callbacks", "finish_run", "read_run", "restore_weights", "weights_digest",
+           "file_digest"]
 
 
 def atomic_write_text(path, text):
@@ -126,10 +127,15 @@ def restore_weights(model, run_dir, weights_name):
     return model
 
 
-def weights_digest(run_dir, weights_name):
-    """SHA-256 of a run's weights file: identifies exactly which trained model a report is about."""
+def file_digest(path):
+    """SHA-256 of a file, read in blocks."""
     digest = hashlib.sha256()
-    with open(pathlib.Path(run_dir) / weights_name, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def weights_digest(run_dir, weights_name):
+    """SHA-256 of a run's weights file: identifies exactly which trained model a report is about."""
+    return file_digest(pathlib.Path(run_dir) / weights_name)

@@ -8,15 +8,13 @@ A zoo is a folder (the project's `zoo/` by default, `TFPURIFY_ZOO` or `--zoo` ot
 
 `zoo:<entry>` stands for the entry's runs wherever the CLI takes a run (`tfpurify eval zoo:cowboy`,
 `tfpurify export zoo:cowboy`): its files are checked against the manifest first. Weights are stored
-without the optimizer's state. `verify` is
-RobustBench's own check: the hashes, then the clean accuracy on the first `n` test images within one
-point of the manifest's. `add` makes an entry from run folders (copied; a shared classifier must match
-the stored one byte for byte).
+without the optimizer's state. `verify` is RobustBench's own check: the hashes, then the clean accuracy
+on the manifest's test images within one point of the manifest's. `add` makes an entry from run folders
+(copied; a shared classifier must match the stored one as it would be stored).
 """
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import pathlib
@@ -29,7 +27,8 @@ import numpy as np
 from tfpurify import data
 from tfpurify.classifiers import accuracy
 from tfpurify.errors import InputValidationError, RunFolderError
-from tfpurify.runs import atomic_write_text
+from tfpurify.evaluation.report import jsonable
+from tfpurify.runs import atomic_write_text, file_digest
 from tfpurify.training import load_defended
 
 __all__ = ["PREFIX", "MANIFEST", "zoo_dir", "is_reference", "entries", "read_manifest", "check_files", "resolve",
@@ -77,14 +76,6 @@ def read_manifest(name, root=None):
         raise RunFolderError(f"{path}: unreadable ({e})") from None
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_files(name, root=None):
     """{relative path: (expected SHA-256, found SHA-256 or None if missing)} for every file that differs."""
     root = zoo_dir(root)
@@ -92,7 +83,7 @@ def check_files(name, root=None):
     wrong = {}
     for relative, expected in manifest["files"].items():
         path = root / relative
-        found = _sha256(path) if path.is_file() else None
+        found = file_digest(path) if path.is_file() else None
         if found != expected:
             wrong[relative] = (expected, found)
     return wrong
@@ -178,19 +169,16 @@ def _copy_without_optimizer(source, target, half=False):
 
     partial = target.with_name(target.name + ".partial")
     with h5py.File(source, "r") as original, h5py.File(partial, "w") as copy:
-        for key, value in original.attrs.items():
-            copy.attrs[key] = value
+        copy.attrs.update(original.attrs)
 
         def copy_item(name, item):
             if isinstance(item, h5py.Dataset):
                 value = item[()]
                 if half and isinstance(value, np.ndarray) and value.dtype == np.float32:
                     value = value.astype(np.float16)
-                copy.create_dataset(name, data=value)
+                copy.create_dataset(name, data=value).attrs.update(item.attrs)
             else:
-                group = copy.require_group(name)
-                for key, attr in item.attrs.items():
-                    group.attrs[key] = attr
+                copy.require_group(name).attrs.update(item.attrs)
 
         for key in original:
             if key == "optimizer":
@@ -211,7 +199,7 @@ def _store_classifier(classifier_run, classifier_name, root, half=False):
         _copy_run(classifier_run, pathlib.Path(folder), half)
         for file in RUN_FILES:
             mine, stored = pathlib.Path(folder) / file, shared / file
-            if mine.is_file() != stored.is_file() or (mine.is_file() and _sha256(mine) != _sha256(stored)):
+            if mine.is_file() != stored.is_file() or (mine.is_file() and file_digest(mine) != file_digest(stored)):
                 raise RunFolderError(f"{shared} holds another classifier ({file} differs); "
                                      "give --classifier-name a new name")
     return [shared / f for f in RUN_FILES if (shared / f).is_file()], str(shared.relative_to(root))
@@ -245,27 +233,17 @@ def add(name, run, classifier_run=None, classifier_name=None, root=None, overrid
         if classifier_run is not None:
             classifier_files, runs["classifier"] = _store_classifier(classifier_run, classifier_name, root, half)
             files += classifier_files
-    stored, _ = load_defended(str(root / runs["run"]), str(root / runs["classifier"]) if "classifier" in runs else None,
-                              overrides)  # the entry as shipped: its numbers are the stored weights
-    x, y = data.load_dataset(info["dataset"], "test", limit=n)
-    clean = accuracy(stored, x, y, batch_size=100)
+    classifier = str(root / runs["classifier"]) if "classifier" in runs else None
+    clean, used = _clean_accuracy(str(root / runs["run"]), classifier, overrides, info["dataset"], n)  # as stored
     manifest = {"name": name, "defense": info["defense"], "classifier": info["classifier"],
                 "dataset": info["dataset"], "config": info["config"], "runs": runs,
                 "runtime": info["runs"].get("defense", {}).get("runtime", {}),
-                "clean_accuracy": {"n": len(x), "accuracy": float(clean)},
+                "clean_accuracy": {"n": used, "accuracy": float(clean)},
                 "weights_dtype": "float16" if half else "float32",
                 "tfpurify_version": metadata.version("tfpurify"),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 **(details or {}),
-                "files": {str(p.relative_to(root)): _sha256(p) for p in files}}
+                "files": {str(p.relative_to(root)): file_digest(p) for p in files}}
     entry.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(entry / MANIFEST, json.dumps(manifest, indent=2, default=_plain) + "\n")
+    atomic_write_text(entry / MANIFEST, json.dumps(jsonable(manifest), indent=2) + "\n")
     return manifest
-
-
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -13,6 +13,11 @@ def test_report_worst_case_uses_only_its_threat_model_and_eps():
     assert report.worst_case("none", 0.1) == pytest.approx(0.5)
     assert report.worst_case("none", 0.2) == pytest.approx(0.25)
     assert report.worst_case("transfer", 0.1) == pytest.approx(0.75)
+    np.testing.assert_array_equal(report.worst_case_correct("none", 0.1), [True, False, False, True])
+    report.check_columns.append(("none", 0.1, "square", np.array([1, 1, 1, 0], bool)))  # a check's attack counts
+    np.testing.assert_array_equal(report.worst_case_correct("none", 0.1), [True, False, False, False])
+    assert report.worst_case("none", 0.1) == pytest.approx(0.25)
+    report.check_columns.clear()
     rows = [r for r in report.rows() if r["attack"] == "worst_case"]
     assert [(r["threat_model"], r["eps"], r["accuracy"]) for r in rows] == [
         ("none", 0.1, 0.5), ("none", 0.2, 0.25), ("transfer", 0.1, 0.75)]

@@ -88,16 +88,23 @@ class RobustnessReport:
     corruptions: list = dataclasses.field(default_factory=list)
     corruption_grid: dict = dataclasses.field(repr=False, default_factory=dict)
 
+    def _worst_case_columns(self, threat_model, eps):
+        """Clean, then every attack of (threat_model, eps): the attack rows and the sanity checks' attacks."""
+        columns = [r.correct for r in self.results if r.threat_model == threat_model and r.eps == eps]
+        columns += [c for tm, e, _, c in self.check_columns if tm == threat_model and e == eps]
+        return [self.clean_by_threat_model.get(threat_model, self.clean_correct), *columns]
+
     def worst_case(self, threat_model, eps):
         """Fraction of examples correct clean and under every attack of (threat_model, eps).
 
         The attacks the sanity checks ran at this eps (PGD-2k, the gradient-free attack) count
         too: a report never prints a worst case that its own checks beat.
         """
-        columns = [r.correct for r in self.results if r.threat_model == threat_model and r.eps == eps]
-        columns += [c for tm, e, _, c in self.check_columns if tm == threat_model and e == eps]
-        clean = self.clean_by_threat_model.get(threat_model, self.clean_correct)
-        return worst_case_accuracy([clean, *columns])
+        return worst_case_accuracy(self._worst_case_columns(threat_model, eps))
+
+    def worst_case_correct(self, threat_model, eps):
+        """[N] bool: which examples `worst_case` counts (correct clean and under every attack)."""
+        return np.all(np.stack([np.asarray(c, dtype=bool) for c in self._worst_case_columns(threat_model, eps)]), axis=0)
 
     def plain_worst_case(self, threat_model, eps):
         """The papers' "Min" per example: correct under every attack of (threat_model, eps), clean aside.
@@ -168,9 +175,10 @@ class RobustnessReport:
 
 
 def jsonable(value):
+    """`value` with numpy scalars and arrays, tuples and infinite floats made plain JSON values."""
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return [jsonable(v) for v in value]
     if isinstance(value, (np.floating, float)):
         v = float(value)
