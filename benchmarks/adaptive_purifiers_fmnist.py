@@ -137,8 +137,8 @@ def main():
 
 def _protocol(args):
     """The attack set and sanity-check budget of this start (recorded per purifier: --append mixes starts)."""
-    return {"attacks": args.attacks, "n_target_classes": args.n_target_classes, "sanity_n": args.sanity_n,
-            "sanity_queries": args.sanity_queries or 5000}
+    return {"n": args.n, "attacks": args.attacks, "n_target_classes": args.n_target_classes,
+            "sanity_n": args.sanity_n, "sanity_queries": args.sanity_queries or 5000}
 
 
 def _kept(args):
@@ -188,11 +188,13 @@ def _write(args, rows, summary):
         proto = s["protocol"]
         attacks = proto["attacks"].replace(",", ", ") + (
             f" ({proto['n_target_classes']} target classes)" if proto["n_target_classes"] else "")
-        overrides = ", ".join(f"{k}={v}" for k, v in s["overrides"].items())
+        n = proto.get("n", args.n)  # a costly purifier may have run on fewer images: named in its row
+        overrides = ", ".join(f"{k}={v}" for k, v in s["overrides"].items()) + (
+            f"; the first {n} images" if n != args.n else "")
         lines.append(f"| {s['defense']}{f' ({overrides})' if overrides else ''} | {100 * b['worst_case']:.1f} % | "
                      f"{_percent(a['worst_case'])} | {a['set_by']} | {draws} | {binar} | "
                      f"{b['seconds_per_example']:.2f} | {_number(a['seconds_per_example'])} | "
-                     f"{attacks} ({min(proto['sanity_n'], args.n)}, {proto['sanity_queries']}) |")
+                     f"{attacks} ({min(proto['sanity_n'], n)}, {proto['sanity_queries']}) |")
     trained = [f"{s['defense']} ({s['training']['defense']}, default config): {s['training']['train_seconds'] / 60:.0f} "
                f"minutes of wall time, {s['training'].get('images')} images seen" for s in summary if s.get("training")]
     if trained:

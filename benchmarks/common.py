@@ -78,18 +78,19 @@ class TimeBudget(tf.keras.callbacks.Callback):
 
 def train_on_budget(name, config, run, seconds=None):
     """Trains defense `name` into `run` for `seconds` of wall time (None: the config's epochs, timed)
-    unless the run exists, and returns its timing record (run/timing.json): seconds, images seen,
-    images/s, steady images/s."""
+    unless the run exists, and returns its timing record (run/timing.json): wall and CPU seconds (every
+    thread of this process), images seen, images/s, steady images/s."""
     from tfpurify.training import train_defense
 
     run = pathlib.Path(run)
     timing = run / "timing.json"
     if not (run / "defense.weights.h5").exists():
         budget = TimeBudget(seconds, config.batch_size)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         train_defense(name, config, run, callbacks=[budget], verbose=2)
         elapsed = time.perf_counter() - start
-        timing.write_text(json.dumps({"train_seconds": round(elapsed, 1), "images": budget.images,
+        timing.write_text(json.dumps({"train_seconds": round(elapsed, 1),
+                                      "cpu_seconds": round(time.process_time() - cpu, 1), "images": budget.images,
                                       "images_per_second": round(budget.images / elapsed, 1),
                                       "steady_images_per_second": budget.steady_images_per_second()}) + "\n")
     return json.loads(timing.read_text()) if timing.exists() else {}  # a run trained elsewhere: no timing

@@ -163,6 +163,13 @@ def test_a_pilot_gives_an_entry_that_would_not_fit_the_largest_n_that_does(monke
     assert leaderboard.run([entry], tmp_path, roomy, log=lambda line: None)[0]["n"] == 24 and asked[3:] == [24, 24]
 
 
+def test_the_training_column_states_cpu_minutes_else_wall_minutes_and_images():
+    assert leaderboard._training({"cpu_minutes": 41.5, "wall_minutes": 50, "images_seen": 540000}) == \
+        "41.5 CPU-min, 540,000 images"
+    assert leaderboard._training({"wall_minutes": 97.2}) == "97.2 wall-min"  # a run timed by the clock only
+    assert leaderboard._training({"epochs_planned": 3}) == "-" and leaderboard._training(None) == "-"
+
+
 def test_a_zoo_entry_brings_its_paper_its_budget_and_its_n(dae_run, cnn_run, tmp_path):
     from tfpurify import zoo
 

@@ -361,12 +361,14 @@ def _latency(serving):
 
 
 def _training(training):
-    """A zoo manifest's training budget: CPU-minutes and images seen where stated."""
+    """A zoo manifest's training budget: CPU-minutes (else wall-minutes) and images seen where stated."""
     if not training:
         return "-"
     parts = []
     if training.get("cpu_minutes") is not None:
         parts.append(f"{training['cpu_minutes']:g} CPU-min")
+    elif training.get("wall_minutes") is not None:  # a run timed by the clock only
+        parts.append(f"{training['wall_minutes']:g} wall-min")
     if training.get("images_seen") is not None:
         parts.append(f"{training['images_seen']:,} images")
     return ", ".join(parts) or "-"
