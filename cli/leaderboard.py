@@ -14,7 +14,9 @@ from cli.options import COUNT
 @click.option("--limit", "n", default=None, type=COUNT,
               help="The first N test images per entry instead of the protocol's 1000 (at least 200 for a row that "
                    "counts; the tables say n).")
-def leaderboard_command(entries, zoo_path, out, n):
+@click.option("--record", is_flag=True,
+              help="Write every zoo entry's row into its manifest (the n it holds is then the entry's n).")
+def leaderboard_command(entries, zoo_path, out, n, record):
     """Evaluate every entry under the leaderboard's protocol (eps 0.1 and 0.2, gray-box and white-box, FGSM,
     PGD-100 x 2, AutoAttack, sanity checks) and write the tables; a rerun evaluates only missing cells."""
     import dataclasses
@@ -29,7 +31,7 @@ def leaderboard_command(entries, zoo_path, out, n):
         raise InputValidationError("no entries: the zoo is empty; name run folders with --entries NAME=RUN:CLASSIFIER")
     if n is not None:
         chosen = [dataclasses.replace(e, n=n) for e in chosen]
-    rows = leaderboard.run(chosen, out, progress=True, log=lambda line: click.echo(line, err=True))
+    rows = leaderboard.run(chosen, out, progress=True, log=lambda line: click.echo(line, err=True), record=record)
     for i, row in enumerate(rows, 1):
         first = next(k for k in row if k.startswith("whitebox "))
         click.echo(f"{i}. {row['entry']}: white-box {first.split()[1]} {100 * row[first]['accuracy']:.1f} %, "

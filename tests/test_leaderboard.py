@@ -178,10 +178,16 @@ def test_a_zoo_entry_brings_its_paper_its_budget_and_its_n(dae_run, cnn_run, tmp
     zoo.add("dae", str(dae_run), str(cnn_run), "cnn", tmp_path / "zoo", n=16, details=details)
     entry = leaderboard.entry_from_text("zoo:dae", tmp_path / "zoo")
     assert (entry.n, entry.run) == (16, str(tmp_path / "zoo" / "dae" / "run"))
-    row = leaderboard.run([entry], tmp_path / "board", dataclasses.replace(SMALL, eps=(0.1,)), log=lambda line: None)[0]
+    row = leaderboard.run([entry], tmp_path / "board", dataclasses.replace(SMALL, eps=(0.1,)), log=lambda line: None,
+                          record=True)[0]
     assert row["n"] == 16 and row["paper"]["number"] == "80.0 %"
     markdown = (tmp_path / "board" / "fashion_mnist.md").read_text()
     assert "| 80.0 % (gray-box PGD) |" in markdown and "| 2 CPU-min, 120,000 images |" in markdown
+    recorded = zoo.read_manifest("dae", tmp_path / "zoo")["leaderboard"]  # --record: the row in the manifest
+    assert (recorded["n"], recorded["rank"], recorded["protocol"]["eps"]) == (16, 1, [0.1])
+    assert recorded["whitebox 0.1"]["accuracy"] == row["whitebox 0.1"]["accuracy"]
+    assert recorded["clean"] == row["clean"] and not zoo.check_files("dae", tmp_path / "zoo")
+    assert leaderboard.entry_from_text("zoo:dae", tmp_path / "zoo").n == 16
 
 
 def test_the_command_line(board, monkeypatch, cnn_run, dae_run, tmp_path):

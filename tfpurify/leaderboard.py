@@ -32,7 +32,7 @@ from tfpurify.errors import InputValidationError
 from tfpurify.evaluation.report import jsonable
 from tfpurify.runs import atomic_write_text
 from tfpurify.training import load_defended
-from tfpurify.zoo import PREFIX, is_reference, read_manifest, resolve
+from tfpurify.zoo import PREFIX, is_reference, read_manifest, record_leaderboard, resolve, zoo_dir
 from tfpurify.zoo import entries as zoo_entries
 
 __all__ = ["Protocol", "PROTOCOL", "Entry", "entry_from_text", "zoo_entry", "run", "write"]
@@ -77,6 +77,7 @@ class Entry:
     overrides: dict = dataclasses.field(default_factory=dict)
     n: int = None  # None: the protocol's
     manifest: dict = dataclasses.field(default_factory=dict)  # zoo entries: the paper, budget, ...
+    zoo: str = None  # zoo entries: the zoo folder they came from
 
 
 def zoo_entry(name, root=None):
@@ -84,7 +85,8 @@ def zoo_entry(name, root=None):
     name = name[len(PREFIX):] if is_reference(name) else name
     manifest = read_manifest(name, root)
     run_dir, classifier, overrides = resolve(name, root=root)
-    return Entry(name, run_dir, classifier, overrides, manifest.get("leaderboard", {}).get("n"), manifest)
+    return Entry(name, run_dir, classifier, overrides, manifest.get("leaderboard", {}).get("n"), manifest,
+                 str(zoo_dir(root)))
 
 
 def entry_from_text(text, root=None):
@@ -314,9 +316,9 @@ def _row(entry, info, cells, protocol, n, rate, serving):
     return row
 
 
-def run(entries, out, protocol=None, progress=False, log=print):
+def run(entries, out, protocol=None, progress=False, log=print, record=False):
     """Evaluates every entry (resuming from the cache) and writes the leaderboard; returns its rows.
-    `protocol`: None for `PROTOCOL`."""
+    `protocol`: None for `PROTOCOL`. `record`: every zoo entry's row is written into its manifest."""
     protocol = protocol or PROTOCOL
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
@@ -324,7 +326,22 @@ def run(entries, out, protocol=None, progress=False, log=print):
     rows = [evaluate_entry(entry, out, protocol, progress, log) for entry in entries]
     rows.sort(key=lambda r: (-r[f"whitebox {protocol.eps[0]:g}"]["accuracy"], r["entry"]))
     write(rows, out, protocol)
+    if record:
+        by_name = {e.name: e for e in entries}
+        for rank, row in enumerate(rows, 1):
+            entry = by_name[row["entry"]]
+            if entry.zoo is not None:
+                record_leaderboard(entry.name, _manifest_row(row, rank, out, protocol), entry.zoo)
     return rows
+
+
+def _manifest_row(row, rank, out, protocol):
+    """What a zoo manifest keeps of its leaderboard row: n, rank, every accuracy with its interval, the checks."""
+    cells = {k: {f: v[f] for f in ("accuracy", "low", "high", "plain") if f in v} for k, v in row.items()
+             if k.split(" ")[0] in ("whitebox", "graybox") and isinstance(v, dict)}
+    return {"n": row["n"], "rank": rank, "clean": row["clean"], **cells, "sanity": row["sanity"],
+            "detection_roc_auc": row["detection_roc_auc"], "table": str(pathlib.Path(out) / f"{protocol.dataset}.md"),
+            "protocol": protocol.to_dict()}
 
 
 def _pct(cell):

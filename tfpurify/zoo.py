@@ -32,7 +32,7 @@ from tfpurify.runs import atomic_write_text, file_digest
 from tfpurify.training import load_defended
 
 __all__ = ["PREFIX", "MANIFEST", "zoo_dir", "is_reference", "entries", "read_manifest", "check_files", "resolve",
-           "verify", "add", "VerifyResult"]
+           "verify", "add", "record_leaderboard", "VerifyResult"]
 
 PREFIX = "zoo:"
 MANIFEST = "manifest.json"
@@ -142,6 +142,16 @@ def verify(name, root=None, tolerance=0.01):
     measured, used = _clean_accuracy(run, classifier, overrides, manifest["dataset"], manifest["clean_accuracy"]["n"])
     clean = manifest["clean_accuracy"]
     return VerifyResult(name, len(manifest["files"]), used, measured, clean["accuracy"], tolerance)
+
+
+def record_leaderboard(name, row, root=None):
+    """Writes the entry's leaderboard row into its manifest (its `leaderboard` field; `n` there is the n the
+    leaderboard measures the entry on from then on). The weights' hashes are untouched."""
+    root = zoo_dir(root)
+    manifest = read_manifest(name, root)
+    manifest["leaderboard"] = jsonable(row)
+    atomic_write_text(root / name / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def _copy_run(source, target, half=False):
