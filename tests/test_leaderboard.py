@@ -3,6 +3,7 @@
 import dataclasses
 import html.parser
 import json
+import pathlib
 import shutil
 import subprocess
 
@@ -82,6 +83,32 @@ def test_the_markdown_and_html_tables_show_every_entry_and_the_picture(board):
     assert page.rows == 1 + len(rows) and page.images == pictures
     for picture in pictures:
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({picture})" in markdown
+
+
+def test_the_summary_table_holds_every_entry_in_rank_order_with_its_intervals(board):
+    out, _, rows = board
+    summary = (out / "fashion_mnist_summary.md").read_text().splitlines()
+    assert summary[0].startswith("| # | entry |") and len(summary) == 2 + len(rows)
+    for i, (line, row) in enumerate(zip(summary[2:], rows), 1):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:4] == [str(i), row["entry"], f"{row['defense']} + {row['classifier']}", str(row["n"])]
+        assert cells[5] == leaderboard._pct(row["whitebox 0.1"]) and "(" in cells[5]
+
+
+PROJECT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not (PROJECT / "leaderboard" / "fashion_mnist.json").exists(),
+                    reason="no leaderboard committed yet")
+def test_the_readme_opens_with_the_committed_leaderboard():
+    """The README's table is the committed leaderboard's summary, line for line, before any other section."""
+    committed = json.loads((PROJECT / "leaderboard" / "fashion_mnist.json").read_text())
+    protocol = leaderboard.Protocol(**{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in committed["protocol"].items()})
+    table = "\n".join(leaderboard.summary_table(committed["rows"], protocol))
+    readme = (PROJECT / "README.md").read_text()
+    assert table in readme, "README.md lacks the committed leaderboard's table (leaderboard/fashion_mnist_summary.md)"
+    assert readme.index(table) < readme.index("## Set up on a fresh machine")
 
 
 def test_a_browser_renders_the_page_with_its_table_and_picture(board):

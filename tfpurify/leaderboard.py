@@ -373,6 +373,22 @@ def _table(rows, protocol):
     return head, body
 
 
+def summary_table(rows, protocol):
+    """The compact table the README opens with: rank, entry, n, clean, white-box and gray-box worst cases (with
+    their intervals) and the paper's own number with its threat model; markdown lines."""
+    eps = [f"{e:g}" for e in protocol.eps]
+    head = (["#", "entry", "defense + classifier", "n", "clean"] + [f"white-box {e}" for e in eps]
+            + [f"gray-box {e}" for e in eps] + ["paper's number (its threat model)"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(rows, 1):
+        paper = r.get("paper") or {}
+        cells = ([str(i), r["entry"], f"{r['defense']} + {r['classifier']}", str(r["n"]), _pct(r["clean"])]
+                 + [_pct(r.get(f"whitebox {e}")) for e in eps] + [_pct(r.get(f"graybox {e}")) for e in eps]
+                 + [f"{paper['number']} ({paper.get('threat_model', '?')})" if "number" in paper else "-"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _latency(serving):
     return " | ".join(f"{serving[k]['p50']:.0f}/{serving[k]['p99']:.0f}" for k in ("batch 1", "batch 256"))
 
@@ -407,12 +423,15 @@ def _intro(protocol):
 
 
 def write(rows, out, protocol):
-    """`<out>/<dataset>.json`, `.md`, `.html` and `<dataset>_eps.png` (accuracy against eps per entry)."""
+    """`<out>/<dataset>.json`, `.md`, `.html`, `<dataset>_summary.md` (the compact table) and `<dataset>_eps.png`
+    (accuracy against eps per entry)."""
     out = pathlib.Path(out)
     machine = f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}"
     atomic_write_text(out / f"{protocol.dataset}.json", json.dumps(
         jsonable({"protocol": protocol.to_dict(), "machine": machine, "rows": rows}), indent=2) + "\n")
     head, body = _table(rows, protocol)
+    summary = summary_table(rows, protocol)
+    atomic_write_text(out / f"{protocol.dataset}_summary.md", "\n".join(summary) + "\n")  # what the README shows
     lines = [f"# Leaderboard: {protocol.dataset}", "", _intro(protocol), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
