@@ -165,6 +165,44 @@ def test_a_rerun_evaluates_only_the_cells_it_lacks(board, monkeypatch):  # after
     assert calls == ["graybox", "none", "whitebox", "graybox", "graybox", "whitebox", "whitebox"]
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_a_cell_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, cnn_run, tmp_path):
+    """A cell is resumable per attack: killed after its first attack, a rerun keeps that attack's verdicts
+    (pickled beside the cache) and runs only the next; the cell equals the uninterrupted one."""
+    entry = leaderboard.Entry("none", str(cnn_run))  # the bare cnn: one cell per eps
+    real = evaluation.evaluate
+    specs_run = []
+
+    def killed_after_one(*args, checkpoint=None, **kwargs):
+        def stop(report):
+            checkpoint(report)
+            raise _Killed()
+        return real(*args, checkpoint=stop, **kwargs)
+
+    protocol = dataclasses.replace(SMALL, eps=(0.1,))
+    monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
+    with pytest.raises(_Killed):
+        leaderboard.evaluate_entry(entry, tmp_path, protocol, log=lambda line: None)
+    partial = tmp_path / "cache" / "none" / "none-0.1.partial.pickle"
+    assert partial.is_file() and not (tmp_path / "cache" / "none" / "none-0.1.json").exists()
+
+    def counted(*args, resume=None, **kwargs):
+        specs_run.append(len(resume.results))
+        return real(*args, resume=resume, **kwargs)
+    monkeypatch.setattr(evaluation, "evaluate", counted)
+    row = leaderboard.evaluate_entry(entry, tmp_path, protocol, log=lambda line: None)
+    assert specs_run == [1] and not partial.exists()  # resumed with fgsm done; the partial state is gone
+    monkeypatch.setattr(evaluation, "evaluate", real)
+    leaderboard.evaluate_entry(entry, tmp_path / "whole", protocol, log=lambda line: None)
+    whole = json.loads((tmp_path / "whole" / "cache" / "none" / "none-0.1.json").read_text())
+    resumed = json.loads((tmp_path / "cache" / "none" / "none-0.1.json").read_text())
+    assert resumed["robust"] == whole["robust"] and resumed["attacks"] == whole["attacks"]
+    assert row["whitebox 0.1"]["accuracy"] == np.mean(whole["robust"])
+
+
 def test_the_sanity_checks_run_on_the_white_box_cells_a_bare_classifier_included(monkeypatch, cnn_run, tmp_path):
     asked = []
     real = evaluation.evaluate

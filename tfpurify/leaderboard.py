@@ -20,6 +20,7 @@ import dataclasses
 import html
 import json
 import pathlib
+import pickle
 import platform
 import tempfile
 import time
@@ -123,9 +124,27 @@ def _own_attacks(defended, protocol):
     return tuple(a for a in protocol.purifier_attacks if a != "latent" or getattr(purifier, "has_code", False))
 
 
-def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, white, grid=None):
+def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, white, grid=None,
+                   partial=None):
+    """One (entry, eps, threat model) cell. `partial`: (path, key) where the unfinished report is pickled after
+    every attack and sanity check, and resumed from when its key matches (the cell's runs, protocol and n)."""
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
     start = time.perf_counter()
+    resume, checkpoint, seconds_before = None, None, 0.0
+    if partial is not None:
+        path, key = partial
+        key = jsonable(key)
+        if path.is_file():
+            try:
+                stored = pickle.loads(path.read_bytes())
+            except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError):
+                stored = {}  # unreadable: the cell is measured again
+            if stored.get("key") == key:
+                resume, seconds_before = stored["report"], stored["seconds"]
+
+        def checkpoint(report):
+            atomic_write_text(path, pickle.dumps({"key": key, "report": report,
+                                                  "seconds": seconds_before + time.perf_counter() - start}))
     report = evaluation.evaluate(
         defended, x, y, _specs(protocol, eps, stochastic, _own_attacks(defended, protocol) if white else ()),
         threat_model=threat_model, pipelines=pipelines,
@@ -133,8 +152,8 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
         sanity_checks=protocol.sanity_checks and white, sanity_n=protocol.sanity_n,
         defense=info["defense"], classifier=info["classifier"], dataset=info["dataset"], progress=progress,
         detector=defended.detector, runs=info["runs"], cascade=True, score_draws=protocol.score_draws,
-        sanity_queries=protocol.sanity_queries)
-    seconds = time.perf_counter() - start
+        sanity_queries=protocol.sanity_queries, checkpoint=checkpoint, resume=resume)
+    seconds = seconds_before + time.perf_counter() - start
     if grid is not None:  # the entry's picture: clean test images and the white-box adversarial examples
         reports.save_report_grid(report, grid, data.dataset_info(protocol.dataset).class_names)
     clean = report.clean_by_threat_model.get(threat_model, report.clean_correct)
@@ -217,12 +236,17 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
                     and cached.get("runs") == runs):
                 cells[column, eps] = cached
                 continue
-            log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images")
+            partial = path.with_suffix(".partial.pickle")
+            log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images"
+                + (" (resumed where it stopped, if it was measured as now)" if partial.is_file() else ""))
             white = threat_model == models["whitebox"]  # the sanity checks run there (a bare classifier: `none`)
             grid = _grid_path(out, protocol, entry) if white and eps == protocol.eps[0] else None
             cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
-                                     white, grid), "protocol": protocol.to_dict(), "runs": runs}
+                                     white, grid, (partial, {"runs": runs, "n": len(x),
+                                                             "protocol": _cell_protocol(protocol.to_dict())})),
+                    "protocol": protocol.to_dict(), "runs": runs}
             atomic_write_text(path, json.dumps(jsonable(cell)))
+            partial.unlink(missing_ok=True)
             cells[column, eps] = cell
     serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json", info["runs"],
                       lambda: _serving_latency(defended, info, protocol, x))

@@ -22,12 +22,13 @@ __all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_con
 
 
 def atomic_write_text(path, text):
-    """Writes `text` to a temporary file beside `path`, then renames it into place."""
+    """Writes `text` (str, or bytes written as they are) to a temporary file beside `path`, then renames it
+    into place."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

@@ -474,3 +474,69 @@ def test_attacks_run_with_every_white_box_gradient_and_all_join_the_worst_case()
     alone = evaluation.evaluate(scored, x, y, [("fgsm", {"eps": 0.1})], threat_model="whitebox", cascade=False,
                                 pipelines={"whitebox": ([blind, strong], scored)}, sanity_checks=False)
     assert [r.accuracy for r in alone.results] == [6 / 8, 5 / 8] and alone.worst_case("whitebox", 0.1) == 5 / 8
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_evaluation_resumes_with_the_attack_after_the_last_it_finished(monkeypatch):
+    """Killed after its k-th checkpoint (each attack, then each sanity check), an evaluation resumed from the
+    pickled report runs only what was left, continues each cascade from where it stood, and ends with the
+    uninterrupted evaluation's numbers; the sanity checks of a threat model that had not finished them run again."""
+    import pickle
+
+    calls = []
+    _shift_attacks(monkeypatch, calls)
+    x, y = brightness_images(8), np.zeros(8, np.int64)
+    bare, defended = threshold_classifier(0.63), threshold_classifier(0.47)
+    kwargs = dict(attacks=evaluation.make_attack_specs(["half", "up"], [0.1, 0.2]), threat_model=["none", "graybox"],
+                  pipelines={"none": (bare, bare), "graybox": (bare, defended)}, batch_size=8, seed=4,
+                  sanity_checks=False)
+    whole = evaluation.evaluate(defended, x, y, **kwargs)
+    order, steps = list(calls), len(calls)  # 8 attack runs: 2 threat models x (half, up) x 2 eps
+    assert steps == 8
+    summary = lambda r: ([(q.threat_model, q.attack, q.eps, q.accuracy, q.after, q.n_attacked) for q in r.results],  # noqa: E731
+                         {tm: [r.worst_case(tm, e) for e in (0.1, 0.2)] for tm in r.threat_models},
+                         sorted((c["threat_model"], c["check"], c["status"]) for c in r.sanity), r.warnings)
+    for k in range(1, steps):
+        calls.clear()
+        saved = []
+
+        def checkpoint(report):
+            saved.append(pickle.dumps(report))
+            if len(saved) == k:
+                raise _Stop()
+
+        with pytest.raises(_Stop):
+            evaluation.evaluate(defended, x, y, checkpoint=checkpoint, **kwargs)
+        partial = pickle.loads(saved[-1])
+        assert not partial.finished and len(partial.results) == k
+        calls.clear()
+        resumed = evaluation.evaluate(defended, x, y, resume=partial, **kwargs)
+        assert calls == order[k:], k  # the finished attacks are not run again, the cascade goes on from its images
+        assert resumed.finished and summary(resumed) == summary(whole), k
+    assert evaluation.evaluate(defended, x, y, resume=whole, **kwargs) is whole  # finished: nothing left to do
+    with pytest.raises(InputValidationError, match="resume: the report covers 8 examples"):
+        evaluation.evaluate(defended, x[:4], y[:4], resume=partial, **kwargs)
+
+
+def test_resumed_sanity_checks_run_again_when_they_had_not_all_finished(cnn, fmnist_test):
+    import pickle
+
+    x, y = fmnist_test
+    specs = evaluation.make_attack_specs(["fgsm", "pgd"], [0.1], nb_iter=5)
+    saved = []
+
+    def checkpoint(report):
+        saved.append(pickle.dumps(report))
+        if any(c["check"] == 3 for c in report.sanity):
+            raise _Stop()  # killed after check 3 (checks 1-3 recorded, 4 and 5 not)
+
+    with pytest.raises(_Stop):
+        evaluation.evaluate(cnn, x[:32], y[:32], specs, sanity_n=16, sanity_queries=50, checkpoint=checkpoint)
+    partial = pickle.loads(saved[-1])
+    assert {c["check"] for c in partial.sanity} == {1, 2, 3} and len(partial.results) == 2
+    resumed = evaluation.evaluate(cnn, x[:32], y[:32], specs, sanity_n=16, sanity_queries=50, resume=partial)
+    assert sorted(c["check"] for c in resumed.sanity) == [1, 2, 3, 4, 5]  # once each: the partial ones forgotten
+    assert len(resumed.results) == 2 and len({c[2] for c in resumed.check_columns}) == len(resumed.check_columns)

@@ -87,6 +87,9 @@ class RobustnessReport:
     # and one image under each corruption at severities 0-5 for the grid picture.
     corruptions: list = dataclasses.field(default_factory=list)
     corruption_grid: dict = dataclasses.field(repr=False, default_factory=dict)
+    # Where an unfinished `evaluate` stood, for `evaluate(resume=...)`: {threat model: {"steps": attack steps
+    # finished, "chains": {eps: (robust, adversarial images, attacks so far, plain correct)}, "sanity": done}}.
+    progress_state: dict = dataclasses.field(repr=False, default_factory=dict)
 
     def _worst_case_columns(self, threat_model, eps):
         """Clean, then every attack of (threat_model, eps): the attack rows and the sanity checks' attacks."""

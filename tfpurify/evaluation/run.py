@@ -108,7 +108,7 @@ class _Pipelines:
 def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surrogate_fn=None,
              pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
              defense=None, classifier=None, dataset=None, progress=False, n_samples=10, detector=None,
-             runs=None, cascade=True, score_draws=10, sanity_queries=None, checkpoint=None):
+             runs=None, cascade=True, score_draws=10, sanity_queries=None, checkpoint=None, resume=None):
     """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
 
     Args:
@@ -147,6 +147,10 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
       checkpoint: None, or a callable given the report after every attack and sanity check (the CLI
         writes it then, so a killed evaluation keeps what it finished); the report's `finished` is
         False until `evaluate` returns.
+      resume: an unfinished report that a `checkpoint` of an earlier call with the same arguments was given
+        (kept with pickle): its finished attacks are kept and each cascade continues with the attack after
+        the last one it finished, from the images and verdicts it had reached; a threat model whose sanity
+        checks had not all finished runs them again. A finished report is returned as it is.
 
     Returns:
       RobustnessReport
@@ -184,11 +188,18 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
     for spec in specs:
         attacks_lib.resolve_params(spec.name, **spec.params)
 
+    if resume is not None:
+        if resume.n_examples != len(x) or tuple(resume.threat_models) != tuple(threat_models):
+            raise InputValidationError(
+                f"resume: the report covers {resume.n_examples} examples under {', '.join(resume.threat_models)}, "
+                f"this evaluation {len(x)} under {', '.join(threat_models)}")
+        if resume.finished:
+            return resume
     clean_pred = np.argmax(predict_logits(model_fn, x, batch_size), axis=1)
     clean_correct = clean_pred == y
     clean_of = {id(model_fn): clean_correct}  # clean correctness per scored pipeline
     clean_scores = None if detector is None else adversarial_scores(detector, x, batch_size)
-    report = RobustnessReport(
+    report = resume if resume is not None else RobustnessReport(
         n_examples=len(x), seed=seed, clean_accuracy=float(clean_correct.mean()),
         clean_correct=clean_correct, defense=defense, classifier=classifier, dataset=dataset,
         threat_models=tuple(threat_models), x_sample=x[:n_samples], y_sample=y[:n_samples], finished=False,
@@ -199,7 +210,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                                         {"n_queries": int(sanity_queries)} if sanity_queries else {})},
                                     "seconds": {}},
                   "threat_models": {}, **({"runs": runs} if runs else {})})
-    if "graybox" in threat_models and "whitebox" not in threat_models:
+    if "graybox" in threat_models and "whitebox" not in threat_models and GRAYBOX_ONLY not in report.warnings:
         report.warnings.append(GRAYBOX_ONLY)
     if detector is not None:
         report.detector_scores["clean"] = clean_scores
@@ -225,8 +236,11 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         draws = score_draws if _stochastic(scored_fn) else 1
         if draws > 1:
             report.settings["threat_models"][tm]["scored_over_draws"] = draws
-        chains = {}  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
-        for spec, variant_fn in ((spec, v) for spec in specs for v in variants):
+        state = report.progress_state.setdefault(tm, {"steps": 0, "chains": {}, "sanity": False})
+        chains = state["chains"]  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
+        for step, (spec, variant_fn) in enumerate((spec, v) for spec in specs for v in variants):
+            if step < state["steps"]:
+                continue  # finished before the evaluation was resumed
             if variant_fn is not attacked_fn and not attacks_lib.get_attack(spec.name).gradient:
                 continue  # a gradient-free attack sees no gradient: one run is all the variants would make
             if attacks_lib.get_attack(spec.name).needs_purifier and getattr(variant_fn, "purifier", None) is None:
@@ -277,8 +291,13 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                     clean_scores, tm_clean, adv_scores, correct,
                     threshold, threat_model=tm, attack=name, eps=eps,
                     **({"after": list(before)} if before else {})))
+            state["steps"] = step + 1
             if checkpoint is not None:
                 checkpoint(report)
+        state["steps"] = len(specs) * len(variants)
+        if state["sanity"]:
+            continue
+        _forget_sanity(report, tm)  # checks that had not all finished run again
         if not sanity_checks:
             skip_checks(report, tm, "sanity checks were turned off (--no-sanity-checks)")
         elif tm not in _GRADIENT_THREAT_MODELS:
@@ -290,8 +309,16 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             run_sanity_checks(report, tm, attacked_fn, scored_fn, x[:n], y[:n], tm_clean[:n], batch_size, seed,
                               progress, sanity_queries, checkpoint)
             report.settings["sanity_checks"]["seconds"][tm] = round(time.perf_counter() - start, 2)
+        state["sanity"] = True
     report.finished = True
     return report
+
+
+def _forget_sanity(report, tm):
+    """Removes what sanity checks of `tm` recorded: their verdicts, attack columns and warnings."""
+    report.sanity[:] = [c for c in report.sanity if c.get("threat_model") != tm]
+    report.check_columns[:] = [c for c in report.check_columns if c[0] != tm]
+    report.warnings[:] = [w for w in report.warnings if not w.startswith(f"[{tm}] sanity check")]
 
 
 def _stochastic(scored_fn):
