@@ -86,12 +86,17 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
                  early_exit, cascade, autoattack_version, l2l_da_run, l2l_da_finetune_steps, eot_samples, bpda, score_draws, detector_weight, batch_size,
                  limit, seed,
                  sanity_checks, check_queries, report_path, corruptions, severities, **runtime):
-    """Attack RUN (a classifier or a defense run, or zoo:ENTRY) on the test split and write a report."""
+    """Attack RUN (a classifier or a defense run, or zoo:ENTRY) on the test split and write a report. A killed
+    evaluation resumes with its next attack when the same command is run again."""
+    import pickle
+
     from tfpurify.adaptive import parse_bpda, threat_model_pipelines
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
     from tfpurify.evaluation import evaluate, make_attack_specs
+    from tfpurify.evaluation.report import jsonable
     from tfpurify.reports import save_pictures, to_markdown, write_json, write_markdown, write_report
+    from tfpurify.runs import atomic_write_text
     from tfpurify.training import load_defended
     from tfpurify.zoo import PREFIX, is_reference, resolve
 
@@ -134,15 +139,24 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     pipelines = threat_model_pipelines(defended, surrogate_model, eot_samples, detector_weight, bpda_modes)
     markdown_path = pathlib.Path(report_path or default_report)
 
-    def checkpoint(unfinished):  # after every attack and check: a killed evaluation keeps what it finished
+    # a killed evaluation keeps what it finished, and the same command resumes it with the next attack
+    partial = markdown_path.with_suffix(".partial.pickle")
+    key = jsonable({"options": click.get_current_context().params, "runs": info["runs"]})
+    resume = _unfinished(partial, key)
+    if resume is not None:
+        click.echo(f"resuming the unfinished evaluation in {partial} ({len(resume.results)} attack runs finished)",
+                   err=True)
+
+    def checkpoint(unfinished):  # after every attack and check
         write_json(unfinished, markdown_path.with_suffix(".json"))
         write_markdown(unfinished, markdown_path)
+        atomic_write_text(partial, pickle.dumps({"key": key, "report": unfinished}))
 
     report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,
                       detector=defended.detector, runs=info["runs"], cascade=cascade, score_draws=score_draws,
-                      sanity_queries=check_queries, checkpoint=checkpoint)
+                      sanity_queries=check_queries, checkpoint=checkpoint, resume=resume)
     if corruptions is not None:
         scored = {name: pipeline[1] for name, pipeline in pipelines.items()
                   if name in ("none", "graybox") and pipeline is not None}
@@ -154,5 +168,19 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     paths = write_report(report, markdown_path, dataset_info(info["dataset"]).class_names)
     if defended.purifier is not None:  # reconstructions, latent traversals ...
         paths.update(save_pictures(defended.purifier.pictures(x[:10]), pathlib.Path(paths["markdown"]).parent / "pictures"))
+    partial.unlink(missing_ok=True)
     click.echo(to_markdown(report))
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _unfinished(path, key):
+    """The unfinished report pickled at `path` by an evaluation with the same options and weights, else None."""
+    import pickle
+
+    if not path.is_file():
+        return None
+    try:
+        stored = pickle.loads(path.read_bytes())
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError):
+        return None  # unreadable: evaluated again
+    return stored["report"] if isinstance(stored, dict) and stored.get("key") == key else None

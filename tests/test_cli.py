@@ -53,6 +53,41 @@ def test_train_then_eval_writes_report(runner, tmp_path):
     assert report.with_suffix(".png").exists()
 
 
+def test_a_killed_eval_resumes_with_its_next_attack(runner, cnn_run, tmp_path, monkeypatch):
+    from tfpurify import evaluation
+
+    real, resumed_after = evaluation.evaluate, []
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_one(*args, checkpoint=None, **kwargs):
+        def stop(report):
+            checkpoint(report)
+            raise Killed()
+        return real(*args, checkpoint=stop, **kwargs)
+
+    def counted(*args, resume=None, **kwargs):
+        resumed_after.append(None if resume is None else len(resume.results))
+        return real(*args, resume=resume, **kwargs)
+
+    args = ["eval", str(cnn_run), "--attacks", "fgsm,pgd", "--eps", "0.1", "--nb-iter", "5", "--limit", "48",
+            "--no-sanity-checks"]
+    report, whole, partial = tmp_path / "report.md", tmp_path / "whole.md", tmp_path / "report.partial.pickle"
+    assert runner.invoke(cli, [*args, "--report", str(whole)]).exit_code == 0
+    for options, expected in ((["--seed", "1"], None), ([], 1)):  # other options: evaluated afresh
+        monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
+        assert isinstance(runner.invoke(cli, [*args, "--report", str(report)]).exception, Killed)
+        assert partial.is_file() and not json.loads(report.with_suffix(".json").read_text())["finished"]
+        monkeypatch.setattr(evaluation, "evaluate", counted)
+        result = runner.invoke(cli, [*args, "--report", str(report), *options])
+        assert result.exit_code == 0, result.output
+        assert resumed_after[-1] == expected and ("resuming the unfinished evaluation" in result.stderr) == bool(expected)
+        assert not partial.exists()
+    rows = lambda path: [(r["attack"], r["accuracy"]) for r in json.loads(path.with_suffix(".json").read_text())["rows"]]  # noqa: E731
+    assert rows(report) == rows(whole)  # the resumed evaluation ends where the uninterrupted one did
+
+
 def test_eval_missing_run_folder(runner, tmp_path):
     _one_line_error(runner.invoke(cli, ["eval", str(tmp_path / "nope")]), "does not exist")
 
