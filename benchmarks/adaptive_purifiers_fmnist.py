@@ -88,6 +88,8 @@ def main():
     parser.add_argument("--run", action="append", required=True, help="label=path[:field=value,...]")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--offset", type=int, default=0,
+                        help="start at this test image (a costly purifier measured in parts, combined afterwards)")
     parser.add_argument("--train-minutes", type=float, default=10.0,
                         help="wall time for training a run that does not exist yet")
     parser.add_argument("--name", default="adaptive_purifiers_fmnist")
@@ -105,7 +107,8 @@ def main():
         label, path, _ = _parse_run(text)
         if path not in trained:
             trained[path] = _train_missing(label, path, args.classifier, args.train_minutes)
-    x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
+    x, y = data.load_dataset("fashion_mnist", "test", limit=args.offset + args.n)
+    x, y = x[args.offset:], y[args.offset:]
     rows, summary = _kept(args)
     for text in args.run:
         label, path, overrides = _parse_run(text)
@@ -137,7 +140,7 @@ def main():
 
 def _protocol(args):
     """The attack set and sanity-check budget of this start (recorded per purifier: --append mixes starts)."""
-    return {"n": args.n, "attacks": args.attacks, "n_target_classes": args.n_target_classes,
+    return {"n": args.n, "offset": args.offset, "attacks": args.attacks, "n_target_classes": args.n_target_classes,
             "sanity_n": args.sanity_n, "sanity_queries": args.sanity_queries or 5000}
 
 
