@@ -213,6 +213,10 @@ def test_the_sanity_checks_run_on_the_white_box_cells_a_bare_classifier_included
     rows = leaderboard.run([leaderboard.Entry("none", str(cnn_run))], tmp_path, checked, log=lambda line: None)
     assert asked == [("none", True)]
     assert rows[0]["sanity"]["passed"] + len(rows[0]["sanity"]["failed"]) > 0
+    cell = json.loads((tmp_path / "cache" / "none" / "none-0.1.json").read_text())  # one cell for both columns:
+    assert rows[0]["sanity"]["passed"] == sum(c["status"] == "passed" for c in cell["sanity"])  # counted once
+    table = [line for line in (tmp_path / "fashion_mnist.md").read_text().splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1, table  # no cell breaks the table's columns
 
 
 def test_a_pilot_gives_an_entry_that_would_not_fit_the_largest_n_that_does(monkeypatch, dae_run, cnn_run, tmp_path):

@@ -331,7 +331,8 @@ def _row(entry, info, cells, protocol, n, rate, serving):
         key = f"{column} {eps:g}"
         row[key] = {**_interval(cell["robust"]), "plain": cell["plain_worst_case"], "attacks": cell["attacks"],
                     "all_draws": cell["all_draws"], "majority": cell["majority"]}
-    sanity = [c for cell in cells.values() for c in cell["sanity"]]
+    measured = {(c["threat_model"], c["eps"]): c for c in cells.values()}  # a cell serving both columns counts once
+    sanity = [c for cell in measured.values() for c in cell["sanity"]]
     row["sanity"] = {"failed": sorted({c["name"] for c in sanity if c["status"] == "failed"}),
                      "passed": sum(c["status"] == "passed" for c in sanity)}
     detection = [d for d in cells["whitebox", first]["detection"] if d.get("roc_auc") is not None]
@@ -377,7 +378,7 @@ def _table(rows, protocol):
     head = (["#", "entry", "defense + classifier", "n", "clean"] + [f"white-box {e}" for e in eps]
             + [f"gray-box {e}" for e in eps] + [f"paper's plain, white-box {eps[0]}", "sanity checks",
                                                 "detector ROC-AUC", "purified images/s",
-                                                "SavedModel ms p50/p99, batch 1 | 256", "training",
+                                                "SavedModel ms p50/p99, batch 1; 256", "training",
                                                 "paper's number"])
     body = []
     for i, r in enumerate(rows, 1):
@@ -414,7 +415,7 @@ def summary_table(rows, protocol):
 
 
 def _latency(serving):
-    return " | ".join(f"{serving[k]['p50']:.0f}/{serving[k]['p99']:.0f}" for k in ("batch 1", "batch 256"))
+    return "; ".join(f"{serving[k]['p50']:.0f}/{serving[k]['p99']:.0f}" for k in ("batch 1", "batch 256"))
 
 
 def _training(training):
