@@ -88,13 +88,11 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
                  sanity_checks, check_queries, report_path, corruptions, severities, **runtime):
     """Attack RUN (a classifier or a defense run, or zoo:ENTRY) on the test split and write a report. A killed
     evaluation resumes with its next attack when the same command is run again."""
-    import pickle
-
     from tfpurify.adaptive import parse_bpda, threat_model_pipelines
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
     from tfpurify.evaluation import evaluate, make_attack_specs
-    from tfpurify.evaluation.report import jsonable
+    from tfpurify.evaluation.report import jsonable, save_state
     from tfpurify.reports import save_pictures, to_markdown, write_json, write_markdown, write_report
     from tfpurify.runs import atomic_write_text
     from tfpurify.training import load_defended
@@ -140,7 +138,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     markdown_path = pathlib.Path(report_path or default_report)
 
     # a killed evaluation keeps what it finished, and the same command resumes it with the next attack
-    partial = markdown_path.with_suffix(".partial.pickle")
+    partial = markdown_path.with_suffix(".partial.npz")
     key = jsonable({"options": click.get_current_context().params, "runs": info["runs"]})
     resume = _unfinished(partial, key)
     if resume is not None:
@@ -150,7 +148,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     def checkpoint(unfinished):  # after every attack and check
         write_json(unfinished, markdown_path.with_suffix(".json"))
         write_markdown(unfinished, markdown_path)
-        atomic_write_text(partial, pickle.dumps({"key": key, "report": unfinished}))
+        atomic_write_text(partial, save_state(unfinished, {"key": key}))
 
     report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
@@ -174,13 +172,13 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
 
 
 def _unfinished(path, key):
-    """The unfinished report pickled at `path` by an evaluation with the same options and weights, else None."""
-    import pickle
+    """The unfinished report kept at `path` by an evaluation with the same options and weights, else None."""
+    from tfpurify.evaluation.report import load_state
 
     if not path.is_file():
         return None
     try:
-        stored = pickle.loads(path.read_bytes())
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError):
+        report, stored = load_state(path.read_bytes())
+    except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable: evaluated again
-    return stored["report"] if isinstance(stored, dict) and stored.get("key") == key else None
+    return report if isinstance(stored, dict) and stored.get("key") == key else None

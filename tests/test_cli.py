@@ -73,7 +73,7 @@ def test_a_killed_eval_resumes_with_its_next_attack(runner, cnn_run, tmp_path, m
 
     args = ["eval", str(cnn_run), "--attacks", "fgsm,pgd", "--eps", "0.1", "--nb-iter", "5", "--limit", "48",
             "--no-sanity-checks"]
-    report, whole, partial = tmp_path / "report.md", tmp_path / "whole.md", tmp_path / "report.partial.pickle"
+    report, whole, partial = tmp_path / "report.md", tmp_path / "whole.md", tmp_path / "report.partial.npz"
     assert runner.invoke(cli, [*args, "--report", str(whole)]).exit_code == 0
     for options, expected in ((["--seed", "1"], None), ([], 1)):  # other options: evaluated afresh
         monkeypatch.setattr(evaluation, "evaluate", killed_after_one)

@@ -171,7 +171,7 @@ class _Killed(Exception):
 
 def test_a_cell_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, cnn_run, tmp_path):
     """A cell is resumable per attack: killed after its first attack, a rerun keeps that attack's verdicts
-    (pickled beside the cache) and runs only the next; the cell equals the uninterrupted one."""
+    (kept beside the cache) and runs only the next; the cell equals the uninterrupted one."""
     entry = leaderboard.Entry("none", str(cnn_run))  # the bare cnn: one cell per eps
     real = evaluation.evaluate
     specs_run = []
@@ -186,7 +186,7 @@ def test_a_cell_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, cn
     monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
     with pytest.raises(_Killed):
         leaderboard.evaluate_entry(entry, tmp_path, protocol, log=lambda line: None)
-    partial = tmp_path / "cache" / "none" / "none-0.1.partial.pickle"
+    partial = tmp_path / "cache" / "none" / "none-0.1.partial.npz"
     assert partial.is_file() and not (tmp_path / "cache" / "none" / "none-0.1.json").exists()
 
     def counted(*args, resume=None, **kwargs):

@@ -20,7 +20,6 @@ import dataclasses
 import html
 import json
 import pathlib
-import pickle
 import platform
 import tempfile
 import time
@@ -30,7 +29,7 @@ import tensorflow as tf
 
 from tfpurify import adaptive, data, evaluation, export, metrics, reports
 from tfpurify.errors import InputValidationError
-from tfpurify.evaluation.report import jsonable
+from tfpurify.evaluation.report import jsonable, load_state, save_state
 from tfpurify.runs import atomic_write_text
 from tfpurify.training import load_defended
 from tfpurify.zoo import PREFIX, is_reference, read_manifest, record_leaderboard, resolve, zoo_dir
@@ -126,8 +125,9 @@ def _own_attacks(defended, protocol):
 
 def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, white, grid=None,
                    partial=None):
-    """One (entry, eps, threat model) cell. `partial`: (path, key) where the unfinished report is pickled after
-    every attack and sanity check, and resumed from when its key matches (the cell's runs, protocol and n)."""
+    """One (entry, eps, threat model) cell. `partial`: (path, key) where the unfinished report is kept after
+    every attack and sanity check (`save_state`), and resumed from when its key matches (the cell's runs,
+    protocol and n)."""
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
     start = time.perf_counter()
     resume, checkpoint, seconds_before = None, None, 0.0
@@ -136,15 +136,15 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
         key = jsonable(key)
         if path.is_file():
             try:
-                stored = pickle.loads(path.read_bytes())
-            except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError):
-                stored = {}  # unreadable: the cell is measured again
-            if stored.get("key") == key:
-                resume, seconds_before = stored["report"], stored["seconds"]
+                report, stored = load_state(path.read_bytes())
+            except (OSError, ValueError, KeyError, TypeError):
+                report, stored = None, {}  # unreadable: the cell is measured again
+            if isinstance(stored, dict) and stored.get("key") == key:
+                resume, seconds_before = report, stored["seconds"]
 
         def checkpoint(report):
-            atomic_write_text(path, pickle.dumps({"key": key, "report": report,
-                                                  "seconds": seconds_before + time.perf_counter() - start}))
+            atomic_write_text(path, save_state(report, {"key": key,
+                                                        "seconds": seconds_before + time.perf_counter() - start}))
     report = evaluation.evaluate(
         defended, x, y, _specs(protocol, eps, stochastic, _own_attacks(defended, protocol) if white else ()),
         threat_model=threat_model, pipelines=pipelines,
@@ -236,7 +236,7 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
                     and cached.get("runs") == runs):
                 cells[column, eps] = cached
                 continue
-            partial = path.with_suffix(".partial.pickle")
+            partial = path.with_suffix(".partial.npz")
             log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images"
                 + (" (resumed where it stopped, if it was measured as now)" if partial.is_file() else ""))
             white = threat_model == models["whitebox"]  # the sanity checks run there (a bare classifier: `none`)

@@ -117,3 +117,27 @@ def test_a_classifier_report_has_one_clean_row():
     assert [r for r in report.rows() if r["threat_model"] == "clean"] == [
         {"defense": "none", "classifier": "", "threat_model": "clean", "attack": "none", "eps": 0, "params": {},
          "accuracy": 0.5, "plain_accuracy": 0.5}]
+
+
+def test_a_kept_state_round_trips_without_pickle():
+    from tfpurify.evaluation.report import AttackResult, RobustnessReport, load_state, save_state
+
+    correct = np.array([True, False, True])
+    result = AttackResult("whitebox", "pgd", 0.1, {"nb_iter": 5, "eps_iter": np.float32(0.025)}, 2 / 3, 1.5, correct,
+                          np.zeros((1, 2, 2, 1), np.float32), np.array([3]), float("inf"), after=("fgsm",))
+    report = RobustnessReport(3, 0, 1.0, correct, [result], settings={"cascade": True},
+                              detector_scores={"clean": np.arange(3.0)},
+                              progress_state={"whitebox": {"steps": 2, "chains": {0.1: (correct, np.ones((3, 2)), ("fgsm",),
+                                                                                          correct)}, "sanity": False}})
+    blob = save_state(report, {"key": [1, "a"]})
+    assert b"pickle" not in blob
+    back, extra = load_state(blob)
+    assert extra == {"key": [1, "a"]} and isinstance(back, RobustnessReport)
+    got = back.results[0]
+    assert isinstance(got, AttackResult) and got.after == ("fgsm",) and got.params["eps_iter"] == pytest.approx(0.025)
+    assert got.grad_evals == float("inf") and np.array_equal(got.correct, correct)
+    chain = back.progress_state["whitebox"]["chains"][0.1]
+    assert isinstance(chain, tuple) and chain[2] == ("fgsm",) and chain[1].shape == (3, 2)
+    np.testing.assert_array_equal(back.detector_scores["clean"], np.arange(3.0))
+    with pytest.raises(ValueError):
+        load_state(b"not an npz file")

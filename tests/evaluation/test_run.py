@@ -482,9 +482,9 @@ class _Stop(Exception):
 
 def test_an_interrupted_evaluation_resumes_with_the_attack_after_the_last_it_finished(monkeypatch):
     """Killed after its k-th checkpoint (each attack, then each sanity check), an evaluation resumed from the
-    pickled report runs only what was left, continues each cascade from where it stood, and ends with the
+    report it kept (`save_state`) runs only what was left, continues each cascade from where it stood, and ends with the
     uninterrupted evaluation's numbers; the sanity checks of a threat model that had not finished them run again."""
-    import pickle
+    from tfpurify.evaluation.report import load_state, save_state
 
     calls = []
     _shift_attacks(monkeypatch, calls)
@@ -504,13 +504,13 @@ def test_an_interrupted_evaluation_resumes_with_the_attack_after_the_last_it_fin
         saved = []
 
         def checkpoint(report):
-            saved.append(pickle.dumps(report))
+            saved.append(save_state(report))
             if len(saved) == k:
                 raise _Stop()
 
         with pytest.raises(_Stop):
             evaluation.evaluate(defended, x, y, checkpoint=checkpoint, **kwargs)
-        partial = pickle.loads(saved[-1])
+        partial = load_state(saved[-1])[0]
         assert not partial.finished and len(partial.results) == k
         calls.clear()
         resumed = evaluation.evaluate(defended, x, y, resume=partial, **kwargs)
@@ -522,20 +522,20 @@ def test_an_interrupted_evaluation_resumes_with_the_attack_after_the_last_it_fin
 
 
 def test_resumed_sanity_checks_run_again_when_they_had_not_all_finished(cnn, fmnist_test):
-    import pickle
+    from tfpurify.evaluation.report import load_state, save_state
 
     x, y = fmnist_test
     specs = evaluation.make_attack_specs(["fgsm", "pgd"], [0.1], nb_iter=5)
     saved = []
 
     def checkpoint(report):
-        saved.append(pickle.dumps(report))
+        saved.append(save_state(report))
         if any(c["check"] == 3 for c in report.sanity):
             raise _Stop()  # killed after check 3 (checks 1-3 recorded, 4 and 5 not)
 
     with pytest.raises(_Stop):
         evaluation.evaluate(cnn, x[:32], y[:32], specs, sanity_n=16, sanity_queries=50, checkpoint=checkpoint)
-    partial = pickle.loads(saved[-1])
+    partial = load_state(saved[-1])[0]
     assert {c["check"] for c in partial.sanity} == {1, 2, 3} and len(partial.results) == 2
     resumed = evaluation.evaluate(cnn, x[:32], y[:32], specs, sanity_n=16, sanity_queries=50, resume=partial)
     assert sorted(c["check"] for c in resumed.sanity) == [1, 2, 3, 4, 5]  # once each: the partial ones forgotten

@@ -6,13 +6,15 @@ plus `plain_accuracy`, the papers' metric).
 """
 
 import dataclasses
+import io
+import json
 import math
 
 import numpy as np
 
 from tfpurify.metrics import worst_case_accuracy
 
-__all__ = ["AttackResult", "RobustnessReport", "jsonable"]
+__all__ = ["AttackResult", "RobustnessReport", "jsonable", "save_state", "load_state"]
 
 
 @dataclasses.dataclass
@@ -191,3 +193,66 @@ def jsonable(value):
     if isinstance(value, np.bool_):
         return bool(value)
     return value
+
+
+# ---------------------------------------------------------------- an unfinished report, kept to resume it
+
+def save_state(report, extra=None):
+    """The report, everything `evaluate(resume=...)` needs of it included, as the bytes of an `.npz` file: its
+    arrays as arrays and the rest as JSON (no pickle), with `extra` (a JSON value) beside it."""
+    arrays = {}
+
+    def encode(value):
+        if isinstance(value, np.ndarray):
+            key = f"a{len(arrays)}"
+            arrays[key] = value
+            return {"__array__": key}
+        if isinstance(value, _STATE_CLASSES_TUPLE):
+            return {"__dataclass__": type(value).__name__,
+                    "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        if isinstance(value, dict):
+            return {"__dict__": [[encode(k), encode(v)] for k, v in value.items()]}
+        if isinstance(value, tuple):
+            return {"__tuple__": [encode(v) for v in value]}
+        if isinstance(value, list):
+            return [encode(v) for v in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    text = json.dumps({"report": encode(report), "extra": extra})
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, __json__=np.array(text), **arrays)
+    return buffer.getvalue()
+
+
+def load_state(blob):
+    """(report, extra) from `save_state`'s bytes (arrays read without pickle)."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    state = json.loads(str(arrays.pop("__json__")))
+
+    def decode(value):
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if "__array__" in value:
+            return arrays[value["__array__"]]
+        if "__tuple__" in value:
+            return tuple(decode(v) for v in value["__tuple__"])
+        if "__dict__" in value:
+            return {_hashable(decode(k)): decode(v) for k, v in value["__dict__"]}
+        if "__dataclass__" in value:
+            return _STATE_CLASSES[value["__dataclass__"]](**{k: decode(v) for k, v in value["fields"].items()})
+        raise ValueError(f"not a saved report state: {sorted(value)}")
+
+    return decode(state["report"]), state["extra"]
+
+
+def _hashable(key):
+    return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
+
+
+_STATE_CLASSES = {"RobustnessReport": RobustnessReport, "AttackResult": AttackResult}
+_STATE_CLASSES_TUPLE = tuple(_STATE_CLASSES.values())
