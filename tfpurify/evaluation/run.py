@@ -148,9 +148,10 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         writes it then, so a killed evaluation keeps what it finished); the report's `finished` is
         False until `evaluate` returns.
       resume: an unfinished report that a `checkpoint` of an earlier call with the same arguments was given
-        (kept with `save_state`: npz and JSON, no pickle): its finished attacks are kept and each cascade continues with the attack after
-        the last one it finished, from the images and verdicts it had reached; a threat model whose sanity
-        checks had not all finished runs them again. A finished report is returned as it is.
+        (kept with `save_state`: npz and JSON, no pickle): its finished attacks are kept and each cascade
+        continues with the attack after the last one it finished, from the images and verdicts it had
+        reached; a threat model whose sanity checks had not all finished runs them again. A finished report
+        is returned as it is.
 
     Returns:
       RobustnessReport
