@@ -92,7 +92,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
     from tfpurify.evaluation import evaluate, make_attack_specs
-    from tfpurify.evaluation.report import jsonable, save_state
+    from tfpurify.evaluation.report import jsonable, kept_state, save_state
     from tfpurify.reports import save_pictures, to_markdown, write_json, write_markdown, write_report
     from tfpurify.runs import atomic_write_text
     from tfpurify.training import load_defended
@@ -140,7 +140,7 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     # a killed evaluation keeps what it finished, and the same command resumes it with the next attack
     partial = markdown_path.with_suffix(".partial.npz")
     key = jsonable({"options": click.get_current_context().params, "runs": info["runs"]})
-    resume = _unfinished(partial, key)
+    resume = kept_state(partial, key)[0]
     if resume is not None:
         click.echo(f"resuming the unfinished evaluation in {partial} ({len(resume.results)} attack runs finished)",
                    err=True)
@@ -169,16 +169,3 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     partial.unlink(missing_ok=True)
     click.echo(to_markdown(report))
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
-
-
-def _unfinished(path, key):
-    """The unfinished report kept at `path` by an evaluation with the same options and weights, else None."""
-    from tfpurify.evaluation.report import load_state
-
-    if not path.is_file():
-        return None
-    try:
-        report, stored = load_state(path.read_bytes())
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # unreadable: evaluated again
-    return report if isinstance(stored, dict) and stored.get("key") == key else None

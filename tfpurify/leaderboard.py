@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tfpurify import adaptive, data, evaluation, export, metrics, reports
 from tfpurify.errors import InputValidationError
-from tfpurify.evaluation.report import jsonable, load_state, save_state
+from tfpurify.evaluation.report import jsonable, kept_state, save_state
 from tfpurify.runs import atomic_write_text
 from tfpurify.training import load_defended
 from tfpurify.zoo import PREFIX, is_reference, read_manifest, record_leaderboard, resolve, zoo_dir
@@ -134,13 +134,9 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
     if partial is not None:
         path, key = partial
         key = jsonable(key)
-        if path.is_file():
-            try:
-                report, stored = load_state(path.read_bytes())
-            except (OSError, ValueError, KeyError, TypeError):
-                report, stored = None, {}  # unreadable: the cell is measured again
-            if isinstance(stored, dict) and stored.get("key") == key:
-                resume, seconds_before = report, stored["seconds"]
+        resume, stored = kept_state(path, key)
+        if resume is not None:
+            seconds_before = stored["seconds"]
 
         def checkpoint(report):
             atomic_write_text(path, save_state(report, {"key": key,

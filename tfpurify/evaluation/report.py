@@ -9,12 +9,13 @@ import dataclasses
 import io
 import json
 import math
+import pathlib
 
 import numpy as np
 
 from tfpurify.metrics import worst_case_accuracy
 
-__all__ = ["AttackResult", "RobustnessReport", "jsonable", "save_state", "load_state"]
+__all__ = ["AttackResult", "RobustnessReport", "jsonable", "save_state", "load_state", "kept_state"]
 
 
 @dataclasses.dataclass
@@ -248,6 +249,19 @@ def load_state(blob):
         raise ValueError(f"not a saved report state: {sorted(value)}")
 
     return decode(state["report"]), state["extra"]
+
+
+def kept_state(path, key):
+    """(report, extra) kept at `path` by `save_state` with `extra["key"] == key`; (None, None) when the file is
+    missing, unreadable or kept for another key (then the work is done again)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return None, None
+    try:
+        report, extra = load_state(path.read_bytes())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    return (report, extra) if isinstance(extra, dict) and extra.get("key") == key else (None, None)
 
 
 def _hashable(key):
