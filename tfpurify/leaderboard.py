@@ -379,34 +379,41 @@ def _table(rows, protocol):
     body = []
     for i, r in enumerate(rows, 1):
         plain = r[f"whitebox {eps[0]}"]["plain"]
-        paper = r.get("paper") or {}
         sanity = ("failed: " + ", ".join(r["sanity"]["failed"])) if r["sanity"]["failed"] else (
             f"{r['sanity']['passed']} passed" if r["sanity"]["passed"] else "-")
-        n = f"{r['n']}" + (" (below the protocol's minimum)" if r["n"] < protocol.min_n else "")
-        body.append([str(i), r["entry"], f"{r['defense']} + {r['classifier']}", n, _pct(r["clean"])]
-                    + [_pct(r.get(f"whitebox {e}")) for e in eps] + [_pct(r.get(f"graybox {e}")) for e in eps]
+        body.append(_lead_cells(i, r, eps, protocol)
                     + ["-" if plain is None else f"{100 * plain:.1f}", sanity,
                        "-" if r["detection_roc_auc"] is None else f"{r['detection_roc_auc']:.3f}",
                        "-" if r["purification_images_per_second"] is None
                        else f"{r['purification_images_per_second']:.0f}",
-                       _latency(r["serving_latency_ms"]), _training(r.get("training")),
-                       f"{paper['number']} ({paper.get('threat_model', '?')})" if "number" in paper else "-"])
+                       _latency(r["serving_latency_ms"]), _training(r.get("training")), _paper_cell(r)])
     return head, body
 
 
+def _lead_cells(rank, row, eps, protocol):
+    """The columns both tables open with: rank, entry, defense + classifier, n (flagged below the protocol's
+    minimum), clean, and the white-box and gray-box worst case at each eps."""
+    n = f"{row['n']}" + (" (below the protocol's minimum)" if row["n"] < protocol.min_n else "")
+    return ([str(rank), row["entry"], f"{row['defense']} + {row['classifier']}", n, _pct(row["clean"])]
+            + [_pct(row.get(f"whitebox {e}")) for e in eps] + [_pct(row.get(f"graybox {e}")) for e in eps])
+
+
+def _paper_cell(row):
+    """The paper's own number with its threat model, or "-"."""
+    paper = row.get("paper") or {}
+    return f"{paper['number']} ({paper.get('threat_model', '?')})" if "number" in paper else "-"
+
+
 def summary_table(rows, protocol):
-    """The compact table the README opens with: rank, entry, n, clean, white-box and gray-box worst cases (with
-    their intervals) and the paper's own number with its threat model; markdown lines."""
+    """The compact table the README opens with: the full table's first columns (rank, entry, n, clean, white-box
+    and gray-box worst cases with their intervals) and the paper's own number with its threat model; markdown
+    lines."""
     eps = [f"{e:g}" for e in protocol.eps]
     head = (["#", "entry", "defense + classifier", "n", "clean"] + [f"white-box {e}" for e in eps]
             + [f"gray-box {e}" for e in eps] + ["paper's number (its threat model)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
-        paper = r.get("paper") or {}
-        cells = ([str(i), r["entry"], f"{r['defense']} + {r['classifier']}", str(r["n"]), _pct(r["clean"])]
-                 + [_pct(r.get(f"whitebox {e}")) for e in eps] + [_pct(r.get(f"graybox {e}")) for e in eps]
-                 + [f"{paper['number']} ({paper.get('threat_model', '?')})" if "number" in paper else "-"])
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_lead_cells(i, r, eps, protocol) + [_paper_cell(r)]) + " |")
     return lines
 
 
