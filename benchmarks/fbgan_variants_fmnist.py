@@ -23,8 +23,9 @@ Two groups of variants, each with its own baseline and results file:
 
 - `earlier` (fbgan_variants_fmnist.*): our earlier defaults (AE term on the last 20 % of the steps,
   per-pixel mean, E trained without eq. 6's adversarial term) and the changes above;
-- `paper` (fbgan_variants_fmnist_paper.*): the paper's defaults (no AE term on Fashion-MNIST, E
-  trained by eq. 6's adversarial term like G) at the earlier table's width, and one change each:
+- `paper` (fbgan_variants_fmnist_paper.*): FBGANConfig's defaults -- the paper's (no AE term on
+  Fashion-MNIST, E trained by eq. 6's adversarial term like G) plus our latent cycle -- at the
+  earlier table's width, and one change each:
   E not adversarial, no latent cycle (our deviation off: the paper's objective exactly), and the AE
   term on the last 1 % (the paper's SVHN setting) or 20 % (our earlier default) of the steps --
   which of them costs the categorical code its class.
@@ -32,8 +33,9 @@ Two groups of variants, each with its own baseline and results file:
 Usage: python benchmarks/fbgan_variants_fmnist.py [--group earlier|paper] [--epochs 8] [--n 1000]
        [--only NAME,...] [--train-only] [--reuse]
 Every variant trains first, then all are evaluated; training is cached in
-runs/bench-fbgan-<variant>-e<epochs> (group `paper`: runs/bench-fbgan-paper-<variant>-e<epochs>) (a rerun only evaluates; an interrupted one resumes from its
-last checkpoint, and its timing then covers only the resumed part). --reuse keeps the rows of the
+runs/bench-fbgan-<variant>-e<epochs> (group `paper`: runs/bench-fbgan-paper-<variant>-e<epochs>): a
+rerun only evaluates; an interrupted one resumes from its last checkpoint, and its timing then covers
+only the resumed part. --reuse keeps the rows of the
 variants the committed results already hold with the same config, epochs and test images, and
 evaluates only the others (a variant added later joins the same table).
 """
@@ -52,7 +54,8 @@ from tfpurify import adaptive, classifiers, data, evaluation  # noqa: E402
 from tfpurify.defenses.fbgan import FBGANConfig  # noqa: E402
 from tfpurify.training import load_defended  # noqa: E402
 
-# the baseline pins what FBGANConfig defaulted to before these results made "ae sum + straight-through" the default
+# the earlier baseline pins the defaults these variants were measured against (FBGANConfig's before "ae sum +
+# straight-through" and then the paper's setting replaced them)
 BASE = dict(base_filters=16, ae_weight=1.0, ae_fraction=0.2, ae_reduction="mean", straight_through=False,
             encoder_adversarial=False)
 VARIANTS = {
@@ -66,8 +69,8 @@ VARIANTS = {
     "base_filters 32": {"base_filters": 32},
     "all four": {"ae_reduction": "sum", "straight_through": True, "continuous_weight": 0.1, "base_filters": 32},
 }
-# the paper's defaults (FBGANConfig's) at the width of the earlier table: base_filters 32, the paper's
-# width, costs 3x the time (fbgan_fmnist_paper.md measures it alone, 14 epochs)
+# FBGANConfig's defaults (the paper's, plus our latent cycle) at the width of the earlier table: base_filters
+# 32, the paper's width, costs 3x the time (fbgan_fmnist_paper.md measures it alone, 14 epochs)
 PAPER_BASE = dict(base_filters=16)
 PAPER_VARIANTS = {
     "paper defaults": {},
@@ -160,17 +163,18 @@ def main():
                 f"{summary[name]['training'].get('cpu_seconds', '-')} | "
                 f"{summary[name]['training'].get('steady_images_per_second', '-')} |")
     lines.append(f"| FBGAN paper, Table 1 | one-hot + clip | {100 * PAPER['clean']:.1f} | "
-                 f"({100 * PAPER['graybox pgd 0.1']:.1f}) | ({100 * PAPER['whitebox pgd 0.1']:.1f}) | - | - | - | - | - |")
+                 f"({100 * PAPER['graybox pgd 0.1']:.1f}) | ({100 * PAPER['whitebox pgd 0.1']:.1f}) |"
+                 + " - |" * 5)
     results = {"benchmark": results_name, "group": args.group, "dataset": "fashion_mnist", "n_examples": len(x),
                "epochs": args.epochs, "base": base, "variants": summary,
                "configs": {n: dataclasses.asdict(c) for n, c in configs.items()},
                "rows": rows, "paper_table_1": PAPER, "environment": environment()}
     baseline = ("our earlier defaults" if args.group == "earlier"
-                else "the paper's defaults (FBGANConfig's) at the earlier table's width")
+                else "FBGANConfig's defaults (the paper's, plus our latent cycle) at the earlier table's width")
     md = (f"# FBGAN training variants (Fashion-MNIST, cnn, {len(x)} test images, eps 0.1)\n\n"
           f"Each variant trains {args.epochs} epochs on this CPU ({machine()}), the baseline, {baseline} "
-          f"({base}), with the changes its name says. Accuracy in %: robust (correct clean and attacked), the papers' plain metric in "
-          "parentheses; white-box = PGD-40 through BPDA. Purity and G(one-hot k) accuracy on "
+          f"({base}), with the changes its name says. Accuracy in %: robust (correct clean and attacked), the "
+          "papers' plain metric in parentheses; white-box = PGD-40 through BPDA. Purity and G(one-hot k) accuracy on "
           f"{len(x_val)} validation images of the training split. Training time: wall seconds (they grow with "
           "whatever else ran on the machine) and CPU seconds of the training process (every thread).\n\n"
           + "\n".join(lines)
