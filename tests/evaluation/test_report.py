@@ -141,3 +141,18 @@ def test_a_kept_state_round_trips_without_pickle():
     np.testing.assert_array_equal(back.detector_scores["clean"], np.arange(3.0))
     with pytest.raises(ValueError):
         load_state(b"not an npz file")
+
+
+def test_a_damaged_kept_state_is_measured_again(tmp_path):
+    """A kept state that cannot be read (truncated, not an npz) or was kept for another key gives (None, None):
+    the work is done again, never a traceback."""
+    from tfpurify.evaluation.report import RobustnessReport, kept_state, save_state
+
+    blob = save_state(RobustnessReport(3, 0, 1.0, np.array([True, False, True]), []), {"key": "k"})
+    path = tmp_path / "state.npz"
+    path.write_bytes(blob)
+    assert isinstance(kept_state(path, "k")[0], RobustnessReport) and kept_state(path, "other") == (None, None)
+    for damaged in (blob[: len(blob) // 2], b"PK\x03\x04garbage", b"not an npz file"):
+        path.write_bytes(damaged)
+        assert kept_state(path, "k") == (None, None)
+    assert kept_state(tmp_path / "missing.npz", "k") == (None, None)

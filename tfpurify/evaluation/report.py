@@ -10,6 +10,7 @@ import io
 import json
 import math
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -259,7 +260,7 @@ def kept_state(path, key):
         return None, None
     try:
         report, extra = load_state(path.read_bytes())
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # e.g. a truncated file
         return None, None
     return (report, extra) if isinstance(extra, dict) and extra.get("key") == key else (None, None)
 
