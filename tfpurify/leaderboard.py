@@ -371,11 +371,8 @@ def _pct(cell):
 
 def _table(rows, protocol):
     eps = [f"{e:g}" for e in protocol.eps]
-    head = (["#", "entry", "defense + classifier", "n", "clean"] + [f"white-box {e}" for e in eps]
-            + [f"gray-box {e}" for e in eps] + [f"paper's plain, white-box {eps[0]}", "sanity checks",
-                                                "detector ROC-AUC", "purified images/s",
-                                                "SavedModel ms p50/p99, batch 1; 256", "training",
-                                                "paper's number"])
+    head = _lead_head(eps) + [f"paper's plain, white-box {eps[0]}", "sanity checks", "detector ROC-AUC",
+                              "purified images/s", "SavedModel ms p50/p99, batch 1; 256", "training", "paper's number"]
     body = []
     for i, r in enumerate(rows, 1):
         plain = r[f"whitebox {eps[0]}"]["plain"]
@@ -388,6 +385,12 @@ def _table(rows, protocol):
                        else f"{r['purification_images_per_second']:.0f}",
                        _latency(r["serving_latency_ms"]), _training(r.get("training")), _paper_cell(r)])
     return head, body
+
+
+def _lead_head(eps):
+    """The headers of `_lead_cells`' columns."""
+    return (["#", "entry", "defense + classifier", "n", "clean"] + [f"white-box {e}" for e in eps]
+            + [f"gray-box {e}" for e in eps])
 
 
 def _lead_cells(rank, row, eps, protocol):
@@ -409,8 +412,7 @@ def summary_table(rows, protocol):
     and gray-box worst cases with their intervals) and the paper's own number with its threat model; markdown
     lines."""
     eps = [f"{e:g}" for e in protocol.eps]
-    head = (["#", "entry", "defense + classifier", "n", "clean"] + [f"white-box {e}" for e in eps]
-            + [f"gray-box {e}" for e in eps] + ["paper's number (its threat model)"])
+    head = _lead_head(eps) + ["paper's number (its threat model)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
         lines.append("| " + " | ".join(_lead_cells(i, r, eps, protocol) + [_paper_cell(r)]) + " |")
