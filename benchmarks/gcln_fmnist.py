@@ -5,7 +5,8 @@
    random search; the objective is white-box PGD-10 accuracy at eps 0.1 on a validation slice of
    the *training* split (never the test split). Each trial trains on a slice for a few epochs.
 2. Three models train on the same wall-clock budget on this CPU: q 5 and q 10 at the paper's
-   lambda 0.5, and the tuned pair.
+   lambda 0.5, and the tuned pair. Every cleaner (the trials' too) trains against PGD at each eps it
+   is evaluated at (`attack_eps`, the examples of a batch split between them).
 3. Each is evaluated on the first `--n` test images at eps 0.1 and 0.2: clean, gray-box (the
    classifier attacked alone) and white-box (BPDA: the quantizer's straight-through gradient;
    detector-aware: the attack loss subtracts the detector's score): FGSM, PGD-40, PGD-100 with 2
@@ -14,7 +15,7 @@
    files, and the anchor GCLN has on Fashion-MNIST (it reports only CIFAR-10 and SVHN): PGD
    adversarial training at eps 0.1, 71.7 % in FBGAN's Table 1.
 
-Usage: python benchmarks/gcln_fmnist.py [--budget-minutes 20] [--trials 8] [--n 500]
+Usage: python benchmarks/gcln_fmnist.py [--budget-minutes 20] [--trials 8] [--n 500] [--tag T]
 Training and tuning are cached in run folders (runs/bench-gcln-*): a rerun only evaluates.
 """
 
@@ -42,10 +43,11 @@ def pct(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def tune_gcln(cnn_run, out, trials, limit, epochs):
-    """Random search over (quant_step, perceptual_weight); returns (best config, trial rows)."""
+def tune_gcln(cnn_run, out, trials, limit, epochs, attack_eps):
+    """Random search over (quant_step, perceptual_weight), the cleaner trained at `attack_eps`; returns (best
+    config, trial rows)."""
     params = [tuning.parse_param(text, GCLNConfig) for text in ("quant_step=4:40", "perceptual_weight=0.1:0.9")]
-    base = GCLNConfig(classifier=str(cnn_run), limit=limit, epochs=epochs)
+    base = GCLNConfig(classifier=str(cnn_run), limit=limit, epochs=epochs, attack_eps=attack_eps)
     return tuning.tune("gcln", params, out, base_config=base, classifier_run=str(cnn_run), trials=trials,
                        eps=0.1, nb_iter=10, val_limit=500)
 
@@ -120,9 +122,11 @@ def render(results):
         f"| {t['trial']} | {t['quant_step']:.2f} | {t['perceptual_weight']:.2f} | {pct(t['robust_accuracy'])} |"
         for t in sorted(trials, key=lambda t: t["quant_step"] or 0)]
     budget, tune_seconds = results["budget_minutes"], results["tune_seconds"]
+    trained_eps = ", ".join(f"{e:g}" for e in next(iter(results["configs"].values()))["attack_eps"])
     tune_time = tuning_info.get("note", "time not recorded") if tune_seconds is None else f"{tune_seconds:.0f} s"
     return (f"# GCLN on Fashion-MNIST ({results['n_examples']} test images, `cnn` classifier)\n\n"
-            f"Each model trains {budget:g} minutes of wall time on this CPU ({results.get('machine') or machine()}). "
+            f"Each model trains {budget:g} minutes of wall time on this CPU ({results.get('machine') or machine()}), "
+            f"its cleaner against PGD at eps {trained_eps} (the examples of a batch split between them). "
             "Accuracy in %: correct clean and under the attack; in brackets the papers' plain metric (correct under "
             "the attack, whatever happened clean). White-box: end to end, BPDA through the "
             "quantizer (straight-through), detector-aware; gray-box: the classifier attacked alone. Worst case: "
@@ -130,7 +134,7 @@ def render(results):
             "unbounded and reported apart). GCLN's paper reports only CIFAR-10 and SVHN: its anchor here is PGD "
             f"adversarial training at eps 0.1, {100 * ANCHOR:.1f} % in FBGAN's Table 1 (the goal: a white-box worst "
             "case at eps 0.1 at or above it).\n\n" + "\n".join(table) + "\n\n"
-            f"## Tuning (`gcln_fmnist_tuning.png`; {len(trials)} random-search trials, {tuning_info['epochs']} epochs on "
+            f"## Tuning (`{results['benchmark']}_tuning.png`; {len(trials)} random-search trials, {tuning_info['epochs']} epochs on "
             f"{tuning_info['limit']} training images each, {tune_time})\n\nObjective: "
             f"{tuning_info['objective']}. The paper finds q 8-12 best (its Fig. 3).\n\n"
             + "\n".join(trial_lines) + "\n\n## Detection and sanity checks\n\n"
@@ -149,11 +153,14 @@ def main():
     parser.add_argument("--tune-epochs", type=int, default=3, help="the first trains only the detector")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--eps", default="0.1,0.2")
+    parser.add_argument("--tag", default="", help="suffix of run folders and results")
     parser.add_argument("--render", action="store_true", help="only redo the Markdown from the results JSON")
     args = parser.parse_args()
+    name = "gcln_fmnist" + (f"_{args.tag}" if args.tag else "")
+    suffix = f"-{args.tag}" if args.tag else ""
     if args.render:
-        results = json.loads((RESULTS / "gcln_fmnist.json").read_text())
-        write_results("gcln_fmnist", results, render(results))
+        results = json.loads((RESULTS / f"{name}.json").read_text())
+        write_results(name, results, render(results))
         return
     eps_values = [float(e) for e in args.eps.split(",")]
     cnn_run = pathlib.Path("runs/bench-cnn")
@@ -161,20 +168,21 @@ def main():
         classifiers.train_classifier(classifiers.ClassifierConfig(arch="cnn", epochs=3), cnn_run, verbose=2)
 
     start = time.perf_counter()
-    tune_dir = pathlib.Path("runs/bench-gcln-tune")
+    tune_dir = pathlib.Path(f"runs/bench-gcln-tune{suffix}")
     tune_timing = tune_dir / "timing.json"
     tuned_before = (tune_dir / "trials.csv").exists()
-    best, trials = tune_gcln(cnn_run, tune_dir, args.trials, args.tune_limit, args.tune_epochs)
+    best, trials = tune_gcln(cnn_run, tune_dir, args.trials, args.tune_limit, args.tune_epochs, tuple(eps_values))
     if not tuned_before:
         tune_timing.write_text(json.dumps({"tune_seconds": round(time.perf_counter() - start, 1)}) + "\n")
     tune_seconds = json.loads(tune_timing.read_text())["tune_seconds"] if tune_timing.exists() else None
-    shutil.copy(tune_dir / "objective.png", RESULTS / "gcln_fmnist_tuning.png")
+    shutil.copy(tune_dir / "objective.png", RESULTS / f"{name}_tuning.png")
 
-    configs = {"gcln q5": GCLNConfig(classifier=str(cnn_run), quant_step=5.0, epochs=200),
-               "gcln q10": GCLNConfig(classifier=str(cnn_run), quant_step=10.0, epochs=200),
+    trained_at = dict(classifier=str(cnn_run), attack_eps=tuple(eps_values), epochs=200)  # every eps evaluated
+    configs = {"gcln q5": GCLNConfig(quant_step=5.0, **trained_at),
+               "gcln q10": GCLNConfig(quant_step=10.0, **trained_at),
                f"gcln tuned (q {best.quant_step:.1f}, lambda {best.perceptual_weight:.2f})":
                    dataclasses.replace(best, limit=None, epochs=200)}
-    runs = {m: pathlib.Path(f"runs/bench-{'-'.join(m.split()[:2])}") for m in configs}
+    runs = {m: pathlib.Path(f"runs/bench-{'-'.join(m.split()[:2])}{suffix}") for m in configs}
     timings = {m: train_on_budget("gcln", c, runs[m], 60 * args.budget_minutes) for m, c in configs.items()}
 
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
@@ -188,7 +196,7 @@ def main():
                           "eval_seconds": round(time.perf_counter() - start, 1)}
         print(model, [(r["threat_model"], r["attack"], r["eps"], r["accuracy"]) for r in d["rows"]], flush=True)
     others = other_rows(eps_values)
-    results = {"benchmark": "gcln_fmnist", "dataset": "fashion_mnist", "n_examples": len(x), "eps": eps_values,
+    results = {"benchmark": name, "dataset": "fashion_mnist", "n_examples": len(x), "eps": eps_values,
                "budget_minutes": args.budget_minutes, "timings": timings, "tune_seconds": tune_seconds,
                "tuning": {"trials": trials, "limit": args.tune_limit, "epochs": args.tune_epochs,
                           "objective": "white-box PGD-10 accuracy at eps 0.1, 500 validation images of the train split",
@@ -196,7 +204,7 @@ def main():
                "configs": {k: dataclasses.asdict(c) for k, c in configs.items()}, "rows": rows,
                "other_defenses": others, "details": details, "anchor_pgd_at_fbgan_table_1": ANCHOR,
                "environment": environment(), "machine": machine()}
-    write_results("gcln_fmnist", results, render(results))
+    write_results(name, results, render(results))
 
 
 if __name__ == "__main__":

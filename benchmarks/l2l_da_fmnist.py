@@ -12,7 +12,8 @@ its baselines' training budgets; equal wall clock is this benchmark's own questi
 With `--equal-updates N` the question is the paper's instead: both defenses take N classifier updates with
 the same optimiser, schedule and loss (L2L-DA's: SGD 0.01, momentum 0.9, weight decay 1e-5, batch 100,
 L(x) + L(x_adv)), the weights kept are those of the epoch with the best PGD-10 accuracy on a validation
-slice of the training split (the same attack for both), once per seed (`--seeds 0,1,2`).
+slice of the training split (the same attack for both), once per seed (`--seeds 0,1,2`). Each seed's training
+and evaluation are kept in its run folders: a rerun with more seeds only adds them.
 
 Usage: python benchmarks/l2l_da_fmnist.py [--budget-minutes 45] [--eps 0.1] [--n 1000] [--tag T] [--train-only pgd_at]
        [--equal-updates N --seeds 0,1,2]
@@ -216,12 +217,15 @@ def equal_updates_main(args):
             continue
         specs = _specs(args.eps, runs["l2l_da"])
         for name in ("pgd_at", "l2l_da"):
-            defended, _ = load_defended(runs[name])
-            report = evaluation.evaluate(defended, x, y, specs, threat_model="whitebox",
-                                         pipelines=adaptive.threat_model_pipelines(defended), defense=name,
-                                         classifier="cnn", dataset="fashion_mnist", progress=True, cascade=False)
+            kept = runs[name] / f"eval-eps{args.eps:g}-n{len(x)}.json"  # a seed evaluated once, a rerun adds seeds
+            if not kept.exists():
+                defended, _ = load_defended(runs[name])
+                report = evaluation.evaluate(defended, x, y, specs, threat_model="whitebox",
+                                             pipelines=adaptive.threat_model_pipelines(defended), defense=name,
+                                             classifier="cnn", dataset="fashion_mnist", progress=True, cascade=False)
+                kept.write_text(json.dumps(report.to_dict()["rows"], indent=1) + "\n")
             rows += [{**r, "seed": seed, "comparison": f"equal updates ({args.equal_updates})",
-                      "selection": records[f"{name} seed {seed}"]["selected"]} for r in report.to_dict()["rows"]]
+                      "selection": records[f"{name} seed {seed}"]["selected"]} for r in json.loads(kept.read_text())]
     if args.train_only:
         return
 
