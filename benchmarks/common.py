@@ -52,22 +52,29 @@ def write_results(name, results, markdown):
 
 
 class TimeBudget(tf.keras.callbacks.Callback):
-    """Stops `fit` after `seconds` of wall time (checked after every batch; None: never) and counts the images seen."""
+    """Stops `fit` after `seconds` (checked after every batch; None: never) and counts the images seen.
 
-    def __init__(self, seconds, batch_size):
+    `clock` "wall" counts wall time; "cpu" this process's CPU time (every thread), which other jobs on
+    the machine do not eat into: models trained side by side with other work get equal budgets."""
+
+    def __init__(self, seconds, batch_size, clock="wall"):
         super().__init__()
+        if clock not in ("wall", "cpu"):
+            raise ValueError(f"clock must be wall or cpu, got {clock!r}")
         self.seconds, self.batch_size = seconds, batch_size
+        self.spent = time.process_time if clock == "cpu" else time.perf_counter
         self.images, self.start, self.first_batch_end, self.last_batch_end = 0, None, None, None
+        self.budget_start = None
 
     def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
+        self.start, self.budget_start = time.perf_counter(), self.spent()
 
     def on_train_batch_end(self, batch, logs=None):
         self.images += self.batch_size
         self.last_batch_end = time.perf_counter()
         if self.first_batch_end is None:  # the first step includes tracing the step function
             self.first_batch_end = self.last_batch_end
-        if self.seconds is not None and self.last_batch_end - self.start > self.seconds:
+        if self.seconds is not None and self.spent() - self.budget_start > self.seconds:
             self.model.stop_training = True
 
     def steady_images_per_second(self):
@@ -76,21 +83,22 @@ class TimeBudget(tf.keras.callbacks.Callback):
         return round((self.images - self.batch_size) / elapsed, 1) if elapsed > 0 else None
 
 
-def train_on_budget(name, config, run, seconds=None):
-    """Trains defense `name` into `run` for `seconds` of wall time (None: the config's epochs, timed)
-    unless the run exists, and returns its timing record (run/timing.json): wall and CPU seconds (every
-    thread of this process), images seen, images/s, steady images/s."""
+def train_on_budget(name, config, run, seconds=None, clock="wall"):
+    """Trains defense `name` into `run` for `seconds` of `clock` time (wall or cpu, see `TimeBudget`; None:
+    the config's epochs, timed) unless the run exists, and returns its timing record (run/timing.json):
+    wall and CPU seconds (every thread of this process), images seen, images/s, steady images/s, the clock."""
     from tfpurify.training import train_defense
 
     run = pathlib.Path(run)
     timing = run / "timing.json"
     if not (run / "defense.weights.h5").exists():
-        budget = TimeBudget(seconds, config.batch_size)
+        budget = TimeBudget(seconds, config.batch_size, clock)
         start, cpu = time.perf_counter(), time.process_time()
         train_defense(name, config, run, callbacks=[budget], verbose=2)
         elapsed = time.perf_counter() - start
         timing.write_text(json.dumps({"train_seconds": round(elapsed, 1),
-                                      "cpu_seconds": round(time.process_time() - cpu, 1), "images": budget.images,
+                                      "cpu_seconds": round(time.process_time() - cpu, 1), "budget_clock": clock,
+                                      "images": budget.images,
                                       "images_per_second": round(budget.images / elapsed, 1),
                                       "steady_images_per_second": budget.steady_images_per_second()}) + "\n")
     return json.loads(timing.read_text()) if timing.exists() else {}  # a run trained elsewhere: no timing
