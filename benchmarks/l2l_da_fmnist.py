@@ -92,10 +92,11 @@ def train_equal_updates(name, config, run, updates, x_val, y_val):
     record = run / "selection.json"
     if not (run / "defense.weights.h5").exists():
         selection = EqualUpdates(updates, x_val, y_val, config.eps)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         train_defense(name, config, run, callbacks=[selection], verbose=2)
         best = max(selection.history, key=lambda h: h["val_pgd10"])
-        record.write_text(json.dumps({"train_seconds": round(time.perf_counter() - start, 1), "updates": updates,
+        record.write_text(json.dumps({"train_seconds": round(time.perf_counter() - start, 1),
+                                      "cpu_seconds": round(time.process_time() - cpu, 1), "updates": updates,
                                       "selected": best, "history": selection.history}, indent=2) + "\n")
     return json.loads(record.read_text())
 
@@ -240,12 +241,15 @@ def equal_updates_main(args):
     for name in ("pgd_at", "l2l_da"):
         table = np.array([[value(name, seed, *column) for column in COLUMNS] for seed in seeds])
         for seed, values in zip(seeds, table):
-            selected = records[f"{name} seed {seed}"]["selected"]
+            record = records[f"{name} seed {seed}"]
+            selected, cpu = record["selected"], record.get("cpu_seconds")
             lines.append(f"| {name} | {seed} | {selected['epoch']} ({selected['updates']}) | "
-                         + " | ".join(f"{v:.1f}" for v in values) + " |")
+                         + " | ".join(f"{v:.1f}" for v in values)
+                         + f" | {record['train_seconds']:.0f} ({'-' if cpu is None else f'{cpu:.0f}'}) |")
         if len(seeds) > 1:
             lines.append(f"| **{name} mean ± sd** | {len(seeds)} seeds | - | "
-                         + " | ".join(f"{m:.1f} ± {sd:.1f}" for m, sd in zip(table.mean(0), table.std(0, ddof=1))) + " |")
+                         + " | ".join(f"{m:.1f} ± {sd:.1f}" for m, sd in zip(table.mean(0), table.std(0, ddof=1)))
+                         + " | - |")
     name = f"l2l_da_fmnist_equal_updates{args.equal_updates}"
     md = (f"# PGD-10 adversarial training vs L2L-DA at equal classifier updates (Fashion-MNIST, eps {args.eps}, "
           f"{len(x)} test images)\n\n"
@@ -256,8 +260,10 @@ def equal_updates_main(args):
           "(it states no budget for its baselines); the wall-clock one is `l2l_da_fmnist.md`. Machine: "
           f"{machine()}. Accuracy in % (correct clean and under the attack), white-box (= gray-box for a robust "
           "classifier); Min = the per-example worst case over every column and the sanity checks' attacks.\n\n"
+          "Training seconds: wall (CPU, every thread; other jobs shared the machine, so compare CPU).\n\n"
           "| model | seed | selected epoch (updates) | Natural | FGSM | PGD-10 | PGD-100 | APGD-DLR | MIM | l2l_da | "
-          "AutoAttack | Min |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines)
+          "AutoAttack | Min | training s (CPU s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+          + "\n".join(lines)
           + f"\n\nAll rows in the results schema:\n\n{rows_table(rows)}\n")
     write_results(name, {"benchmark": name, "dataset": "fashion_mnist", "n_examples": len(x), "eps": args.eps,
                          "updates": args.equal_updates, "seeds": seeds, "training": records, "configs": configs,
