@@ -239,9 +239,7 @@ def fab_targeted(model_fn, x, y, eps, norm=np.inf, n_iter=100, n_target_classes=
 
 # --------------------------------------------------------------------------- the registry's entry
 
-def _check(p):
-    if p["norm"] not in (np.inf, 2):
-        raise AttackConfigError("fab_t supports norms inf and 2")
+def _check(p):  # the norm (inf or 2) is checked by the registry, as for every attack
     for key, low, high in (("alpha_max", 0.0, 1.0), ("beta", 0.0, 1.0)):
         if not isinstance(p[key], (int, float)) or isinstance(p[key], bool) or not low < p[key] <= high:
             raise AttackConfigError(f"{key} must be in ({low:g}, {high:g}], got {p[key]!r}")
