@@ -302,7 +302,10 @@ def test_fab_finds_the_boundary_of_a_linear_model_at_its_distance(norm):
 
 
 def test_fab_t_random_restarts_start_at_half_eps():
-    x = tf.fill([4, 4, 4, 3], 0.5)
+    """A random start is a random direction (both signs alike, in every coordinate) scaled to eps / 2 in the
+    attack's norm, clipped into the box."""
+    tf.random.set_seed(0)
+    x = tf.fill([4, 8, 8, 3], 0.5)
     y = tf.zeros([4], tf.int64)
     seen = []
 
@@ -315,10 +318,47 @@ def test_fab_t_random_restarts_start_at_half_eps():
                        (2, lambda d: np.linalg.norm(d.reshape(4, -1), axis=1))):
         seen.clear()
         fab_run(model, x, y, tf.ones([4], tf.int64), 0.2, norm, n_iter=1, random_start=True)
-        np.testing.assert_allclose(size(seen[0].numpy() - 0.5), 0.1, rtol=1e-5)
+        delta = seen[0].numpy() - 0.5
+        np.testing.assert_allclose(size(delta), 0.1, rtol=1e-5)
+        assert 0.4 < np.mean(delta > 0) < 0.6, norm  # 768 coordinates: a standard error of 0.018
+        assert abs(delta.mean()) < 0.2 * np.abs(delta).mean(), norm  # about 4 standard errors
         seen.clear()
         fab_run(model, x, y, tf.ones([4], tf.int64), 0.2, norm, n_iter=1)
         np.testing.assert_array_equal(seen[0].numpy(), x.numpy())
+        seen.clear()
+        fab_run(model, tf.fill([4, 8, 8, 3], 0.995), y, tf.ones([4], tf.int64), 0.2, norm, n_iter=1, random_start=True)
+        assert seen[0].numpy().max() <= 1.0 and seen[0].numpy().max() == pytest.approx(1.0), norm
+
+
+def test_fab_t_restarts_targets_early_exit_and_the_eps_boundary(monkeypatch):
+    """fab_targeted around a stand-in for fab_run: later restarts start at random, an example fooled within
+    eps leaves the next targets, and a distance of exactly eps counts as fooled (the original: robust only
+    where the distance exceeds eps)."""
+    import tfpurify.attacks.fab as fab
+
+    calls = []
+    eps = 0.25
+
+    def run(model_fn, x, y, y_target, eps_, norm, n_iter, alpha_max, eta, beta, active, random_start=False,
+            early_exit=True):
+        calls.append({"random_start": random_start, "active": active.numpy().tolist(),
+                      "target": y_target.numpy().tolist()})
+        first = len(calls) == 1
+        dist = tf.constant([0.1 if first else 1e10, eps if first else 1e10, 1e10], tf.float32)
+        return x + 0.01, dist, tf.ones([3])
+
+    monkeypatch.setattr(fab, "fab_run", run)
+    x = tf.zeros([3, 2, 2, 1])
+
+    def model(images):  # every example right (class 0), class 2 the runner-up, then 1
+        return tf.tile(tf.constant([[3.0, 1.0, 2.0]]), [tf.shape(images)[0], 1])
+
+    x_adv, fooled, _ = fab.fab_targeted(model, x, tf.zeros([3], tf.int64), eps, n_target_classes=2, n_restarts=2)
+    assert [c["random_start"] for c in calls] == [False, True, False, True]
+    assert [c["target"] for c in calls] == [[2, 2, 2], [2, 2, 2], [1, 1, 1], [1, 1, 1]]
+    assert calls[0]["active"] == [True, True, True] and calls[2]["active"] == [False, False, True]
+    np.testing.assert_array_equal(fooled.numpy(), [True, True, False])
+    np.testing.assert_array_equal(x_adv.numpy()[2], 0.0)
 
 
 def test_autoattack_standard_runs_fab_t_third():
