@@ -628,3 +628,109 @@ def test_l2_square_query_by_query(monkeypatch):
     assert next(draws, None) is None  # every draw accounted for
     np.testing.assert_allclose(x_adv, best, atol=1e-6)
     assert 0 < accepted < n * n_queries and len(sides) > 1
+
+
+def _spy(name, calls):
+    """A stand-in for autoattack.<name> that records its arguments by parameter name (defaults filled in)
+    and returns the images unchanged, nothing fooled, one evaluation each."""
+    import inspect
+
+    real = getattr(autoattack, name)
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(real).bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append((name, dict(bound.arguments)))
+        x, y = bound.arguments["x"], bound.arguments["y"]
+        n = tf.shape(y)[0]
+        return tf.identity(x), tf.zeros([n], tf.bool), tf.ones([n])
+
+    return spy
+
+
+def _settings(calls, name, keys):
+    (args,) = [a for n, a in calls if n == name]
+    return {k: args[k] for k in keys}
+
+
+def test_autoattack_hands_every_setting_to_its_stages(monkeypatch):
+    calls = []
+    for name in ("apgd", "apgd_targeted", "fab_targeted", "square"):
+        monkeypatch.setattr(autoattack, name, _spy(name, calls))
+    model = _mean_logits([1.0, -1.0, 0.5], [0.0, 0.1, 0.2])
+    x, y = tf.zeros([2, 4, 4, 3]), tf.constant([0, 1])
+    autoattack.AutoAttack(model, 0.3, norm=2, n_iter=7, n_target_classes=2, n_queries=11, early_exit=False)(x, y)
+    same = {"eps": 0.3, "norm": 2, "early_exit": False}
+    assert _settings(calls, "apgd", [*same, "n_iter", "loss", "eot_iter"]) == {**same, "n_iter": 7, "loss": "ce",
+                                                                                 "eot_iter": 1}
+    for name in ("apgd_targeted", "fab_targeted"):
+        assert _settings(calls, name, [*same, "n_iter", "n_target_classes"]) == {**same, "n_iter": 7,
+                                                                                  "n_target_classes": 2}, name
+    # the original's AutoAttack builds Square with resc_schedule=False
+    assert _settings(calls, "square", [*same, "n_queries", "p_init", "rescale_schedule"]) == {
+        **same, "n_queries": 11, "p_init": 0.8, "rescale_schedule": False}
+    calls.clear()
+    autoattack.AutoAttack(model, 0.3, norm=2, version="rand", n_iter=7, eot_iter=3, early_exit=False)(x, y)
+    assert [(n, a["loss"], a["eot_iter"], a["norm"], a["n_iter"], a["early_exit"]) for n, a in calls] == [
+        ("apgd", "ce", 3, 2, 7, False), ("apgd", "dlr", 3, 2, 7, False)]
+
+
+def test_the_registry_hands_every_setting_to_the_attack(monkeypatch):
+    from tfpurify.attacks import resolve_params, run_attack
+
+    calls = []
+    for name in ("apgd", "apgd_targeted", "square"):
+        monkeypatch.setattr(autoattack, name, _spy(name, calls))
+    model = _mean_logits([1.0, -1.0, 0.5], [0.0, 0.1, 0.2])
+    x, y = np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1])
+    same = {"eps": 0.3, "norm": 2, "early_exit": False}
+    run_attack("apgd_dlr", model, x, y, nb_iter=7, eot_iter=3, **same)
+    assert _settings(calls, "apgd", [*same, "n_iter", "loss", "eot_iter"]) == {**same, "n_iter": 7, "loss": "dlr",
+                                                                                 "eot_iter": 3}
+    run_attack("apgd_t", model, x, y, nb_iter=7, n_target_classes=2, **same)
+    assert _settings(calls, "apgd_targeted", [*same, "n_iter", "n_target_classes"]) == {**same, "n_iter": 7,
+                                                                                         "n_target_classes": 2}
+    run_attack("square", model, x, y, n_queries=11, p_init=0.3, rescale_schedule=False, **same)
+    assert _settings(calls, "square", [*same, "n_queries", "p_init", "rescale_schedule"]) == {
+        **same, "n_queries": 11, "p_init": 0.3, "rescale_schedule": False}
+
+    built, real = [], autoattack.AutoAttack
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            import inspect
+
+            bound = inspect.signature(real.__init__).bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            built.append({k: v for k, v in bound.arguments.items() if k != "self"})
+
+        def __call__(self, x, y):
+            n = tf.shape(y)[0]
+            return x, tf.zeros([n], tf.bool), tf.ones([n])
+
+    monkeypatch.setattr(autoattack, "AutoAttack", Recorder)
+
+    def judge(images, labels):
+        return tf.zeros([tf.shape(images)[0]], tf.bool)
+
+    p = resolve_params("autoattack", eps=0.3, norm=2, version="rand", nb_iter=7, n_target_classes=2, n_queries=11,
+                       eot_iter=3, early_exit=False)
+    autoattack._autoattack(model, p, judge=judge)
+    assert {k: v for k, v in built[0].items() if k != "model_fn"} == {
+        "eps": 0.3, "norm": 2, "version": "rand", "n_iter": 7, "n_target_classes": 2, "n_queries": 11, "eot_iter": 3,
+        "early_exit": False, "judge": judge}
+
+
+def test_staged_apgd_asks_the_judge_about_the_true_labels():
+    from tfpurify.attacks import resolve_params
+
+    asked = []
+
+    def judge(images, labels):
+        asked.append(labels)
+        return tf.ones([tf.shape(images)[0]], tf.bool)
+
+    model = _mean_logits([1.0, -1.0, 0.5], [0.0, 0.1, 0.2])
+    run = autoattack._apgd("ce", model, resolve_params("apgd_ce", eps=0.1, nb_iter=3), judge=judge)
+    run(tf.zeros([2, 4, 4, 3]), tf.constant([2, 1], tf.int64))
+    assert asked and all(np.array_equal(np.asarray(a), [2, 1]) for a in asked)
