@@ -734,3 +734,58 @@ def test_staged_apgd_asks_the_judge_about_the_true_labels():
     run = autoattack._apgd("ce", model, resolve_params("apgd_ce", eps=0.1, nb_iter=3), judge=judge)
     run(tf.zeros([2, 4, 4, 3]), tf.constant([2, 1], tf.int64))
     assert asked and all(np.array_equal(np.asarray(a), [2, 1]) for a in asked)
+
+
+@pytest.mark.parametrize("norm", [np.inf, 2])
+def test_square_of_a_detector_aware_target_lowers_the_detector_score(norm):
+    """Against a detector-aware target Square minimises margin + the detector's score: where the class cannot
+    move, the search walks the score down (here the score is the mean pixel)."""
+    class Aware:  # the true class always wins; the last column is the detector's score
+        def __call__(self, x):
+            m = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1, keepdims=True)
+            return tf.concat([tf.ones_like(m), tf.zeros_like(m), m], axis=1)
+
+        def logits(self, out):
+            return out[:, :2]
+
+        def flagged(self, out):
+            return tf.zeros(tf.shape(out)[:1], tf.bool)
+
+    x = np.full((4, 6, 6, 1), 0.5, np.float32)
+    tf.random.set_seed(1)
+    x_adv, fooled, _ = autoattack.square(Aware(), tf.constant(x), tf.zeros(4, tf.int64), 0.1 if norm == np.inf else 0.5,
+                                         n_queries=60, norm=norm)
+    assert not fooled.numpy().any()
+    assert np.all(x_adv.numpy().mean(axis=(1, 2, 3)) < 0.5 - (0.02 if norm == np.inf else 0.002))
+
+
+def test_autoattack_asks_the_judge_first_and_about_the_true_labels(monkeypatch):
+    calls, asked = [], []
+    for name in ("apgd", "apgd_targeted", "fab_targeted", "square"):
+        monkeypatch.setattr(autoattack, name, _spy(name, calls))
+    model = _mean_logits([1.0, -1.0, 0.5], [0.0, 0.1, 0.2])  # class 2 wins on zeros: the model is fooled
+
+    def judge(images, labels):  # the scored pipeline is never fooled
+        asked.append(labels)
+        return tf.zeros([tf.shape(images)[0]], tf.bool)
+
+    x, y = tf.zeros([2, 4, 4, 3]), tf.constant([0, 1])
+    _, fooled, _ = autoattack.AutoAttack(model, 0.3, judge=judge)(x, y)
+    assert [n for n, _ in calls] == ["apgd", "apgd_targeted", "fab_targeted", "square"]  # all left to attack
+    assert not fooled.numpy().any()
+    assert asked and all(np.array_equal(np.asarray(a), [0, 1]) for a in asked)
+
+
+@pytest.mark.parametrize("norm", [np.inf, 2])
+def test_square_on_images_that_are_not_square(norm):
+    """Height and width differ (6 x 10, three channels): every candidate stays within eps and in the box,
+    and an example the eps-ball can break is broken (class 1 wins once the mean pixel passes 0.5)."""
+    model = _mean_logits([0.0, 10.0], [1.0, -4.0])
+    x = np.full((3, 6, 10, 3), 0.47, np.float32)
+    eps = 0.1 if norm == np.inf else 3.0
+    tf.random.set_seed(0)
+    x_adv, fooled, _ = autoattack.square(model, tf.constant(x), tf.zeros(3, tf.int64), eps, n_queries=200, norm=norm)
+    d = (x_adv.numpy() - x).reshape(3, -1)
+    size = np.abs(d).max(axis=1) if norm == np.inf else np.linalg.norm(d, axis=1)
+    assert np.all(size <= eps + 1e-5) and x_adv.numpy().min() >= 0.0 and x_adv.numpy().max() <= 1.0
+    assert fooled.numpy().all()
