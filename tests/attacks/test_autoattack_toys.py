@@ -670,9 +670,18 @@ def test_autoattack_hands_every_setting_to_its_stages(monkeypatch):
     assert _settings(calls, "square", [*same, "n_queries", "p_init", "rescale_schedule"]) == {
         **same, "n_queries": 11, "p_init": 0.8, "rescale_schedule": False}
     calls.clear()
-    autoattack.AutoAttack(model, 0.3, norm=2, version="rand", n_iter=7, eot_iter=3, early_exit=False)(x, y)
+    asked = []
+
+    def judge(images, labels):  # without early exit there is nothing to judge: never asked
+        asked.append(labels)
+        return tf.ones([tf.shape(images)[0]], tf.bool)
+
+    autoattack.AutoAttack(model, 0.3, norm=2, version="rand", n_iter=7, eot_iter=3, early_exit=False,
+                          judge=judge)(x, y)
     assert [(n, a["loss"], a["eot_iter"], a["norm"], a["n_iter"], a["early_exit"]) for n, a in calls] == [
         ("apgd", "ce", 3, 2, 7, False), ("apgd", "dlr", 3, 2, 7, False)]
+    assert not asked
+    assert all(a["active"] is not None for _, a in calls)  # each stage told what is left to attack
 
 
 def test_the_registry_hands_every_setting_to_the_attack(monkeypatch):
@@ -789,3 +798,28 @@ def test_square_on_images_that_are_not_square(norm):
     size = np.abs(d).max(axis=1) if norm == np.inf else np.linalg.norm(d, axis=1)
     assert np.all(size <= eps + 1e-5) and x_adv.numpy().min() >= 0.0 and x_adv.numpy().max() <= 1.0
     assert fooled.numpy().all()
+
+
+def test_square_starts_as_the_original():
+    """Before its first query (n_queries=0) Square stands at its start: L-inf, vertical stripes of +-eps with one
+    sign per column and channel; L2, a 5 x 5 grid of eta windows with one sign per example, channel and window,
+    scaled to norm eps; both clipped into the box, both signs alike."""
+    never = _mean_logits([0.0, 0.0], [1.0, 0.0])  # class 0 always wins: nothing is fooled
+    tf.random.set_seed(0)
+    x = np.full((32, 28, 28, 2), 0.95, np.float32)
+    start, _, _ = autoattack.square(never, tf.constant(x), tf.zeros(32, tf.int64), 0.1, n_queries=0)
+    d = start.numpy() - x
+    np.testing.assert_allclose(d, np.broadcast_to(d[:, :1], d.shape))  # one value down each column
+    assert set(np.round(d[:, 0].ravel().astype(float), 4)) == {0.05, -0.1}  # +eps clipped at 1
+    assert 0.42 < np.mean(d[:, 0] > 0) < 0.58  # 1792 column signs: a standard error of 0.012
+
+    x = np.full((32, 28, 28, 1), 0.5, np.float32)
+    start, _, _ = autoattack.square(never, tf.constant(x), tf.zeros(32, tf.int64), 3.0, n_queries=0, norm=2)
+    d = start.numpy() - x
+    np.testing.assert_allclose(np.linalg.norm(d.reshape(32, -1), axis=1), 3.0, rtol=1e-4)
+    centres = 1 + 5 * np.arange(5) + 2  # side 28 // 5 = 5, the grid centred: (28 - 25) // 2 = 1 pixel off the edge
+    signs = np.sign(d[:, centres][:, :, centres])  # 800 windows (a centre carries its window's sign, negated)
+    assert np.all(signs != 0) and 0.42 < np.mean(signs > 0) < 0.58  # a standard error of 0.018
+    near_one = np.full((4, 28, 28, 1), 0.99, np.float32)
+    start, _, _ = autoattack.square(never, tf.constant(near_one), tf.zeros(4, tf.int64), 3.0, n_queries=0, norm=2)
+    assert start.numpy().max() <= 1.0
