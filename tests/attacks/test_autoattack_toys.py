@@ -823,3 +823,52 @@ def test_square_starts_as_the_original():
     near_one = np.full((4, 28, 28, 1), 0.99, np.float32)
     start, _, _ = autoattack.square(never, tf.constant(near_one), tf.zeros(4, tf.int64), 3.0, n_queries=0, norm=2)
     assert start.numpy().max() <= 1.0
+
+
+def test_square_windows_on_three_channels_near_the_box_edge():
+    """L-inf Square on 8 x 8 x 3 images near 1, p_init 0.3, the schedule not rescaled: each query changes pixels
+    inside one window wholly in the image, whose side follows p_init and the schedule (pixels per channel), moved
+    to x +- eps and clipped into the box; the signs of both kinds alike. And L2 Square when the window's side is
+    the image's (5 x 5, p_init 1): every window stays inside."""
+    class Toy:
+        def __init__(self):
+            self.w = tf.constant(np.random.default_rng(3).normal(0, 2.0, (192, 2)).astype(np.float32))
+            self.calls = []
+
+        def __call__(self, images):
+            self.calls.append(images.numpy().copy())
+            return tf.concat([tf.fill([tf.shape(images)[0], 1], 50.0),
+                              tf.sin(tf.reshape(images, [-1, 192]) @ self.w)], axis=1)
+
+        def margin(self, images):
+            return 50.0 - np.sin(images.reshape(-1, 192) @ self.w.numpy()).max(axis=1)
+
+    x = np.random.default_rng(1).uniform(0.85, 0.99, (2, 8, 8, 3)).astype(np.float32)
+    model, eps, n = Toy(), 0.1, 80
+    tf.random.set_seed(0)
+    autoattack.square(model, tf.constant(x), tf.zeros(2, tf.int64), eps, n_queries=n, p_init=0.3,
+                      rescale_schedule=False)
+    best, signs, widest = model.calls[0], [], 0
+    for i, candidate in enumerate(model.calls[1:]):
+        assert candidate.max() <= 1.0 and candidate.min() >= 0.0
+        p = 0.3 / 2 ** sum(i > b for b in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))  # not rescaled
+        s = min(max(int(round(np.sqrt(p * 64))), 1), 7)
+        changed = np.abs(candidate - best) > 1e-7
+        rows, cols = np.nonzero(changed.any(axis=(0, 3)))  # the batch shares the window
+        if len(rows):
+            assert rows.max() - rows.min() < s and cols.max() - cols.min() < s, (i, s)
+            assert rows.min() <= 8 - s and cols.min() <= 8 - s, (i, s, rows.min(), cols.min())  # inside
+            widest = max(widest, rows.max() - rows.min() + 1)
+        for ch in range(3):
+            if changed[0, :, :, ch].any():
+                signs.append(np.sign((candidate - x)[0, :, :, ch][changed[0, :, :, ch]].mean()))
+        take = model.margin(candidate) < model.margin(best)
+        best = np.where(take[:, None, None, None], candidate, best)
+    assert len(signs) > 100 and 0.4 < np.mean(np.array(signs) > 0) < 0.6  # 200 signs, seed fixed: 0.49
+    assert widest == 4  # the side follows p_init: 4 at 0.3 where 0.8 would give 7
+
+    small = np.full((2, 5, 5, 1), 0.5, np.float32)
+    never = _mean_logits([0.0, 0.0], [1.0, 0.0])
+    x_adv, _, _ = autoattack.square(never, tf.constant(small), tf.zeros(2, tf.int64), 1.0, n_queries=10, p_init=1.0,
+                                    norm=2, rescale_schedule=False)  # side 5 for all ten queries
+    np.testing.assert_allclose(np.linalg.norm((x_adv.numpy() - small).reshape(2, -1), axis=1), 1.0, rtol=1e-4)
