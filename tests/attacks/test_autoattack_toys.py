@@ -31,6 +31,8 @@ def test_square_size_schedule_is_the_official_one(n):
             it = int(i / n * 10000) if rescale else i
             expected = 0.8 / 2 ** sum(it > b for b in bounds)
             assert float(autoattack._square_p(tf.constant(i), n, 0.8, rescale)) == pytest.approx(expected), (i, rescale)
+            halvings = sum(it > b for b in bounds)  # the index of L2 Square's window side
+            assert int(autoattack._square_halvings(tf.constant(i), n, rescale)) == halvings, (i, rescale)
 
 
 def test_square_breaks_a_toy_without_gradients_and_counts_its_queries():
@@ -872,3 +874,6 @@ def test_square_windows_on_three_channels_near_the_box_edge():
     x_adv, _, _ = autoattack.square(never, tf.constant(small), tf.zeros(2, tf.int64), 1.0, n_queries=10, p_init=1.0,
                                     norm=2, rescale_schedule=False)  # side 5 for all ten queries
     np.testing.assert_allclose(np.linalg.norm((x_adv.numpy() - small).reshape(2, -1), axis=1), 1.0, rtol=1e-4)
+    toy, bright = _SquareToy(), np.full((2, 8, 8, 1), 0.95, np.float32)  # every query clipped into the box
+    autoattack.square(toy, tf.constant(bright), tf.zeros(2, tf.int64), 1.0, n_queries=20, norm=2)
+    assert max(call.max() for call in toy.calls) <= 1.0
