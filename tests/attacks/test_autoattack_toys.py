@@ -877,3 +877,8 @@ def test_square_windows_on_three_channels_near_the_box_edge():
     toy, bright = _SquareToy(), np.full((2, 8, 8, 1), 0.95, np.float32)  # every query clipped into the box
     autoattack.square(toy, tf.constant(bright), tf.zeros(2, tf.int64), 1.0, n_queries=20, norm=2)
     assert max(call.max() for call in toy.calls) <= 1.0
+
+
+def test_an_unknown_apgd_loss_is_named():
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        autoattack._loss_fn("hinge")
