@@ -63,11 +63,10 @@ class TimeBudget(tf.keras.callbacks.Callback):
             raise ValueError(f"clock must be wall or cpu, got {clock!r}")
         self.seconds, self.batch_size = seconds, batch_size
         self.spent = time.process_time if clock == "cpu" else time.perf_counter
-        self.images, self.start, self.first_batch_end, self.last_batch_end = 0, None, None, None
-        self.budget_start = None
+        self.images, self.budget_start, self.first_batch_end, self.last_batch_end = 0, None, None, None
 
     def on_train_begin(self, logs=None):
-        self.start, self.budget_start = time.perf_counter(), self.spent()
+        self.budget_start = self.spent()
 
     def on_train_batch_end(self, batch, logs=None):
         self.images += self.batch_size

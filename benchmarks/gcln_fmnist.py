@@ -4,7 +4,7 @@
    about 25/255, where the equivalent q is about 30) and perceptual_weight (lambda, 0.1-0.9) with
    random search; the objective is white-box PGD-10 accuracy at eps 0.1 on a validation slice of
    the *training* split (never the test split). Each trial trains on a slice for a few epochs.
-2. Three models train on the same wall-clock budget on this CPU: q 5 and q 10 at the paper's
+2. Three models train on the same budget on this CPU (wall or CPU time, `--budget-clock`): q 5 and q 10 at the paper's
    lambda 0.5, and the tuned pair. Every cleaner (the trials' too) trains against PGD at each eps it
    is evaluated at (`attack_eps`, the examples of a batch split between them).
 3. Each is evaluated on the first `--n` test images at eps 0.1 and 0.2: clean, gray-box (the
@@ -15,7 +15,7 @@
    files, and the anchor GCLN has on Fashion-MNIST (it reports only CIFAR-10 and SVHN): PGD
    adversarial training at eps 0.1, 71.7 % in FBGAN's Table 1.
 
-Usage: python benchmarks/gcln_fmnist.py [--budget-minutes 20] [--trials 8] [--n 500] [--tag T]
+Usage: python benchmarks/gcln_fmnist.py [--budget-minutes 20] [--budget-clock cpu] [--trials 8] [--n 500] [--tag T]
 Training and tuning are cached in run folders (runs/bench-gcln-*): a rerun only evaluates.
 """
 
