@@ -882,3 +882,28 @@ def test_square_windows_on_three_channels_near_the_box_edge():
 def test_an_unknown_apgd_loss_is_named():
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         autoattack._loss_fn("hinge")
+
+
+def test_square_without_early_exit_keeps_the_lowest_margin_it_queried():
+    """Gray-box and transfer Square (no early exit) takes a candidate only where it lowers the margin, past success
+    too: it ends at the most confident mistake of all it queried."""
+    rng = np.random.default_rng(5)
+    w = tf.constant(rng.normal(0, 3.0, (64, 1)).astype(np.float32))
+    calls = []
+
+    def model(images):  # class 0 leads by 0.1; a wiggly class 1 often overtakes it
+        calls.append(images.numpy().copy())
+        return tf.concat([tf.fill([tf.shape(images)[0], 1], 0.1), tf.sin(tf.reshape(images, [-1, 64]) @ w)], axis=1)
+
+    x = rng.uniform(0.3, 0.7, (4, 8, 8, 1)).astype(np.float32)
+    tf.random.set_seed(2)
+    x_adv, fooled, _ = autoattack.square(model, tf.constant(x), tf.zeros(4, tf.int64), 0.1, n_queries=60,
+                                         early_exit=False)
+
+    def margin(images):  # Square's: a right answer counts at least 1e-6
+        m = 0.1 - np.sin(images.reshape(-1, 64) @ w.numpy())[:, 0]
+        return np.where(m > 0, np.maximum(m, 1e-6), m)
+
+    lowest = np.min([margin(c) for c in calls], axis=0)
+    assert fooled.numpy().all()
+    np.testing.assert_allclose(margin(x_adv.numpy()), lowest, rtol=1e-5, atol=1e-6)
