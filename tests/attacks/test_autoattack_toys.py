@@ -907,3 +907,26 @@ def test_square_without_early_exit_keeps_the_lowest_margin_it_queried():
     lowest = np.min([margin(c) for c in calls], axis=0)
     assert fooled.numpy().all()
     np.testing.assert_allclose(margin(x_adv.numpy()), lowest, rtol=1e-5, atol=1e-6)
+
+
+def test_square_takes_a_success_that_raises_the_detector_score():
+    """With early exit Square keeps a candidate that fools the target unflagged even where margin + score rose:
+    the original takes every misclassified candidate (here the score, 100 |mean - 0.52|, rises past the
+    class boundary at a mean pixel of 0.55, and nothing is ever flagged)."""
+    class Aware:
+        def __call__(self, x):
+            m = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1, keepdims=True)
+            return tf.concat([tf.zeros_like(m), 10.0 * m - 5.5, 100.0 * tf.abs(m - 0.52)], axis=1)
+
+        def logits(self, out):
+            return out[:, :2]
+
+        def flagged(self, out):
+            return tf.zeros(tf.shape(out)[:1], tf.bool)
+
+    x = np.full((8, 8, 8, 1), 0.5, np.float32)
+    tf.random.set_seed(0)
+    x_adv, fooled, _ = autoattack.square(Aware(), tf.constant(x), tf.zeros(8, tf.int64), 0.2, n_queries=300)
+    fooled = fooled.numpy()
+    assert fooled.sum() >= 2  # a lower margin + score never comes with a success here: only this rule takes one
+    assert np.all(x_adv.numpy()[fooled].mean(axis=(1, 2, 3)) > 0.55)
