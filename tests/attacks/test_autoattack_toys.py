@@ -747,24 +747,33 @@ def test_staged_apgd_asks_the_judge_about_the_true_labels():
     assert asked and all(np.array_equal(np.asarray(a), [2, 1]) for a in asked)
 
 
+class _NeverFlagging:
+    """A detector-aware toy target whose outputs are `columns(m)` of each image's mean pixel m ([N, 1]): two
+    logits, then the detector's score; it never flags."""
+
+    def __init__(self, columns):
+        self.columns = columns
+
+    def __call__(self, x):
+        m = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1, keepdims=True)
+        return tf.concat(self.columns(m), axis=1)
+
+    def logits(self, out):
+        return out[:, :2]
+
+    def flagged(self, out):
+        return tf.zeros(tf.shape(out)[:1], tf.bool)
+
+
 @pytest.mark.parametrize("norm", [np.inf, 2])
 def test_square_of_a_detector_aware_target_lowers_the_detector_score(norm):
     """Against a detector-aware target Square minimises margin + the detector's score: where the class cannot
     move, the search walks the score down (here the score is the mean pixel)."""
-    class Aware:  # the true class always wins; the last column is the detector's score
-        def __call__(self, x):
-            m = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1, keepdims=True)
-            return tf.concat([tf.ones_like(m), tf.zeros_like(m), m], axis=1)
-
-        def logits(self, out):
-            return out[:, :2]
-
-        def flagged(self, out):
-            return tf.zeros(tf.shape(out)[:1], tf.bool)
+    aware = _NeverFlagging(lambda m: [tf.ones_like(m), tf.zeros_like(m), m])  # the true class always wins
 
     x = np.full((4, 6, 6, 1), 0.5, np.float32)
     tf.random.set_seed(1)
-    x_adv, fooled, _ = autoattack.square(Aware(), tf.constant(x), tf.zeros(4, tf.int64), 0.1 if norm == np.inf else 0.5,
+    x_adv, fooled, _ = autoattack.square(aware, tf.constant(x), tf.zeros(4, tf.int64), 0.1 if norm == np.inf else 0.5,
                                          n_queries=60, norm=norm)
     assert not fooled.numpy().any()
     assert np.all(x_adv.numpy().mean(axis=(1, 2, 3)) < 0.5 - (0.02 if norm == np.inf else 0.002))
@@ -913,20 +922,11 @@ def test_square_takes_a_success_that_raises_the_detector_score():
     """With early exit Square keeps a candidate that fools the target unflagged even where margin + score rose:
     the original takes every misclassified candidate (here the score, 100 |mean - 0.52|, rises past the
     class boundary at a mean pixel of 0.55, and nothing is ever flagged)."""
-    class Aware:
-        def __call__(self, x):
-            m = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1, keepdims=True)
-            return tf.concat([tf.zeros_like(m), 10.0 * m - 5.5, 100.0 * tf.abs(m - 0.52)], axis=1)
-
-        def logits(self, out):
-            return out[:, :2]
-
-        def flagged(self, out):
-            return tf.zeros(tf.shape(out)[:1], tf.bool)
+    aware = _NeverFlagging(lambda m: [tf.zeros_like(m), 10.0 * m - 5.5, 100.0 * tf.abs(m - 0.52)])
 
     x = np.full((8, 8, 8, 1), 0.5, np.float32)
     tf.random.set_seed(0)
-    x_adv, fooled, _ = autoattack.square(Aware(), tf.constant(x), tf.zeros(8, tf.int64), 0.2, n_queries=300)
+    x_adv, fooled, _ = autoattack.square(aware, tf.constant(x), tf.zeros(8, tf.int64), 0.2, n_queries=300)
     fooled = fooled.numpy()
     assert fooled.sum() >= 2  # a lower margin + score never comes with a success here: only this rule takes one
     assert np.all(x_adv.numpy()[fooled].mean(axis=(1, 2, 3)) > 0.55)
