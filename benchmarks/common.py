@@ -9,6 +9,7 @@ import time
 import tensorflow as tf
 
 from tfpurify import registry
+from tfpurify.runs import atomic_write_text
 from tfpurify.reports import attack_label
 
 registry.load()  # benchmark scripts stand at the top: every defense and attack, installed plug-ins included
@@ -41,6 +42,15 @@ def rows_table(rows):
         lines.append(f"| {r['defense']} | {r['classifier']} | {r['threat_model']} | {attack_label(r)} | "
                      f"{eps} | {100 * r['accuracy']:.1f} % | {plain} | {params} |")
     return "\n".join(lines)
+
+
+def kept_json(path, compute):
+    """`compute()`'s JSON value, written to `path` (atomically) the first time and read from it after: a
+    rerun of a benchmark does only the work still missing."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        atomic_write_text(path, json.dumps(compute(), indent=1) + "\n")
+    return json.loads(path.read_text())
 
 
 def write_results(name, results, markdown):

@@ -28,7 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
+from common import RESULTS, environment, kept_json, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation, reports, tuning  # noqa: E402
 from tfpurify.defenses.gcln import GCLNConfig  # noqa: E402
@@ -191,13 +191,14 @@ def main():
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
     rows, details = [], {}
     for model, run in runs.items():
-        kept = run / f"eval-n{len(x)}-eps{'-'.join(f'{e:g}' for e in eps_values)}.json"  # a rerun evaluates what is left
-        if not kept.exists():
+        def evaluate(model=model, run=run):
             defended, _ = load_defended(run, cnn_run)
             start = time.perf_counter()
             d = evaluate_model(model, defended, x, y, eps_values)
-            kept.write_text(json.dumps({**d, "eval_seconds": round(time.perf_counter() - start, 1)}) + "\n")
-        d = json.loads(kept.read_text())
+            return {**d, "eval_seconds": round(time.perf_counter() - start, 1)}
+
+        # a rerun evaluates what is left
+        d = kept_json(run / f"eval-n{len(x)}-eps{'-'.join(f'{e:g}' for e in eps_values)}.json", evaluate)
         rows += [r for r in d["rows"] if r["defense"] != "none" or model == next(iter(runs))]  # the bare cnn once
         details[model] = {"detection": d["detection"], "sanity_checks": d["sanity_checks"], "warnings": d["warnings"],
                           "eval_seconds": d["eval_seconds"]}

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
+from common import environment, kept_json, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, attacks, classifiers, data, evaluation  # noqa: E402
 from tfpurify.defenses.adversarial_training import PGDATConfig  # noqa: E402
@@ -218,15 +218,17 @@ def equal_updates_main(args):
             continue
         specs = _specs(args.eps, runs["l2l_da"])
         for name in ("pgd_at", "l2l_da"):
-            kept = runs[name] / f"eval-eps{args.eps:g}-n{len(x)}.json"  # a seed evaluated once, a rerun adds seeds
-            if not kept.exists():
+            def evaluate(name=name):
                 defended, _ = load_defended(runs[name])
-                report = evaluation.evaluate(defended, x, y, specs, threat_model="whitebox",
-                                             pipelines=adaptive.threat_model_pipelines(defended), defense=name,
-                                             classifier="cnn", dataset="fashion_mnist", progress=True, cascade=False)
-                kept.write_text(json.dumps(report.to_dict()["rows"], indent=1) + "\n")
+                return evaluation.evaluate(defended, x, y, specs, threat_model="whitebox",
+                                           pipelines=adaptive.threat_model_pipelines(defended), defense=name,
+                                           classifier="cnn", dataset="fashion_mnist", progress=True,
+                                           cascade=False).to_dict()["rows"]
+
+            # a seed evaluated once, a rerun adds seeds
+            seed_rows = kept_json(runs[name] / f"eval-eps{args.eps:g}-n{len(x)}.json", evaluate)
             rows += [{**r, "seed": seed, "comparison": f"equal updates ({args.equal_updates})",
-                      "selection": records[f"{name} seed {seed}"]["selected"]} for r in json.loads(kept.read_text())]
+                      "selection": records[f"{name} seed {seed}"]["selected"]} for r in seed_rows]
     if args.train_only:
         return
 
