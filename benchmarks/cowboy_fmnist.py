@@ -20,7 +20,7 @@ The GAN trains the paper's 2K generator steps unless `--train-steps` says otherw
 or `--epochs`; the GAN of the committed results trained about 16.9K steps). Test images go through the
 paper's detect-then-clean pipeline unless `--clean-everything` (every input cleaned, our earlier default).
 Each phase is cached (the run folder, results/<name>_sweep.json, which is redone when the
-GAN is retrained): a rerun continues. `--epochs` trains a fixed number of epochs instead of a
+GAN is retrained; each mode's gray-box and white-box evaluation in the run folder): a rerun continues. `--epochs` trains a fixed number of epochs instead of a
 wall-clock budget (for training beside another job: the time is then not a budget); `--train-only`
 stops after training.
 """
@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
+from common import RESULTS, environment, kept_json, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, attacks, classifiers, data, evaluation, metrics, reports  # noqa: E402
 from tfpurify.defenses.cowboy import CowboyConfig  # noqa: E402
@@ -97,6 +97,47 @@ def sweep(run, clf_run, x, y, x_fgsm, path, gan):
         print(name, results[name], flush=True)
         path.write_text(json.dumps({"gan": gan, "settings": results}, indent=2) + "\n")
     return results
+
+
+def graybox_part(run, clf_run, overrides, x, y, gray, eot_samples):
+    """Clean and gray-box rows of one mode on the test images, with the detector's scores and thresholds
+    (a JSON value: `kept_json` keeps it in the run folder, so a rerun skips it)."""
+    defended, _ = load_defended(run, clf_run, overrides)
+    start = time.perf_counter()
+    report = evaluation.evaluate(defended, x, y, gray, threat_model=["none", "graybox"],
+                                 pipelines=adaptive.threat_model_pipelines(defended, eot_samples=eot_samples),
+                                 defense=f"cowboy ({overrides['mode']})", classifier="cnn", dataset="fashion_mnist",
+                                 progress=True, cascade=False, detector=defended.detector)
+    calibration = defended.detector.calibration or {}
+    return {**_part(report, start), "settings": report.to_dict()["settings"],
+            "thresholds": {"fpr": calibration.get("threshold_fpr"), "paper": calibration.get("threshold_paper")}}
+
+
+def whitebox_part(args, run, clf_run, overrides, x, y, white):
+    """White-box rows of one mode on the first `args.n_whitebox` test images (BPDA identity, and unrolled
+    descent steps where `args.unroll`), with the detector's scores on them (a JSON value, as above)."""
+    n = args.n_whitebox
+    defended, _ = load_defended(run, clf_run, overrides)
+    start = time.perf_counter()
+    wb = evaluation.evaluate(defended, x[:n], y[:n], white, threat_model="whitebox",
+                             pipelines=adaptive.threat_model_pipelines(defended, eot_samples=args.eot_samples),
+                             defense=f"cowboy ({overrides['mode']})", classifier="cnn", dataset="fashion_mnist",
+                             progress=True, cascade=False, detector=defended.detector,
+                             sanity_checks=args.whitebox_checks, sanity_n=min(100, n))
+    part = _part(wb, start)
+    part["rows"] = [dict(r, n_examples=n) for r in part["rows"] if r["threat_model"] != "clean"]
+    part["scores"] = {k: v for k, v in part["scores"].items() if k != "clean"}
+    if args.unroll:
+        part["rows"] = unrolled_whitebox(args, run, clf_run, overrides, x, y, white, wb, part["rows"])
+    part["seconds"] = time.perf_counter() - start
+    return part
+
+
+def _part(report, start):
+    d = report.to_dict()
+    return {"rows": d["rows"], "sanity_checks": d["sanity_checks"], "warnings": list(report.warnings),
+            "detection": d["detection"], "seconds": time.perf_counter() - start,
+            "scores": {k: np.asarray(v).tolist() for k, v in report.detector_scores.items()}}
 
 
 def unrolled_whitebox(args, run, clf_run, overrides, x, y, white, wb, wb_rows):
@@ -197,30 +238,24 @@ def main():
     white = evaluation.make_attack_specs(["pgd"], eps)
     if not args.whitebox_checks and not args.no_pgd80:  # check 1's longer PGD as an attack row, in the worst case
         white += [evaluation.AttackSpec("pgd", {"eps": e, "nb_iter": 80}) for e in eps]
-    rows, reports_out, detection, scores = [], {}, {}, {}
+    rows, reports_out, detection = [], {}, {}
     for mode in ("cowboy", "defense_gan"):
-        defended, info = load_defended(run, clf_run, {**chosen, "mode": mode})
-        pipelines = adaptive.threat_model_pipelines(defended, eot_samples=args.eot_samples)
-        start = time.perf_counter()
-        report = evaluation.evaluate(defended, x, y, gray, threat_model=["none", "graybox"], pipelines=pipelines,
-                                     defense=f"cowboy ({mode})", classifier="cnn", dataset="fashion_mnist",
-                                     progress=True, cascade=False, detector=defended.detector)
-        wb = evaluation.evaluate(defended, x[:args.n_whitebox], y[:args.n_whitebox], white, threat_model="whitebox",
-                                 pipelines=pipelines, defense=f"cowboy ({mode})", classifier="cnn",
-                                 dataset="fashion_mnist", progress=True, cascade=False, detector=defended.detector,
-                                 sanity_checks=args.whitebox_checks, sanity_n=min(100, args.n_whitebox))
-        wb_rows = [dict(r, n_examples=args.n_whitebox) for r in wb.to_dict()["rows"] if r["threat_model"] != "clean"]
-        if args.unroll:
-            wb_rows = unrolled_whitebox(args, run, clf_run, {**chosen, "mode": mode}, x, y, white, wb, wb_rows)
-        seconds = time.perf_counter() - start
-        rows += [r for r in report.to_dict()["rows"] if mode == "cowboy" or r["defense"] != "none"] + wb_rows
-        reports_out[mode] = {"sanity_checks": report.to_dict()["sanity_checks"] + wb.to_dict()["sanity_checks"],
-                             "warnings": report.warnings + wb.warnings, "settings": report.to_dict()["settings"],
-                             "eval_seconds": round(seconds, 1)}
+        overrides = {**chosen, "mode": mode}
+        stem = (f"eval-{mode}-{'all' if args.clean_everything else 'flagged'}-n{len(x)}-"
+                f"eps{'-'.join(f'{e:g}' for e in eps)}")
+        gray_part = kept_json(run / f"{stem}-graybox.json",
+                              lambda: graybox_part(run, clf_run, overrides, x, y, gray, args.eot_samples))
+        white_part = kept_json(run / f"{stem}-whitebox{args.n_whitebox}-eot{args.eot_samples}-unroll{args.unroll}"
+                                     f"{'-checks' if args.whitebox_checks else ''}-{len(white)}attacks.json",
+                               lambda: whitebox_part(args, run, clf_run, overrides, x, y, white))
+        rows += [r for r in gray_part["rows"] if mode == "cowboy" or r["defense"] != "none"] + white_part["rows"]
+        reports_out[mode] = {"sanity_checks": gray_part["sanity_checks"] + white_part["sanity_checks"],
+                             "warnings": gray_part["warnings"] + white_part["warnings"],
+                             "settings": gray_part["settings"],
+                             "eval_seconds": round(gray_part["seconds"] + white_part["seconds"], 1)}
         if mode == "cowboy":
-            calibration = defended.detector.calibration or {}
-            thresholds = {"fpr": calibration.get("threshold_fpr"), "paper": calibration.get("threshold_paper")}
-            scores = {**report.detector_scores, **{k: v for k, v in wb.detector_scores.items() if k != "clean"}}
+            thresholds = gray_part["thresholds"]
+            scores = {k: np.asarray(v) for k, v in {**gray_part["scores"], **white_part["scores"]}.items()}
             clean_scores = scores["clean"]
             for label, s in scores.items():
                 if label == "clean":
@@ -230,7 +265,7 @@ def main():
                 detection[label]["roc_auc"] = metrics.roc_auc(clean_scores, s)
             reports.save_score_violins(RESULTS / f"{args.name}_scores.png", scores, thresholds["fpr"],
                                        title="Cowboy: -log D(x), clean vs each attack (test images)")
-            detection_metrics = report.detection + wb.detection
+            detection_metrics = gray_part["detection"] + white_part["detection"]
 
     lines = ["| setting | passes / image | images/s | cleaned FGSM (val) | cleaned clean (val) |", "|---|---|---|---|---|"]
     for name, r in sweep_results.items():

@@ -560,12 +560,19 @@ class _ColourToy:
         return tf.concat([tf.fill([tf.shape(images)[0], 1], 50.0), h], axis=1)
 
 
-def test_l2_square_query_by_query(monkeypatch):
+@pytest.mark.parametrize("low, high, eps, rescale", [
+    (0.2, 0.8, 0.5, True),  # inside the box: the perturbation stays on the sphere
+    (0.0, 0.02, 0.5, True),  # at the box's edge: the start is clipped, the mass eps lacks is shared per channel
+    (0.2, 0.8, 2.0, False),  # eps above 1, and AutoAttack's unrescaled side schedule
+])
+def test_l2_square_query_by_query(monkeypatch, low, high, eps, rescale):
     """The official L2 update in numpy, fed with the draws the attack made (recorded): the start grid of eta
     windows with a sign per example and channel (cut at the border: 12 is not a multiple of 5 windows of 2),
     then per query the side from the schedule, a redrawn eta window added to the old one's direction, the second
-    window zeroed, the mass rescaled per channel to keep norm eps, the candidate kept where the margin falls."""
-    draws, uniform = [], tf.random.uniform
+    window zeroed, the mass rescaled per channel to keep norm eps, the candidate kept where the margin falls.
+    The redrawn window's signs are fair coins (each way about half the time)."""
+    tf.random.set_seed(5)
+    draws, uniform, query_signs = [], tf.random.uniform, []
 
     def recorded(*args, **kwargs):
         out = uniform(*args, **kwargs)
@@ -573,11 +580,11 @@ def test_l2_square_query_by_query(monkeypatch):
         return out
 
     monkeypatch.setattr(tf.random, "uniform", recorded)
-    n, h, c, eps, n_queries = 2, 12, 3, 0.5, 40
-    x = np.random.default_rng(1).uniform(0.2, 0.8, (n, h, h, c)).astype(np.float32)
+    n, h, c, n_queries = 2, 12, 3, 40
+    x = np.random.default_rng(1).uniform(low, high, (n, h, h, c)).astype(np.float32)
     model = _ColourToy()
     x_adv, fooled, queries = autoattack.square(model, tf.constant(x), tf.zeros(n, tf.int64), eps, n_queries=n_queries,
-                                               norm=2)
+                                               norm=2, rescale_schedule=rescale)
     assert not fooled.numpy().any() and len(model.calls) == n_queries + 1
     draws = iter(draws)
 
@@ -600,9 +607,12 @@ def test_l2_square_query_by_query(monkeypatch):
             delta[:, top:top + s0, left:left + s0] += block[:, :h - top, :h - left]
     best = np.clip(x + unit(delta) * eps, 0, 1)
     np.testing.assert_allclose(model.calls[0], best, atol=1e-6)
+    if low == 0.0:  # the case is what it says: the clipped start lacks mass
+        assert np.all(np.sqrt(np.sum((best - x) ** 2, axis=(1, 2, 3))) < 0.9 * eps)
     best_margin, accepted, sides = model.margin(best), 0, set()
     for i, candidate in enumerate(model.calls[1:]):
-        p = 0.8 / 2 ** sum(int(i / n_queries * 10000) > b for b in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+        it = int(i / n_queries * 10000) if rescale else i
+        p = 0.8 / 2 ** sum(it > b for b in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
         s = max(int(round(np.sqrt(p * h * h))), 3)
         s = min(s + 1 if s % 2 == 0 else s, h)
         sides.add(s)
@@ -615,7 +625,8 @@ def test_l2_square_query_by_query(monkeypatch):
         mask[:, vh2:vh2 + s, vw2:vw2 + s] = 1
         norm_image = np.sqrt(np.sum(d ** 2, axis=(1, 2, 3), keepdims=True))
         norm_windows = np.sqrt(np.sum((d * mask) ** 2, axis=(1, 2), keepdims=True))  # per example and channel
-        new = e[None, :, :, None] * sign() + old / (1e-12 + np.sqrt(np.sum(old ** 2, axis=(1, 2), keepdims=True)))
+        query_signs.append(sign())
+        new = e[None, :, :, None] * query_signs[-1] + old / (1e-12 + np.sqrt(np.sum(old ** 2, axis=(1, 2), keepdims=True)))
         new = new / (1e-12 + np.sqrt(np.sum(new ** 2, axis=(1, 2), keepdims=True))) * np.sqrt(
             np.maximum(eps ** 2 - norm_image ** 2, 0) / c + norm_windows ** 2)
         d[:, vh2:vh2 + s, vw2:vw2 + s] = 0
@@ -630,6 +641,7 @@ def test_l2_square_query_by_query(monkeypatch):
     assert next(draws, None) is None  # every draw accounted for
     np.testing.assert_allclose(x_adv, best, atol=1e-6)
     assert 0 < accepted < n * n_queries and len(sides) > 1
+    assert 0.4 < np.mean(np.array(query_signs) > 0) < 0.6  # 240 coins
 
 
 def _spy(name, calls):
