@@ -15,7 +15,8 @@ common-corruption table (bare classifier vs AAA xent+mse) with its grid picture.
 
 Usage: python benchmarks/aaa_fmnist.py [--budget-minutes 60] [--nb-iter 40 --eps-iter 0.01] [--natives cnn]
        [--restarts 50 --pgd-step 0.01] [--models natural,pgd_at,aaa-xent,aaa-mse,aaa-xent+mse] [--n 1000] [--tag TAG]
-Training is cached in run folders (runs/bench-aaa-*): a rerun only evaluates.
+Training and each (model, classifier) evaluation are cached in run folders (runs/bench-aaa-*; the bare
+classifiers' in theirs): a rerun does only what is missing.
 """
 
 import argparse
@@ -27,7 +28,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
+from common import RESULTS, environment, kept_json, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, attacks, classifiers, corruptions, data, evaluation, metrics, reports  # noqa: E402
 from tfpurify.defenses.aaa import AAAConfig  # noqa: E402
@@ -137,18 +138,25 @@ def main():
         for scored_name, scored_run, role in (("cnn", cnn_run, "native"), ("mlp", mlp_run, "transfer")):
             if model == "pgd_at" and role == "transfer":
                 continue  # an adversarially trained cnn protects nothing else
-            if model == "natural":
-                defended, _ = load_defended(scored_run)
-            else:
-                defended, _ = load_defended(runs[model], scored_run if model.startswith("aaa") else None)
-            start = time.perf_counter()
-            model_rows, report = evaluate_model(model, defended, scored_name, role, x, y, args.eps, args.restarts,
-                                                args.pgd_step)
-            rows += model_rows
-            reports_out[f"{model} / {scored_name}"] = {
-                "sanity_checks": report.to_dict()["sanity_checks"], "warnings": report.warnings,
-                "settings": report.to_dict()["settings"], "eval_seconds": round(time.perf_counter() - start, 1)}
-            print(model, scored_name, [(r["attack"], r["threat_model"], r["accuracy"]) for r in model_rows], flush=True)
+            folder = scored_run if model == "natural" else runs[model]  # the evaluation goes with what it measured
+
+            def evaluate(model=model, scored_name=scored_name, scored_run=scored_run, role=role):
+                if model == "natural":
+                    defended, _ = load_defended(scored_run)
+                else:
+                    defended, _ = load_defended(runs[model], scored_run if model.startswith("aaa") else None)
+                start = time.perf_counter()
+                model_rows, report = evaluate_model(model, defended, scored_name, role, x, y, args.eps,
+                                                    args.restarts, args.pgd_step)
+                return {"rows": model_rows, "report": {
+                    "sanity_checks": report.to_dict()["sanity_checks"], "warnings": list(report.warnings),
+                    "settings": report.to_dict()["settings"], "eval_seconds": round(time.perf_counter() - start, 1)}}
+
+            kept = kept_json(folder / (f"aaa-eval-{model.replace(' ', '-').replace('+', '_')}-{scored_name}-n{len(x)}-"
+                                       f"eps{args.eps:g}-pgd100x{args.restarts}-step{args.pgd_step:g}.json"), evaluate)
+            rows += kept["rows"]
+            reports_out[f"{model} / {scored_name}"] = kept["report"]
+            print(model, scored_name, [(r["attack"], r["threat_model"], r["accuracy"]) for r in kept["rows"]], flush=True)
 
     # common corruptions: bare classifiers vs AAA xent+mse
     xc, yc = x[:args.n_corruptions], y[:args.n_corruptions]
