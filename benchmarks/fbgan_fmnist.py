@@ -19,7 +19,8 @@ Usage: python benchmarks/fbgan_fmnist.py --epochs 30 [--set base_filters=16 ...]
        [--eps 0.1,0.3] [--tag T] [--train-only]
 The committed results: --epochs 40 --set base_filters=16 (fbgan_fmnist.md) and the same run at
 8 epochs, --tag e8 (the variants' "ae sum + straight-through" run).
-Training is cached in runs/bench-fbgan-final[-T]; a rerun only evaluates.
+Training and each served function's evaluation are cached in runs/bench-fbgan-final[-T]: a rerun does
+only what is missing.
 """
 
 import argparse
@@ -30,9 +31,10 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, environment, machine, rows_table, train_on_budget, write_results  # noqa: E402
+from common import RESULTS, environment, kept_json, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, classifiers, data, evaluation, reports  # noqa: E402
+from tfpurify.evaluation.report import jsonable  # noqa: E402
 from tfpurify.defenses.fbgan import FBGANConfig  # noqa: E402
 from tfpurify.training import load_defended  # noqa: E402
 from tfpurify.tuning import parse_assignment  # noqa: E402
@@ -84,20 +86,28 @@ def main():
         specs += evaluation.make_attack_specs(["autoattack"], eps_values)
     rows, details, diagnostics = [], {}, None
     for regularized in (True, False):
-        defended, _ = load_defended(run, clf_run, {"white_box_regularization": regularized})
-        if regularized:
-            diagnostics = defended.purifier.diagnostics(x_val[:args.n_val], y_val[:args.n_val], cnn)
-        threat_models = (["none"] if regularized else []) + ["graybox", "whitebox"] + \
-            (["whitebox_no_bpda"] if regularized else [])  # the bare classifier once
-        start = time.perf_counter()
-        report = evaluation.evaluate(defended, x, y, specs, threat_model=threat_models,
-                                     pipelines=adaptive.threat_model_pipelines(defended), defense="fbgan",
-                                     classifier="cnn", dataset="fashion_mnist", progress=True, cascade=False)
-        d = report.to_dict()
-        rows += [dict(r, white_box_regularization=regularized) for r in d["rows"]]
-        details[SERVED[regularized]] = {"sanity_checks": d["sanity_checks"], "warnings": d["warnings"],
-                                        "settings": d["settings"],
-                                        "eval_seconds": round(time.perf_counter() - start, 1)}
+        def evaluate(regularized=regularized):
+            defended, _ = load_defended(run, clf_run, {"white_box_regularization": regularized})
+            diagnostics = (defended.purifier.diagnostics(x_val[:args.n_val], y_val[:args.n_val], cnn)
+                           if regularized else None)
+            threat_models = (["none"] if regularized else []) + ["graybox", "whitebox"] + \
+                (["whitebox_no_bpda"] if regularized else [])  # the bare classifier once
+            start = time.perf_counter()
+            report = evaluation.evaluate(defended, x, y, specs, threat_model=threat_models,
+                                         pipelines=adaptive.threat_model_pipelines(defended), defense="fbgan",
+                                         classifier="cnn", dataset="fashion_mnist", progress=True, cascade=False)
+            d = report.to_dict()
+            return {"rows": [dict(r, white_box_regularization=regularized) for r in d["rows"]],
+                    "details": {"sanity_checks": d["sanity_checks"], "warnings": d["warnings"],
+                                "settings": d["settings"], "eval_seconds": round(time.perf_counter() - start, 1)},
+                    "diagnostics": None if diagnostics is None else jsonable(diagnostics)}
+
+        kept = kept_json(run / (f"eval-{'one-hot' if regularized else 'soft'}-n{len(x)}-nval{args.n_val}-"
+                                f"eps{'-'.join(f'{e:g}' for e in eps_values)}-pgd{args.nb_iter}"
+                                f"{'' if args.no_autoattack else '-autoattack'}.json"), evaluate)
+        rows += kept["rows"]
+        details[SERVED[regularized]] = kept["details"]
+        diagnostics = kept["diagnostics"] or diagnostics
         print(SERVED[regularized], "done", flush=True)
 
     results = {"benchmark": f"fbgan_fmnist{suffix.replace('-', '_')}", "dataset": "fashion_mnist",
