@@ -65,18 +65,28 @@ class TimeBudget(tf.keras.callbacks.Callback):
     """Stops `fit` after `seconds` (checked after every batch; None: never) and counts the images seen.
 
     `clock` "wall" counts wall time; "cpu" this process's CPU time (every thread), which other jobs on
-    the machine do not eat into: models trained side by side with other work get equal budgets."""
+    the machine do not eat into: models trained side by side with other work get equal budgets.
+    `ledger`: a JSON file of the totals so far (wall and CPU seconds, images, processes), rewritten at the end
+    of every epoch; where it exists at the start, a resumed run (Keras `BackupAndRestore` restarts at the last
+    finished epoch) adds to its totals and spends only what is left of the budget. The work of an epoch a
+    killed process did not finish is neither counted nor kept."""
 
-    def __init__(self, seconds, batch_size, clock="wall"):
+    def __init__(self, seconds, batch_size, clock="wall", ledger=None):
         super().__init__()
         if clock not in ("wall", "cpu"):
             raise ValueError(f"clock must be wall or cpu, got {clock!r}")
-        self.seconds, self.batch_size = seconds, batch_size
+        self.seconds, self.batch_size, self.clock = seconds, batch_size, clock
         self.spent = time.process_time if clock == "cpu" else time.perf_counter
         self.images, self.budget_start, self.first_batch_end, self.last_batch_end = 0, None, None, None
+        self.ledger = None if ledger is None else pathlib.Path(ledger)
+        self.before = {"train_seconds": 0.0, "cpu_seconds": 0.0, "images": 0, "processes": 0}
+        if self.ledger is not None and self.ledger.exists():
+            self.before.update(json.loads(self.ledger.read_text()))
+        self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
 
     def on_train_begin(self, logs=None):
-        self.budget_start = self.spent()
+        self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.budget_start = self.spent() - self.before["cpu_seconds" if self.clock == "cpu" else "train_seconds"]
 
     def on_train_batch_end(self, batch, logs=None):
         self.images += self.batch_size
@@ -85,6 +95,16 @@ class TimeBudget(tf.keras.callbacks.Callback):
             self.first_batch_end = self.last_batch_end
         if self.seconds is not None and self.spent() - self.budget_start > self.seconds:
             self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.ledger is not None:
+            atomic_write_text(self.ledger, json.dumps(self.totals()) + "\n")
+
+    def totals(self):
+        """Wall and CPU seconds and images of this process added to the ledger's, and how many processes."""
+        return {"train_seconds": self.before["train_seconds"] + time.perf_counter() - self.wall_start,
+                "cpu_seconds": self.before["cpu_seconds"] + time.process_time() - self.cpu_start,
+                "images": self.before["images"] + self.images, "processes": self.before["processes"] + 1}
 
     def steady_images_per_second(self):
         """Images/s after the first (tracing) step, validation passes included."""
@@ -95,19 +115,23 @@ class TimeBudget(tf.keras.callbacks.Callback):
 def train_on_budget(name, config, run, seconds=None, clock="wall"):
     """Trains defense `name` into `run` for `seconds` of `clock` time (wall or cpu, see `TimeBudget`; None:
     the config's epochs, timed) unless the run exists, and returns its timing record (run/timing.json):
-    wall and CPU seconds (every thread of this process), images seen, images/s, steady images/s, the clock."""
+    wall and CPU seconds (every thread of this process), images seen, images/s, steady images/s, the clock.
+    A killed run resumes from its last finished epoch, and its record adds up every process's finished
+    epochs (`processes` says how many took part where more than one)."""
     from tfpurify.training import train_defense
 
     run = pathlib.Path(run)
-    timing = run / "timing.json"
+    timing, ledger = run / "timing.json", run / "timing.partial.json"
     if not (run / "defense.weights.h5").exists():
-        budget = TimeBudget(seconds, config.batch_size, clock)
-        start, cpu = time.perf_counter(), time.process_time()
+        budget = TimeBudget(seconds, config.batch_size, clock, ledger=ledger)
         train_defense(name, config, run, callbacks=[budget], verbose=2)
-        elapsed = time.perf_counter() - start
-        timing.write_text(json.dumps({"train_seconds": round(elapsed, 1),
-                                      "cpu_seconds": round(time.process_time() - cpu, 1), "budget_clock": clock,
-                                      "images": budget.images,
-                                      "images_per_second": round(budget.images / elapsed, 1),
-                                      "steady_images_per_second": budget.steady_images_per_second()}) + "\n")
+        totals = budget.totals()
+        record = {"train_seconds": round(totals["train_seconds"], 1), "cpu_seconds": round(totals["cpu_seconds"], 1),
+                  "budget_clock": clock, "images": totals["images"],
+                  "images_per_second": round(totals["images"] / totals["train_seconds"], 1),
+                  "steady_images_per_second": budget.steady_images_per_second()}
+        if totals["processes"] > 1:
+            record["processes"] = totals["processes"]
+        atomic_write_text(timing, json.dumps(record) + "\n")
+        ledger.unlink(missing_ok=True)
     return json.loads(timing.read_text()) if timing.exists() else {}  # a run trained elsewhere: no timing
