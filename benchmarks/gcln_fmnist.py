@@ -95,13 +95,18 @@ def render(results):
     def both(model, tm, attack, eps, **kw):
         return f"{cell(model, tm, attack, eps, **kw)} ({cell(model, tm, attack, eps, key='plain_accuracy', **kw)})"
 
+    def trained(timing):  # per CPU second: wall rates mean little beside other jobs
+        if not timing.get("cpu_seconds"):
+            return f"{timing.get('steady_images_per_second', '-')} per s"
+        return f"{timing['images']} ({timing['images'] / timing['cpu_seconds']:.0f})"
+
     def auc(model, eps):
         aucs = [det["roc_auc"] for det in details.get(model, {}).get("detection", [])
                 if det["threat_model"] == "whitebox" and det["eps"] == eps and det["roc_auc"] is not None]
         return f"{min(aucs):.2f}" if aucs else "-"
 
     table = ["| model | eps | clean | gray-box PGD-40 (plain) | FGSM | PGD-40 | PGD-100 x2 | CW-L2 | worst case (plain) | "
-             "detector ROC-AUC (white-box, lowest) | train images/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "detector ROC-AUC (white-box, lowest) | training images (per CPU-s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model in results["configs"]:
         for eps in eps_values:
             table.append(
@@ -110,7 +115,7 @@ def render(results):
                 f"{cell(model, 'whitebox', 'pgd', eps, nb_iter=40)} | {cell(model, 'whitebox', 'pgd', eps, nb_iter=100)} | "
                 f"{cell(model, 'whitebox', 'cw_l2', None)} | **{cell(model, 'whitebox', 'worst_case', eps)}** "
                 f"({cell(model, 'whitebox', 'worst_case', eps, key='plain_accuracy')}) | "
-                f"{auc(model, eps)} | {timings[model].get('steady_images_per_second', '-')} |")
+                f"{auc(model, eps)} | {trained(timings[model])} |")
     for label in OTHERS:
         for eps in eps_values:
             if cell(label, 'whitebox', 'worst_case', eps, table=others) != "-":
