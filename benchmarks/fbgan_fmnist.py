@@ -67,10 +67,11 @@ def main():
     parser.add_argument("--train-only", action="store_true")
     args = parser.parse_args()
     fields = dict(parse_assignment(item, FBGANConfig) for item in args.set)
-    config = FBGANConfig(**{**fields, "epochs": args.epochs})
+    clf_run = pathlib.Path(args.classifier_run)
+    # the classifier only for the diagnostics: purity and G(one-hot k) accuracy per epoch in history.csv
+    config = FBGANConfig(**{"classifier": str(clf_run), **fields, "epochs": args.epochs})
     suffix = f"-{args.tag}" if args.tag else ""
     run = pathlib.Path(f"runs/bench-fbgan-final{suffix}")
-    clf_run = pathlib.Path(args.classifier_run)
     if not (clf_run / "classifier.weights.h5").exists():
         classifiers.train_classifier(classifiers.ClassifierConfig(arch="cnn", epochs=3), clf_run, verbose=2)
     training = train_on_budget("fbgan", config, run)  # no clock: the planned epochs, timed
