@@ -20,7 +20,8 @@ The GAN trains the paper's 2K generator steps unless `--train-steps` says otherw
 or `--epochs`; the GAN of the committed results trained about 16.9K steps). Test images go through the
 paper's detect-then-clean pipeline unless `--clean-everything` (every input cleaned, our earlier default).
 Each phase is cached (the run folder, results/<name>_sweep.json, which is redone when the
-GAN is retrained; each mode's gray-box and white-box evaluation in the run folder): a rerun continues. `--epochs` trains a fixed number of epochs instead of a
+GAN is retrained; each mode's gray-box and white-box evaluation in the run folder, refused where the sweep
+chose another setting since): a rerun continues. `--epochs` trains a fixed number of epochs instead of a
 wall-clock budget (for training beside another job: the time is then not a budget); `--train-only`
 stops after training.
 """
@@ -109,7 +110,7 @@ def graybox_part(run, clf_run, overrides, x, y, gray, eot_samples):
                                  defense=f"cowboy ({overrides['mode']})", classifier="cnn", dataset="fashion_mnist",
                                  progress=True, cascade=False, detector=defended.detector)
     calibration = defended.detector.calibration or {}
-    return {**_part(report, start), "settings": report.to_dict()["settings"],
+    return {**_part(report, start), "overrides": overrides, "settings": report.to_dict()["settings"],
             "thresholds": {"fpr": calibration.get("threshold_fpr"), "paper": calibration.get("threshold_paper")}}
 
 
@@ -124,7 +125,7 @@ def whitebox_part(args, run, clf_run, overrides, x, y, white):
                              defense=f"cowboy ({overrides['mode']})", classifier="cnn", dataset="fashion_mnist",
                              progress=True, cascade=False, detector=defended.detector,
                              sanity_checks=args.whitebox_checks, sanity_n=min(100, n))
-    part = _part(wb, start)
+    part = {**_part(wb, start), "overrides": overrides}
     part["rows"] = [dict(r, n_examples=n) for r in part["rows"] if r["threat_model"] != "clean"]
     part["scores"] = {k: v for k, v in part["scores"].items() if k != "clean"}
     if args.unroll:
@@ -248,6 +249,10 @@ def main():
         white_part = kept_json(run / f"{stem}-whitebox{args.n_whitebox}-eot{args.eot_samples}-unroll{args.unroll}"
                                      f"{'-checks' if args.whitebox_checks else ''}-{len(white)}attacks.json",
                                lambda: whitebox_part(args, run, clf_run, overrides, x, y, white))
+        for part in (gray_part, white_part):  # kept by an earlier process: made at this setting?
+            if part.get("overrides", overrides) != json.loads(json.dumps(overrides)):
+                sys.exit(f"{run}: its kept evaluations were made at another setting ({part['overrides']}, now "
+                         f"{overrides}); delete {run}/eval-*.json to redo them")
         rows += [r for r in gray_part["rows"] if mode == "cowboy" or r["defense"] != "none"] + white_part["rows"]
         reports_out[mode] = {"sanity_checks": gray_part["sanity_checks"] + white_part["sanity_checks"],
                              "warnings": gray_part["warnings"] + white_part["warnings"],

@@ -67,8 +67,8 @@ FIRST = ("test_distributed.py",)  # one test of about 5 minutes (a fresh process
 
 
 def pytest_collection_modifyitems(items):
-    """The longest file first: under `make test`'s two workers (`--dist loadfile`, files handed out in this
-    order) it runs beside the rest instead of alone at the end."""
+    """The longest file first: under `make test`'s two workers (`--dist loadfile --no-loadscope-reorder`: files
+    handed out in this order) it runs beside the rest instead of alone at the end."""
     items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the rest keep their order
 
 
