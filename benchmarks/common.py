@@ -112,26 +112,35 @@ class TimeBudget(tf.keras.callbacks.Callback):
         return round((self.images - self.batch_size) / elapsed, 1) if elapsed > 0 else None
 
 
+def timed_training(run, batch_size, train, seconds=None, clock="wall"):
+    """Calls `train(callbacks)` with a `TimeBudget` of `seconds` of `clock` time among the callbacks (None: no
+    budget, timed only) and writes run/timing.json: wall and CPU seconds (every thread of this process), images
+    seen, images/s, steady images/s, the clock. A killed run resumes from its last finished epoch, and its
+    record adds up every process's finished epochs (`processes` says how many took part where more than one)."""
+    run = pathlib.Path(run)
+    ledger = run / "timing.partial.json"
+    budget = TimeBudget(seconds, batch_size, clock, ledger=ledger)
+    train([budget])
+    totals = budget.totals()
+    record = {"train_seconds": round(totals["train_seconds"], 1), "cpu_seconds": round(totals["cpu_seconds"], 1),
+              "budget_clock": clock, "images": totals["images"],
+              "images_per_second": round(totals["images"] / totals["train_seconds"], 1),
+              "steady_images_per_second": budget.steady_images_per_second()}
+    if totals["processes"] > 1:
+        record["processes"] = totals["processes"]
+    atomic_write_text(run / "timing.json", json.dumps(record) + "\n")
+    ledger.unlink(missing_ok=True)
+
+
 def train_on_budget(name, config, run, seconds=None, clock="wall"):
     """Trains defense `name` into `run` for `seconds` of `clock` time (wall or cpu, see `TimeBudget`; None:
-    the config's epochs, timed) unless the run exists, and returns its timing record (run/timing.json):
-    wall and CPU seconds (every thread of this process), images seen, images/s, steady images/s, the clock.
-    A killed run resumes from its last finished epoch, and its record adds up every process's finished
-    epochs (`processes` says how many took part where more than one)."""
+    the config's epochs, timed) unless the run exists, and returns its timing record (see `timed_training`)."""
     from tfpurify.training import train_defense
 
     run = pathlib.Path(run)
-    timing, ledger = run / "timing.json", run / "timing.partial.json"
+    timing = run / "timing.json"
     if not (run / "defense.weights.h5").exists():
-        budget = TimeBudget(seconds, config.batch_size, clock, ledger=ledger)
-        train_defense(name, config, run, callbacks=[budget], verbose=2)
-        totals = budget.totals()
-        record = {"train_seconds": round(totals["train_seconds"], 1), "cpu_seconds": round(totals["cpu_seconds"], 1),
-                  "budget_clock": clock, "images": totals["images"],
-                  "images_per_second": round(totals["images"] / totals["train_seconds"], 1),
-                  "steady_images_per_second": budget.steady_images_per_second()}
-        if totals["processes"] > 1:
-            record["processes"] = totals["processes"]
-        atomic_write_text(timing, json.dumps(record) + "\n")
-        ledger.unlink(missing_ok=True)
+        timed_training(run, config.batch_size,
+                       lambda callbacks: train_defense(name, config, run, callbacks=callbacks, verbose=2),
+                       seconds, clock)
     return json.loads(timing.read_text()) if timing.exists() else {}  # a run trained elsewhere: no timing

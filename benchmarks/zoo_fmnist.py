@@ -17,10 +17,9 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import TimeBudget, machine, train_on_budget  # noqa: E402
+from common import machine, timed_training, train_on_budget  # noqa: E402
 
 from tfpurify import classifiers, zoo  # noqa: E402
 from tfpurify.defenses.registry import get_defense  # noqa: E402
@@ -130,12 +129,8 @@ def _train_classifier(path, fields):
     timing_path = path / "timing.json"
     config = classifiers.ClassifierConfig(**fields)
     if not (path / "classifier.weights.h5").exists():
-        budget = TimeBudget(None, config.batch_size)
-        start, cpu = time.perf_counter(), time.process_time()
-        classifiers.train_classifier(config, path, callbacks=[budget], verbose=2)
-        timing_path.write_text(json.dumps({"train_seconds": round(time.perf_counter() - start, 1),
-                                           "cpu_seconds": round(time.process_time() - cpu, 1),
-                                           "images": budget.images}) + "\n")
+        timed_training(path, config.batch_size,
+                       lambda callbacks: classifiers.train_classifier(config, path, callbacks=callbacks, verbose=2))
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     return _record(timing, config.epochs)
 
