@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 from scipy.fft import dctn
 
-from tfpurify.layers import BlockDCTQuantize, dct_matrix
+from tfpurify.layers import BlockDCTQuantize, WeightNormalization, dct_matrix, weight_norm
 
 
 def test_dct_matches_scipys_orthonormal_dct_ii():
@@ -90,3 +90,39 @@ def test_quantizer_gradient_is_straight_through_or_true_as_asked():
         np.testing.assert_array_equal(gradient(), np.zeros(x.shape, np.float32))  # rounding's
         np.testing.assert_allclose(layer(x).numpy(), layer.quantize(x).numpy())
     assert layer.straight_through  # restored after the block
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: tf.keras.layers.Conv2D(5, 3, padding="same", activation="elu"), (4, 6, 6, 3)),
+    (lambda: tf.keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same"), (4, 6, 6, 3)),
+    (lambda: tf.keras.layers.Dense(7), (4, 9))], ids=["conv", "conv_transpose", "dense"])
+def test_weight_norm_is_tfas_layer_initialized_when_built(make, shape):
+    """Ours sets g = ||v|| when built; tfa's (its parent class) in its first call: the same outputs, gradients and
+    variables, in the same order and under the same names."""
+    tfa_class = WeightNormalization.__mro__[1]
+    assert tfa_class.__module__.startswith("tensorflow_addons")
+    x = tf.constant(np.random.default_rng(3).normal(size=shape), tf.float32)
+    ours, theirs = weight_norm(make()), tfa_class(make(), data_init=False)
+    ours.build(shape)
+    theirs.build(shape)
+    assert [w.name for w in ours.weights] == [w.name.replace(theirs.name, ours.name) for w in theirs.weights]
+    assert ours.name.startswith("weight_normalization")  # the auto-name (and weight names) of tfa's layer
+    theirs.v.assign(ours.v)  # the same kernel; tfa's g stays 1 and its flag unset until its first call
+    ours.layer.bias.assign(tf.fill(ours.layer.bias.shape, 0.1))
+    theirs.layer.bias.assign(ours.layer.bias)
+    norms = np.linalg.norm(ours.v.numpy().reshape(-1, ours.layer_depth), axis=0)
+    np.testing.assert_allclose(ours.g.numpy(), norms, rtol=1e-6)
+    assert bool(ours._initialized.numpy()) and not bool(theirs._initialized.numpy())
+    grads = []
+    for layer in (ours, theirs):
+        with tf.GradientTape() as tape:
+            out = layer(x)
+            loss = tf.reduce_sum(tf.sin(out))
+        grads.append((out.numpy(), [g.numpy() for g in tape.gradient(loss, [layer.g, layer.v])]))
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(theirs.g.numpy(), ours.g.numpy(), rtol=1e-6)  # tfa's first call: the same g
+    ours.set_weights([w + 0.5 for w in theirs.get_weights()[:-1]] + [theirs.get_weights()[-1]])  # loads both ways
+    theirs.set_weights(ours.get_weights())
+    np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), rtol=1e-5, atol=1e-6)
