@@ -142,6 +142,17 @@ def test_add_refuses_what_would_make_a_wrong_entry(small_zoo, dae_run, cnn_run, 
     assert not (tmp_path / "z").exists()  # refused before anything was written
 
 
+def test_entries_made_from_one_run_share_its_stored_copy(dae_run, cnn_run, tmp_path):
+    """Two entries serving one run (as Cowboy and its Defense-GAN mode) store it once; other files, their own."""
+    first = zoo.add("first", dae_run, cnn_run, "cnn", tmp_path, n=8)
+    second = zoo.add("second", dae_run, cnn_run, "cnn", tmp_path, n=8)
+    assert first["runs"]["run"] == second["runs"]["run"] == "first/run"
+    assert not (tmp_path / "second" / "run").exists() and first["files"] == second["files"]
+    half = zoo.add("half", dae_run, cnn_run, "cnn16", tmp_path, n=8, half=True)  # stored otherwise: its own copy
+    assert half["runs"]["run"] == "half/run" and (tmp_path / "half" / "run" / "defense.weights.h5").is_file()
+    assert all(zoo.verify(name, tmp_path).passed for name in ("first", "second", "half"))
+
+
 def test_half_precision_entries_are_half_the_size_and_measured_as_stored(small_zoo, dae_run, cnn_run, tmp_path):
     import h5py
 

@@ -215,13 +215,28 @@ def _store_classifier(classifier_run, classifier_name, root, half=False):
     return [shared / f for f in RUN_FILES if (shared / f).is_file()], str(shared.relative_to(root))
 
 
+def _store_run(run, name, root, half=False):
+    """A defense run under <name>/run, unless another entry stores the same files (one run served two ways, as
+    Cowboy and its Defense-GAN mode): then that entry's copy is shared. Returns (its files, its path relative to
+    the zoo)."""
+    with tempfile.TemporaryDirectory() as folder:  # compared as it would be stored
+        mine = {p.name: file_digest(p) for p in _copy_run(run, pathlib.Path(folder), half)}
+    for manifest in entries(root):
+        stored = manifest["runs"]["run"]
+        if manifest["name"] != name and {f: d for f, d in manifest["files"].items()
+                                         if f.startswith(stored + "/")} == {f"{stored}/{f}": d for f, d in mine.items()}:
+            return [root / stored / f for f in mine], stored
+    return _copy_run(run, root / name / "run", half), f"{name}/run"
+
+
 def add(name, run, classifier_run=None, classifier_name=None, root=None, overrides=None, n=200, details=None,
         half=False):
     """Makes zoo entry `name` from run folders: copies them, measures the clean accuracy on the first `n` test
     images, writes the manifest with every file's SHA-256. Classifiers (the one a defense protects, or the
     entry's run itself when it is a bare classifier) are stored once under classifiers/<classifier_name>
     (default: the run folder's name). `half`: weights stored as float16 (half the size; the manifest's clean
-    accuracy is measured on what is stored)."""
+    accuracy is measured on what is stored). A defense run that another entry stores already (the same files as
+    stored) is shared with it, not copied again."""
     root = zoo_dir(root)
     reserved = sorted(set(details or {}) & RESERVED)
     if reserved:
@@ -239,7 +254,8 @@ def add(name, run, classifier_run=None, classifier_name=None, root=None, overrid
         files, run_path = _store_classifier(run, classifier_name, root, half)
         runs = {"run": run_path}
     else:
-        files, runs = _copy_run(run, entry / "run", half), {"run": f"{name}/run"}
+        files, run_path = _store_run(run, name, root, half)
+        runs = {"run": run_path}
         if classifier_run is not None:
             classifier_files, runs["classifier"] = _store_classifier(classifier_run, classifier_name, root, half)
             files += classifier_files
