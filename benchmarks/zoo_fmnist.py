@@ -1,16 +1,17 @@
 """Trains the zoo's Fashion-MNIST entries on their stated budgets and adds them to a zoo.
 
-Every entry of ENTRIES is trained (unless its run folder exists: a rerun continues an unfinished one) with
-the papers' defaults, for their epochs or steps or until the budget of CPU time is spent (60 CPU-minutes,
-FBGAN 120; a killed training resumes and counts every process), timed (wall and CPU seconds, images seen: `timing.json` in the run), then
-added with `tfpurify.zoo.add`: the manifest records the paper, its citation, its own number and threat
-model, the license, and the training budget as measured. Stochastic pipelines are fixed by their runtime
-option (Cowboy: `cleaning_seed=0`) so that every number stays re-verifiable. Weights are stored as float16
-(`zoo add --half`: the zoo stays under 80 MB; the manifest's clean accuracy is measured on what is stored).
+Every entry of ENTRIES is trained (unless its run folder exists: a rerun continues an unfinished one) with the
+papers' defaults, for their epochs or steps or until the budget of CPU time is spent (60 CPU-minutes, FBGAN
+120; a killed training resumes and counts every process), timed (wall and CPU seconds, images seen:
+`timing.json` in the run), then added with `tfpurify.zoo.add`: the manifest records the paper, its citation,
+its own number and threat model, the license, and the training budget as measured. Stochastic pipelines are
+fixed by their runtime option (Cowboy: `cleaning_seed=0`) so that every number stays re-verifiable. Weights
+are stored as float16 (`zoo add --half`: the zoo stays under 80 MB; the manifest's clean accuracy is measured
+on what is stored).
 
 Usage: python benchmarks/zoo_fmnist.py [--only none,denoising_ae] [--train-only] [--zoo zoo]
-Run folders: runs/zoo-<entry>, the shared classifiers runs/zoo-cnn and runs/zoo-mlp (AAA's transfer row). An
-entry already in the zoo is left alone.
+Run folders: runs/zoo-<entry> (or the benchmark run an entry names), the shared classifiers runs/zoo-cnn and
+runs/zoo-mlp (AAA's transfer row). An entry already in the zoo is left alone.
 """
 
 import argparse
@@ -129,8 +130,13 @@ def train(name, spec):
             return classifier_timing
     if "same_run_as" in spec:
         return train(spec["same_run_as"], ENTRIES[spec["same_run_as"]])
+    fields = spec.get("fields", {})
+    for value in fields.values():  # classifiers the config names (protected, or started from) exist first
+        for path in value if isinstance(value, tuple) else (value,):
+            if isinstance(path, str) and path in CLASSIFIERS:
+                _train_classifier(pathlib.Path(path), CLASSIFIERS[path])
     _, config_class = get_defense(spec["defense"])
-    config = config_class(**spec.get("fields", {}))
+    config = config_class(**fields)
     run = pathlib.Path(run_of(name))
     timing = train_on_budget(spec["defense"], config, run, 60 * spec.get("budget_minutes", 60), "cpu")
     trained = json.loads((run / "config.json").read_text())  # a run trained elsewhere: its own settings

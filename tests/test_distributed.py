@@ -32,7 +32,7 @@ x = rng.random((16, 28, 28, 1)).astype("float32")
 y = rng.integers(0, 10, 16)
 classifier_run = None
 # small players and short inner loops: what is tested is how a step is shared between replicas, not its size
-# (the traced graphs of L2L-DA's 10 recursive steps and FBGAN's full width took 3 of this test's 5 minutes)
+# (tracing L2L-DA's 10 recursive steps took 2 of this test's 4 minutes)
 SMALL = {"l2l_da": {"steps": 2, "generator_filters": 8}, "fbgan": {"base_filters": 8},
          "gcln": {"filters": 8, "residual_blocks": 1, "detector_filters": 8, "attack_steps": 2},
          "aaa": {"nb_iter": 3, "filters": 8}}
@@ -89,7 +89,7 @@ DETERMINISTIC = {"pgd_at": {"rand_init": False, "nb_iter": 3}, "denoising_ae": {
 single = tf.distribute.get_strategy()
 for name in sys.argv[1:]:
     model_class, config_class = get_defense(name)
-    fields = dict(SMALL.get(name, {}), **DETERMINISTIC.get(name, {}), batch_size=16)
+    fields = {**SMALL.get(name, {}), **DETERMINISTIC.get(name, {}), "batch_size": 16}
     if getattr(model_class, "needs_classifier", False):
         fields["classifier"] = classifier_run
     models = []
