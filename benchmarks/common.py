@@ -53,6 +53,19 @@ def kept_json(path, compute):
     return json.loads(path.read_text())
 
 
+def kept_evaluation(path, key):
+    """(resume, checkpoint) for `evaluation.evaluate`: the unfinished report kept at `path` after every attack
+    (npz and JSON, no pickle) if it was kept for `key`, else None; and the callable that keeps it. A benchmark
+    part stopped mid-way continues with the attack after the last one it finished."""
+    from tfpurify.evaluation.report import jsonable, kept_state, save_state
+
+    key = jsonable(key)
+    resume, _ = kept_state(path, key)
+    if resume is not None:
+        print(f"{path}: continuing the evaluation kept there", flush=True)
+    return resume, lambda report: atomic_write_text(path, save_state(report, {"key": key}))
+
+
 def write_results(name, results, markdown):
     """Writes benchmarks/results/<name>.json and its .md twin."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, environment, kept_json, machine, rows_table, train_on_budget, write_results  # noqa: E402
+from common import RESULTS, environment, kept_evaluation, kept_json, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, attacks, classifiers, data, evaluation, metrics, reports  # noqa: E402
 from tfpurify.defenses.cowboy import CowboyConfig  # noqa: E402
@@ -100,15 +100,18 @@ def sweep(run, clf_run, x, y, x_fgsm, path, gan):
     return results
 
 
-def graybox_part(run, clf_run, overrides, x, y, gray, eot_samples):
+def graybox_part(run, clf_run, overrides, x, y, gray, eot_samples, partial):
     """Clean and gray-box rows of one mode on the test images, with the detector's scores and thresholds
-    (a JSON value: `kept_json` keeps it in the run folder, so a rerun skips it)."""
+    (a JSON value: `kept_json` keeps it in the run folder, so a rerun skips it; `partial`, a path where the
+    unfinished evaluation is kept after every attack, so a stopped one continues)."""
     defended, _ = load_defended(run, clf_run, overrides)
     start = time.perf_counter()
+    resume, checkpoint = kept_evaluation(partial, {"overrides": overrides, "n": len(x), "attacks": repr(gray)})
     report = evaluation.evaluate(defended, x, y, gray, threat_model=["none", "graybox"],
                                  pipelines=adaptive.threat_model_pipelines(defended, eot_samples=eot_samples),
                                  defense=f"cowboy ({overrides['mode']})", classifier="cnn", dataset="fashion_mnist",
-                                 progress=True, cascade=False, detector=defended.detector)
+                                 progress=True, cascade=False, detector=defended.detector,
+                                 checkpoint=checkpoint, resume=resume)
     calibration = defended.detector.calibration or {}
     return {**_part(report, start), "overrides": overrides, "settings": report.to_dict()["settings"],
             "thresholds": {"fpr": calibration.get("threshold_fpr"), "paper": calibration.get("threshold_paper")}}
@@ -245,7 +248,9 @@ def main():
         stem = (f"eval-{mode}-{'all' if args.clean_everything else 'flagged'}-n{len(x)}-"
                 f"eps{'-'.join(f'{e:g}' for e in eps)}")
         gray_part = kept_json(run / f"{stem}-graybox.json",
-                              lambda: graybox_part(run, clf_run, overrides, x, y, gray, args.eot_samples))
+                              lambda: graybox_part(run, clf_run, overrides, x, y, gray, args.eot_samples,
+                                                   run / f"{stem}-graybox.partial.npz"))
+        (run / f"{stem}-graybox.partial.npz").unlink(missing_ok=True)  # kept whole now
         white_part = kept_json(run / f"{stem}-whitebox{args.n_whitebox}-eot{args.eot_samples}-unroll{args.unroll}"
                                      f"{'-checks' if args.whitebox_checks else ''}-{len(white)}attacks.json",
                                lambda: whitebox_part(args, run, clf_run, overrides, x, y, white))
