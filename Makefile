@@ -34,7 +34,7 @@ demo: $(BIN)/.installed
 	@echo "SavedModel for TF Serving: $(DEMO)/saved_models/dae-cnn/1"
 
 # Two workers on the two cores (pytest-xdist), one test file each at a time: about half the time. Files are
-# handed out in collection order (tests/conftest.py puts the 5-minute distributed test first), not xdist's
+# handed out in collection order (tests/conftest.py puts the longest, the distributed test, first), not xdist's
 # default of the files with most tests first, which left that one test running alone at the end.
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder

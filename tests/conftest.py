@@ -63,7 +63,7 @@ def pytest_configure(config):
     np.set_printoptions(precision=4)
 
 
-FIRST = ("test_distributed.py",)  # one test of about 5 minutes (a fresh process, every defense twice)
+FIRST = ("test_distributed.py",)  # the longest file: one test of 2-3 minutes (a fresh process, every defense twice)
 
 
 def pytest_collection_modifyitems(items):
