@@ -54,16 +54,15 @@ def kept_json(path, compute):
 
 
 def kept_evaluation(path, key):
-    """(resume, checkpoint) for `evaluation.evaluate`: the unfinished report kept at `path` after every attack
-    (npz and JSON, no pickle) if it was kept for `key`, else None; and the callable that keeps it. A benchmark
-    part stopped mid-way continues with the attack after the last one it finished."""
-    from tfpurify.evaluation.report import jsonable, kept_state, save_state
+    """`tfpurify.evaluation.report.KeptEvaluation` at `path` for `key`, saying so when it continues one: a
+    benchmark part stopped mid-way continues with the attack after the last one it finished, and its
+    `seconds()` count the stopped processes' too."""
+    from tfpurify.evaluation.report import KeptEvaluation
 
-    key = jsonable(key)
-    resume, _ = kept_state(path, key)
-    if resume is not None:
+    kept = KeptEvaluation(path, key)
+    if kept.resume is not None:
         print(f"{path}: continuing the evaluation kept there", flush=True)
-    return resume, lambda report: atomic_write_text(path, save_state(report, {"key": key}))
+    return kept
 
 
 def write_results(name, results, markdown):

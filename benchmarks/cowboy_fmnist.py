@@ -105,15 +105,14 @@ def graybox_part(run, clf_run, overrides, x, y, gray, eot_samples, partial):
     (a JSON value: `kept_json` keeps it in the run folder, so a rerun skips it; `partial`, a path where the
     unfinished evaluation is kept after every attack, so a stopped one continues)."""
     defended, _ = load_defended(run, clf_run, overrides)
-    start = time.perf_counter()
-    resume, checkpoint = kept_evaluation(partial, {"overrides": overrides, "n": len(x), "attacks": repr(gray)})
+    kept = kept_evaluation(partial, {"overrides": overrides, "n": len(x), "attacks": repr(gray)})
     report = evaluation.evaluate(defended, x, y, gray, threat_model=["none", "graybox"],
                                  pipelines=adaptive.threat_model_pipelines(defended, eot_samples=eot_samples),
                                  defense=f"cowboy ({overrides['mode']})", classifier="cnn", dataset="fashion_mnist",
                                  progress=True, cascade=False, detector=defended.detector,
-                                 checkpoint=checkpoint, resume=resume)
+                                 checkpoint=kept.checkpoint, resume=kept.resume)
     calibration = defended.detector.calibration or {}
-    return {**_part(report, start), "overrides": overrides, "settings": report.to_dict()["settings"],
+    return {**_part(report, kept.seconds()), "overrides": overrides, "settings": report.to_dict()["settings"],
             "thresholds": {"fpr": calibration.get("threshold_fpr"), "paper": calibration.get("threshold_paper")}}
 
 
@@ -128,7 +127,7 @@ def whitebox_part(args, run, clf_run, overrides, x, y, white):
                              defense=f"cowboy ({overrides['mode']})", classifier="cnn", dataset="fashion_mnist",
                              progress=True, cascade=False, detector=defended.detector,
                              sanity_checks=args.whitebox_checks, sanity_n=min(100, n))
-    part = {**_part(wb, start), "overrides": overrides}
+    part = {**_part(wb, time.perf_counter() - start), "overrides": overrides}
     part["rows"] = [dict(r, n_examples=n) for r in part["rows"] if r["threat_model"] != "clean"]
     part["scores"] = {k: v for k, v in part["scores"].items() if k != "clean"}
     if args.unroll:
@@ -137,10 +136,10 @@ def whitebox_part(args, run, clf_run, overrides, x, y, white):
     return part
 
 
-def _part(report, start):
+def _part(report, seconds):
     d = report.to_dict()
     return {"rows": d["rows"], "sanity_checks": d["sanity_checks"], "warnings": list(report.warnings),
-            "detection": d["detection"], "seconds": time.perf_counter() - start,
+            "detection": d["detection"], "seconds": seconds,
             "scores": {k: np.asarray(v).tolist() for k, v in report.detector_scores.items()}}
 
 

@@ -92,9 +92,8 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
     from tfpurify.evaluation import evaluate, make_attack_specs
-    from tfpurify.evaluation.report import jsonable, kept_state, save_state
+    from tfpurify.evaluation.report import KeptEvaluation
     from tfpurify.reports import save_pictures, to_markdown, write_json, write_markdown, write_report
-    from tfpurify.runs import atomic_write_text
     from tfpurify.training import load_defended
     from tfpurify.zoo import PREFIX, is_reference, resolve
 
@@ -138,23 +137,22 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     markdown_path = pathlib.Path(report_path or default_report)
 
     # a killed evaluation keeps what it finished, and the same command resumes it with the next attack
-    partial = markdown_path.with_suffix(".partial.npz")
-    key = jsonable({"options": click.get_current_context().params, "runs": info["runs"]})
-    resume = kept_state(partial, key)[0]
-    if resume is not None:
-        click.echo(f"resuming the unfinished evaluation in {partial} ({len(resume.results)} attack runs finished)",
-                   err=True)
+    kept = KeptEvaluation(markdown_path.with_suffix(".partial.npz"),
+                          {"options": click.get_current_context().params, "runs": info["runs"]})
+    if kept.resume is not None:
+        click.echo(f"resuming the unfinished evaluation in {kept.path} ({len(kept.resume.results)} attack runs "
+                   "finished)", err=True)
 
     def checkpoint(unfinished):  # after every attack and check
         write_json(unfinished, markdown_path.with_suffix(".json"))
         write_markdown(unfinished, markdown_path)
-        atomic_write_text(partial, save_state(unfinished, {"key": key}))
+        kept.checkpoint(unfinished)
 
     report = evaluate(defended, x, y, specs, threat_model=threat_models, pipelines=pipelines,
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,
                       detector=defended.detector, runs=info["runs"], cascade=cascade, score_draws=score_draws,
-                      sanity_queries=check_queries, checkpoint=checkpoint, resume=resume)
+                      sanity_queries=check_queries, checkpoint=checkpoint, resume=kept.resume)
     if corruptions is not None:
         scored = {name: pipeline[1] for name, pipeline in pipelines.items()
                   if name in ("none", "graybox") and pipeline is not None}
@@ -166,6 +164,6 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
     paths = write_report(report, markdown_path, dataset_info(info["dataset"]).class_names)
     if defended.purifier is not None:  # reconstructions, latent traversals ...
         paths.update(save_pictures(defended.purifier.pictures(x[:10]), pathlib.Path(paths["markdown"]).parent / "pictures"))
-    partial.unlink(missing_ok=True)
+    kept.discard()
     click.echo(to_markdown(report))
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

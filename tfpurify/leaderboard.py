@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tfpurify import adaptive, data, evaluation, export, metrics, reports
 from tfpurify.errors import InputValidationError
-from tfpurify.evaluation.report import jsonable, kept_state, save_state
+from tfpurify.evaluation.report import KeptEvaluation, jsonable
 from tfpurify.runs import atomic_write_text
 from tfpurify.training import load_defended
 from tfpurify.zoo import PREFIX, is_reference, read_manifest, record_leaderboard, resolve, zoo_dir
@@ -126,21 +126,11 @@ def _own_attacks(defended, protocol):
 def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, white, grid=None,
                    partial=None):
     """One (entry, eps, threat model) cell. `partial`: (path, key) where the unfinished report is kept after
-    every attack and sanity check (`save_state`), and resumed from when its key matches (the cell's runs,
+    every attack and sanity check (`KeptEvaluation`), and resumed from when its key matches (the cell's runs,
     protocol and n)."""
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
     start = time.perf_counter()
-    resume, checkpoint, seconds_before = None, None, 0.0
-    if partial is not None:
-        path, key = partial
-        key = jsonable(key)
-        resume, stored = kept_state(path, key)
-        if resume is not None:
-            seconds_before = stored["seconds"]
-
-        def checkpoint(report):
-            atomic_write_text(path, save_state(report, {"key": key,
-                                                        "seconds": seconds_before + time.perf_counter() - start}))
+    kept = None if partial is None else KeptEvaluation(*partial)
     report = evaluation.evaluate(
         defended, x, y, _specs(protocol, eps, stochastic, _own_attacks(defended, protocol) if white else ()),
         threat_model=threat_model, pipelines=pipelines,
@@ -148,8 +138,9 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
         sanity_checks=protocol.sanity_checks and white, sanity_n=protocol.sanity_n,
         defense=info["defense"], classifier=info["classifier"], dataset=info["dataset"], progress=progress,
         detector=defended.detector, runs=info["runs"], cascade=True, score_draws=protocol.score_draws,
-        sanity_queries=protocol.sanity_queries, checkpoint=checkpoint, resume=resume)
-    seconds = seconds_before + time.perf_counter() - start
+        sanity_queries=protocol.sanity_queries, checkpoint=None if kept is None else kept.checkpoint,
+        resume=None if kept is None else kept.resume)
+    seconds = time.perf_counter() - start if kept is None else kept.seconds()
     if grid is not None:  # the entry's picture: clean test images and the white-box adversarial examples
         reports.save_report_grid(report, grid, data.dataset_info(protocol.dataset).class_names)
     clean = report.clean_by_threat_model.get(threat_model, report.clean_correct)

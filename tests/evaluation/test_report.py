@@ -156,3 +156,23 @@ def test_a_damaged_kept_state_is_measured_again(tmp_path):
         path.write_bytes(damaged)
         assert kept_state(path, "k") == (None, None)
     assert kept_state(tmp_path / "missing.npz", "k") == (None, None)
+
+
+def test_a_kept_evaluation_resumes_for_its_key_and_counts_the_seconds_of_every_process(tmp_path, monkeypatch):
+    """`KeptEvaluation`: what a stopped process kept is the next one's `resume` only for the same key, and the
+    seconds it reports add those the stopped process spent (a resumed benchmark or leaderboard cell states its
+    whole cost, not the last process's)."""
+    from tfpurify.evaluation import report as report_lib
+
+    clock = iter([100.0, 130.0, 500.0, 510.0, 900.0])
+    monkeypatch.setattr(report_lib.time, "perf_counter", lambda: next(clock))
+    path = tmp_path / "cell.partial.npz"
+    first = report_lib.KeptEvaluation(path, {"n": np.int64(3), "eps": 0.1})  # started at 100
+    assert first.resume is None and first.seconds_before == 0.0
+    first.checkpoint(report_lib.RobustnessReport(3, 0, 1.0, np.array([True, False, True]), []))  # at 130: 30 s
+    second = report_lib.KeptEvaluation(path, {"n": 3, "eps": 0.1})  # started at 500
+    assert isinstance(second.resume, report_lib.RobustnessReport) and second.seconds_before == 30.0
+    assert second.seconds() == 40.0  # at 510: 30 before + 10 now
+    assert report_lib.KeptEvaluation(path, {"n": 4, "eps": 0.1}).resume is None  # another key: measured again
+    second.discard()
+    assert not path.exists()

@@ -10,13 +10,15 @@ import io
 import json
 import math
 import pathlib
+import time
 import zipfile
 
 import numpy as np
 
 from tfpurify.metrics import worst_case_accuracy
+from tfpurify.runs import atomic_write_text
 
-__all__ = ["AttackResult", "RobustnessReport", "jsonable", "save_state", "load_state", "kept_state"]
+__all__ = ["AttackResult", "RobustnessReport", "jsonable", "save_state", "load_state", "kept_state", "KeptEvaluation"]
 
 
 @dataclasses.dataclass
@@ -263,6 +265,30 @@ def kept_state(path, key):
     except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # e.g. a truncated file
         return None, None
     return (report, extra) if isinstance(extra, dict) and extra.get("key") == key else (None, None)
+
+
+class KeptEvaluation:
+    """An evaluation that survives being killed: `evaluate(..., checkpoint=kept.checkpoint, resume=kept.resume)`.
+
+    `resume` is the unfinished report kept at `path` for `key` (a JSON value: what makes two evaluations the
+    same one), or None; `checkpoint(report)` keeps it there atomically after every attack and sanity check,
+    with the seconds spent so far; `seconds()` counts those of the processes before this one too;
+    `discard()` removes the file once the finished result is kept elsewhere."""
+
+    def __init__(self, path, key):
+        self.path, self.key = pathlib.Path(path), jsonable(key)
+        self.resume, extra = kept_state(self.path, self.key)
+        self.seconds_before = float(extra.get("seconds", 0.0)) if self.resume is not None else 0.0
+        self._start = time.perf_counter()
+
+    def seconds(self):
+        return self.seconds_before + time.perf_counter() - self._start
+
+    def checkpoint(self, report):
+        atomic_write_text(self.path, save_state(report, {"key": self.key, "seconds": self.seconds()}))
+
+    def discard(self):
+        self.path.unlink(missing_ok=True)
 
 
 def _hashable(key):
