@@ -140,7 +140,7 @@ def train(name, spec):
     run = pathlib.Path(run_of(name))
     timing = train_on_budget(spec["defense"], config, run, 60 * spec.get("budget_minutes", 60), "cpu")
     trained = json.loads((run / "config.json").read_text())  # a run trained elsewhere: its own settings
-    return _record(timing, trained["epochs"], trained.get("train_steps"))
+    return _record(timing, trained["epochs"], trained.get("train_steps"), run / "history.csv")
 
 
 def _train_classifier(path, fields):
@@ -150,12 +150,15 @@ def _train_classifier(path, fields):
         timed_training(path, config.batch_size,
                        lambda callbacks: classifiers.train_classifier(config, path, callbacks=callbacks, verbose=2))
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
-    return _record(timing, config.epochs)
+    return _record(timing, config.epochs, history=path / "history.csv")
 
 
-def _record(timing, epochs, steps=None):
-    """The manifest's training record from a run's timing.json (empty where the run was trained elsewhere)."""
+def _record(timing, epochs, steps=None, history=None):
+    """The manifest's training record from a run's timing.json (empty where the run was trained elsewhere) and
+    its history.csv (one row per finished epoch: `epochs_trained`, where a budget stopped it before the plan)."""
     record = {"epochs_planned": epochs} if not steps else {"steps_planned": steps}
+    if history is not None and pathlib.Path(history).is_file():
+        record["epochs_trained"] = max(0, len(pathlib.Path(history).read_text().strip().splitlines()) - 1)
     if "train_seconds" in timing:
         record["wall_minutes"] = round(timing["train_seconds"] / 60, 1)
     if "cpu_seconds" in timing:

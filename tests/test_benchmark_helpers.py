@@ -61,3 +61,18 @@ def test_kept_json_computes_once_and_reads_back(common, tmp_path):
     path = tmp_path / "eval.json"
     assert common.kept_json(path, compute) == {"rows": [{"accuracy": 0.5}]}
     assert common.kept_json(path, compute) == {"rows": [{"accuracy": 0.5}]} and len(calls) == 1
+
+
+def test_a_zoo_training_record_says_how_many_epochs_a_budget_left(tmp_path, monkeypatch):
+    """zoo_fmnist's manifest record: the epochs planned and, from history.csv, the epochs trained (a run stopped
+    by its CPU budget after 2 of 200 planned epochs says 2), with the timing's minutes and images."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("benchmark_zoo_fmnist", ROOT / "benchmarks" / "zoo_fmnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss\n0,1.0\n1,0.5\n")
+    record = module._record({"train_seconds": 600, "cpu_seconds": 300, "images": 1000}, 200, history=history)
+    assert record == {"epochs_planned": 200, "epochs_trained": 2, "wall_minutes": 10.0, "cpu_minutes": 5.0,
+                      "images_seen": 1000}
+    assert module._record({}, 5, history=tmp_path / "missing.csv") == {"epochs_planned": 5}
