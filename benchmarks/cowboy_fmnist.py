@@ -15,7 +15,7 @@
 
 Usage: python benchmarks/cowboy_fmnist.py [--budget-minutes 60 | --epochs N] [--train-steps N] [--n 1000]
        [--n-sweep 200] [--n-whitebox 200] [--eps 0.1,0.2] [--unroll 5] [--whitebox-checks] [--train-only]
-       [--clean-everything] [--name cowboy_fmnist]
+       [--clean-everything] [--score-draws 10] [--name cowboy_fmnist]
 The GAN trains the paper's 2K generator steps unless `--train-steps` says otherwise (0: the whole budget
 or `--epochs`; the GAN of the committed results trained about 16.9K steps). Test images go through the
 paper's detect-then-clean pipeline unless `--clean-everything` (every input cleaned, our earlier default).
@@ -100,16 +100,17 @@ def sweep(run, clf_run, x, y, x_fgsm, path, gan):
     return results
 
 
-def graybox_part(run, clf_run, overrides, x, y, gray, eot_samples, partial):
+def graybox_part(run, clf_run, overrides, x, y, gray, eot_samples, partial, score_draws=10):
     """Clean and gray-box rows of one mode on the test images, with the detector's scores and thresholds
     (a JSON value: `kept_json` keeps it in the run folder, so a rerun skips it; `partial`, a path where the
-    unfinished evaluation is kept after every attack, so a stopped one continues)."""
+    unfinished evaluation is kept after every attack, so a stopped one continues; `score_draws`: cleanings per
+    example, scored as `evaluation.evaluate` says)."""
     defended, _ = load_defended(run, clf_run, overrides)
     kept = kept_evaluation(partial, {"overrides": overrides, "n": len(x), "attacks": repr(gray)})
     report = evaluation.evaluate(defended, x, y, gray, threat_model=["none", "graybox"],
                                  pipelines=adaptive.threat_model_pipelines(defended, eot_samples=eot_samples),
                                  defense=f"cowboy ({overrides['mode']})", classifier="cnn", dataset="fashion_mnist",
-                                 progress=True, cascade=False, detector=defended.detector,
+                                 progress=True, cascade=False, detector=defended.detector, score_draws=score_draws,
                                  checkpoint=kept.checkpoint, resume=kept.resume)
     calibration = defended.detector.calibration or {}
     return {**_part(report, kept.seconds()), "overrides": overrides, "settings": report.to_dict()["settings"],
@@ -205,6 +206,8 @@ def main():
     parser.add_argument("--n-whitebox", type=int, default=200)
     parser.add_argument("--eps", default="0.1,0.2")
     parser.add_argument("--eot-samples", type=int, default=4)
+    parser.add_argument("--score-draws", type=int, default=10,
+                        help="gray-box: cleanings per test example, scored over the draws (1: the paper's one cleaning)")
     parser.add_argument("--unroll", type=int, default=5,
                         help="also attack white-box through this many unrolled descent steps (0: BPDA identity only)")
     parser.add_argument("--no-pgd80", action="store_true", help="without the white-box PGD-80 row (time)")
@@ -246,10 +249,11 @@ def main():
         overrides = {**chosen, "mode": mode}
         stem = (f"eval-{mode}-{'all' if args.clean_everything else 'flagged'}-n{len(x)}-"
                 f"eps{'-'.join(f'{e:g}' for e in eps)}")
-        gray_part = kept_json(run / f"{stem}-graybox.json",
+        gray_stem = f"{stem}-graybox{'' if args.score_draws == 10 else f'-draws{args.score_draws}'}"
+        gray_part = kept_json(run / f"{gray_stem}.json",
                               lambda: graybox_part(run, clf_run, overrides, x, y, gray, args.eot_samples,
-                                                   run / f"{stem}-graybox.partial.npz"))
-        (run / f"{stem}-graybox.partial.npz").unlink(missing_ok=True)  # kept whole now
+                                                   run / f"{gray_stem}.partial.npz", args.score_draws))
+        (run / f"{gray_stem}.partial.npz").unlink(missing_ok=True)  # kept whole now
         white_part = kept_json(run / f"{stem}-whitebox{args.n_whitebox}-eot{args.eot_samples}-unroll{args.unroll}"
                                      f"{'-checks' if args.whitebox_checks else ''}-{len(white)}attacks.json",
                                lambda: whitebox_part(args, run, clf_run, overrides, x, y, white))
@@ -319,7 +323,9 @@ def main():
           f"{steps_text}) "
           f"on this CPU ({machine()}). Test images: "
           + ("every input cleaned." if args.clean_everything else
-             "detect, then clean only what the detector flags (the paper's pipeline).") + "\n\n"
+             "detect, then clean only what the detector flags (the paper's pipeline).")
+          + (" Gray-box: each test example cleaned once (the paper's protocol)." if args.score_draws == 1 else
+             f" Gray-box: each test example cleaned {args.score_draws} times, scored over the draws.") + "\n\n"
           f"White-box: PGD-40{'' if args.whitebox_checks or args.no_pgd80 else ' and PGD-80'} end to end, BPDA through the latent "
           f"search (the identity{f', and PGD-40 again through {args.unroll} unrolled descent steps from the found code' if args.unroll else ''}), "
           f"EOT over {args.eot_samples} draws of its random starts, detector-aware; the worst case is over all of them; "
