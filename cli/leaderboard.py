@@ -7,7 +7,8 @@ from cli.options import COUNT
 
 @click.command("leaderboard")
 @click.option("--entries", default=None,
-              help="Comma list of zoo:NAME or NAME=RUN[:CLASSIFIER_RUN] [default: every zoo entry].")
+              help="Comma list of zoo:NAME or NAME=RUN[:CLASSIFIER_RUN] [default: every zoo entry]; the table "
+                   "in --out keeps its other entries' rows where it was made under the same protocol.")
 @click.option("--zoo", "zoo_path", default=None, help="The zoo folder [default: $TFPURIFY_ZOO, else zoo/].")
 @click.option("--out", default="leaderboard", show_default=True,
               help="Folder of the tables (DATASET.json, .md, .html) and the cache of finished cells.")
@@ -31,7 +32,8 @@ def leaderboard_command(entries, zoo_path, out, n, record):
         raise InputValidationError("no entries: the zoo is empty; name run folders with --entries NAME=RUN:CLASSIFIER")
     if n is not None:
         chosen = [dataclasses.replace(e, n=n) for e in chosen]
-    rows = leaderboard.run(chosen, out, progress=True, log=lambda line: click.echo(line, err=True), record=record)
+    rows = leaderboard.run(chosen, out, progress=True, log=lambda line: click.echo(line, err=True), record=record,
+                           keep_others=bool(entries))
     for i, row in enumerate(rows, 1):
         first = next(k for k in row if k.startswith("whitebox "))
         click.echo(f"{i}. {row['entry']}: white-box {first.split()[1]} {100 * row[first]['accuracy']:.1f} %, "

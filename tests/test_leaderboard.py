@@ -277,3 +277,24 @@ def test_the_command_line(board, monkeypatch, cnn_run, dae_run, tmp_path):
         assert len(lines) == 1 and match in lines[0], lines
     with pytest.raises(InputValidationError):
         leaderboard.entry_from_text("=runs/x")
+
+
+def test_evaluating_some_entries_keeps_the_other_rows_of_the_same_protocol(board, tmp_path):
+    """`--entries` adds or updates those rows and keeps the table's others (same protocol only); the default,
+    every zoo entry, writes exactly the entries it evaluated."""
+    out, entries, _ = board
+    target = tmp_path / "board"
+    shutil.copytree(out, target)
+    leaderboard.run(entries, target, SMALL, log=lambda line: None)  # both rows, whatever earlier tests left in out
+    dae = next(r for r in json.loads((target / "fashion_mnist.json").read_text())["rows"] if r["entry"] == "dae")
+    again = leaderboard.run(entries[:1], target, SMALL, log=lambda line: None, keep_others=True)
+    assert sorted(r["entry"] for r in again) == ["dae", "none"]
+    assert next(r for r in again if r["entry"] == "dae") == dae  # as the table held it
+    written = json.loads((target / "fashion_mnist.json").read_text())
+    assert sorted(r["entry"] for r in written["rows"]) == ["dae", "none"]
+    assert (target / "fashion_mnist.md").read_text().count("\n| ") == 1 + 2
+    assert [r["entry"] for r in leaderboard.run(entries[:1], target, SMALL, log=lambda line: None)] == ["none"]
+    leaderboard.run(entries, target, SMALL, log=lambda line: None)
+    other = leaderboard.Protocol(**{**SMALL.to_dict(), "eps": (0.1,), "n": 16})
+    assert leaderboard.kept_rows(target, other, {"none"}) == []  # another protocol: nothing kept
+    assert [r["entry"] for r in leaderboard.kept_rows(target, SMALL, {"none"})] == ["dae"]

@@ -328,23 +328,41 @@ def _row(entry, info, cells, protocol, n, rate, serving):
     return row
 
 
-def run(entries, out, protocol=None, progress=False, log=print, record=False):
+def run(entries, out, protocol=None, progress=False, log=print, record=False, keep_others=False):
     """Evaluates every entry (resuming from the cache) and writes the leaderboard; returns its rows.
-    `protocol`: None for `PROTOCOL`. `record`: every zoo entry's row is written into its manifest."""
+    `protocol`: None for `PROTOCOL`. `record`: every zoo entry's row is written into its manifest.
+    `keep_others`: the rows of other entries in the table already at `out` stay (`kept_rows`)."""
     protocol = protocol or PROTOCOL
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise InputValidationError(f"entry names must differ: {', '.join(sorted(names))}")
     rows = [evaluate_entry(entry, out, protocol, progress, log) for entry in entries]
+    kept = kept_rows(out, protocol, names) if keep_others else []
+    if kept:
+        log(f"kept from {out}'s table (same protocol, not evaluated now): {', '.join(r['entry'] for r in kept)}")
+    rows += kept
     rows.sort(key=lambda r: (-r[f"whitebox {protocol.eps[0]:g}"]["accuracy"], r["entry"]))
     write(rows, out, protocol)
     if record:
         by_name = {e.name: e for e in entries}
         for rank, row in enumerate(rows, 1):
-            entry = by_name[row["entry"]]
-            if entry.zoo is not None:
+            entry = by_name.get(row["entry"])  # None: a row kept from the table
+            if entry is not None and entry.zoo is not None:
                 record_leaderboard(entry.name, _manifest_row(row, rank, out, protocol), entry.zoo)
     return rows
+
+
+def kept_rows(out, protocol, evaluated):
+    """The rows of the table already at `out` (`<dataset>.json`) whose entries are not in `evaluated`, where it
+    was made under this protocol: evaluating some entries adds or updates their rows and keeps the others."""
+    path = pathlib.Path(out) / f"{protocol.dataset}.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(table, dict) or table.get("protocol") != jsonable(protocol.to_dict()):
+        return []
+    return [r for r in table.get("rows", []) if isinstance(r, dict) and r.get("entry") not in evaluated]
 
 
 def _manifest_row(row, rank, out, protocol):
