@@ -167,7 +167,7 @@ def main():
             {"none": defended.classifier, "aaa xent+mse": defended}, xc, yc, corruptions.CORRUPTIONS,
             classifier=scored_name)
     grid = corruptions.corruption_grid(x[0], corruptions.CORRUPTIONS)
-    reports.save_image_grid(RESULTS / "aaa_fmnist_corruptions.png", grid, None,
+    reports.save_image_grid(RESULTS / f"aaa_fmnist{suffix.replace('-', '_')}_corruptions.png", grid, None,
                             title="one test image under each corruption, severity 0 (left) to 5")
 
     def cell(model, scored, attack, tm="whitebox", key="accuracy"):
@@ -209,7 +209,7 @@ def main():
           f"only adversarial examples with L2 < {CW_MAX_L2:g}. Min: the per-example worst case over the white-box "
           "columns, CW-L2 and the sanity checks' attacks. Paper numbers use the plain metric; ours in the JSON as "
           "`plain_accuracy`.\n\n" + "\n".join(table) + "\n\n"
-          "## Common corruptions (bare / AAA xent+mse; `aaa_fmnist_corruptions.png`)\n\n"
+          f"## Common corruptions (bare / AAA xent+mse; `aaa_fmnist{suffix.replace('-', '_')}_corruptions.png`)\n\n"
           + "\n".join(line for scored in ("cnn", "mlp")
                       for line in [f"### {scored}", *reports.corruption_lines(
                           [r for r in corruption_rows if r["classifier"] == scored])[2:], ""])
