@@ -258,6 +258,15 @@ def test_a_zoo_entry_brings_its_paper_its_budget_and_its_n(dae_run, cnn_run, tmp
     assert recorded["whitebox 0.1"]["accuracy"] == row["whitebox 0.1"]["accuracy"]
     assert recorded["clean"] == row["clean"] and not zoo.check_files("dae", tmp_path / "zoo")
     assert leaderboard.entry_from_text("zoo:dae", tmp_path / "zoo").n == 16
+    # --entries: the other rows of the table are kept, and the rank a kept zoo row recorded follows the table
+    zoo.add("bare", str(cnn_run), None, "cnn", tmp_path / "zoo", n=16)
+    small, quiet = dataclasses.replace(SMALL, eps=(0.1,)), (lambda line: None)
+    leaderboard.run([leaderboard.entry_from_text("zoo:bare", tmp_path / "zoo")], tmp_path / "board2", small,
+                    log=quiet, record=True)
+    assert zoo.read_manifest("bare", tmp_path / "zoo")["leaderboard"]["rank"] == 1  # alone in its table
+    rows = leaderboard.run([entry], tmp_path / "board2", small, log=quiet, record=True, keep_others=True)
+    assert [r["entry"] for r in rows] == ["dae", "bare"]  # PGD breaks the bare cnn more than the purified one
+    assert [zoo.read_manifest(n, tmp_path / "zoo")["leaderboard"]["rank"] for n in ("dae", "bare")] == [1, 2]
 
 
 def test_the_command_line(board, monkeypatch, cnn_run, dae_run, tmp_path):

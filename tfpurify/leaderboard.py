@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpurify import adaptive, data, evaluation, export, metrics, reports
-from tfpurify.errors import InputValidationError
+from tfpurify.errors import InputValidationError, RunFolderError
 from tfpurify.evaluation.report import KeptEvaluation, jsonable
 from tfpurify.runs import atomic_write_text
 from tfpurify.training import load_defended
@@ -345,11 +345,27 @@ def run(entries, out, protocol=None, progress=False, log=print, record=False, ke
     write(rows, out, protocol)
     if record:
         by_name = {e.name: e for e in entries}
+        roots = {e.zoo for e in entries if e.zoo is not None}
         for rank, row in enumerate(rows, 1):
             entry = by_name.get(row["entry"])  # None: a row kept from the table
             if entry is not None and entry.zoo is not None:
                 record_leaderboard(entry.name, _manifest_row(row, rank, out, protocol), entry.zoo)
+            elif entry is None and len(roots) == 1:
+                _rerank(row, rank, next(iter(roots)), protocol)
     return rows
+
+
+def _rerank(row, rank, root, protocol):
+    """A kept row's new rank, written into the manifest of the zoo entry that recorded that row (same n and
+    protocol); any other manifest is left alone."""
+    try:
+        manifest = read_manifest(row["entry"], root)
+    except RunFolderError:
+        return
+    recorded = manifest.get("leaderboard") or {}
+    if (recorded.get("n") == row["n"] and recorded.get("protocol") == jsonable(protocol.to_dict())
+            and recorded.get("rank") != rank):
+        record_leaderboard(row["entry"], {**recorded, "rank": rank}, root)
 
 
 def kept_rows(out, protocol, evaluated):
