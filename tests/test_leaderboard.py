@@ -226,9 +226,11 @@ def test_a_pilot_gives_an_entry_that_would_not_fit_the_largest_n_that_does(monke
     monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: asked.append(len(a[1])) or real(*a, **k))
     entry = leaderboard.Entry("dae", str(dae_run), str(cnn_run))
     tight = dataclasses.replace(SMALL, eps=(0.1,), minutes_per_entry=1e-4, min_n=10, pilot_n=6)
-    row = leaderboard.run([entry], tmp_path, tight, log=lambda line: None)[0]
+    said = []
+    row = leaderboard.run([entry], tmp_path, tight, log=said.append)[0]
     assert row["n"] == 10 and asked == [6, 10, 10]  # the pilot on 6 images, then both cells on the minimum
     assert 0 < row["estimated_minutes"]
+    assert any("the protocol's minimum, 10 images, takes about" in line for line in said), said  # not "fits"
     roomy = dataclasses.replace(tight, minutes_per_entry=1e6)  # the same cells measure, the pilot is kept
     assert leaderboard.run([entry], tmp_path, roomy, log=lambda line: None)[0]["n"] == 24 and asked[3:] == [24, 24]
 

@@ -197,10 +197,14 @@ def _images_that_fit(defended, info, entry, protocol, pipelines, models, out, lo
     minutes = per_image * cells * protocol.n / 60
     if minutes <= protocol.minutes_per_entry:
         return protocol.n, minutes
-    n = max(protocol.min_n, int(protocol.minutes_per_entry * 60 / (per_image * cells)))
-    log(f"{entry.name}: about {minutes:.0f} min on {protocol.n} images by a pilot on {protocol.pilot_n}; {n} images "
-        f"fit {protocol.minutes_per_entry:g} min")
-    return n, per_image * cells * n / 60
+    fit = int(protocol.minutes_per_entry * 60 / (per_image * cells))
+    n = max(protocol.min_n, fit)
+    estimate = per_image * cells * n / 60
+    log(f"{entry.name}: about {minutes:.0f} min on {protocol.n} images by a pilot on {protocol.pilot_n}; "
+        + (f"{n} images fit {protocol.minutes_per_entry:g} min" if fit >= protocol.min_n else
+           f"the protocol's minimum, {n} images, takes about {estimate:.0f} min, over its "
+           f"{protocol.minutes_per_entry:g}-min budget"))
+    return n, estimate
 
 
 def evaluate_entry(entry, out, protocol, progress=False, log=print):
