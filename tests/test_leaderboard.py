@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from tfpurify import evaluation, leaderboard, metrics
 from tfpurify.errors import InputValidationError
+from tfpurify.evaluation.report import jsonable
 
 SMALL = leaderboard.Protocol(n=24, eps=(0.1, 0.2), attacks=("fgsm", "pgd"), pgd_steps=5, pgd_restarts=1,
                              eot_samples=1, score_draws=2, sanity_checks=False, batch_size=24, minutes_per_entry=None)
@@ -309,3 +310,11 @@ def test_evaluating_some_entries_keeps_the_other_rows_of_the_same_protocol(board
     other = leaderboard.Protocol(**{**SMALL.to_dict(), "eps": (0.1,), "n": 16})
     assert leaderboard.kept_rows(target, other, {"none"}) == []  # another protocol: nothing kept
     assert [r["entry"] for r in leaderboard.kept_rows(target, SMALL, {"none"})] == ["dae"]
+    # a table written before a protocol field existed is the protocol's where the field keeps what was done before
+    table = json.loads((target / "fashion_mnist.json").read_text())
+    before = dict(SMALL.to_dict(), sanity_queries=5000, purifier_attacks=[])
+    table["protocol"] = {k: v for k, v in jsonable(before).items() if k != "purifier_attacks"}
+    (target / "fashion_mnist.json").write_text(json.dumps(table))
+    assert leaderboard.kept_rows(target, SMALL, {"none"}) == []  # SMALL's purifier attacks were not done then
+    assert [r["entry"] for r in leaderboard.kept_rows(
+        target, leaderboard.Protocol(**before), {"none"})] == ["dae"]

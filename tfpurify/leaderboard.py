@@ -261,7 +261,14 @@ def _cell_protocol(protocol_dict):
 def _same_protocol(cached, protocol):
     """A cached cell was measured as this protocol measures a cell (a field added since it was cached counts
     with what was done before the field existed)."""
-    return cached is not None and _cell_protocol(cached) == _cell_protocol(protocol.to_dict())
+    return isinstance(cached, dict) and _cell_protocol(cached) == _cell_protocol(protocol.to_dict())
+
+
+def _same_table_protocol(recorded, protocol):
+    """A table or a manifest's row was made under this protocol, images chosen alike included (a field added
+    since counts with what was done before it existed, as for a cell)."""
+    return (isinstance(recorded, dict)
+            and jsonable({**_BEFORE_THE_FIELD, **recorded}) == jsonable({**_BEFORE_THE_FIELD, **protocol.to_dict()}))
 
 
 def _grid_path(out, protocol, entry):
@@ -367,7 +374,7 @@ def _rerank(row, rank, root, protocol):
     except RunFolderError:
         return
     recorded = manifest.get("leaderboard") or {}
-    if (recorded.get("n") == row["n"] and recorded.get("protocol") == jsonable(protocol.to_dict())
+    if (recorded.get("n") == row["n"] and _same_table_protocol(recorded.get("protocol"), protocol)
             and recorded.get("rank") != rank):
         record_leaderboard(row["entry"], {**recorded, "rank": rank}, root)
 
@@ -380,7 +387,7 @@ def kept_rows(out, protocol, evaluated):
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    if not isinstance(table, dict) or table.get("protocol") != jsonable(protocol.to_dict()):
+    if not isinstance(table, dict) or not _same_table_protocol(table.get("protocol"), protocol):
         return []
     return [r for r in table.get("rows", []) if isinstance(r, dict) and r.get("entry") not in evaluated]
 
