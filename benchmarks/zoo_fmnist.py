@@ -22,7 +22,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, timed_training, train_on_budget  # noqa: E402
 
-from tfpurify import classifiers, zoo  # noqa: E402
+from tfpurify import classifiers, data, zoo  # noqa: E402
 from tfpurify.defenses.registry import get_defense  # noqa: E402
 
 CNN, MLP = "runs/zoo-cnn", "runs/zoo-mlp"
@@ -140,7 +140,7 @@ def train(name, spec):
     run = pathlib.Path(run_of(name))
     timing = train_on_budget(spec["defense"], config, run, 60 * spec.get("budget_minutes", 60), "cpu")
     trained = json.loads((run / "config.json").read_text())  # a run trained elsewhere: its own settings
-    return _record(timing, trained["epochs"], trained.get("train_steps"), run / "history.csv")
+    return _record(timing, trained["epochs"], trained.get("train_steps"), run / "history.csv", _epoch_images(trained))
 
 
 def _train_classifier(path, fields):
@@ -150,14 +150,19 @@ def _train_classifier(path, fields):
         timed_training(path, config.batch_size,
                        lambda callbacks: classifiers.train_classifier(config, path, callbacks=callbacks, verbose=2))
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
-    return _record(timing, config.epochs, history=path / "history.csv")
+    return _record(timing, config.epochs, history=path / "history.csv",
+                   epoch_images=_epoch_images(json.loads((path / "config.json").read_text())))
 
 
-def _record(timing, epochs, steps=None, history=None):
+def _record(timing, epochs, steps=None, history=None, epoch_images=None):
     """The manifest's training record from a run's timing.json (empty where the run was trained elsewhere) and
-    its history.csv (one row per finished epoch: `epochs_trained`, where a budget stopped it before the plan)."""
+    its history.csv: `epochs_trained` is the images seen over `epoch_images` (the training part's size), to two
+    decimals, since a budget stops a run inside an epoch (history.csv counts that epoch as a row); without the
+    images, history.csv's rows."""
     record = {"epochs_planned": epochs} if not steps else {"steps_planned": steps}
-    if history is not None and pathlib.Path(history).is_file():
+    if epoch_images and "images" in timing:
+        record["epochs_trained"] = round(timing["images"] / epoch_images, 2)
+    elif history is not None and pathlib.Path(history).is_file():
         record["epochs_trained"] = max(0, len(pathlib.Path(history).read_text().strip().splitlines()) - 1)
     if "train_seconds" in timing:
         record["wall_minutes"] = round(timing["train_seconds"] / 60, 1)
@@ -166,6 +171,14 @@ def _record(timing, epochs, steps=None, history=None):
     if "images" in timing:
         record["images_seen"] = timing["images"]
     return record
+
+
+def _epoch_images(config):
+    """How many images one epoch of a run with this config (its config.json) trains on: the training split
+    (or its `limit`) less the validation part, as `data.train_val_split` cuts it."""
+    n = data.dataset_info(config.get("dataset", "fashion_mnist")).train_size
+    n = min(n, config["limit"]) if config.get("limit") else n
+    return n - max(1, int(round(n * config.get("val_fraction", 0.1))))
 
 
 if __name__ == "__main__":

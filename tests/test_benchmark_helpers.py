@@ -64,8 +64,9 @@ def test_kept_json_computes_once_and_reads_back(common, tmp_path):
 
 
 def test_a_zoo_training_record_says_how_many_epochs_a_budget_left(tmp_path, monkeypatch):
-    """zoo_fmnist's manifest record: the epochs planned and, from history.csv, the epochs trained (a run stopped
-    by its CPU budget after 2 of 200 planned epochs says 2), with the timing's minutes and images."""
+    """zoo_fmnist's manifest record: the epochs planned and the epochs trained (a run stopped by its CPU budget
+    after 2 of 200 planned epochs says 2; inside its third, 2.0 from the images seen, not history.csv's 3 rows),
+    with the timing's minutes and images."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("benchmark_zoo_fmnist", ROOT / "benchmarks" / "zoo_fmnist.py")
     module = importlib.util.module_from_spec(spec)
@@ -76,3 +77,10 @@ def test_a_zoo_training_record_says_how_many_epochs_a_budget_left(tmp_path, monk
     assert record == {"epochs_planned": 200, "epochs_trained": 2, "wall_minutes": 10.0, "cpu_minutes": 5.0,
                       "images_seen": 1000}
     assert module._record({}, 5, history=tmp_path / "missing.csv") == {"epochs_planned": 5}
+    # with the training part's size, the images seen say where inside an epoch the budget stopped it
+    assert module._epoch_images({"dataset": "fashion_mnist", "val_fraction": 0.1, "limit": None}) == 54000
+    assert module._epoch_images({"dataset": "fashion_mnist", "val_fraction": 0.2, "limit": 1000}) == 800
+    three_rows = tmp_path / "three.csv"
+    three_rows.write_text("epoch,loss\n0,1.0\n1,0.5\n2,0.4\n")  # the third epoch stopped after 160 images
+    assert module._record({"images": 108160}, 200, history=three_rows, epoch_images=54000)["epochs_trained"] == 2.0
+    assert module._record({"images": 93056}, 200, history=three_rows, epoch_images=54000)["epochs_trained"] == 1.72
