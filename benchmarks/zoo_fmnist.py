@@ -37,9 +37,17 @@ ENTRIES = {
                        "threat_model": "white-box, as reported in FBGAN's Table 1"}},
     "denoising_ae": {"defense": "denoising_ae", "fields": {"epochs": 5},
                      "paper": {"title": "a denoising autoencoder (baseline, no paper)"}},
-    "fbgan": {"defense": "fbgan", "run": "runs/bench-fbgan-final-paper",
-              "fields": {"epochs": 14, "classifier": "runs/bench-cnn"},  # its diagnostics' classifier only
-              "budget_minutes": 120, "paper": FBGAN_PAPER},
+    # benchmarks/fbgan_fmnist.py's run with a stated deviation that helped: the paper's width is out of the budget,
+    # and at base_filters 32 the AE term on the last 1 % of the steps (the paper's SVHN setting) gave gray-box PGD
+    # 0.1 58.4 % where the paper's Fashion-MNIST setting (no AE term) gave 40.3 % (fbgan_fmnist_paper.md)
+    "fbgan": {"defense": "fbgan", "run": "runs/bench-fbgan-final-bf32-ae1-e13",
+              "fields": {"epochs": 13, "base_filters": 32, "ae_fraction": 0.01,
+                         "classifier": "runs/bench-cnn"},  # its diagnostics' classifier only
+              "budget_minutes": 120, "paper": FBGAN_PAPER,
+              "deviation": "the auto-encoder term on the last 1 % of the training steps (ae_fraction 0.01), the "
+                           "paper's setting for SVHN; the paper trains Fashion-MNIST without it. Measured side by "
+                           "side at base_filters 32 (benchmarks/results/fbgan_fmnist_bf32_ae1_e13.md against "
+                           "fbgan_fmnist_paper.md): clean 73.8 % vs 64.6 %, gray-box PGD 0.1 58.4 % vs 40.3 %"},
     # the paper's 2K generator steps (benchmarks/cowboy_fmnist.py's run: D and G never see the classifier; the
     # classifier given here sets only the paper's threshold at calibration)
     "cowboy": {"defense": "cowboy", "run": "runs/cowboy-2k", "fields": {"classifier": CNN},
@@ -106,6 +114,7 @@ def main():
         classifier = spec.get("classifier", CNN)  # the classifier a defense protects (None: it is one)
         run = run_of(name) if "defense" in spec else classifier
         details = {"paper": spec["paper"], "license": LICENSE,
+                   **({"deviation": spec["deviation"]} if "deviation" in spec else {}),
                    "training": {**training, "budget_minutes": spec.get("budget_minutes", 60),
                                 "machine": machine(), "script": "benchmarks/zoo_fmnist.py"}}
         manifest = zoo.add(name, run, classifier if "defense" in spec else None,

@@ -18,7 +18,7 @@ def zoo():
 @zoo_option
 def list_command(zoo_path):
     """One line per entry: name, defense + classifier, data set, clean accuracy (n), training budget."""
-    from tfpurify.zoo import entries, zoo_dir
+    from tfpurify.zoo import deviation_summary, entries, zoo_dir
 
     found = entries(zoo_path)
     if not found:
@@ -28,7 +28,8 @@ def list_command(zoo_path):
         budget = (m.get("training") or {}).get("cpu_minutes")
         click.echo(f"{m['name']}: {m['defense']} + {m['classifier']} on {m['dataset']}, clean "
                    f"{100 * clean['accuracy']:.1f} % (first {clean['n']} test images)"
-                   + (f", trained {budget:g} CPU-minutes" if budget is not None else ""))
+                   + (f", trained {budget:g} CPU-minutes" if budget is not None else "")
+                   + (f"; deviates from its paper: {deviation_summary(m['deviation'])}" if m.get("deviation") else ""))
 
 
 @zoo.command("verify")

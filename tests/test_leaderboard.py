@@ -318,3 +318,12 @@ def test_evaluating_some_entries_keeps_the_other_rows_of_the_same_protocol(board
     assert leaderboard.kept_rows(target, SMALL, {"none"}) == []  # SMALL's purifier attacks were not done then
     assert [r["entry"] for r in leaderboard.kept_rows(
         target, leaderboard.Protocol(**before), {"none"})] == ["dae"]
+
+
+def test_the_papers_column_says_where_an_entry_deviates_from_its_paper():
+    row = {"paper": {"number": "76.9 %", "threat_model": "gray-box PGD 0.1"}}
+    assert leaderboard._paper_cell(row) == "76.9 % (gray-box PGD 0.1)"
+    row["deviation"] = "the AE term on the last 1 % of the steps; measured: gray-box 58.4 % vs 40.3 %"
+    assert leaderboard._paper_cell(row) == ("76.9 % (gray-box PGD 0.1); this entry deviates: the AE term on the "
+                                            "last 1 % of the steps")
+    assert leaderboard._paper_cell({"deviation": "wider"}) == "-; this entry deviates: wider"

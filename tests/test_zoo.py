@@ -24,7 +24,8 @@ def small_zoo(tmp_path_factory, dae_run, cnn_run):
     runner = CliRunner()
     details = root.parent / "details.json"
     details.write_text(json.dumps({"paper": {"title": "a denoising autoencoder"}, "license": "MIT",
-                                   "training": {"cpu_minutes": 0.5}}))
+                                   "training": {"cpu_minutes": 0.5},
+                                   "deviation": "noise std 0.3 (paper 0.1); measured: clean 1 point higher"}))
     made = runner.invoke(cli, ["zoo", "add", "dae", "--run", str(dae_run), "--classifier", str(cnn_run),
                                "--classifier-name", "cnn", "--zoo", str(root), "--limit", "60", "--details", str(details)])
     assert made.exit_code == 0, made.output
@@ -56,6 +57,8 @@ def test_an_entry_holds_its_runs_its_numbers_and_every_files_hash(small_zoo, cnn
     listed = CliRunner().invoke(cli, ["zoo", "list", "--zoo", str(small_zoo)])
     assert listed.exit_code == 0 and listed.output.count("\n") == 2, listed.output
     assert "dae: denoising_ae + cnn on fashion_mnist" in listed.output and "trained 0.5 CPU-minutes" in listed.output
+    assert "deviates from its paper: noise std 0.3 (paper 0.1)\n" in listed.output  # what changed, in one line
+    assert listed.output.count("deviates") == 1  # the bare classifier follows no paper it departs from
 
 
 def test_verify_passes_as_made_and_fails_on_a_changed_number_or_byte(small_zoo, tmp_path):

@@ -32,7 +32,7 @@ from tfpurify.errors import InputValidationError, RunFolderError
 from tfpurify.evaluation.report import KeptEvaluation, jsonable
 from tfpurify.runs import atomic_write_text
 from tfpurify.training import load_defended
-from tfpurify.zoo import PREFIX, is_reference, read_manifest, record_leaderboard, resolve, zoo_dir
+from tfpurify.zoo import PREFIX, deviation_summary, is_reference, read_manifest, record_leaderboard, resolve, zoo_dir
 from tfpurify.zoo import entries as zoo_entries
 
 __all__ = ["Protocol", "PROTOCOL", "Entry", "entry_from_text", "zoo_entry", "run", "write"]
@@ -324,7 +324,8 @@ def _row(entry, info, cells, protocol, n, rate, serving):
            "purification_images_per_second": rate, "serving_latency_ms": serving,
            "picture": _grid_path("", protocol, entry).name,
            "seconds": sum(c["seconds"] for c in cells.values()),
-           "paper": entry.manifest.get("paper"), "training": entry.manifest.get("training")}
+           "paper": entry.manifest.get("paper"), "deviation": entry.manifest.get("deviation"),
+           "training": entry.manifest.get("training")}
     for (column, eps), cell in sorted(cells.items()):
         key = f"{column} {eps:g}"
         row[key] = {**_interval(cell["robust"]), "plain": cell["plain_worst_case"], "attacks": cell["attacks"],
@@ -438,9 +439,11 @@ def _lead_cells(rank, row, eps, protocol):
 
 
 def _paper_cell(row):
-    """The paper's own number with its threat model, or "-"."""
+    """The paper's own number with its threat model, or "-"; where the entry deviates from its paper (its
+    manifest's `deviation`), what it changed."""
     paper = row.get("paper") or {}
-    return f"{paper['number']} ({paper.get('threat_model', '?')})" if "number" in paper else "-"
+    cell = f"{paper['number']} ({paper.get('threat_model', '?')})" if "number" in paper else "-"
+    return cell + (f"; this entry deviates: {deviation_summary(row['deviation'])}" if row.get("deviation") else "")
 
 
 def summary_table(rows, protocol):

@@ -64,6 +64,12 @@ def entries(root=None):
     return [read_manifest(p.parent.name, root) for p in sorted(root.glob(f"*/{MANIFEST}"))]
 
 
+def deviation_summary(deviation):
+    """A manifest's `deviation` (where an entry departs from its paper) up to its first semicolon: what the entry
+    changed, without the measurement that follows."""
+    return str(deviation).split(";")[0].strip()
+
+
 def read_manifest(name, root=None):
     root = zoo_dir(root)
     path = root / name / MANIFEST
