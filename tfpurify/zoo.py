@@ -178,8 +178,8 @@ def _copy_run(source, target, half=False):
 
 
 def _copy_without_optimizer(source, target, half=False):
-    """A Keras `.weights.h5` without its optimizer's state (training's, not the model's: the cnn's file is a
-    third of the run's), float32 arrays stored as float16 with `half` (Keras casts them back when loading),
+    """A Keras `.weights.h5` without its optimizers' state (training's, not the model's: the cnn's file is a
+    third of the run's; a GAN's `d_optimizer`, `g_optimizer`, ... are two thirds of FBGAN's), float32 arrays stored as float16 with `half` (Keras casts them back when loading),
     written to a temporary sibling and renamed."""
     import h5py
 
@@ -197,7 +197,7 @@ def _copy_without_optimizer(source, target, half=False):
                 copy.require_group(name).attrs.update(item.attrs)
 
         for key in original:
-            if key == "optimizer":
+            if key == "optimizer" or key.endswith("_optimizer"):  # a GAN's players each have their own
                 continue
             copy_item(key, original[key])
             if isinstance(original[key], h5py.Group):
