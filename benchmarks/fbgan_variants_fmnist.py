@@ -70,7 +70,7 @@ VARIANTS = {
     "all four": {"ae_reduction": "sum", "straight_through": True, "continuous_weight": 0.1, "base_filters": 32},
 }
 # FBGANConfig's defaults (the paper's, plus our latent cycle) at the width of the earlier table: base_filters
-# 32, the paper's width, costs 3x the time (fbgan_fmnist_paper.md measures it alone, 14 epochs)
+# 32, the paper's width, costs 3x the time (fbgan_fmnist.md measures it alone, 14 epochs)
 PAPER_BASE = dict(base_filters=16)
 PAPER_VARIANTS = {
     "paper defaults": {},

@@ -39,7 +39,7 @@ ENTRIES = {
                      "paper": {"title": "a denoising autoencoder (baseline, no paper)"}},
     # benchmarks/fbgan_fmnist.py's run with a stated deviation that helped: the paper's width is out of the budget,
     # and at base_filters 32 the AE term on the last 1 % of the steps (the paper's SVHN setting) gave gray-box PGD
-    # 0.1 58.4 % where the paper's Fashion-MNIST setting (no AE term) gave 40.3 % (fbgan_fmnist_paper.md)
+    # 0.1 58.4 % where the paper's Fashion-MNIST setting (no AE term) gave 40.3 % (fbgan_fmnist.md)
     "fbgan": {"defense": "fbgan", "run": "runs/bench-fbgan-final-bf32-ae1-e13",
               "fields": {"epochs": 13, "base_filters": 32, "ae_fraction": 0.01,
                          "classifier": "runs/bench-cnn"},  # its diagnostics' classifier only
@@ -47,7 +47,7 @@ ENTRIES = {
               "deviation": "the auto-encoder term on the last 1 % of the training steps (ae_fraction 0.01), the "
                            "paper's setting for SVHN; the paper trains Fashion-MNIST without it. Measured side by "
                            "side at base_filters 32 (benchmarks/results/fbgan_fmnist_bf32_ae1_e13.md against "
-                           "fbgan_fmnist_paper.md): clean 73.8 % vs 64.6 %, gray-box PGD 0.1 58.4 % vs 40.3 %"},
+                           "fbgan_fmnist.md): clean 73.8 % vs 64.6 %, gray-box PGD 0.1 58.4 % vs 40.3 %"},
     # the paper's 2K generator steps (benchmarks/cowboy_fmnist.py's run: D and G never see the classifier; the
     # classifier given here sets only the paper's threshold at calibration)
     "cowboy": {"defense": "cowboy", "run": "runs/cowboy-2k", "fields": {"classifier": CNN},

@@ -60,7 +60,7 @@ class FBGANConfig(DefenseConfig):
     # set: none on MNIST and Fashion-MNIST, the last 1 % of steps on SVHN and CIFAR-10. Our earlier
     # Fashion-MNIST default, 0.2 (per-image sum, straight-through codes), lifted the served function's
     # clean accuracy from 65.0 to 76.7 % in 8 epochs but moved the class into the continuous codes
-    # (benchmarks/results/fbgan_variants_fmnist.md, fbgan_fmnist.md)
+    # (benchmarks/results/fbgan_variants_fmnist.md, fbgan_fmnist_ae20_e40.md)
     ae_fraction: float = None
     ae_weight: float = 1.0
     ae_reduction: str = "sum"      # "sum" per image (the paper's ||.||^2), or "mean" over pixels (784x weaker)
