@@ -179,8 +179,9 @@ def _copy_run(source, target, half=False):
 
 def _copy_without_optimizer(source, target, half=False):
     """A Keras `.weights.h5` without its optimizers' state (training's, not the model's: the cnn's file is a
-    third of the run's; a GAN's `d_optimizer`, `g_optimizer`, ... are two thirds of FBGAN's), float32 arrays stored as float16 with `half` (Keras casts them back when loading),
-    written to a temporary sibling and renamed."""
+    third of the run's; a GAN's `d_optimizer`, `g_optimizer`, ... are two thirds of FBGAN's), float32 arrays
+    stored as float16 with `half` (Keras casts them back when loading), written to a temporary sibling and
+    renamed. `add` measures the entry on what is stored, so a state the model needs cannot go missing unseen."""
     import h5py
 
     partial = target.with_name(target.name + ".partial")
