@@ -187,7 +187,7 @@ def _epoch_images(config):
     (or its `limit`) less the validation part, as `data.train_val_split` cuts it."""
     n = data.dataset_info(config.get("dataset", "fashion_mnist")).train_size
     n = min(n, config["limit"]) if config.get("limit") else n
-    return n - max(1, int(round(n * config.get("val_fraction", 0.1))))
+    return n - data.validation_size(n, config.get("val_fraction", 0.1))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ __all__ = [
     "read_idx",
     "read_cifar10_batch",
     "train_val_split",
+    "validation_size",
     "load_train_val",
     "to_tf_dataset",
     "validate_batch_size",
@@ -381,9 +382,14 @@ def train_val_split(x, y, val_fraction=0.1, seed=0):
     if not 0.0 < val_fraction < 1.0:
         raise InputValidationError(f"val_fraction must be in (0, 1), not {val_fraction}")
     order = np.random.default_rng(seed).permutation(len(x))
-    n_val = max(1, int(round(len(x) * val_fraction)))
+    n_val = validation_size(len(x), val_fraction)
     val, train = order[:n_val], order[n_val:]
     return (x[train], y[train]), (x[val], y[val])
+
+
+def validation_size(n, val_fraction):
+    """How many of `n` training images `train_val_split` holds out for validation (at least one)."""
+    return max(1, int(round(n * val_fraction)))
 
 
 def load_train_val(name, limit=None, val_fraction=0.1, seed=0):

@@ -254,8 +254,13 @@ _BEFORE_THE_FIELD = {"sanity_queries": 5000, "purifier_attacks": []}
 _NOT_THE_CELLS = ("n", "min_n", "minutes_per_entry", "pilot_n")
 
 
+def _filled(protocol_dict):
+    """A protocol's fields, with what was done before a field existed where a cached one lacks it."""
+    return {**_BEFORE_THE_FIELD, **protocol_dict}
+
+
 def _cell_protocol(protocol_dict):
-    return {k: v for k, v in {**_BEFORE_THE_FIELD, **protocol_dict}.items() if k not in _NOT_THE_CELLS}
+    return {k: v for k, v in _filled(protocol_dict).items() if k not in _NOT_THE_CELLS}
 
 
 def _same_protocol(cached, protocol):
@@ -267,8 +272,7 @@ def _same_protocol(cached, protocol):
 def _same_table_protocol(recorded, protocol):
     """A table or a manifest's row was made under this protocol, images chosen alike included (a field added
     since counts with what was done before it existed, as for a cell)."""
-    return (isinstance(recorded, dict)
-            and jsonable({**_BEFORE_THE_FIELD, **recorded}) == jsonable({**_BEFORE_THE_FIELD, **protocol.to_dict()}))
+    return isinstance(recorded, dict) and _filled(recorded) == _filled(protocol.to_dict())
 
 
 def _grid_path(out, protocol, entry):
