@@ -258,6 +258,7 @@ def test_a_zoo_entry_brings_its_paper_its_budget_and_its_n(dae_run, cnn_run, tmp
     assert "| 80.0 % (gray-box PGD) |" in markdown and "| 2 CPU-min, 120,000 images |" in markdown
     recorded = zoo.read_manifest("dae", tmp_path / "zoo")["leaderboard"]  # --record: the row in the manifest
     assert (recorded["n"], recorded["rank"], recorded["protocol"]["eps"]) == (16, 1, [0.1])
+    assert recorded["table"] == "board/fashion_mnist.md"  # beside the zoo: no path of the measuring machine
     assert recorded["whitebox 0.1"]["accuracy"] == row["whitebox 0.1"]["accuracy"]
     assert recorded["clean"] == row["clean"] and not zoo.check_files("dae", tmp_path / "zoo")
     assert leaderboard.entry_from_text("zoo:dae", tmp_path / "zoo").n == 16

@@ -365,7 +365,7 @@ def run(entries, out, protocol=None, progress=False, log=print, record=False, ke
         for rank, row in enumerate(rows, 1):
             entry = by_name.get(row["entry"])  # None: a row kept from the table
             if entry is not None and entry.zoo is not None:
-                record_leaderboard(entry.name, _manifest_row(row, rank, out, protocol), entry.zoo)
+                record_leaderboard(entry.name, _manifest_row(row, rank, out, protocol, entry.zoo), entry.zoo)
             elif entry is None and len(roots) == 1:
                 _rerank(row, rank, next(iter(roots)), protocol)
     return rows
@@ -397,12 +397,17 @@ def kept_rows(out, protocol, evaluated):
     return [r for r in table.get("rows", []) if isinstance(r, dict) and r.get("entry") not in evaluated]
 
 
-def _manifest_row(row, rank, out, protocol):
-    """What a zoo manifest keeps of its leaderboard row: n, rank, every accuracy with its interval, the checks."""
+def _manifest_row(row, rank, out, protocol, root=None):
+    """What a zoo manifest keeps of its leaderboard row: n, rank, every accuracy with its interval, the checks, and
+    where the table is: relative to the folder holding the zoo (`root`) where it lies beneath it, so that a
+    manifest names no path of the machine that measured it."""
+    table = (pathlib.Path(out) / f"{protocol.dataset}.md").resolve()
+    base = zoo_dir(root).resolve().parent
+    table = table.relative_to(base) if table.is_relative_to(base) else table
     cells = {k: {f: v[f] for f in ("accuracy", "low", "high", "plain") if f in v} for k, v in row.items()
              if k.split(" ")[0] in ("whitebox", "graybox") and isinstance(v, dict)}
     return {"n": row["n"], "rank": rank, "clean": row["clean"], **cells, "sanity": row["sanity"],
-            "detection_roc_auc": row["detection_roc_auc"], "table": str(pathlib.Path(out) / f"{protocol.dataset}.md"),
+            "detection_roc_auc": row["detection_roc_auc"], "table": table.as_posix(),
             "protocol": protocol.to_dict()}
 
 
