@@ -45,7 +45,9 @@ def _attacks_help():
               help="Each attack runs only on the examples the attacks before it left robust (the worst case "
                    "for less compute; rows then count the attacks before them). Off: every attack's own number.")
 @click.option("--autoattack-version", default="standard", show_default=True,
-              help="standard (APGD-CE, APGD-T, FAB-T, Square) or rand (APGD-CE, APGD-DLR with EOT, stochastic defenses).")
+              help="standard (APGD-CE, APGD-T, FAB-T, Square), rand (APGD-CE, APGD-DLR with EOT, stochastic "
+                   "defenses), or a comma list of stages run in that order (apgd-ce, apgd-dlr, apgd-t, fab-t, "
+                   "square: the original's custom version).")
 @click.option("--l2l-da-run", default=None,
               help="An l2l_da run folder: its trained generator is the `l2l_da` attack (10 z draws per example).")
 @click.option("--l2l-da-finetune-steps", default=20, show_default=True, type=ZERO_OR_MORE,

@@ -251,7 +251,7 @@ def test_eval_autoattack_reports_its_cost(runner, cnn_run, tmp_path):
     assert rows["autoattack"]["accuracy"] <= rows["pgd"]["accuracy"] + 1 / 32
     assert "after" not in rows["autoattack"]  # --no-cascade: AutoAttack's own number on every example
     _one_line_error(runner.invoke(cli, ["eval", str(cnn_run), "--attacks", "autoattack",
-                                        "--autoattack-version", "fast"]), "version must be standard or rand")
+                                        "--autoattack-version", "fast"]), "version must be standard, rand, or a comma list")
 
 
 @pytest.mark.parametrize("args,match", [

@@ -174,6 +174,26 @@ def test_autoattack_runs_its_stages_in_order_on_what_is_left():
     np.testing.assert_array_equal(cost_r, 1 + 2 * 4 * (3 + 1))
     with pytest.raises(ValueError, match="unknown AutoAttack version"):
         autoattack.AutoAttack(model, 0.2, version="plus")
+    # custom: the named stages only, in that order (ART's standard: no FAB-T), without EOT
+    custom = autoattack.AutoAttack(model, 0.2, version="custom", attacks_to_run=("apgd-ce", "apgd-dlr"), n_iter=3,
+                                   eot_iter=4)
+    _, fooled_c, cost_c = custom(x, y)
+    assert not fooled_c.numpy().any()
+    np.testing.assert_array_equal(cost_c, 1 + 2 * (3 + 1))  # as rand's stages, one draw each
+    assert len(autoattack.AutoAttack(model, 0.2, version="custom",
+                                     attacks_to_run=("apgd-ce", "apgd-t", "square"))._stages) == 3
+    for bad in (None, (), ("apgd-ce", "fab")):
+        with pytest.raises(ValueError, match="version custom needs attacks_to_run"):
+            autoattack.AutoAttack(model, 0.2, version="custom", attacks_to_run=bad)
+    # the registry (and `eval --autoattack-version`): a comma list of stages is the custom version
+    from tfpurify.attacks import resolve_params, run_attack
+    from tfpurify.errors import AttackConfigError
+
+    _, cost_r = run_attack("autoattack", model, x.numpy(), y.numpy(), eps=0.2, nb_iter=3, version="apgd-ce,apgd-dlr",
+                           return_cost=True)
+    np.testing.assert_array_equal(cost_r, 1 + 2 * (3 + 1))
+    with pytest.raises(AttackConfigError, match="or a comma list of its stages"):
+        resolve_params("autoattack", version="apgd-ce,fab")
 
 
 def test_square_schedule_choice_is_a_flag():
@@ -308,7 +328,7 @@ def test_defaults_are_the_originals():
 
     assert defaults(autoattack.AutoAttack) == {"norm": np.inf, "version": "standard", "n_iter": 100,
                                                "n_target_classes": 9, "n_queries": 5000, "eot_iter": 20,
-                                               "early_exit": True, "judge": None}
+                                               "early_exit": True, "judge": None, "attacks_to_run": None}
     assert defaults(autoattack.apgd_targeted) == {"norm": np.inf, "n_iter": 100, "n_target_classes": 9,
                                                   "active": None, "early_exit": True}
     assert defaults(autoattack.square)["rescale_schedule"] is True and defaults(autoattack.square)["early_exit"]
@@ -741,7 +761,7 @@ def test_the_registry_hands_every_setting_to_the_attack(monkeypatch):
     autoattack._autoattack(model, p, judge=judge)
     assert {k: v for k, v in built[0].items() if k != "model_fn"} == {
         "eps": 0.3, "norm": 2, "version": "rand", "n_iter": 7, "n_target_classes": 2, "n_queries": 11, "eot_iter": 3,
-        "early_exit": False, "judge": judge}
+        "early_exit": False, "judge": judge, "attacks_to_run": None}
 
 
 def test_staged_apgd_asks_the_judge_about_the_true_labels():

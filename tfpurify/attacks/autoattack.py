@@ -18,7 +18,8 @@
   on the examples still robust after the previous ones, keeping per example the first successful
   adversarial example (confirmed on the scored pipeline where a judge is given), each stage traced
   on its own and skipped when nothing is left robust; `version="rand"` runs APGD-CE and APGD-DLR
-  with EOT over 20 draws instead, for stochastic defenses.
+  with EOT over 20 draws instead, for stochastic defenses; `version="custom"` the stages it is given
+  (`attacks_to_run`, as the original; the registry's `version` takes them as a comma list).
 
 Registered as `apgd_ce`, `apgd_dlr`, `apgd_t`, `square` and `autoattack`. Every loop is a `tf.while_loop` (no unrolled Python loop: the graph holds one copy of the model),
 runs only the still-active examples through the model (gathered, then scattered back) and counts
@@ -36,7 +37,7 @@ import tensorflow as tf
 
 from tfpurify.attacks.fab import fab_targeted
 from tfpurify.attacks.loop import Target, expand, misled, normalize, on_active, project, runner_up_classes
-from tfpurify.attacks.registry import COMMON, AttackDef, register_attack
+from tfpurify.attacks.registry import AUTOATTACK_STAGES, COMMON, AttackDef, register_attack
 
 __all__ = ["dlr_loss", "dlr_targeted_loss", "apgd", "apgd_targeted", "square", "autoattack", "AutoAttack",
            "first_success", "apgd_checkpoints", "runner_up_classes"]
@@ -444,12 +445,19 @@ def first_success(stages, x, fooled, cost, keep_last=False, judge=None):
     return x_out, fooled, cost
 
 
+# the original's versions (`autoattack.py`, `AutoAttack.__init__`): the stages, in order
+VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
+
+
 class AutoAttack:
     """AutoAttack with each stage traced on its own: build once, call on batches of one shape.
 
     `version="standard"`: APGD-CE -> APGD-T -> FAB-T -> Square (L-inf and L2), as the original's standard
     version. `version="rand"`:
     APGD-CE -> APGD-DLR, each with gradients averaged over `eot_iter` draws (stochastic defenses).
+    `version="custom"`: the stages named in `attacks_to_run` (of "apgd-ce", "apgd-dlr", "apgd-t", "fab-t",
+    "square"), in that order, as the original's custom version; no EOT (the original's attacks default to one
+    draw).
     Each stage runs only on the examples the stages before it left robust. Called eagerly, every
     stage is its own `tf.function`, traced the first time a batch reaches it: when APGD-CE already
     fools every example (a broken defense), APGD-T and Square are neither traced nor run, which
@@ -463,23 +471,30 @@ class AutoAttack:
     """
 
     def __init__(self, model_fn, eps, norm=np.inf, version="standard", n_iter=100, n_target_classes=9,
-                 n_queries=5000, eot_iter=20, early_exit=True, judge=None):
+                 n_queries=5000, eot_iter=20, early_exit=True, judge=None, attacks_to_run=None):
         ee = early_exit
-        if version == "standard":
-            stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, early_exit=ee),
-                      lambda x, y, act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, act, ee),
-                      lambda x, y, act: fab_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, active=act,
-                                                     early_exit=ee)]
+        eot = eot_iter if version == "rand" else 1  # as the original: EOT only in the rand version
+        builders = {
+            "apgd-ce": lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, eot_iter=eot,
+                                              early_exit=ee),
+            "apgd-dlr": lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "dlr", active=act, eot_iter=eot,
+                                               early_exit=ee),
+            "apgd-t": lambda x, y, act: apgd_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, act, ee),
+            "fab-t": lambda x, y, act: fab_targeted(model_fn, x, y, eps, norm, n_iter, n_target_classes, active=act,
+                                                    early_exit=ee),
             # as the original's AutoAttack builds it: resc_schedule=False (L-inf and L2)
-            stages.append(lambda x, y, act: square(model_fn, x, y, eps, n_queries, active=act,
-                                                   rescale_schedule=False, early_exit=ee, norm=norm))
-        elif version == "rand":
-            stages = [lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "ce", active=act, eot_iter=eot_iter,
-                                             early_exit=ee),
-                      lambda x, y, act: apgd(model_fn, x, y, eps, norm, n_iter, "dlr", active=act, eot_iter=eot_iter,
-                                             early_exit=ee)]
+            "square": lambda x, y, act: square(model_fn, x, y, eps, n_queries, active=act, rescale_schedule=False,
+                                               early_exit=ee, norm=norm)}
+        if version in VERSIONS:
+            names = VERSIONS[version]
+        elif version == "custom":
+            names = tuple(attacks_to_run or ())
+            if not names or not set(names) <= set(AUTOATTACK_STAGES):
+                raise ValueError(f"version custom needs attacks_to_run, some of {', '.join(AUTOATTACK_STAGES)}; "
+                                 f"got {attacks_to_run!r}")
         else:
             raise ValueError(f"unknown AutoAttack version {version!r}")
+        stages = [builders[name] for name in names]
         target = Target(model_fn)
 
         def goal(x, y):  # what every stage aims at
@@ -506,14 +521,14 @@ class AutoAttack:
 
 
 def autoattack(model_fn, x, y, eps, norm=np.inf, version="standard", n_iter=100, n_target_classes=9,
-               n_queries=5000, eot_iter=20, early_exit=True, judge=None):
+               n_queries=5000, eot_iter=20, early_exit=True, judge=None, attacks_to_run=None):
     """AutoAttack on one batch (see `AutoAttack`, which to build once for many batches).
 
     Returns:
       (x_adv, fooled [N] bool, gradient evaluations or queries [N] float)
     """
     return AutoAttack(model_fn, eps, norm, version, n_iter, n_target_classes, n_queries, eot_iter, early_exit,
-                      judge)(x, y)
+                      judge, attacks_to_run)(x, y)
 
 
 # --------------------------------------------------------------------------- the registry's entries
@@ -550,8 +565,10 @@ def _square(model_fn, x, y, p, loss_fn):
 
 
 def _autoattack(model_fn, p, judge=None):
-    run = AutoAttack(model_fn, p["eps"], p["norm"], p["version"], p["nb_iter"], p["n_target_classes"],
-                     p["n_queries"], p["eot_iter"], p["early_exit"], judge)
+    """`version`: standard, rand, or a comma list of stages (the original's custom version)."""
+    version, stages = (p["version"], None) if p["version"] in VERSIONS else ("custom", p["version"].split(","))
+    run = AutoAttack(model_fn, p["eps"], p["norm"], version, p["nb_iter"], p["n_target_classes"],
+                     p["n_queries"], p["eot_iter"], p["early_exit"], judge, stages)
     return lambda x, y: run(x, y)[::2]  # (x_adv, cost)
 
 

@@ -77,6 +77,10 @@ def parse_norm(norm):
     raise AttackConfigError(f"unknown norm {norm!r}; use inf or 2")
 
 
+# AutoAttack's stages, as the original names them (its `attacks_to_run`)
+AUTOATTACK_STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+
+
 def resolve_params(name, **params):
     """Validates attack parameters and fills in defaults.
 
@@ -96,8 +100,10 @@ def resolve_params(name, **params):
         raise AttackConfigError(f"{name} supports only norm inf")
     if name == "square" and p["norm"] not in (np.inf, 2):
         raise AttackConfigError(f"{name} supports norms inf and 2")
-    if "version" in p and p["version"] not in ("standard", "rand"):
-        raise AttackConfigError(f"autoattack version must be standard or rand, got {p['version']!r}")
+    if "version" in p and p["version"] not in ("standard", "rand") and not (
+            isinstance(p["version"], str) and set(p["version"].split(",")) <= set(AUTOATTACK_STAGES)):
+        raise AttackConfigError(f"autoattack version must be standard, rand, or a comma list of its stages "
+                                f"({', '.join(AUTOATTACK_STAGES)}), got {p['version']!r}")
     if "p_init" in p and (not _is_number(p["p_init"]) or not 0 < p["p_init"] <= 1):
         raise AttackConfigError(f"p_init must be in (0, 1], got {p['p_init']!r}")
     for flag in ("early_exit", "rescale_schedule"):
