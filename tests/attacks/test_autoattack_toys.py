@@ -194,6 +194,8 @@ def test_autoattack_runs_its_stages_in_order_on_what_is_left():
     np.testing.assert_array_equal(cost_r, 1 + 2 * (3 + 1))
     with pytest.raises(AttackConfigError, match="or a comma list of its stages"):
         resolve_params("autoattack", version="apgd-ce,fab")
+    assert resolve_params("autoattack", version="apgd-ce, square")["version"] == "apgd-ce,square"
+    assert resolve_params("autoattack", version="square")["version"] == "square"  # one stage is a list too
 
 
 def test_square_schedule_choice_is_a_flag():

@@ -100,6 +100,8 @@ def resolve_params(name, **params):
         raise AttackConfigError(f"{name} supports only norm inf")
     if name == "square" and p["norm"] not in (np.inf, 2):
         raise AttackConfigError(f"{name} supports norms inf and 2")
+    if "version" in p and isinstance(p["version"], str) and "," in p["version"]:  # custom: spaces dropped
+        p["version"] = ",".join(stage.strip() for stage in p["version"].split(","))
     if "version" in p and p["version"] not in ("standard", "rand") and not (
             isinstance(p["version"], str) and set(p["version"].split(",")) <= set(AUTOATTACK_STAGES)):
         raise AttackConfigError(f"autoattack version must be standard, rand, or a comma list of its stages "
