@@ -243,7 +243,7 @@ def test_the_training_column_states_cpu_minutes_else_wall_minutes_and_images():
     assert leaderboard._training({"epochs_planned": 3}) == "-" and leaderboard._training(None) == "-"
 
 
-def test_a_zoo_entry_brings_its_paper_its_budget_and_its_n(dae_run, cnn_run, tmp_path):
+def test_a_zoo_entry_brings_its_paper_its_budget_and_its_n(dae_run, cnn_run, tmp_path, monkeypatch):
     from tfpurify import zoo
 
     details = {"paper": {"title": "a denoising autoencoder", "number": "80.0 %", "threat_model": "gray-box PGD"},
@@ -262,6 +262,16 @@ def test_a_zoo_entry_brings_its_paper_its_budget_and_its_n(dae_run, cnn_run, tmp
     assert recorded["whitebox 0.1"]["accuracy"] == row["whitebox 0.1"]["accuracy"]
     assert recorded["clean"] == row["clean"] and not zoo.check_files("dae", tmp_path / "zoo")
     assert leaderboard.entry_from_text("zoo:dae", tmp_path / "zoo").n == 16
+    # the zoo and its board elsewhere (another checkout): the cached cells are its cells, nothing is measured again
+    shutil.copytree(tmp_path / "zoo", tmp_path / "moved" / "zoo")
+    shutil.copytree(tmp_path / "board", tmp_path / "moved" / "board")
+    with monkeypatch.context() as patched:
+        patched.setattr(evaluation, "evaluate", lambda *a, **k: pytest.fail("a cached cell was measured again"))
+        patched.setattr(leaderboard, "_serving_latency", lambda *a: pytest.fail("serving was measured again"))
+        moved = leaderboard.run([leaderboard.entry_from_text("zoo:dae", tmp_path / "moved" / "zoo")],
+                                tmp_path / "moved" / "board", dataclasses.replace(SMALL, eps=(0.1,)),
+                                log=lambda line: None)[0]
+    assert moved["whitebox 0.1"] == row["whitebox 0.1"]
     # --entries: the other rows of the table are kept, and the rank a kept zoo row recorded follows the table
     zoo.add("bare", str(cnn_run), None, "cnn", tmp_path / "zoo", n=16)
     small, quiet = dataclasses.replace(SMALL, eps=(0.1,)), (lambda line: None)

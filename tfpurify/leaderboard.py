@@ -11,7 +11,9 @@ first 200 images), whose attacks join the worst case.
 An entry whose evaluation would exceed `minutes_per_entry` by a pilot (its first white-box cell on 20
 images, timed) gets the largest n that fits, at least 200. Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished,
 with the protocol and the runs it measured (paths, weights' SHA-256, runtime options): a rerun
-evaluates only the cells it lacks or whose protocol or weights changed (a killed cell starts again). Written: `<out>/<dataset>.json`
+evaluates only the cells it lacks or whose protocol or weights changed (a killed cell resumes with its next
+attack); a zoo entry's cells count wherever the zoo lies (its files are checked against the manifest's
+SHA-256), a run folder's only at its path. Written: `<out>/<dataset>.json`
 (rows, protocol, machine), `.md` and a static `.html` (the table and the accuracy-vs-eps picture),
 sorted by the white-box worst case at the first eps. Every accuracy has its 95 % Wilson interval.
 """
@@ -19,6 +21,7 @@ sorted by the white-box worst case at the first eps. Every accuracy has its 95 %
 import dataclasses
 import html
 import json
+import operator
 import pathlib
 import platform
 import tempfile
@@ -192,7 +195,7 @@ def _images_that_fit(defended, info, entry, protocol, pipelines, models, out, lo
         return cell["seconds"] / len(x)
 
     key = {"runs": info["runs"], "protocol": _cell_protocol(protocol.to_dict()), "pilot_n": protocol.pilot_n}
-    per_image = _cached(pathlib.Path(out) / "cache" / entry.name / "pilot.json", key, pilot)
+    per_image = _cached(pathlib.Path(out) / "cache" / entry.name / "pilot.json", key, pilot, _runs_compare(entry))
     cells = len(set(models.values())) * len(protocol.eps)
     minutes = per_image * cells * protocol.n / 60
     if minutes <= protocol.minutes_per_entry:
@@ -218,13 +221,14 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
         n, estimate = _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log)
     x, y = data.load_dataset(protocol.dataset, "test", limit=n)
     runs = jsonable(info["runs"])  # what the cells were measured on, as their JSON holds it
+    same = _runs_compare(entry)
     cells = {}
     for column, threat_model in models.items():
         for eps in protocol.eps:
             path = _cell_path(out, entry, threat_model, eps)
             cached = json.loads(path.read_text()) if path.is_file() else None
             if (cached is not None and cached.get("n") == len(x) and _same_protocol(cached.get("protocol"), protocol)
-                    and cached.get("runs") == runs):
+                    and same(cached.get("runs"), runs)):
                 cells[column, eps] = cached
                 continue
             partial = path.with_suffix(".partial.npz")
@@ -240,7 +244,7 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
             partial.unlink(missing_ok=True)
             cells[column, eps] = cell
     serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json", info["runs"],
-                      lambda: _serving_latency(defended, info, protocol, x))
+                      lambda: _serving_latency(defended, info, protocol, x), same)
     row = _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]), serving)
     row["estimated_minutes"] = estimate
     return row
@@ -279,13 +283,34 @@ def _grid_path(out, protocol, entry):
     return pathlib.Path(out) / f"{protocol.dataset}_{entry.name}.png"
 
 
-def _cached(path, key, compute):
+def _without_paths(value):
+    """`value` without its "path" keys."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    return value
+
+
+def _same_runs(a, b):
+    """Whether two records of a zoo entry's runs name the same runs wherever the zoo lies: its files were
+    checked against the manifest's SHA-256 when it was loaded, so the weights' hashes and the runtime options
+    say which runs they are, and a committed cache serves any checkout. (Runs outside a zoo are compared with
+    their paths: their other files are not hashed.)"""
+    return _without_paths(a) == _without_paths(b)
+
+
+def _runs_compare(entry):
+    return _same_runs if entry.zoo is not None else operator.eq
+
+
+def _cached(path, key, compute, same=operator.eq):
     """`compute()`'s JSON value, kept at `path` with `key` (what it was computed for) and computed again only
-    for another key."""
+    for another key (`same`: how keys compare)."""
     key = jsonable(key)
     if path.is_file():
         stored = json.loads(path.read_text())
-        if stored.get("key") == key:
+        if same(stored.get("key"), key):
             return stored["value"]
     value = compute()
     atomic_write_text(path, json.dumps(jsonable({"key": key, "value": value})))
