@@ -17,7 +17,8 @@ def zoo():
 @zoo.command("list")
 @zoo_option
 def list_command(zoo_path):
-    """One line per entry: name, defense + classifier, data set, clean accuracy (n), training budget."""
+    """One line per entry: name, defense + classifier, data set, clean accuracy (n), training budget, its rank on
+    the leaderboard it recorded (or that it has no row yet), what it changed from its paper."""
     from tfpurify.zoo import deviation_summary, entries, zoo_dir
 
     found = entries(zoo_path)
@@ -29,6 +30,8 @@ def list_command(zoo_path):
         click.echo(f"{m['name']}: {m['defense']} + {m['classifier']} on {m['dataset']}, clean "
                    f"{100 * clean['accuracy']:.1f} % (first {clean['n']} test images)"
                    + (f", trained {budget:g} CPU-minutes" if budget is not None else "")
+                   + (f", leaderboard rank {m['leaderboard']['rank']}" if (m.get("leaderboard") or {}).get("rank")
+                      else ", no leaderboard row yet")
                    + (f"; deviates from its paper: {deviation_summary(m['deviation'])}" if m.get("deviation") else ""))
 
 

@@ -58,6 +58,7 @@ def test_an_entry_holds_its_runs_its_numbers_and_every_files_hash(small_zoo, cnn
     assert listed.exit_code == 0 and listed.output.count("\n") == 2, listed.output
     assert "dae: denoising_ae + cnn on fashion_mnist" in listed.output and "trained 0.5 CPU-minutes" in listed.output
     assert "deviates from its paper: noise std 0.3 (paper 0.1)\n" in listed.output  # what changed, in one line
+    assert listed.output.count(", no leaderboard row yet") == 2  # neither was measured with --record
     assert listed.output.count("deviates") == 1  # the bare classifier follows no paper it departs from
 
 
