@@ -422,7 +422,7 @@ def kept_rows(out, protocol, evaluated):
     return [r for r in table.get("rows", []) if isinstance(r, dict) and r.get("entry") not in evaluated]
 
 
-def _manifest_row(row, rank, out, protocol, root=None):
+def _manifest_row(row, rank, out, protocol, root):
     """What a zoo manifest keeps of its leaderboard row: n, rank, every accuracy with its interval, the checks, and
     where the table is: relative to the folder holding the zoo (`root`) where it lies beneath it, so that a
     manifest names no path of the machine that measured it."""

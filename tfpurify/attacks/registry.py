@@ -100,12 +100,12 @@ def resolve_params(name, **params):
         raise AttackConfigError(f"{name} supports only norm inf")
     if name == "square" and p["norm"] not in (np.inf, 2):
         raise AttackConfigError(f"{name} supports norms inf and 2")
-    if "version" in p and isinstance(p["version"], str) and "," in p["version"]:  # custom: spaces dropped
-        p["version"] = ",".join(stage.strip() for stage in p["version"].split(","))
-    if "version" in p and p["version"] not in ("standard", "rand") and not (
-            isinstance(p["version"], str) and set(p["version"].split(",")) <= set(AUTOATTACK_STAGES)):
-        raise AttackConfigError(f"autoattack version must be standard, rand, or a comma list of its stages "
-                                f"({', '.join(AUTOATTACK_STAGES)}), got {p['version']!r}")
+    if "version" in p and p["version"] not in ("standard", "rand"):  # else a comma list of stages (custom)
+        stages = [stage.strip() for stage in str(p["version"]).split(",")]
+        if not set(stages) <= set(AUTOATTACK_STAGES):
+            raise AttackConfigError(f"autoattack version must be standard, rand, or a comma list of its stages "
+                                    f"({', '.join(AUTOATTACK_STAGES)}), got {p['version']!r}")
+        p["version"] = ",".join(stages)
     if "p_init" in p and (not _is_number(p["p_init"]) or not 0 < p["p_init"] <= 1):
         raise AttackConfigError(f"p_init must be in (0, 1], got {p['p_init']!r}")
     for flag in ("early_exit", "rescale_schedule"):
