@@ -205,6 +205,41 @@ def test_a_cell_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, cn
     assert row["whitebox 0.1"]["accuracy"] == np.mean(whole["robust"])
 
 
+def test_a_zoo_entrys_unfinished_cell_resumes_in_another_checkout(monkeypatch, dae_run, cnn_run, tmp_path):
+    """A zoo entry's unfinished cell is kept, as its finished cells, for its runs without their paths: killed
+    after its first attack, then moved with its zoo (another checkout), it resumes with the next attack."""
+    from tfpurify import zoo
+
+    zoo.add("dae", str(dae_run), str(cnn_run), "cnn", tmp_path / "zoo", n=12)
+    real, protocol = evaluation.evaluate, dataclasses.replace(SMALL, eps=(0.1,))
+
+    def killed_after_one(*args, checkpoint=None, threat_model=None, **kwargs):
+        def stop(report):
+            checkpoint(report)
+            raise _Killed()
+        return real(*args, checkpoint=stop if threat_model == "whitebox" else checkpoint,
+                    threat_model=threat_model, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
+    with pytest.raises(_Killed):
+        leaderboard.evaluate_entry(leaderboard.entry_from_text("zoo:dae", tmp_path / "zoo"), tmp_path / "board",
+                                   protocol, log=lambda line: None)
+    shutil.copytree(tmp_path / "zoo", tmp_path / "moved" / "zoo")
+    shutil.copytree(tmp_path / "board", tmp_path / "moved" / "board")
+    shutil.rmtree(tmp_path / "zoo")  # nothing of the first checkout is left to be found by its path
+    partial = tmp_path / "moved" / "board" / "cache" / "dae" / "whitebox-0.1.partial.npz"
+    assert partial.is_file()
+    resumed = []
+
+    def counted(*args, resume=None, threat_model=None, **kwargs):
+        resumed.append((threat_model, None if resume is None else len(resume.results)))
+        return real(*args, resume=resume, threat_model=threat_model, **kwargs)
+    monkeypatch.setattr(evaluation, "evaluate", counted)
+    leaderboard.evaluate_entry(leaderboard.entry_from_text("zoo:dae", tmp_path / "moved" / "zoo"),
+                               tmp_path / "moved" / "board", protocol, log=lambda line: None)
+    assert resumed == [("whitebox", 1)] and not partial.exists()  # the gray-box cell was finished and kept
+
+
 def test_the_sanity_checks_run_on_the_white_box_cells_a_bare_classifier_included(monkeypatch, cnn_run, tmp_path):
     asked = []
     real = evaluation.evaluate

@@ -128,9 +128,9 @@ def _own_attacks(defended, protocol):
 
 def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, white, grid=None,
                    partial=None):
-    """One (entry, eps, threat model) cell. `partial`: (path, key) where the unfinished report is kept after
-    every attack and sanity check (`KeptEvaluation`), and resumed from when its key matches (the cell's runs,
-    protocol and n)."""
+    """One (entry, eps, threat model) cell. `partial`: (path, key, same) where the unfinished report is kept
+    after every attack and sanity check (`KeptEvaluation`), and resumed from when `same` finds its key equal
+    (the cell's runs, protocol and n; a zoo entry's runs without their paths, as its finished cells)."""
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
     start = time.perf_counter()
     kept = None if partial is None else KeptEvaluation(*partial)
@@ -238,7 +238,8 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
             grid = _grid_path(out, protocol, entry) if white and eps == protocol.eps[0] else None
             cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
                                      white, grid, (partial, {"runs": runs, "n": len(x),
-                                                             "protocol": _cell_protocol(protocol.to_dict())})),
+                                                             "protocol": _cell_protocol(protocol.to_dict())},
+                                                   same)),
                     "protocol": protocol.to_dict(), "runs": runs}
             atomic_write_text(path, json.dumps(jsonable(cell)))
             partial.unlink(missing_ok=True)

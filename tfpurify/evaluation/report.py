@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import math
+import operator
 import pathlib
 import time
 import zipfile
@@ -254,9 +255,9 @@ def load_state(blob):
     return decode(state["report"]), state["extra"]
 
 
-def kept_state(path, key):
-    """(report, extra) kept at `path` by `save_state` with `extra["key"] == key`; (None, None) when the file is
-    missing, unreadable or kept for another key (then the work is done again)."""
+def kept_state(path, key, same=operator.eq):
+    """(report, extra) kept at `path` by `save_state` for `key` (`same(extra["key"], key)`: how keys compare);
+    (None, None) when the file is missing, unreadable or kept for another key (then the work is done again)."""
     path = pathlib.Path(path)
     if not path.is_file():
         return None, None
@@ -264,20 +265,20 @@ def kept_state(path, key):
         report, extra = load_state(path.read_bytes())
     except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # e.g. a truncated file
         return None, None
-    return (report, extra) if isinstance(extra, dict) and extra.get("key") == key else (None, None)
+    return (report, extra) if isinstance(extra, dict) and same(extra.get("key"), key) else (None, None)
 
 
 class KeptEvaluation:
     """An evaluation that survives being killed: `evaluate(..., checkpoint=kept.checkpoint, resume=kept.resume)`.
 
     `resume` is the unfinished report kept at `path` for `key` (a JSON value: what makes two evaluations the
-    same one), or None; `checkpoint(report)` keeps it there atomically after every attack and sanity check,
-    with the seconds spent so far; `seconds()` counts those of the processes before this one too;
-    `discard()` removes the file once the finished result is kept elsewhere."""
+    same one; `same` compares two keys), or None; `checkpoint(report)` keeps it there atomically after every
+    attack and sanity check, with the seconds spent so far; `seconds()` counts those of the processes before
+    this one too; `discard()` removes the file once the finished result is kept elsewhere."""
 
-    def __init__(self, path, key):
+    def __init__(self, path, key, same=operator.eq):
         self.path, self.key = pathlib.Path(path), jsonable(key)
-        self.resume, extra = kept_state(self.path, self.key)
+        self.resume, extra = kept_state(self.path, self.key, same)
         self.seconds_before = float(extra.get("seconds", 0.0)) if self.resume is not None else 0.0
         self._start = time.perf_counter()
 
