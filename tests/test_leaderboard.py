@@ -271,6 +271,34 @@ def test_a_pilot_gives_an_entry_that_would_not_fit_the_largest_n_that_does(monke
     assert leaderboard.run([entry], tmp_path, roomy, log=lambda line: None)[0]["n"] == 24 and asked[3:] == [24, 24]
 
 
+def test_a_pilot_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, cnn_run, tmp_path):
+    """The pilot is kept per attack as a cell is: killed after its first attack, a rerun resumes it there."""
+    entry = leaderboard.Entry("none", str(cnn_run))
+    tight = dataclasses.replace(SMALL, eps=(0.1,), minutes_per_entry=1e-4, min_n=10, pilot_n=6)
+    real = evaluation.evaluate
+
+    def killed_after_one(*args, checkpoint=None, **kwargs):
+        def stop(report):
+            checkpoint(report)
+            raise _Killed()
+        return real(*args, checkpoint=stop, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
+    with pytest.raises(_Killed):
+        leaderboard.evaluate_entry(entry, tmp_path, tight, log=lambda line: None)
+    partial = tmp_path / "cache" / "none" / "pilot.partial.npz"
+    assert partial.is_file() and not (tmp_path / "cache" / "none" / "pilot.json").exists()
+    resumed = []
+
+    def counted(*args, resume=None, **kwargs):
+        resumed.append((len(args[1]), None if resume is None else len(resume.results)))
+        return real(*args, resume=resume, **kwargs)
+    monkeypatch.setattr(evaluation, "evaluate", counted)
+    row = leaderboard.evaluate_entry(entry, tmp_path, tight, log=lambda line: None)
+    assert resumed == [(6, 1), (10, None)] and not partial.exists()  # the pilot resumed, then the cell on 10
+    assert row["n"] == 10 and (tmp_path / "cache" / "none" / "pilot.json").is_file()
+
+
 def test_the_training_column_states_cpu_minutes_else_wall_minutes_and_images():
     assert leaderboard._training({"cpu_minutes": 41.5, "wall_minutes": 50, "images_seen": 540000}) == \
         "41.5 CPU-min, 540,000 images"

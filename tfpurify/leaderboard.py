@@ -182,20 +182,26 @@ def _purification_rate(defended, x, repeats=2):
     return len(x) / best
 
 
-def _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log):
+def _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log, progress=False):
     """(n, estimate): the protocol's n, or the largest n (at least `min_n`) whose evaluation fits
     `minutes_per_entry` by a pilot: the white-box cell at the first eps (sanity checks off) on `pilot_n`
     images, timed, times the number of cells (an over-estimate: gray-box cells cost less; the sanity checks'
-    fixed-size runs are not in it)."""
+    fixed-size runs are not in it). A pilot stopped half-way resumes with its next attack, as a cell does (an
+    entry's latent search can make the pilot itself take an hour)."""
+    key = {"runs": info["runs"], "protocol": _cell_protocol(protocol.to_dict()), "pilot_n": protocol.pilot_n}
+    path = pathlib.Path(out) / "cache" / entry.name / "pilot.json"
+    same = _runs_compare(entry)
+
     def pilot():
         x, y = data.load_dataset(protocol.dataset, "test", limit=protocol.pilot_n)
         quiet = dataclasses.replace(protocol, sanity_checks=False)
+        log(f"{entry.name}: pilot, {models['whitebox']} at eps {protocol.eps[0]:g} on {len(x)} images")
         cell = _evaluate_cell(defended, info, entry, x, y, models["whitebox"], protocol.eps[0], quiet, pipelines,
-                              False, True)
+                              progress, True, partial=(path.with_suffix(".partial.npz"), key, same))
         return cell["seconds"] / len(x)
 
-    key = {"runs": info["runs"], "protocol": _cell_protocol(protocol.to_dict()), "pilot_n": protocol.pilot_n}
-    per_image = _cached(pathlib.Path(out) / "cache" / entry.name / "pilot.json", key, pilot, _runs_compare(entry))
+    per_image = _cached(path, key, pilot, same)
+    path.with_suffix(".partial.npz").unlink(missing_ok=True)
     cells = len(set(models.values())) * len(protocol.eps)
     minutes = per_image * cells * protocol.n / 60
     if minutes <= protocol.minutes_per_entry:
@@ -218,7 +224,7 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
     if entry.n is not None or protocol.minutes_per_entry is None:
         n, estimate = entry.n or protocol.n, None
     else:
-        n, estimate = _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log)
+        n, estimate = _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log, progress)
     x, y = data.load_dataset(protocol.dataset, "test", limit=n)
     runs = jsonable(info["runs"])  # what the cells were measured on, as their JSON holds it
     same = _runs_compare(entry)
