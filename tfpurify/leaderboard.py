@@ -11,8 +11,8 @@ first 200 images), whose attacks join the worst case.
 An entry whose evaluation would exceed `minutes_per_entry` by a pilot (its first white-box cell on 20
 images, timed) gets the largest n that fits, at least 200. Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished,
 with the protocol and the runs it measured (paths, weights' SHA-256, runtime options): a rerun
-evaluates only the cells it lacks or whose protocol or weights changed (a killed cell resumes with its next
-attack); a zoo entry's cells count wherever the zoo lies (its files are checked against the manifest's
+evaluates only the cells it lacks or whose protocol or weights changed (a killed cell, or pilot, resumes with
+its next attack); a zoo entry's cells count wherever the zoo lies (its files are checked against the manifest's
 SHA-256), a run folder's only at its path. Written: `<out>/<dataset>.json`
 (rows, protocol, machine), `.md` and a static `.html` (the table and the accuracy-vs-eps picture),
 sorted by the white-box worst case at the first eps. Every accuracy has its 95 % Wilson interval.
@@ -190,18 +190,18 @@ def _images_that_fit(defended, info, entry, protocol, pipelines, models, out, lo
     entry's latent search can make the pilot itself take an hour)."""
     key = {"runs": info["runs"], "protocol": _cell_protocol(protocol.to_dict()), "pilot_n": protocol.pilot_n}
     path = pathlib.Path(out) / "cache" / entry.name / "pilot.json"
-    same = _runs_compare(entry)
+    partial, same = path.with_suffix(".partial.npz"), _runs_compare(entry)
 
     def pilot():
         x, y = data.load_dataset(protocol.dataset, "test", limit=protocol.pilot_n)
         quiet = dataclasses.replace(protocol, sanity_checks=False)
         log(f"{entry.name}: pilot, {models['whitebox']} at eps {protocol.eps[0]:g} on {len(x)} images")
         cell = _evaluate_cell(defended, info, entry, x, y, models["whitebox"], protocol.eps[0], quiet, pipelines,
-                              progress, True, partial=(path.with_suffix(".partial.npz"), key, same))
+                              progress, True, partial=(partial, key, same))
         return cell["seconds"] / len(x)
 
     per_image = _cached(path, key, pilot, same)
-    path.with_suffix(".partial.npz").unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)
     cells = len(set(models.values())) * len(protocol.eps)
     minutes = per_image * cells * protocol.n / 60
     if minutes <= protocol.minutes_per_entry:
