@@ -32,11 +32,12 @@ import tensorflow as tf
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import environment, kept_json, machine, rows_table, train_on_budget, write_results  # noqa: E402
+from common import RESULTS, environment, kept_json, machine, rows_table, train_on_budget, write_results  # noqa: E402
 
 from tfpurify import adaptive, attacks, classifiers, data, evaluation  # noqa: E402
 from tfpurify.defenses.adversarial_training import PGDATConfig  # noqa: E402
 from tfpurify.defenses.l2l_da import L2LDAConfig  # noqa: E402
+from tfpurify.runs import weights_digest  # noqa: E402
 from tfpurify.training import load_defended, train_defense  # noqa: E402
 
 PAPER = {  # Table 2 (MNIST, eps 0.3): Min column, the claim to reproduce on Fashion-MNIST
@@ -197,6 +198,26 @@ COLUMNS = (("none", "clean", None), ("fgsm", None, None), ("pgd", None, 10), ("p
            ("mim", None, None), ("l2l_da", None, None), ("autoattack", None, None), ("worst_case", None, None))
 
 
+def published_seeds(path, clf_run, args):
+    """{seed: {"training": ..., "rows": ...}} of the equal-updates results published at `path`, if they were
+    measured as `args` asks (updates, eps, test images, every config field but the seed); else {}."""
+    if not path.exists():
+        return {}
+    published = json.loads(path.read_text())
+    wanted = {name: dataclasses.asdict(config) for name, config
+              in equal_update_configs(clf_run, args.eps, args.equal_updates, 0).items()}
+
+    def same(a, b):
+        return {k: v for k, v in a.items() if k != "seed"} == {k: v for k, v in b.items() if k != "seed"}
+
+    if (published.get("updates"), published.get("eps"), published.get("n_examples")) != (
+            args.equal_updates, args.eps, args.n) or published.get("configs", {}).keys() != wanted.keys() \
+            or not all(same(published["configs"][name], wanted[name]) for name in wanted):
+        return {}
+    return {seed: {"training": {k: v for k, v in published["training"].items() if k.endswith(f" seed {seed}")},
+                   "rows": [r for r in published["rows"] if r["seed"] == seed]} for seed in published["seeds"]}
+
+
 def equal_updates_main(args):
     """The paper's comparison: equal classifier updates, one optimiser, schedule and loss, model selection on
     validation, per seed; rows carry `seed` and `comparison`."""
@@ -206,9 +227,18 @@ def equal_updates_main(args):
     x_val, y_val = x_val[:args.n_val], y_val[:args.n_val]
     x, y = data.load_dataset("fashion_mnist", "test", limit=args.n)
     rows, records, configs = [], {}, {}
+    results_name = f"l2l_da_fmnist_equal_updates{args.equal_updates}"
+    published, kept_seeds = published_seeds(RESULTS / f"{results_name}.json", clf_run, args), []
     for seed in seeds:
         seed_configs = equal_update_configs(clf_run, args.eps, args.equal_updates, seed)
         runs = {name: pathlib.Path(f"runs/bench-{name}-eq{args.equal_updates}-s{seed}") for name in seed_configs}
+        if seed in published and not any((run / "defense.weights.h5").exists() for run in runs.values()):
+            print(f"seed {seed}: its run folders are gone; its rows are kept from the published results")
+            kept_seeds.append(seed)
+            records.update(published[seed]["training"])
+            rows += published[seed]["rows"]
+            configs.update({name: dataclasses.asdict(config) for name, config in seed_configs.items()})
+            continue
         for name, config in seed_configs.items():
             records[f"{name} seed {seed}"] = train_equal_updates(name, config, runs[name], args.equal_updates,
                                                                 x_val, y_val)
@@ -252,7 +282,9 @@ def equal_updates_main(args):
             lines.append(f"| **{name} mean ± sd** | {len(seeds)} seeds | - | "
                          + " | ".join(f"{m:.1f} ± {sd:.1f}" for m, sd in zip(table.mean(0), table.std(0, ddof=1)))
                          + " | - |")
-    name = f"l2l_da_fmnist_equal_updates{args.equal_updates}"
+    kept = (f" Seed{'s' if len(kept_seeds) > 1 else ''} {', '.join(map(str, kept_seeds))}: rows kept from these "
+            "results as published before (their run folders are gone; `classifier_sha256` in the JSON names the "
+            "classifier the other seeds fine-tuned).") if kept_seeds else ""
     md = (f"# PGD-10 adversarial training vs L2L-DA at equal classifier updates (Fashion-MNIST, eps {args.eps}, "
           f"{len(x)} test images)\n\n"
           f"Both fine-tune the plain `cnn` for {args.equal_updates} classifier updates with L2L-DA's optimiser, "
@@ -261,15 +293,18 @@ def equal_updates_main(args):
           f"training split (the same attack for both); seeds {args.seeds}. This is the paper's kind of comparison "
           "(it states no budget for its baselines); the wall-clock one is `l2l_da_fmnist.md`. Machine: "
           f"{machine()}. Accuracy in % (correct clean and under the attack), white-box (= gray-box for a robust "
-          "classifier); Min = the per-example worst case over every column and the sanity checks' attacks.\n\n"
+          "classifier); Min = the per-example worst case over every column and the sanity checks' attacks."
+          + kept + "\n\n"
           "Training seconds: wall (CPU, every thread; other jobs shared the machine, so compare CPU).\n\n"
           "| model | seed | selected epoch (updates) | Natural | FGSM | PGD-10 | PGD-100 | APGD-DLR | MIM | l2l_da | "
           "AutoAttack | Min | training s (CPU s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
           + "\n".join(lines)
           + f"\n\nAll rows in the results schema:\n\n{rows_table(rows)}\n")
-    write_results(name, {"benchmark": name, "dataset": "fashion_mnist", "n_examples": len(x), "eps": args.eps,
-                         "updates": args.equal_updates, "seeds": seeds, "training": records, "configs": configs,
-                         "rows": rows, "environment": environment()}, md)
+    write_results(results_name, {
+        "benchmark": results_name, "dataset": "fashion_mnist", "n_examples": len(x), "eps": args.eps,
+        "updates": args.equal_updates, "seeds": seeds, "kept_from_published": kept_seeds,
+        "classifier_sha256": weights_digest(clf_run, classifiers.WEIGHTS), "training": records, "configs": configs,
+        "rows": rows, "environment": environment()}, md)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,34 @@ def test_a_zoo_training_record_says_how_many_epochs_a_budget_left(tmp_path, monk
     three_rows.write_text("epoch,loss\n0,1.0\n1,0.5\n2,0.4\n")  # the third epoch stopped after 160 images
     assert module._record({"images": 108160}, 200, history=three_rows, epoch_images=54000)["epochs_trained"] == 2.0
     assert module._record({"images": 93056}, 200, history=three_rows, epoch_images=54000)["epochs_trained"] == 1.72
+
+
+def test_a_published_seed_is_kept_only_when_it_was_measured_as_asked(tmp_path, monkeypatch):
+    """The equal-updates comparison keeps a seed whose run folders are gone from its published results, but only
+    if the same updates, eps, test images and configs (all but the seed) made them."""
+    import argparse
+    import sys
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("l2l_da_fmnist", ROOT / "benchmarks" / "l2l_da_fmnist.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    published = json.loads((ROOT / "benchmarks/results/l2l_da_fmnist_equal_updates540.json").read_text())
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(published))
+    monkeypatch.chdir(tmp_path)  # the configs name the classifier run relative to the working folder
+    for run in ("runs/bench-cnn", "runs/other-cnn"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "config.json").write_text(json.dumps({"kind": "classifier", "arch": "cnn"}))
+    args = argparse.Namespace(eps=0.1, equal_updates=540, n=500)
+    kept = bench.published_seeds(path, pathlib.Path("runs/bench-cnn"), args)
+    assert 0 in kept and set(kept) == set(published["seeds"])
+    assert {r["seed"] for r in kept[0]["rows"]} == {0}
+    assert set(kept[0]["training"]) == {"pgd_at seed 0", "l2l_da seed 0"}
+
+    other_n = argparse.Namespace(**{**vars(args), "n": 1000})
+    assert bench.published_seeds(path, pathlib.Path("runs/bench-cnn"), other_n) == {}
+    assert bench.published_seeds(path, pathlib.Path("runs/other-cnn"), args) == {}
+    published["configs"]["l2l_da"]["momentum"] = 0.5
+    path.write_text(json.dumps(published))
+    assert bench.published_seeds(path, pathlib.Path("runs/bench-cnn"), args) == {}
+    assert bench.published_seeds(tmp_path / "missing.json", pathlib.Path("runs/bench-cnn"), args) == {}
