@@ -5,6 +5,7 @@ import html.parser
 import json
 import pathlib
 import shutil
+import socket
 import subprocess
 
 import numpy as np
@@ -297,6 +298,50 @@ def test_a_pilot_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, c
     row = leaderboard.evaluate_entry(entry, tmp_path, tight, log=lambda line: None)
     assert resumed == [(6, 1), (10, None)] and not partial.exists()  # the pilot resumed, then the cell on 10
     assert row["n"] == 10 and (tmp_path / "cache" / "none" / "pilot.json").is_file()
+
+
+def _claim_by(process, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": process.pid,
+                                "boot": pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()}))
+
+
+def test_processes_share_an_entrys_cells_and_take_over_one_whose_process_is_gone(monkeypatch, cnn_run, tmp_path):
+    """Two `tfpurify leaderboard` processes share an entry's cells: one that another running process claimed is
+    left to it while this one measures the rest, then waited for; its result is taken as it lands, and a claim
+    whose process is gone is taken over."""
+    entry = leaderboard.Entry("none", str(cnn_run))
+    real = leaderboard._evaluate_cell
+    measured = []  # the eps of every cell this process measures
+    monkeypatch.setattr(leaderboard, "_evaluate_cell", lambda *a, **k: measured.append(a[6]) or real(*a, **k))
+    whole = leaderboard.evaluate_entry(entry, tmp_path / "whole", SMALL, log=lambda line: None)
+    assert measured == [0.1, 0.2]
+
+    other = subprocess.Popen(["sleep", "60"])  # the other process, which holds eps 0.1
+    claimed = tmp_path / "shared" / "cache" / "none" / "none-0.1.claim"
+    _claim_by(other, claimed)
+    looks, lines = [], []
+
+    def the_other_finishes(seconds):  # while this process waits, the other one lands its cell
+        looks.append(list(measured))
+        shutil.copy(tmp_path / "whole" / "cache" / "none" / "none-0.1.json", claimed.with_suffix(".json"))
+    monkeypatch.setattr(leaderboard.time, "sleep", the_other_finishes)
+    try:
+        row = leaderboard.evaluate_entry(entry, tmp_path / "shared", SMALL, log=lines.append)
+    finally:
+        other.kill()
+        other.wait()
+    assert measured == [0.1, 0.2, 0.2]  # eps 0.2 here, eps 0.1 by the other process
+    assert looks == [[0.1, 0.2, 0.2]]  # it waited once, after measuring what it could
+    assert any("none at eps 0.1: measured by process" in line for line in lines)
+    assert row["whitebox 0.1"] == whole["whitebox 0.1"] and row["whitebox 0.2"] == whole["whitebox 0.2"]
+    assert claimed.exists()  # the other process's claim is its own to remove
+
+    gone = tmp_path / "taken" / "cache" / "none" / "none-0.1.claim"
+    _claim_by(other, gone)  # its process is gone now: the claim is stale
+    monkeypatch.setattr(leaderboard.time, "sleep", lambda seconds: pytest.fail("waited for a process that is gone"))
+    leaderboard.evaluate_entry(entry, tmp_path / "taken", SMALL, log=lambda line: None)
+    assert measured == [0.1, 0.2, 0.2, 0.1, 0.2] and not gone.exists()
 
 
 def test_the_training_column_states_cpu_minutes_else_wall_minutes_and_images():

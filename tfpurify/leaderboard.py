@@ -12,13 +12,15 @@ An entry whose evaluation would exceed `minutes_per_entry` by a pilot (its first
 images, timed) gets the largest n that fits, at least 200. Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished,
 with the protocol and the runs it measured (paths, weights' SHA-256, runtime options): a rerun
 evaluates only the cells it lacks or whose protocol or weights changed (a killed cell, or pilot, resumes with
-its next attack); a zoo entry's cells count wherever the zoo lies (its files are checked against the manifest's
+its next attack; several processes on one `out` share the cells, each claiming one before it measures it);
+a zoo entry's cells count wherever the zoo lies (its files are checked against the manifest's
 SHA-256), a run folder's only at its path. Written: `<out>/<dataset>.json`
 (rows, protocol, machine), `.md` and a static `.html` (the table and the accuracy-vs-eps picture),
 sorted by the white-box worst case at the first eps. Every accuracy has its 95 % Wilson interval.
 """
 
 import dataclasses
+import functools
 import html
 import json
 import operator
@@ -33,7 +35,7 @@ import tensorflow as tf
 from tfpurify import adaptive, data, evaluation, export, metrics, reports
 from tfpurify.errors import InputValidationError, RunFolderError
 from tfpurify.evaluation.report import KeptEvaluation, jsonable
-from tfpurify.runs import atomic_write_text
+from tfpurify.runs import atomic_write_text, claim
 from tfpurify.training import load_defended
 from tfpurify.zoo import PREFIX, deviation_summary, is_reference, read_manifest, record_leaderboard, resolve, zoo_dir
 from tfpurify.zoo import entries as zoo_entries
@@ -200,7 +202,8 @@ def _images_that_fit(defended, info, entry, protocol, pipelines, models, out, lo
                               progress, True, partial=(partial, key, same))
         return cell["seconds"] / len(x)
 
-    per_image = _cached(path, key, pilot, same)
+    per_image = _shared({"pilot": (path.with_suffix(".claim"), lambda: _kept(path, key, same),
+                                   lambda: _cached(path, key, pilot, same), f"{entry.name}: the pilot")}, log)["pilot"]
     partial.unlink(missing_ok=True)
     cells = len(set(models.values())) * len(protocol.eps)
     minutes = per_image * cells * protocol.n / 60
@@ -228,33 +231,73 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
     x, y = data.load_dataset(protocol.dataset, "test", limit=n)
     runs = jsonable(info["runs"])  # what the cells were measured on, as their JSON holds it
     same = _runs_compare(entry)
-    cells = {}
+
+    def finished(path):
+        cached = json.loads(path.read_text()) if path.is_file() else None
+        if (cached is not None and cached.get("n") == len(x) and _same_protocol(cached.get("protocol"), protocol)
+                and same(cached.get("runs"), runs)):
+            return cached
+        return None
+
+    def measure(path, threat_model, eps):
+        partial = path.with_suffix(".partial.npz")
+        log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images"
+            + (" (resumed where it stopped, if it was measured as now)" if partial.is_file() else ""))
+        white = threat_model == models["whitebox"]  # the sanity checks run there (a bare classifier: `none`)
+        grid = _grid_path(out, protocol, entry) if white and eps == protocol.eps[0] else None
+        cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
+                                 white, grid, (partial, {"runs": runs, "n": len(x),
+                                                         "protocol": _cell_protocol(protocol.to_dict())}, same)),
+                "protocol": protocol.to_dict(), "runs": runs}
+        atomic_write_text(path, json.dumps(jsonable(cell)))
+        partial.unlink(missing_ok=True)
+        return cell
+
+    jobs = {}
     for column, threat_model in models.items():
         for eps in protocol.eps:
             path = _cell_path(out, entry, threat_model, eps)
-            cached = json.loads(path.read_text()) if path.is_file() else None
-            if (cached is not None and cached.get("n") == len(x) and _same_protocol(cached.get("protocol"), protocol)
-                    and same(cached.get("runs"), runs)):
-                cells[column, eps] = cached
-                continue
-            partial = path.with_suffix(".partial.npz")
-            log(f"{entry.name}: {threat_model} at eps {eps:g} on {len(x)} images"
-                + (" (resumed where it stopped, if it was measured as now)" if partial.is_file() else ""))
-            white = threat_model == models["whitebox"]  # the sanity checks run there (a bare classifier: `none`)
-            grid = _grid_path(out, protocol, entry) if white and eps == protocol.eps[0] else None
-            cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
-                                     white, grid, (partial, {"runs": runs, "n": len(x),
-                                                             "protocol": _cell_protocol(protocol.to_dict())},
-                                                   same)),
-                    "protocol": protocol.to_dict(), "runs": runs}
-            atomic_write_text(path, json.dumps(jsonable(cell)))
-            partial.unlink(missing_ok=True)
-            cells[column, eps] = cell
+            jobs[column, eps] = (path.with_suffix(".claim"), functools.partial(finished, path),
+                                 functools.partial(measure, path, threat_model, eps),
+                                 f"{entry.name}: {threat_model} at eps {eps:g}")
+    cells = _shared(jobs, log)
     serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json", info["runs"],
                       lambda: _serving_latency(defended, info, protocol, x), same)
     row = _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]), serving)
     row["estimated_minutes"] = estimate
     return row
+
+
+# Seconds between two looks at work another process holds.
+_POLL_SECONDS = 30
+
+
+def _shared(jobs, log):
+    """{key: value} of `jobs` ({key: (claim path, finished, compute, what)}), each computed by whichever of
+    several `tfpurify leaderboard` processes claims it first (`runs.claim`); `finished()` is its kept value or
+    None. Work another running process holds is left to it: this process goes on with the rest, then waits for
+    it (polling), and takes it over if that process is gone."""
+    values, told = {}, set()
+    while True:
+        progressed = False
+        for key, (claim_path, finished, compute, what) in jobs.items():
+            if key in values:
+                continue
+            value = finished()
+            if value is None:
+                with claim(claim_path) as holder:
+                    if holder is None:
+                        value = finished()  # finished by another process between the look and the claim?
+                        value = compute() if value is None else value
+                    elif key not in told:
+                        told.add(key)
+                        log(f"{what}: measured by {holder}; this process goes on with the rest, then waits for it")
+            if value is not None:
+                values[key], progressed = value, True
+        if len(values) == len(jobs):
+            return values
+        if not progressed:
+            time.sleep(_POLL_SECONDS)
 
 
 # Protocol fields added after cells were first cached: what a cell cached without the field was measured with.
@@ -311,14 +354,22 @@ def _runs_compare(entry):
     return _same_runs if entry.zoo is not None else operator.eq
 
 
+def _kept(path, key, same=operator.eq):
+    """The JSON value kept at `path` for `key` (`same`: how keys compare), else None."""
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if same(stored.get("key"), jsonable(key)):
+            return stored["value"]
+    return None
+
+
 def _cached(path, key, compute, same=operator.eq):
     """`compute()`'s JSON value, kept at `path` with `key` (what it was computed for) and computed again only
     for another key (`same`: how keys compare)."""
     key = jsonable(key)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if same(stored.get("key"), key):
-            return stored["value"]
+    value = _kept(path, key, same)
+    if value is not None:
+        return value
     value = compute()
     atomic_write_text(path, json.dumps(jsonable({"key": key, "value": value})))
     return value

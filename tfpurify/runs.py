@@ -1,15 +1,18 @@
-"""Run folders on disk: config.json, weights and atomic writes.
+"""Run folders on disk: config.json, weights, atomic writes and claims.
 
 A run folder (`runs/<name>/`) holds `config.json` (with a `kind` key naming what it holds),
 weights, `history.csv`, reports and pictures. Every write goes to a temporary sibling first and is
-renamed into place, so a crash never leaves a half-written file under the final name.
+renamed into place, so a crash never leaves a half-written file under the final name. A claim file
+says which process works on a piece of shared work (`claim`), so that several processes share it.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
 
 import tensorflow as tf
@@ -18,7 +21,7 @@ from tfpurify.errors import RunFolderError
 
 __all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_config", "start_run",
            "holds_config", "run_state", "run_callbacks", "finish_run", "read_run", "restore_weights", "weights_digest",
-           "file_digest"]
+           "file_digest", "claim"]
 
 
 def atomic_write_text(path, text):
@@ -34,6 +37,62 @@ def atomic_write_text(path, text):
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _boot_id():
+    try:
+        return pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _holder_alive(holder):
+    """Whether the process that wrote a claim still runs (one on another host counts as running)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    if holder.get("boot") != _boot_id():
+        return False  # the machine restarted since: its pid names another process now
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def claim(path):
+    """Claims the work `path` names for this process: yields None while this process holds the claim (the file
+    `path`, removed on leaving, also on an error), or a line naming the other running process that holds it. A
+    claim whose process is gone (killed, or the machine restarted) is taken over."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "boot": _boot_id()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):  # released, or being written, this instant
+                if not path.exists():
+                    continue
+                yield f"a process that is writing its claim {path}"
+                return
+            if _holder_alive(holder):
+                yield f"process {holder.get('pid')} on {holder.get('host')} (claim {path})"
+                return
+            path.unlink(missing_ok=True)  # its process is gone: take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        try:
+            yield None
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield f"another process (claim {path} changes hands)"
 
 
 def save_weights_atomic(model, path):
