@@ -3,6 +3,7 @@
 import dataclasses
 import html.parser
 import json
+import os
 import pathlib
 import shutil
 import socket
@@ -342,6 +343,21 @@ def test_processes_share_an_entrys_cells_and_take_over_one_whose_process_is_gone
     monkeypatch.setattr(leaderboard.time, "sleep", lambda seconds: pytest.fail("waited for a process that is gone"))
     leaderboard.evaluate_entry(entry, tmp_path / "taken", SMALL, log=lambda line: None)
     assert measured == [0.1, 0.2, 0.2, 0.1, 0.2] and not gone.exists()
+
+
+def test_a_claim_is_held_once_released_on_leaving_and_a_malformed_or_foreign_one_is_said(tmp_path):
+    from tfpurify.runs import claim
+    path = tmp_path / "cell.claim"
+    with claim(path) as holder:
+        assert holder is None and json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists()
+    path.write_text(json.dumps({"host": socket.gethostname()}))  # names no process: taken over
+    with claim(path) as holder:
+        assert holder is None
+    path.write_text(json.dumps({"host": "another-machine", "pid": 1, "boot": "x"}))  # cannot be checked from here
+    with claim(path) as holder:
+        assert "another-machine" in holder and "delete it if that process is gone" in holder
+    assert path.exists()
 
 
 def test_the_training_column_states_cpu_minutes_else_wall_minutes_and_images():

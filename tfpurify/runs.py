@@ -54,10 +54,10 @@ def _holder_alive(holder):
         return False  # the machine restarted since: its pid names another process now
     try:
         os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, TypeError, ValueError):
-        return True
+    except (ProcessLookupError, KeyError, TypeError, ValueError):
+        return False  # gone, or a claim that names no process
+    except PermissionError:
+        return True  # another user's process
     return True
 
 
@@ -75,13 +75,16 @@ def claim(path):
         except FileExistsError:
             try:
                 holder = json.loads(path.read_text())
+                holder = holder if isinstance(holder, dict) else {}
             except (OSError, json.JSONDecodeError):  # released, or being written, this instant
                 if not path.exists():
                     continue
                 yield f"a process that is writing its claim {path}"
                 return
             if _holder_alive(holder):
-                yield f"process {holder.get('pid')} on {holder.get('host')} (claim {path})"
+                elsewhere = holder.get("host") != me["host"]
+                yield (f"process {holder.get('pid')} on {holder.get('host')} (claim {path}"
+                       + ("; delete it if that process is gone" if elsewhere else "") + ")")
                 return
             path.unlink(missing_ok=True)  # its process is gone: take it over
             continue
