@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from tfpurify import evaluation, leaderboard, metrics
+from tfpurify import evaluation, leaderboard, metrics, runs
 from tfpurify.errors import InputValidationError
 from tfpurify.evaluation.report import jsonable
 
@@ -303,8 +303,7 @@ def test_a_pilot_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, c
 
 def _claim_by(process, path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"host": socket.gethostname(), "pid": process.pid,
-                                "boot": pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()}))
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": process.pid, "boot": runs._boot_id()}))
 
 
 def test_processes_share_an_entrys_cells_and_take_over_one_whose_process_is_gone(monkeypatch, cnn_run, tmp_path):

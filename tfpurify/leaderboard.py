@@ -203,7 +203,7 @@ def _images_that_fit(defended, info, entry, protocol, pipelines, models, out, lo
         return cell["seconds"] / len(x)
 
     per_image = _shared({"pilot": (path.with_suffix(".claim"), lambda: _kept(path, key, same),
-                                   lambda: _cached(path, key, pilot, same), f"{entry.name}: the pilot")}, log)["pilot"]
+                                   lambda: _keep(path, key, pilot()), f"{entry.name}: the pilot")}, log)["pilot"]
     partial.unlink(missing_ok=True)
     cells = len(set(models.values())) * len(protocol.eps)
     minutes = per_image * cells * protocol.n / 60
@@ -363,16 +363,17 @@ def _kept(path, key, same=operator.eq):
     return None
 
 
+def _keep(path, key, value):
+    """Keeps `value` at `path` with `key` (what it was computed for); returns it."""
+    atomic_write_text(path, json.dumps(jsonable({"key": key, "value": value})))
+    return value
+
+
 def _cached(path, key, compute, same=operator.eq):
     """`compute()`'s JSON value, kept at `path` with `key` (what it was computed for) and computed again only
     for another key (`same`: how keys compare)."""
-    key = jsonable(key)
     value = _kept(path, key, same)
-    if value is not None:
-        return value
-    value = compute()
-    atomic_write_text(path, json.dumps(jsonable({"key": key, "value": value})))
-    return value
+    return _keep(path, key, compute()) if value is None else value
 
 
 def _serving_latency(defended, info, protocol, x, calls=(30, 5)):

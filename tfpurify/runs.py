@@ -47,9 +47,7 @@ def _boot_id():
 
 
 def _holder_alive(holder):
-    """Whether the process that wrote a claim still runs (one on another host counts as running)."""
-    if holder.get("host") != socket.gethostname():
-        return True
+    """Whether the process that wrote a claim on this host still runs."""
     if holder.get("boot") != _boot_id():
         return False  # the machine restarted since: its pid names another process now
     try:
@@ -81,8 +79,8 @@ def claim(path):
                     continue
                 yield f"a process that is writing its claim {path}"
                 return
-            if _holder_alive(holder):
-                elsewhere = holder.get("host") != me["host"]
+            elsewhere = holder.get("host") != me["host"]  # a process there cannot be checked from here
+            if elsewhere or _holder_alive(holder):
                 yield (f"process {holder.get('pid')} on {holder.get('host')} (claim {path}"
                        + ("; delete it if that process is gone" if elsewhere else "") + ")")
                 return
