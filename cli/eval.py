@@ -74,6 +74,10 @@ def _attacks_help():
 @click.option("--check-queries", default=5000, show_default=True, type=COUNT,
               help="Query budget of sanity check 4's Square attack (recorded in the report); the check says "
                    "what it will cost before a long run.")
+@click.option("--chunk-minutes", default=0.0, show_default=True, type=NON_NEGATIVE,
+              help="Run each attack in chunks of images of about this many minutes, the report kept after each, "
+                   "so that a killed evaluation resumes inside a long attack (a latent-search defense); each chunk "
+                   "draws its own random starts. 0: each attack at once, kept when it finishes.")
 @click.option("--report", "report_path", default=None,
               help="Markdown report path (default RUN/report.md, for zoo:ENTRY reports/zoo-ENTRY.md); .json and "
                    ".png are written beside it.")
@@ -87,9 +91,10 @@ def _attacks_help():
 def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, surrogate, nb_iter, eps_iter, restarts,
                  early_exit, cascade, autoattack_version, l2l_da_run, l2l_da_finetune_steps, eot_samples, bpda, score_draws, detector_weight, batch_size,
                  limit, seed,
-                 sanity_checks, check_queries, report_path, corruptions, severities, **runtime):
+                 sanity_checks, check_queries, chunk_minutes, report_path, corruptions, severities, **runtime):
     """Attack RUN (a classifier or a defense run, or zoo:ENTRY) on the test split and write a report. A killed
-    evaluation resumes with its next attack when the same command is run again."""
+    evaluation resumes with its next attack (or chunk of one: --chunk-minutes) when the same command is run
+    again."""
     from tfpurify.adaptive import parse_bpda, threat_model_pipelines
     from tfpurify.classifiers import load_classifier
     from tfpurify.data import dataset_info, load_dataset
@@ -154,7 +159,8 @@ def eval_command(run, classifier_run, attacks, eps, threat_model, graybox_only, 
                       batch_size=batch_size, seed=seed, sanity_checks=sanity_checks, defense=info["defense"],
                       classifier=info["classifier"], dataset=info["dataset"], progress=True,
                       detector=defended.detector, runs=info["runs"], cascade=cascade, score_draws=score_draws,
-                      sanity_queries=check_queries, checkpoint=checkpoint, resume=kept.resume)
+                      sanity_queries=check_queries, checkpoint=checkpoint, resume=kept.resume,
+                      chunk_seconds=chunk_minutes * 60 or None)
     if corruptions is not None:
         scored = {name: pipeline[1] for name, pipeline in pipelines.items()
                   if name in ("none", "graybox") and pipeline is not None}

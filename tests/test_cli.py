@@ -88,6 +88,21 @@ def test_a_killed_eval_resumes_with_its_next_attack(runner, cnn_run, tmp_path, m
     assert rows(report) == rows(whole)  # the resumed evaluation ends where the uninterrupted one did
 
 
+def test_eval_chunk_minutes_keeps_a_long_attack_per_chunk(runner, cnn_run, tmp_path, monkeypatch):
+    """--chunk-minutes: each attack in chunks of images, the report kept after each (0, the default: at once)."""
+    from tfpurify import evaluation
+
+    real, asked = evaluation.evaluate, []
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: asked.append(k["chunk_seconds"]) or real(*a, **k))
+    args = ["eval", str(cnn_run), "--attacks", "fgsm", "--eps", "0.1", "--limit", "12", "--no-sanity-checks"]
+    assert runner.invoke(cli, [*args, "--report", str(tmp_path / "a.md")]).exit_code == 0
+    result = runner.invoke(cli, [*args, "--report", str(tmp_path / "b.md"), "--chunk-minutes", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert asked == [None, 30.0]
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["chunk_seconds"] == 30.0
+    _one_line_error(runner.invoke(cli, [*args, "--chunk-minutes", "-1"]), "chunk-minutes")
+
+
 def test_eval_missing_run_folder(runner, tmp_path):
     _one_line_error(runner.invoke(cli, ["eval", str(tmp_path / "nope")]), "does not exist")
 

@@ -22,6 +22,13 @@ SMALL = leaderboard.Protocol(n=24, eps=(0.1, 0.2), attacks=("fgsm", "pgd"), pgd_
                              eot_samples=1, score_draws=2, sanity_checks=False, batch_size=24, minutes_per_entry=None)
 
 
+@pytest.fixture(autouse=True)
+def _attacks_at_once(monkeypatch):
+    """Each attack of a cell at once, as these tests count attacks (`test_a_cell_s_attacks_run_in_chunks` turns
+    the chunks on)."""
+    monkeypatch.setattr(leaderboard, "CHUNK_SECONDS", None)
+
+
 @pytest.fixture(scope="module")
 def board(tmp_path_factory, dae_run, cnn_run):
     out = tmp_path_factory.mktemp("leaderboard")
@@ -207,6 +214,33 @@ def test_a_cell_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, cn
     assert row["whitebox 0.1"]["accuracy"] == np.mean(whole["robust"])
 
 
+def test_a_cell_s_attacks_run_in_chunks_and_a_killed_cell_resumes_inside_one(monkeypatch, cnn_run, tmp_path):
+    """A cell's attacks run in chunks of about CHUNK_SECONDS (a latent search's attack can take hours): killed
+    after its first chunk, the cell keeps it and resumes with the next chunk of the same attack."""
+    from tfpurify.evaluation.report import load_state
+
+    monkeypatch.setattr(leaderboard, "CHUNK_SECONDS", 1e-9)  # CHUNK_START images, then CHUNK_MIN at a time
+    entry, protocol = leaderboard.Entry("none", str(cnn_run)), dataclasses.replace(SMALL, eps=(0.1,))
+    real = evaluation.evaluate
+
+    def killed_after_one(*args, checkpoint=None, **kwargs):
+        def stop(report):
+            checkpoint(report)
+            raise _Killed()
+        return real(*args, checkpoint=stop, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
+    with pytest.raises(_Killed):
+        leaderboard.evaluate_entry(entry, tmp_path, protocol, log=lambda line: None)
+    partial = tmp_path / "cache" / "none" / "none-0.1.partial.npz"
+    report = load_state(partial.read_bytes())[0]
+    assert not report.results and report.progress_state["none"]["chunks"]["part"]["done"] == 4  # FGSM's first
+    monkeypatch.setattr(evaluation, "evaluate", real)
+    leaderboard.evaluate_entry(entry, tmp_path, protocol, log=lambda line: None)
+    cell = json.loads((tmp_path / "cache" / "none" / "none-0.1.json").read_text())
+    assert not partial.exists() and cell["n"] == 24 and len(cell["robust"]) == 24
+
+
 def test_a_zoo_entrys_unfinished_cell_resumes_in_another_checkout(monkeypatch, dae_run, cnn_run, tmp_path):
     """A zoo entry's unfinished cell is kept, as its finished cells, for its runs without their paths: killed
     after its first attack, then moved with its zoo (another checkout), it resumes with the next attack."""
@@ -267,16 +301,65 @@ def test_a_pilot_gives_an_entry_that_would_not_fit_the_largest_n_that_does(monke
     said = []
     row = leaderboard.run([entry], tmp_path, tight, log=said.append)[0]
     assert row["n"] == 10 and asked == [6, 10, 10]  # the pilot on 6 images, then both cells on the minimum
-    assert 0 < row["estimated_minutes"]
-    assert any("the protocol's minimum, 10 images, takes about" in line for line in said), said  # not "fits"
+    assert 0 < row["estimated_minutes"] and row["estimate_is_a_lower_bound"]
+    assert any("the pilot stopped after" in line for line in said), said  # its first attack was long enough
+    assert any("the protocol's minimum, 10 images, takes at least" in line for line in said), said  # not "fits"
+    pilot = json.loads((tmp_path / "cache" / "dae" / "pilot.json").read_text())["value"]
+    assert pilot["at_least"] and pilot["seconds_per_image"] > 0
     roomy = dataclasses.replace(tight, minutes_per_entry=1e6)  # the same cells measure, the pilot is kept
     assert leaderboard.run([entry], tmp_path, roomy, log=lambda line: None)[0]["n"] == 24 and asked[3:] == [24, 24]
+
+
+def test_a_pilot_stops_once_its_time_puts_the_minimum_over_the_budget(monkeypatch, cnn_run, tmp_path):
+    """The pilot stops at the first checkpoint past the seconds that put min_n images over the budget (even
+    resumed with those seconds already spent: then no attack runs), and runs to its end below them."""
+    entry = leaderboard.Entry("none", str(cnn_run))
+    real, pilots = evaluation.evaluate, []
+
+    def counted(*args, checkpoint=None, **kwargs):
+        if len(args[1]) == 6:
+            pilots.append([])
+            kept = checkpoint
+
+            def checkpoint(report):
+                pilots[-1].append(len(report.results))
+                kept(report)
+        return real(*args, checkpoint=checkpoint, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", counted)
+    # cells = 1 (a bare classifier) x 1 eps: the pilot stops past 60 * budget * 6 / 10 s
+    budget = dataclasses.replace(SMALL, eps=(0.1,), attacks=("fgsm", "pgd"), min_n=10, pilot_n=6,
+                                 minutes_per_entry=1e-4)
+    row = leaderboard.evaluate_entry(entry, tmp_path, budget, log=lambda line: None)
+    assert pilots == [[1]] and row["n"] == 10 and row["estimate_is_a_lower_bound"]  # stopped after FGSM
+    pilots.clear()
+    roomy = dataclasses.replace(budget, minutes_per_entry=1e6, n=12)
+    row = leaderboard.evaluate_entry(entry, tmp_path / "roomy", roomy, log=lambda line: None)
+    assert pilots == [[1, 2]] and row["n"] == 12 and "estimate_is_a_lower_bound" not in row  # to its end
+    # a partial pilot whose seconds are already past: no attack runs, it is read as stopped
+    tight = tmp_path / "tight"
+    monkeypatch.setattr(leaderboard, "_POLL_SECONDS", 0)
+
+    def killed(*args, checkpoint=None, **kwargs):
+        def stop(report):
+            checkpoint(report)
+            raise _Killed()
+        return real(*args, checkpoint=stop, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", killed)
+    with pytest.raises(_Killed):
+        leaderboard.evaluate_entry(entry, tight, roomy, log=lambda line: None)  # a pilot killed after FGSM
+    pilots.clear()
+    monkeypatch.setattr(evaluation, "evaluate", counted)
+    said = []
+    row = leaderboard.evaluate_entry(entry, tight, budget, log=said.append)
+    assert pilots == [] and row["n"] == 10 and row["estimate_is_a_lower_bound"], said
 
 
 def test_a_pilot_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, cnn_run, tmp_path):
     """The pilot is kept per attack as a cell is: killed after its first attack, a rerun resumes it there."""
     entry = leaderboard.Entry("none", str(cnn_run))
-    tight = dataclasses.replace(SMALL, eps=(0.1,), minutes_per_entry=1e-4, min_n=10, pilot_n=6)
+    tight = dataclasses.replace(SMALL, eps=(0.1,), minutes_per_entry=1e6, n=10, pilot_n=6)  # it runs to its end
     real = evaluation.evaluate
 
     def killed_after_one(*args, checkpoint=None, **kwargs):

@@ -128,14 +128,33 @@ def _own_attacks(defended, protocol):
     return tuple(a for a in protocol.purifier_attacks if a != "latent" or getattr(purifier, "has_code", False))
 
 
+# A cell's attacks run in chunks of about this many seconds, the cell's partial report kept after each (None:
+# each attack at once, kept when it finishes).
+CHUNK_SECONDS = 600.0
+
+
+class _PilotLongEnough(Exception):
+    """The pilot has taken long enough to say that the protocol's minimum n is over the budget (its seconds)."""
+
+
 def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, white, grid=None,
-                   partial=None):
+                   partial=None, stop_after=None):
     """One (entry, eps, threat model) cell. `partial`: (path, key, same) where the unfinished report is kept
-    after every attack and sanity check (`KeptEvaluation`), and resumed from when `same` finds its key equal
-    (the cell's runs, protocol and n; a zoo entry's runs without their paths, as its finished cells)."""
+    after every attack, chunk of one (CHUNK_SECONDS) and sanity check (`KeptEvaluation`), and resumed from when
+    `same` finds its key equal (the cell's runs, protocol and n; a zoo entry's runs without their paths, as its
+    finished cells). `stop_after`: with `partial`, seconds (those of the processes before this one counted) after
+    which the evaluation stops at its next checkpoint: `_PilotLongEnough`, the partial report kept."""
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
     start = time.perf_counter()
     kept = None if partial is None else KeptEvaluation(*partial)
+
+    def checkpoint(report):
+        kept.checkpoint(report)
+        if stop_after is not None and kept.seconds() > stop_after:
+            raise _PilotLongEnough(kept.seconds())
+
+    if kept is not None and stop_after is not None and kept.seconds() > stop_after:
+        raise _PilotLongEnough(kept.seconds())
     report = evaluation.evaluate(
         defended, x, y, _specs(protocol, eps, stochastic, _own_attacks(defended, protocol) if white else ()),
         threat_model=threat_model, pipelines=pipelines,
@@ -143,8 +162,8 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
         sanity_checks=protocol.sanity_checks and white, sanity_n=protocol.sanity_n,
         defense=info["defense"], classifier=info["classifier"], dataset=info["dataset"], progress=progress,
         detector=defended.detector, runs=info["runs"], cascade=True, score_draws=protocol.score_draws,
-        sanity_queries=protocol.sanity_queries, checkpoint=None if kept is None else kept.checkpoint,
-        resume=None if kept is None else kept.resume)
+        sanity_queries=protocol.sanity_queries, checkpoint=None if kept is None else checkpoint,
+        resume=None if kept is None else kept.resume, chunk_seconds=CHUNK_SECONDS)
     seconds = time.perf_counter() - start if kept is None else kept.seconds()
     if grid is not None:  # the entry's picture: clean test images and the white-box adversarial examples
         reports.save_report_grid(report, grid, data.dataset_info(protocol.dataset).class_names)
@@ -185,38 +204,51 @@ def _purification_rate(defended, x, repeats=2):
 
 
 def _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log, progress=False):
-    """(n, estimate): the protocol's n, or the largest n (at least `min_n`) whose evaluation fits
+    """(n, estimate, at_least): the protocol's n, or the largest n (at least `min_n`) whose evaluation fits
     `minutes_per_entry` by a pilot: the white-box cell at the first eps (sanity checks off) on `pilot_n`
     images, timed, times the number of cells (an over-estimate: gray-box cells cost less; the sanity checks'
     fixed-size runs are not in it). A pilot stopped half-way resumes with its next attack, as a cell does (an
-    entry's latent search can make the pilot itself take an hour)."""
+    entry's latent search can make the pilot itself take hours); it stops once its time alone puts `min_n`
+    images over the budget (`at_least`: the estimate is then a lower bound)."""
     key = {"runs": info["runs"], "protocol": _cell_protocol(protocol.to_dict()), "pilot_n": protocol.pilot_n}
     path = pathlib.Path(out) / "cache" / entry.name / "pilot.json"
     partial, same = path.with_suffix(".partial.npz"), _runs_compare(entry)
+    cells = len(set(models.values())) * len(protocol.eps)
+    # pilot seconds beyond which even min_n images exceed the budget: n = min_n whatever the rest would take
+    enough = protocol.minutes_per_entry * 60 * protocol.pilot_n / (cells * protocol.min_n)
 
     def pilot():
         x, y = data.load_dataset(protocol.dataset, "test", limit=protocol.pilot_n)
         quiet = dataclasses.replace(protocol, sanity_checks=False)
         log(f"{entry.name}: pilot, {models['whitebox']} at eps {protocol.eps[0]:g} on {len(x)} images")
-        cell = _evaluate_cell(defended, info, entry, x, y, models["whitebox"], protocol.eps[0], quiet, pipelines,
-                              progress, True, partial=(partial, key, same))
-        return cell["seconds"] / len(x)
+        try:
+            cell = _evaluate_cell(defended, info, entry, x, y, models["whitebox"], protocol.eps[0], quiet, pipelines,
+                                  progress, True, partial=(partial, key, same), stop_after=enough)
+        except _PilotLongEnough as stopped:
+            seconds = stopped.args[0]
+            log(f"{entry.name}: the pilot stopped after {seconds:.0f} s: {protocol.min_n} images already exceed "
+                f"{protocol.minutes_per_entry:g} min")
+            return {"seconds_per_image": seconds / len(x), "at_least": True}
+        return {"seconds_per_image": cell["seconds"] / len(x), "at_least": False}
 
-    per_image = _shared({"pilot": (path.with_suffix(".claim"), lambda: _kept(path, key, same),
-                                   lambda: _keep(path, key, pilot()), f"{entry.name}: the pilot")}, log)["pilot"]
+    measured = _shared({"pilot": (path.with_suffix(".claim"), lambda: _kept(path, key, same),
+                                  lambda: _keep(path, key, pilot()), f"{entry.name}: the pilot")}, log)["pilot"]
+    if not isinstance(measured, dict):  # kept before the pilot could stop early
+        measured = {"seconds_per_image": measured, "at_least": False}
+    per_image, at_least = measured["seconds_per_image"], measured["at_least"]
     partial.unlink(missing_ok=True)
-    cells = len(set(models.values())) * len(protocol.eps)
     minutes = per_image * cells * protocol.n / 60
     if minutes <= protocol.minutes_per_entry:
-        return protocol.n, minutes
+        return protocol.n, minutes, at_least
     fit = int(protocol.minutes_per_entry * 60 / (per_image * cells))
     n = max(protocol.min_n, fit)
     estimate = per_image * cells * n / 60
-    log(f"{entry.name}: about {minutes:.0f} min on {protocol.n} images by a pilot on {protocol.pilot_n}; "
+    about = "at least" if at_least else "about"
+    log(f"{entry.name}: {about} {minutes:.0f} min on {protocol.n} images by a pilot on {protocol.pilot_n}; "
         + (f"{n} images fit {protocol.minutes_per_entry:g} min" if fit >= protocol.min_n else
-           f"the protocol's minimum, {n} images, takes about {estimate:.0f} min, over its "
+           f"the protocol's minimum, {n} images, takes {about} {estimate:.0f} min, over its "
            f"{protocol.minutes_per_entry:g}-min budget"))
-    return n, estimate
+    return n, estimate, at_least
 
 
 def evaluate_entry(entry, out, protocol, progress=False, log=print):
@@ -225,9 +257,10 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
     pipelines = adaptive.threat_model_pipelines(defended, eot_samples=protocol.eot_samples)
     models = _threat_models(defended, info)
     if entry.n is not None or protocol.minutes_per_entry is None:
-        n, estimate = entry.n or protocol.n, None
+        n, estimate, at_least = entry.n or protocol.n, None, False
     else:
-        n, estimate = _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log, progress)
+        n, estimate, at_least = _images_that_fit(defended, info, entry, protocol, pipelines, models, out, log,
+                                                 progress)
     x, y = data.load_dataset(protocol.dataset, "test", limit=n)
     runs = jsonable(info["runs"])  # what the cells were measured on, as their JSON holds it
     same = _runs_compare(entry)
@@ -265,6 +298,8 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
                       lambda: _serving_latency(defended, info, protocol, x), same)
     row = _row(entry, info, cells, protocol, len(x), _purification_rate(defended, x[:256]), serving)
     row["estimated_minutes"] = estimate
+    if at_least:
+        row["estimate_is_a_lower_bound"] = True  # the pilot stopped once min_n was over the budget
     return row
 
 

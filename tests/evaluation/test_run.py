@@ -540,3 +540,127 @@ def test_resumed_sanity_checks_run_again_when_they_had_not_all_finished(cnn, fmn
     resumed = evaluation.evaluate(cnn, x[:32], y[:32], specs, sanity_n=16, sanity_queries=50, resume=partial)
     assert sorted(c["check"] for c in resumed.sanity) == [1, 2, 3, 4, 5]  # once each: the partial ones forgotten
     assert len(resumed.results) == 2 and len({c[2] for c in resumed.check_columns}) == len(resumed.check_columns)
+
+
+def test_a_killed_evaluation_resumes_inside_an_attack_with_its_next_chunk(monkeypatch):
+    """With `chunk_seconds`, an attack runs in chunks (CHUNK_START images, then sized by time: here CHUNK_MIN),
+    the report kept after each; killed after any checkpoint, the resumed evaluation attacks only the images
+    not done yet and ends with the uninterrupted evaluation's numbers."""
+    from tfpurify.evaluation.report import load_state, save_state
+
+    calls = []
+    _shift_attacks(monkeypatch, calls)
+    x, y = brightness_images(8), np.zeros(8, np.int64)
+    defended = threshold_classifier(0.47)  # right on images 0-4; `up` at 0.05 leaves 0-4 robust
+    kwargs = dict(attacks=evaluation.make_attack_specs(["up", "half"], [0.05]), threat_model="none", batch_size=8,
+                  seed=4, sanity_checks=False)
+    whole = evaluation.evaluate(defended, x, y, **kwargs)
+    assert [c[1] for c in calls] == [[0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4]]  # each attack at once
+    calls.clear()
+    assert evaluation.evaluate(defended, x, y, chunk_seconds=1e-9, **kwargs).results[0].accuracy == 5 / 8
+    assert len(calls) == 2  # no checkpoint to keep a chunk with: each attack at once
+    calls.clear()
+    kept = []
+    chunked = evaluation.evaluate(defended, x, y, chunk_seconds=1e-9, checkpoint=lambda r: kept.append(1), **kwargs)
+    order = list(calls)
+    assert [c[1] for c in order] == [[0, 1, 2, 3], [4, 5], [6, 7], [0, 1, 2, 3], [4]]
+    assert len(kept) == 5 and chunked.settings["chunk_seconds"] == 1e-9
+    summary = lambda r: [(q.attack, q.accuracy, q.after, q.n_attacked, q.grad_evals, q.correct.tolist(),  # noqa: E731
+                          q.plain_correct.tolist()) for q in r.results]
+    assert summary(chunked) == summary(whole)
+    for k in range(1, len(order)):
+        calls.clear()
+        saved = []
+
+        def checkpoint(report):
+            saved.append(save_state(report))
+            if len(saved) == k:
+                raise _Stop()
+
+        with pytest.raises(_Stop):
+            evaluation.evaluate(defended, x, y, chunk_seconds=1e-9, checkpoint=checkpoint, **kwargs)
+        calls.clear()
+        resumed = evaluation.evaluate(defended, x, y, chunk_seconds=1e-9, resume=load_state(saved[-1])[0],
+                                      checkpoint=lambda r: None, **kwargs)
+        assert calls == order[k:], k  # no image attacked twice
+        assert summary(resumed) == summary(whole), k
+    with pytest.raises(InputValidationError, match="chunk_seconds"):
+        evaluation.evaluate(defended, x, y, chunk_seconds=0, **kwargs)
+
+
+def test_killed_sanity_checks_resume_inside_their_attack_and_keep_their_finished_ones(monkeypatch):
+    """The sanity checks run again from their start after a kill, but take the attacks they had finished from the
+    report and resume the one they were in with its next chunk: the same verdicts, no image attacked twice."""
+    from tfpurify.evaluation import sanity
+    from tfpurify.evaluation.report import load_state, save_state
+
+    attacked = []
+    real = sanity.attack_and_score
+
+    def spy(name, attacked_fn, scored_fn, x, *args, **params):
+        attacked.append((name, len(x), params.get("eps"), params.get("nb_iter")))
+        return real(name, attacked_fn, scored_fn, x, *args, **params)
+
+    monkeypatch.setattr(sanity, "attack_and_score", spy)
+    x, y = brightness_images(8), np.zeros(8, np.int64)
+    model = threshold_classifier(0.75)
+    kwargs = dict(attacks=evaluation.make_attack_specs(["pgd"], [0.2], nb_iter=5), batch_size=8, seed=1,
+                  sanity_queries=20, chunk_seconds=1e-9)
+    whole = evaluation.evaluate(model, x, y, checkpoint=lambda r: None, **kwargs)
+    order = list(attacked)
+    assert ("pgd", 4, 0.2, 10) in order and ("pgd", 4, 0.5, 40) in order  # checks 1 and 3, in chunks
+    verdicts = lambda r: [(c["check"], c["status"], c.get("pgd"), c.get("pgd_10")) for c in r.sanity]  # noqa: E731
+    checkpoints = []
+    evaluation.evaluate(model, x, y, checkpoint=lambda r: checkpoints.append(len(r.sanity)), **kwargs)
+    first = checkpoints.index(0, checkpoints.index(0) + 3)  # the cascade's PGD: two chunks and its end
+    assert checkpoints[first:first + 3] == [0, 0, 1] and checkpoints[first + 5] == 2
+    # killed inside check 1's PGD-10, after check 1, inside check 2's FGSM, after check 2
+    for k in (first + 1, first + 3, first + 5, first + 6):
+        attacked.clear()
+        saved = []
+
+        def checkpoint(report):
+            saved.append(save_state(report))
+            if len(saved) == k:
+                raise _Stop()
+
+        with pytest.raises(_Stop):
+            evaluation.evaluate(model, x, y, checkpoint=checkpoint, **kwargs)
+        done = len(attacked)
+        attacked.clear()
+        resumed = evaluation.evaluate(model, x, y, resume=load_state(saved[-1])[0], checkpoint=lambda r: None,
+                                      **kwargs)
+        assert attacked == order[done:], k
+        assert verdicts(resumed) == verdicts(whole), k
+
+
+def test_autoattack_with_a_second_gradient_leaves_out_the_square_the_first_ran():
+    x = brightness_images(8)
+    y = np.zeros(8, np.int64)
+
+    def ten_classes(images):  # the threshold toy's two classes, and eight that never win (APGD-T needs 4)
+        two = threshold_classifier(0.55)(images)
+        return tf.concat([two, tf.fill([tf.shape(images)[0], 8], -10.0)], axis=1)
+
+    scored, strong = ten_classes, lambda images: ten_classes(images)
+
+    def blind(images):
+        return tf.zeros([tf.shape(images)[0], 10]) + 0.0 * tf.reduce_sum(images)
+
+    blind.variant, blind.settings = "surrogate", {}
+    strong.variant, strong.settings = "exact", {}
+    specs = [("autoattack", {"eps": 0.02, "nb_iter": 3, "n_queries": 5, "n_target_classes": 1})]
+    report = evaluation.evaluate(scored, x, y, specs, threat_model="whitebox",
+                                 pipelines={"whitebox": ([blind, strong], scored)}, sanity_checks=False)
+    assert [r.params["version"] for r in report.results] == ["standard", "apgd-ce,apgd-t,fab-t"]
+    alone = evaluation.evaluate(scored, x, y, specs, threat_model="whitebox", cascade=False,
+                                pipelines={"whitebox": ([blind, strong], scored)}, sanity_checks=False)
+    assert [r.params["version"] for r in alone.results] == ["standard", "standard"]  # each its own number
+    rand = evaluation.evaluate(scored, x, y, [("autoattack", {**specs[0][1], "version": "rand", "eot_iter": 1})],
+                               threat_model="whitebox", pipelines={"whitebox": ([blind, strong], scored)},
+                               sanity_checks=False)
+    assert [r.params["version"] for r in rand.results] == ["rand", "rand"]  # no gradient-free stage to leave out
+    square_only = evaluation.evaluate(scored, x, y, [("autoattack", {**specs[0][1], "version": "square"})],
+                                      threat_model="whitebox", pipelines={"whitebox": ([blind, strong], scored)},
+                                      sanity_checks=False)
+    assert [r.params["version"] for r in square_only.results] == ["square"]  # nothing left for the second

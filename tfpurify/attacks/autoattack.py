@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from tfpurify.attacks.fab import fab_targeted
 from tfpurify.attacks.loop import Target, expand, misled, normalize, on_active, project, runner_up_classes
-from tfpurify.attacks.registry import AUTOATTACK_STAGES, COMMON, AttackDef, register_attack
+from tfpurify.attacks.registry import AUTOATTACK_STAGES, AUTOATTACK_VERSIONS, COMMON, AttackDef, register_attack
 
 __all__ = ["dlr_loss", "dlr_targeted_loss", "apgd", "apgd_targeted", "square", "autoattack", "AutoAttack",
            "first_success", "apgd_checkpoints", "runner_up_classes"]
@@ -446,7 +446,7 @@ def first_success(stages, x, fooled, cost, keep_last=False, judge=None):
 
 
 # the original's versions (`autoattack.py`, `AutoAttack.__init__`): the stages, in order
-VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
+VERSIONS = AUTOATTACK_VERSIONS
 
 
 class AutoAttack:

@@ -77,8 +77,25 @@ def parse_norm(norm):
     raise AttackConfigError(f"unknown norm {norm!r}; use inf or 2")
 
 
-# AutoAttack's stages, as the original names them (its `attacks_to_run`)
+# AutoAttack's stages, as the original names them (its `attacks_to_run`), those of its versions, and those that
+# use no gradient
 AUTOATTACK_STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+AUTOATTACK_VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
+AUTOATTACK_GRADIENT_FREE = ("square",)
+
+
+def gradient_stages_only(name, params):
+    """Resolved `params` of attack `name` for a second run with another gradient on the images the first left
+    robust: AutoAttack without its gradient-free stages (Square saw no gradient, and the original runs it once),
+    None where no stage is left; any other attack's params as they are."""
+    if name != "autoattack":
+        return params
+    version = params["version"]
+    stages = AUTOATTACK_VERSIONS.get(version) or tuple(version.split(","))
+    kept = [stage for stage in stages if stage not in AUTOATTACK_GRADIENT_FREE]
+    if len(kept) == len(stages):
+        return params
+    return {**params, "version": ",".join(kept)} if kept else None
 
 
 def resolve_params(name, **params):

@@ -3,6 +3,7 @@
 - `run`: `evaluate`, the evaluation loop (clean accuracy, attacks per threat model and eps,
   cascade, detector metrics per attack, a stochastic pipeline scored over N draws).
 - `report`: `RobustnessReport` and its `AttackResult` rows, the worst case per threat model.
+- `chunks`: attacks run in chunks of images, kept after each, so that a killed evaluation resumes inside one.
 - `sanity`: checks 1-5 against gradient masking and weak attacks, whose attacks (1-4) join the worst case;
   `binarization`: check 5, the binarization test.
 

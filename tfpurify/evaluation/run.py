@@ -22,6 +22,7 @@ from tfpurify.classifiers import predict_logits
 from tfpurify.data import validate_batch_size, validate_images
 from tfpurify.defenses.base import adversarial_scores
 from tfpurify.errors import AttackConfigError, InputValidationError
+from tfpurify.evaluation.chunks import Chunks
 from tfpurify.evaluation.report import AttackResult, RobustnessReport, jsonable
 from tfpurify.evaluation.sanity import GRADIENT_FREE_CHECK, attack_and_score, run_sanity_checks, skip_checks
 from tfpurify.metrics import detection_metrics
@@ -108,7 +109,8 @@ class _Pipelines:
 def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surrogate_fn=None,
              pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
              defense=None, classifier=None, dataset=None, progress=False, n_samples=10, detector=None,
-             runs=None, cascade=True, score_draws=10, sanity_queries=None, checkpoint=None, resume=None):
+             runs=None, cascade=True, score_draws=10, sanity_queries=None, checkpoint=None, resume=None,
+             chunk_seconds=None):
     """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
 
     Args:
@@ -137,8 +139,10 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
       cascade: at each (threat model, eps), run each attack only on the examples the attacks
         before it (in the order given) left robust, as AutoAttack does within itself: the worst
         case for less compute. An attack's row then counts robustness under it *and* the attacks
-        before it (`after`, `n_attacked` in the row). False: every attack runs on every example
-        and each row is that attack's own number.
+        before it (`after`, `n_attacked` in the row); with several white-box gradients, AutoAttack with the
+        second and later ones leaves out its gradient-free Square, which the first ran on the same images (as
+        the original runs it once; the row's `version` names the stages). False: every attack runs on every
+        example and each row is that attack's own number.
       score_draws: where the scored pipeline is stochastic (its purifier's `stochastic`), each
         adversarial batch is classified this many times, the single draw of `accuracy` first and
         then fresh ones: the rows add `accuracy_all_draws` (robust in every draw, the worst of N) and
@@ -152,6 +156,10 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         continues with the attack after the last one it finished, from the images and verdicts it had
         reached; a threat model whose sanity checks had not all finished runs them again. A finished report
         is returned as it is.
+      chunk_seconds: with `checkpoint`, an attack on more than a few images (the sanity checks' included) runs
+        in chunks of about this many seconds, the report kept after each, so that a killed evaluation resumes
+        inside the attack (`tfpurify.evaluation.chunks`; each chunk draws its own random starts from `seed`).
+        None: every attack runs on all its images at once.
 
     Returns:
       RobustnessReport
@@ -161,6 +169,9 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
       AttackConfigError: unknown attack or threat model, bad attack parameters.
     """
     validate_batch_size(batch_size)
+    if chunk_seconds is not None and (isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float))
+                                      or not chunk_seconds > 0):
+        raise InputValidationError(f"chunk_seconds must be a number > 0 or None, got {chunk_seconds!r}")
     if isinstance(score_draws, bool) or not isinstance(score_draws, (int, np.integer)) or score_draws < 1:
         raise InputValidationError(f"score_draws must be an integer >= 1, got {score_draws!r}")
     if sanity_queries is not None and (isinstance(sanity_queries, bool)
@@ -210,7 +221,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                                     "gradient_free_attack": {**GRADIENT_FREE_CHECK, **(
                                         {"n_queries": int(sanity_queries)} if sanity_queries else {})},
                                     "seconds": {}},
-                  "threat_models": {}, **({"runs": runs} if runs else {})})
+                  "threat_models": {}, **({"runs": runs} if runs else {}),
+                  **({"chunk_seconds": chunk_seconds} if chunk_seconds is not None and checkpoint is not None else {})})
     if "graybox" in threat_models and "whitebox" not in threat_models and GRAYBOX_ONLY not in report.warnings:
         report.warnings.append(GRAYBOX_ONLY)
     if detector is not None:
@@ -239,6 +251,8 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             report.settings["threat_models"][tm]["scored_over_draws"] = draws
         state = report.progress_state.setdefault(tm, {"steps": 0, "chains": {}, "sanity": False})
         chains = state["chains"]  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
+        chunks = Chunks(state.setdefault("chunks", {}), None if checkpoint is None else lambda: checkpoint(report),
+                        chunk_seconds)
         for step, (spec, variant_fn) in enumerate((spec, v) for spec in specs for v in variants):
             if step < state["steps"]:
                 continue  # finished before the evaluation was resumed
@@ -251,6 +265,11 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                 continue
             judge = judges.get(id(variant_fn))
             spec_params = _for_threat_model(tm, spec)
+            if cascade and variant_fn is not attacked_fn:  # the first variant ran the gradient-free stages here
+                spec_params = attacks_lib.gradient_stages_only(
+                    spec.name, attacks_lib.resolve_params(spec.name, **spec_params))
+                if spec_params is None:
+                    continue
             params = attacks_lib.resolve_params(spec.name, **spec_params)
             eps = params.pop("eps", None)
             name = spec.name
@@ -260,17 +279,22 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             start_chain = (tm_clean, x, (), tm_clean)
             robust, x_cur, before, plain_cur = chains.get(eps, start_chain) if cascade else start_chain
             start = time.perf_counter()
+
+            def attack(images, ok):  # this attack on images[lo:hi] (run at once, by `chunks.run`)
+                return lambda lo, hi: attack_and_score(
+                    spec.name, variant_fn, scored_fn, x[images[lo:hi]], y[images[lo:hi]], ok[images[lo:hi]],
+                    batch_size, seed, progress, judge, **spec_params)
+
             if not before:
-                x_adv, pred, correct, cost = attack_and_score(spec.name, variant_fn, scored_fn, x, y, tm_clean,
-                                                               batch_size, seed, progress, judge, **spec_params)
+                everything = np.arange(len(x))
+                x_adv, pred, correct, cost = chunks.run(f"step {step}", attack(everything, tm_clean), len(x))
                 plain = pred == y
             else:  # only what the attacks before left robust; the rest keeps its adversarial image
                 x_adv, correct, cost, plain = x_cur.copy(), robust.copy(), np.zeros(len(x)), plain_cur.copy()
                 idx = np.flatnonzero(robust)
                 if len(idx):
-                    x_adv[idx], pred_idx, correct[idx], cost[idx] = attack_and_score(
-                        spec.name, variant_fn, scored_fn, x[idx], y[idx], robust[idx], batch_size, seed,
-                        progress, judge, **spec_params)
+                    x_adv[idx], pred_idx, correct[idx], cost[idx] = chunks.run(f"step {step}", attack(idx, robust),
+                                                                               len(idx))
                     plain[idx] = pred_idx == y[idx]
                     if np.all(np.isnan(cost[idx])):
                         cost[:] = np.nan  # this attack does not count its evaluations
@@ -308,9 +332,10 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
             n = min(sanity_n, len(x))
             start = time.perf_counter()
             run_sanity_checks(report, tm, attacked_fn, scored_fn, x[:n], y[:n], tm_clean[:n], batch_size, seed,
-                              progress, sanity_queries, checkpoint)
+                              progress, sanity_queries, checkpoint, chunks)
             report.settings["sanity_checks"]["seconds"][tm] = round(time.perf_counter() - start, 2)
         state["sanity"] = True
+        chunks.forget()
     report.finished = True
     return report
 

@@ -17,6 +17,7 @@ from tfpurify import attacks as attacks_lib
 from tfpurify.adaptive import binarizer
 from tfpurify.classifiers import predict_logits
 from tfpurify.evaluation.binarization import binarization_test
+from tfpurify.evaluation.chunks import Chunks, chunk_key
 from tfpurify.metrics import binomial_tolerance
 
 __all__ = ["CHECKS", "GRADIENT_FREE_CHECK", "ANNOUNCE_SECONDS", "attack_and_score", "query_seconds", "run_sanity_checks",
@@ -56,7 +57,7 @@ ANNOUNCE_SECONDS = 60.0
 
 
 def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress=False,
-                      n_queries=None, checkpoint=None):
+                      n_queries=None, checkpoint=None, chunks=None):
     """Checks 1-5 against gradient masking and weak attacks on the first n examples; failures become warnings.
 
     1. PGD-2k vs PGD-k: 2k iterations clearly *above* k means more iterations helped the defense
@@ -72,15 +73,21 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
 
     With `progress`, every attack a check runs shows a bar labelled with its check; each record keeps
     the seconds since the record before it (`seconds`), and `checkpoint(report)` runs after each.
-    `n_queries` bounds check 4's queries (default GRADIENT_FREE_CHECK's).
+    `n_queries` bounds check 4's queries (default GRADIENT_FREE_CHECK's). `chunks`: a `Chunks` that runs the
+    checks' attacks (in chunks, if it was made so) and keeps each finished one, so that checks run again from
+    the start after a killed evaluation take their finished attacks from it and resume the unfinished one.
     """
     n = len(x)
     full = report.n_examples
     clock = [time.perf_counter()]
+    chunks = Chunks({}) if chunks is None else chunks
 
     def correct_on_subset(check, name, **params):
-        return attack_and_score(name, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, progress,
-                                progress_label=f"[{tm}] check {check}: {name}", **params)[2]
+        def attack(lo, hi):
+            return attack_and_score(name, attacked_fn, scored_fn, x[lo:hi], y[lo:hi], clean_correct[lo:hi],
+                                    batch_size, seed, progress, progress_label=f"[{tm}] check {check}: {name}",
+                                    **params)
+        return chunks.run(chunk_key(f"[{tm}] check {check}: {name}", **params), attack, n, keep=True)[2]
 
     def record(check, passed, detail, warning):
         now = time.perf_counter()
@@ -134,7 +141,7 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
     record(3, acc_large <= 0.05, {"eps": large_eps, "pgd": acc_large, "n": n, "threshold": 0.05},
            f"PGD accuracy {acc_large:.3f} at eps {large_eps} is not ~0 (gradients are masked)")
     _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold,
-                         progress, n_queries)
+                         progress, n_queries, chunks)
     _binarization_check(report, tm, attacked_fn, scored_fn, x, batch_size, seed, record, progress)
 
 
@@ -174,7 +181,7 @@ def query_seconds(model_fn, x, batch_size):
 
 
 def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold,
-                         progress=False, n_queries=None):
+                         progress=False, n_queries=None, chunks=None):
     """Check 4: a gradient-free attack on what the gradient attacks left robust must not break clearly more.
 
     With `progress`, its cost is estimated before it runs (queries x one timed query of the examples it
@@ -204,9 +211,15 @@ def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct
                                     f"on {int(robust.sum())} examples, up to {estimate / 60:.0f} min on this machine "
                                     "(bound it: tfpurify eval --check-queries N, evaluate(sanity_queries=N); or skip "
                                     "the checks: --no-sanity-checks)")
-            after[robust] = attack_and_score(name, attacked_fn, scored_fn, x[robust], y[robust],
-                                              clean_correct[robust], batch_size, seed, progress,
-                                              progress_label=f"[{tm}] check 4: {name}", eps=eps, **params)[2]
+            idx = np.flatnonzero(robust)
+
+            def attack(lo, hi):
+                return attack_and_score(name, attacked_fn, scored_fn, x[idx[lo:hi]], y[idx[lo:hi]],
+                                        clean_correct[idx[lo:hi]], batch_size, seed, progress,
+                                        progress_label=f"[{tm}] check 4: {name}", eps=eps, **params)
+            chunks = Chunks({}) if chunks is None else chunks
+            after[robust] = chunks.run(chunk_key(f"[{tm}] check 4: {name}", eps=eps, n=len(idx), **params), attack,
+                                       len(idx), keep=True)[2]
         fold(eps, f"{name} on the first {n}", after)
         acc_grad, acc_after = float(np.mean(robust)), float(np.mean(after))
         broken = int(robust.sum() - after.sum())
