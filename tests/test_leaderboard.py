@@ -180,6 +180,18 @@ class _Killed(Exception):
     pass
 
 
+def _killed_at_first_checkpoint(real, threat_model=None):
+    """`real` (evaluation.evaluate) stopped by _Killed right after its first checkpoint (only where it evaluates
+    `threat_model`, if one is named)."""
+    def evaluate(*args, checkpoint=None, **kwargs):
+        def stop(report):
+            checkpoint(report)
+            raise _Killed()
+        chosen = threat_model is None or kwargs.get("threat_model") == threat_model
+        return real(*args, checkpoint=stop if chosen else checkpoint, **kwargs)
+    return evaluate
+
+
 def test_a_cell_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, cnn_run, tmp_path):
     """A cell is resumable per attack: killed after its first attack, a rerun keeps that attack's verdicts
     (kept beside the cache) and runs only the next; the cell equals the uninterrupted one."""
@@ -187,14 +199,8 @@ def test_a_cell_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, cn
     real = evaluation.evaluate
     specs_run = []
 
-    def killed_after_one(*args, checkpoint=None, **kwargs):
-        def stop(report):
-            checkpoint(report)
-            raise _Killed()
-        return real(*args, checkpoint=stop, **kwargs)
-
     protocol = dataclasses.replace(SMALL, eps=(0.1,))
-    monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
+    monkeypatch.setattr(evaluation, "evaluate", _killed_at_first_checkpoint(real))
     with pytest.raises(_Killed):
         leaderboard.evaluate_entry(entry, tmp_path, protocol, log=lambda line: None)
     partial = tmp_path / "cache" / "none" / "none-0.1.partial.npz"
@@ -223,13 +229,7 @@ def test_a_cell_s_attacks_run_in_chunks_and_a_killed_cell_resumes_inside_one(mon
     entry, protocol = leaderboard.Entry("none", str(cnn_run)), dataclasses.replace(SMALL, eps=(0.1,))
     real = evaluation.evaluate
 
-    def killed_after_one(*args, checkpoint=None, **kwargs):
-        def stop(report):
-            checkpoint(report)
-            raise _Killed()
-        return real(*args, checkpoint=stop, **kwargs)
-
-    monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
+    monkeypatch.setattr(evaluation, "evaluate", _killed_at_first_checkpoint(real))
     with pytest.raises(_Killed):
         leaderboard.evaluate_entry(entry, tmp_path, protocol, log=lambda line: None)
     partial = tmp_path / "cache" / "none" / "none-0.1.partial.npz"
@@ -248,15 +248,7 @@ def test_a_zoo_entrys_unfinished_cell_resumes_in_another_checkout(monkeypatch, d
 
     zoo.add("dae", str(dae_run), str(cnn_run), "cnn", tmp_path / "zoo", n=12)
     real, protocol = evaluation.evaluate, dataclasses.replace(SMALL, eps=(0.1,))
-
-    def killed_after_one(*args, checkpoint=None, threat_model=None, **kwargs):
-        def stop(report):
-            checkpoint(report)
-            raise _Killed()
-        return real(*args, checkpoint=stop if threat_model == "whitebox" else checkpoint,
-                    threat_model=threat_model, **kwargs)
-
-    monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
+    monkeypatch.setattr(evaluation, "evaluate", _killed_at_first_checkpoint(real, "whitebox"))
     with pytest.raises(_Killed):
         leaderboard.evaluate_entry(leaderboard.entry_from_text("zoo:dae", tmp_path / "zoo"), tmp_path / "board",
                                    protocol, log=lambda line: None)
@@ -340,13 +332,7 @@ def test_a_pilot_stops_once_its_time_puts_the_minimum_over_the_budget(monkeypatc
     tight = tmp_path / "tight"
     monkeypatch.setattr(leaderboard, "_POLL_SECONDS", 0)
 
-    def killed(*args, checkpoint=None, **kwargs):
-        def stop(report):
-            checkpoint(report)
-            raise _Killed()
-        return real(*args, checkpoint=stop, **kwargs)
-
-    monkeypatch.setattr(evaluation, "evaluate", killed)
+    monkeypatch.setattr(evaluation, "evaluate", _killed_at_first_checkpoint(real))
     with pytest.raises(_Killed):
         leaderboard.evaluate_entry(entry, tight, roomy, log=lambda line: None)  # a pilot killed after FGSM
     pilots.clear()
@@ -362,13 +348,7 @@ def test_a_pilot_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, c
     tight = dataclasses.replace(SMALL, eps=(0.1,), minutes_per_entry=1e6, n=10, pilot_n=6)  # it runs to its end
     real = evaluation.evaluate
 
-    def killed_after_one(*args, checkpoint=None, **kwargs):
-        def stop(report):
-            checkpoint(report)
-            raise _Killed()
-        return real(*args, checkpoint=stop, **kwargs)
-
-    monkeypatch.setattr(evaluation, "evaluate", killed_after_one)
+    monkeypatch.setattr(evaluation, "evaluate", _killed_at_first_checkpoint(real))
     with pytest.raises(_Killed):
         leaderboard.evaluate_entry(entry, tmp_path, tight, log=lambda line: None)
     partial = tmp_path / "cache" / "none" / "pilot.partial.npz"

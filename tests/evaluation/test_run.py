@@ -480,12 +480,26 @@ class _Stop(Exception):
     pass
 
 
+def _stopped_at(k, evaluate, *args, **kwargs):
+    """The report kept at the k-th checkpoint of `evaluate(*args, **kwargs)`, stopped there by _Stop."""
+    from tfpurify.evaluation.report import load_state, save_state
+
+    saved = []
+
+    def checkpoint(report):
+        saved.append(save_state(report))
+        if len(saved) == k:
+            raise _Stop()
+
+    with pytest.raises(_Stop):
+        evaluate(*args, checkpoint=checkpoint, **kwargs)
+    return load_state(saved[-1])[0]
+
+
 def test_an_interrupted_evaluation_resumes_with_the_attack_after_the_last_it_finished(monkeypatch):
     """Killed after its k-th checkpoint (each attack, then each sanity check), an evaluation resumed from the
     report it kept (`save_state`) runs only what was left, continues each cascade from where it stood, and ends with the
     uninterrupted evaluation's numbers; the sanity checks of a threat model that had not finished them run again."""
-    from tfpurify.evaluation.report import load_state, save_state
-
     calls = []
     _shift_attacks(monkeypatch, calls)
     x, y = brightness_images(8), np.zeros(8, np.int64)
@@ -501,16 +515,7 @@ def test_an_interrupted_evaluation_resumes_with_the_attack_after_the_last_it_fin
                          sorted((c["threat_model"], c["check"], c["status"]) for c in r.sanity), r.warnings)
     for k in range(1, steps):
         calls.clear()
-        saved = []
-
-        def checkpoint(report):
-            saved.append(save_state(report))
-            if len(saved) == k:
-                raise _Stop()
-
-        with pytest.raises(_Stop):
-            evaluation.evaluate(defended, x, y, checkpoint=checkpoint, **kwargs)
-        partial = load_state(saved[-1])[0]
+        partial = _stopped_at(k, evaluation.evaluate, defended, x, y, **kwargs)
         assert not partial.finished and len(partial.results) == k
         calls.clear()
         resumed = evaluation.evaluate(defended, x, y, resume=partial, **kwargs)
@@ -546,8 +551,6 @@ def test_a_killed_evaluation_resumes_inside_an_attack_with_its_next_chunk(monkey
     """With `chunk_seconds`, an attack runs in chunks (CHUNK_START images, then sized by time: here CHUNK_MIN),
     the report kept after each; killed after any checkpoint, the resumed evaluation attacks only the images
     not done yet and ends with the uninterrupted evaluation's numbers."""
-    from tfpurify.evaluation.report import load_state, save_state
-
     calls = []
     _shift_attacks(monkeypatch, calls)
     x, y = brightness_images(8), np.zeros(8, np.int64)
@@ -570,17 +573,9 @@ def test_a_killed_evaluation_resumes_inside_an_attack_with_its_next_chunk(monkey
     assert summary(chunked) == summary(whole)
     for k in range(1, len(order)):
         calls.clear()
-        saved = []
-
-        def checkpoint(report):
-            saved.append(save_state(report))
-            if len(saved) == k:
-                raise _Stop()
-
-        with pytest.raises(_Stop):
-            evaluation.evaluate(defended, x, y, chunk_seconds=1e-9, checkpoint=checkpoint, **kwargs)
+        partial = _stopped_at(k, evaluation.evaluate, defended, x, y, chunk_seconds=1e-9, **kwargs)
         calls.clear()
-        resumed = evaluation.evaluate(defended, x, y, chunk_seconds=1e-9, resume=load_state(saved[-1])[0],
+        resumed = evaluation.evaluate(defended, x, y, chunk_seconds=1e-9, resume=partial,
                                       checkpoint=lambda r: None, **kwargs)
         assert calls == order[k:], k  # no image attacked twice
         assert summary(resumed) == summary(whole), k
@@ -592,7 +587,6 @@ def test_killed_sanity_checks_resume_inside_their_attack_and_keep_their_finished
     """The sanity checks run again from their start after a kill, but take the attacks they had finished from the
     report and resume the one they were in with its next chunk: the same verdicts, no image attacked twice."""
     from tfpurify.evaluation import sanity
-    from tfpurify.evaluation.report import load_state, save_state
 
     attacked = []
     real = sanity.attack_and_score
@@ -617,19 +611,10 @@ def test_killed_sanity_checks_resume_inside_their_attack_and_keep_their_finished
     # killed inside check 1's PGD-10, after check 1, inside check 2's FGSM, after check 2
     for k in (first + 1, first + 3, first + 5, first + 6):
         attacked.clear()
-        saved = []
-
-        def checkpoint(report):
-            saved.append(save_state(report))
-            if len(saved) == k:
-                raise _Stop()
-
-        with pytest.raises(_Stop):
-            evaluation.evaluate(model, x, y, checkpoint=checkpoint, **kwargs)
+        partial = _stopped_at(k, evaluation.evaluate, model, x, y, **kwargs)
         done = len(attacked)
         attacked.clear()
-        resumed = evaluation.evaluate(model, x, y, resume=load_state(saved[-1])[0], checkpoint=lambda r: None,
-                                      **kwargs)
+        resumed = evaluation.evaluate(model, x, y, resume=partial, checkpoint=lambda r: None, **kwargs)
         assert attacked == order[done:], k
         assert verdicts(resumed) == verdicts(whole), k
 
