@@ -19,8 +19,9 @@ from cli.options import COUNT
               help="Write every zoo entry's row into its manifest (the n it holds is then the entry's n).")
 def leaderboard_command(entries, zoo_path, out, n, record):
     """Evaluate every entry under the leaderboard's protocol (eps 0.1 and 0.2, gray-box and white-box, FGSM,
-    PGD-100 x 2, AutoAttack, sanity checks) and write the tables; a rerun evaluates only missing cells, and
-    processes started on one --out (one per core) share them."""
+    PGD-100 x 2, AutoAttack, sanity checks) and write the tables; a rerun evaluates only missing cells (a
+    stopped one resumes with its next chunk of images, about 10 minutes each), and processes started on one
+    --out (one per core) share them."""
     import dataclasses
 
     from cli.options import parse_list

@@ -9,10 +9,11 @@ purifier itself (`pgd_recon`, and `latent` where it has a code), through every w
 first 200 images), whose attacks join the worst case.
 
 An entry whose evaluation would exceed `minutes_per_entry` by a pilot (its first white-box cell on 20
-images, timed) gets the largest n that fits, at least 200. Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished,
+images, timed; it stops once its time alone puts 200 images over the budget) gets the largest n that fits, at
+least 200. Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished,
 with the protocol and the runs it measured (paths, weights' SHA-256, runtime options): a rerun
 evaluates only the cells it lacks or whose protocol or weights changed (a killed cell, or pilot, resumes with
-its next attack; several processes on one `out` share the cells, each claiming one before it measures it);
+its next attack, or next chunk of images of one: CHUNK_SECONDS; several processes on one `out` share the cells, each claiming one before it measures it);
 a zoo entry's cells count wherever the zoo lies (its files are checked against the manifest's
 SHA-256), a run folder's only at its path. Written: `<out>/<dataset>.json`
 (rows, protocol, machine), `.md` and a static `.html` (the table and the accuracy-vs-eps picture),
