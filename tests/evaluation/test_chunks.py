@@ -32,7 +32,7 @@ def test_chunks_are_sized_by_the_time_per_image_and_kept_after_each(monkeypatch)
     assert calls == [(0, CHUNK_START), (4, 14), (14, 24), (24, 30)]
     np.testing.assert_array_equal(values, np.arange(30) * 10)
     np.testing.assert_array_equal(even, np.arange(30) % 2 == 0)
-    assert [s["done"] for s in saved] == [4, 14, 24] and "part" not in state  # nothing kept after the last
+    assert [s["done"] for s in saved] == [4, 14, 24] and state == {"done": {}}  # nothing kept after the last
     calls.clear()
     slow = Chunks({}, lambda: None, seconds=10)
     slow.run("pgd", _attack(clock, calls, seconds_per_image=100.0), 9)
@@ -78,7 +78,7 @@ def test_a_kept_part_resumes_with_its_next_chunk_and_kept_results_are_not_attack
     again, _ = resumed.run("pgd", _attack(clock, calls), 30, keep=True)  # kept: not attacked again
     assert calls == [] and np.array_equal(again, values)
     resumed.forget()
-    assert state == {}
+    assert state == {}  # the kept result dropped
     unchunked = Chunks({}, None, seconds=10)  # no checkpoint to keep a chunk with: all at once
     unchunked.run("pgd", _attack(clock, calls), 30)
     assert calls == [(0, 30)]

@@ -79,6 +79,5 @@ class Chunks:
         return tuple(part["arrays"])
 
     def forget(self):
-        """Drops the kept results (their caller finished)."""
+        """Drops the kept results (their caller finished; a part is dropped when its attack finishes)."""
         self.state.pop("done", None)
-        self.state.pop("part", None)
