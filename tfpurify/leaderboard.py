@@ -149,13 +149,17 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
     start = time.perf_counter()
     kept = None if partial is None else KeptEvaluation(*partial)
 
+    def stop_if_long_enough():
+        seconds = kept.seconds()
+        if stop_after is not None and seconds > stop_after:
+            raise _PilotLongEnough(seconds)
+
     def checkpoint(report):
         kept.checkpoint(report)
-        if stop_after is not None and kept.seconds() > stop_after:
-            raise _PilotLongEnough(kept.seconds())
+        stop_if_long_enough()
 
-    if kept is not None and stop_after is not None and kept.seconds() > stop_after:
-        raise _PilotLongEnough(kept.seconds())
+    if kept is not None:
+        stop_if_long_enough()
     report = evaluation.evaluate(
         defended, x, y, _specs(protocol, eps, stochastic, _own_attacks(defended, protocol) if white else ()),
         threat_model=threat_model, pipelines=pipelines,

@@ -181,7 +181,7 @@ def query_seconds(model_fn, x, batch_size):
 
 
 def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct, batch_size, seed, record, fold,
-                         progress=False, n_queries=None, chunks=None):
+                         progress, n_queries, chunks):
     """Check 4: a gradient-free attack on what the gradient attacks left robust must not break clearly more.
 
     With `progress`, its cost is estimated before it runs (queries x one timed query of the examples it
@@ -217,7 +217,6 @@ def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct
                 return attack_and_score(name, attacked_fn, scored_fn, x[idx[lo:hi]], y[idx[lo:hi]],
                                         clean_correct[idx[lo:hi]], batch_size, seed, progress,
                                         progress_label=f"[{tm}] check 4: {name}", eps=eps, **params)
-            chunks = Chunks({}) if chunks is None else chunks
             after[robust] = chunks.run(chunk_key(f"[{tm}] check 4: {name}", eps=eps, n=len(idx), **params), attack,
                                        len(idx), keep=True)[2]
         fold(eps, f"{name} on the first {n}", after)
