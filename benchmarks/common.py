@@ -74,7 +74,9 @@ def write_results(name, results, markdown):
 
 
 class TimeBudget(tf.keras.callbacks.Callback):
-    """Stops `fit` after `seconds` (checked after every batch; None: never) and counts the images seen.
+    """Stops `fit` after `seconds` (checked after every batch and every epoch, validation included; None: never)
+    and counts the images seen. A validation pass that runs past the budget comes on top of it, but no epoch
+    starts after it.
 
     `clock` "wall" counts wall time; "cpu" this process's CPU time (every thread), which other jobs on
     the machine do not eat into: models trained side by side with other work get equal budgets.
@@ -105,10 +107,14 @@ class TimeBudget(tf.keras.callbacks.Callback):
         self.last_batch_end = time.perf_counter()
         if self.first_batch_end is None:  # the first step includes tracing the step function
             self.first_batch_end = self.last_batch_end
+        self._stop_when_spent()
+
+    def _stop_when_spent(self):
         if self.seconds is not None and self.spent() - self.budget_start > self.seconds:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        self._stop_when_spent()  # a validation pass may have spent the rest: start no epoch for one batch
         if self.ledger is not None:
             atomic_write_text(self.ledger, json.dumps(self.totals()) + "\n")
 

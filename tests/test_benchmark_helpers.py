@@ -20,10 +20,11 @@ def common():
     return module
 
 
-def _fit(budget, epochs):
+def _fit(budget, epochs, before=()):
     model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,))])
     model.compile("sgd", "mse")
-    model.fit(np.zeros((32, 2)), np.zeros((32, 1)), batch_size=8, epochs=epochs, callbacks=[budget], verbose=0)
+    model.fit(np.zeros((32, 2)), np.zeros((32, 1)), batch_size=8, epochs=epochs, callbacks=[*before, budget],
+              verbose=0)
 
 
 def test_a_resumed_training_adds_to_its_ledger_and_spends_only_what_is_left(common, tmp_path):
@@ -49,6 +50,15 @@ def test_a_resumed_training_adds_to_its_ledger_and_spends_only_what_is_left(comm
         left = common.TimeBudget(50, 8, clock, ledger=ledger)
         _fit(left, 3)
         assert left.images == 96, clock
+
+
+def test_a_budget_spent_by_an_epochs_validation_starts_no_further_epoch(common):
+    now = [0.0]
+    budget = common.TimeBudget(50, 8, "cpu")
+    budget.spent = lambda: now[0]
+    validation_runs_past = tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: now.__setitem__(0, 60.0))
+    _fit(budget, 3, before=[validation_runs_past])
+    assert budget.images == 32  # the first epoch's 4 batches, and not one batch of the second
 
 
 def test_kept_json_computes_once_and_reads_back(common, tmp_path):
