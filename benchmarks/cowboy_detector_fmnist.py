@@ -19,6 +19,7 @@ Usage: python benchmarks/cowboy_detector_fmnist.py [--widths 32,64] [--seeds 0,1
 
 import argparse
 import dataclasses
+import io
 import json
 import pathlib
 import sys
@@ -30,8 +31,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import environment, kept_json, machine, timed_training, write_results  # noqa: E402
 
 from tfpurify import attacks, data, metrics  # noqa: E402
-from tfpurify.classifiers import load_classifier  # noqa: E402
+from tfpurify.classifiers import accuracy, load_classifier, predict_logits  # noqa: E402
 from tfpurify.defenses.cowboy import CowboyConfig  # noqa: E402
+from tfpurify.runs import atomic_write_text  # noqa: E402
 from tfpurify.training import load_defense, train_defense  # noqa: E402
 
 EPS = (0.1, 0.2)
@@ -42,9 +44,9 @@ def adversarial(classifier, x, y, eps, cache):
     """Gray-box PGD-40 examples on the classifier alone (the same for every GAN), kept in `cache`."""
     path = pathlib.Path(cache)
     if not path.exists():
-        x_adv = attacks.run_attack("pgd", classifier, x, y, batch_size=250, eps=eps, **PGD)
-        np.save(path.with_suffix(".tmp.npy"), x_adv)
-        path.with_suffix(".tmp.npy").replace(path)
+        buffer = io.BytesIO()
+        np.save(buffer, attacks.run_attack("pgd", classifier, x, y, batch_size=250, eps=eps, **PGD))
+        atomic_write_text(path, buffer.getvalue())
     return np.load(path)
 
 
@@ -60,11 +62,10 @@ def cleaning(run, classifier, x, y):
     out = {}
     for name, images in (("clean", x), ("fgsm 0.1", x_fgsm)):
         start = time.perf_counter()
-        cleaned = np.concatenate([np.asarray(model.purify(images[i:i + 50])) for i in range(0, len(images), 50)])
-        seconds = time.perf_counter() - start
-        out[name] = float(np.mean(np.argmax(classifier.predict(cleaned, verbose=0), axis=1) == y))
-        out[f"{name} seconds per image"] = seconds / len(images)
-    out["fgsm 0.1 bare"] = float(np.mean(np.argmax(classifier.predict(x_fgsm, verbose=0), axis=1) == y))
+        cleaned = predict_logits(model.purify, images, batch_size=50)  # the cleaned images, batch by batch
+        out[f"{name} seconds per image"] = (time.perf_counter() - start) / len(images)
+        out[name] = accuracy(classifier, cleaned, y)
+    out["fgsm 0.1 bare"] = accuracy(classifier, x_fgsm, y)
     return out
 
 
@@ -137,19 +138,17 @@ def main():
     def pct(v):
         return f"{100 * v:.1f}"
 
+    def line(width, seeds, g):
+        return (f"| {width} | {seeds} | {g['val_roc_auc_0.1']:.3f} / {g['val_roc_auc_0.2']:.3f} | "
+                f"{g['test_roc_auc_0.1']:.3f} / {g['test_roc_auc_0.2']:.3f} | {pct(g['test_fpr'])} / "
+                f"{pct(g['test_tpr_0.1'])} / {pct(g['test_tpr_0.2'])} | {pct(g['val_cleaned_clean'])} / "
+                f"{pct(g['val_cleaned_fgsm_0.1'])} | {g['cpu_minutes']:.1f} |")
+
     lines = ["| base_filters | seed | validation ROC-AUC eps 0.1 / 0.2 | test ROC-AUC eps 0.1 / 0.2 | "
              "test flagged at 5 %-FPR: clean / PGD 0.1 / PGD 0.2 (%) | validation cleaned: clean / FGSM 0.1 (%) | "
              "training CPU-min |", "|---|---|---|---|---|---|---|"]
-    for g in gans:
-        lines.append(f"| {g['base_filters']} | {g['seed']} | {g['val_roc_auc_0.1']:.3f} / {g['val_roc_auc_0.2']:.3f} | "
-                     f"{g['test_roc_auc_0.1']:.3f} / {g['test_roc_auc_0.2']:.3f} | {pct(g['test_fpr'])} / "
-                     f"{pct(g['test_tpr_0.1'])} / {pct(g['test_tpr_0.2'])} | {pct(g['val_cleaned_clean'])} / "
-                     f"{pct(g['val_cleaned_fgsm_0.1'])} | {g['cpu_minutes']} |")
-    for s in summary:
-        lines.append(f"| **{s['base_filters']} (mean)** | {s['seeds']} seeds | {s['val_roc_auc_0.1']:.3f} / "
-                     f"{s['val_roc_auc_0.2']:.3f} | {s['test_roc_auc_0.1']:.3f} / {s['test_roc_auc_0.2']:.3f} | "
-                     f"{pct(s['test_fpr'])} / {pct(s['test_tpr_0.1'])} / {pct(s['test_tpr_0.2'])} | "
-                     f"{pct(s['val_cleaned_clean'])} / {pct(s['val_cleaned_fgsm_0.1'])} | {s['cpu_minutes']:.1f} |")
+    lines += [line(g["base_filters"], g["seed"], g) for g in gans]
+    lines += [line(f"**{s['base_filters']} (mean)**", f"{s['seeds']} seeds", s) for s in summary]
     results = {"benchmark": args.name, "dataset": "fashion_mnist", "n_examples": args.n, "classifier": "cnn",
                "threat_model": "graybox", "attack": "pgd", "params": {**PGD, "eps": list(EPS)},
                "chosen_on_validation": chosen, "gans": gans, "by_width": summary,
