@@ -65,11 +65,22 @@ def kept_evaluation(path, key):
     return kept
 
 
+KEPT_BELOW = "<!-- Written by hand: a rerun of the benchmark keeps everything below this line. -->"
+
+
 def write_results(name, results, markdown):
-    """Writes benchmarks/results/<name>.json and its .md twin."""
+    """Writes benchmarks/results/<name>.json and its .md twin (atomically). Where the .md already holds the
+    line `KEPT_BELOW`, that line and the text after it (a reading of the numbers written by hand) follow the new
+    markdown instead of being lost."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    md_path = RESULTS / f"{name}.md"
+    kept = ""
+    if md_path.exists():
+        _, marker, after = md_path.read_text().partition(KEPT_BELOW)
+        if marker:
+            kept = "\n\n" + marker + after.rstrip()
+    atomic_write_text(RESULTS / f"{name}.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(md_path, markdown.rstrip() + kept + "\n")
     print(markdown)
 
 

@@ -125,3 +125,16 @@ def test_a_published_seed_is_kept_only_when_it_was_measured_as_asked(tmp_path, m
     path.write_text(json.dumps(published))
     assert bench.published_seeds(path, pathlib.Path("runs/bench-cnn"), args) == {}
     assert bench.published_seeds(tmp_path / "missing.json", pathlib.Path("runs/bench-cnn"), args) == {}
+
+
+def test_a_rerun_keeps_the_reading_written_below_the_marker_and_nothing_else(common, tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    common.write_results("b", {"accuracy": 0.5}, "| a |\n|---|\n| 0.5 |\n")
+    assert (tmp_path / "b.md").read_text() == "| a |\n|---|\n| 0.5 |\n"  # no marker: the file is the markdown
+    (tmp_path / "b.md").write_text("| a |\n|---|\n| 0.5 |\n\n" + common.KEPT_BELOW + "\nReading: 0.5 is low.\n")
+    common.write_results("b", {"accuracy": 0.7}, "| a |\n|---|\n| 0.7 |")
+    kept = "\n\n" + common.KEPT_BELOW + "\nReading: 0.5 is low.\n"
+    assert (tmp_path / "b.md").read_text() == "| a |\n|---|\n| 0.7 |" + kept
+    assert json.loads((tmp_path / "b.json").read_text()) == {"accuracy": 0.7}
+    common.write_results("b", {"accuracy": 0.7}, "| a |\n|---|\n| 0.7 |")  # a second rerun keeps it once
+    assert (tmp_path / "b.md").read_text().count("Reading: 0.5 is low.") == 1
