@@ -524,3 +524,41 @@ def test_the_papers_column_says_where_an_entry_deviates_from_its_paper():
     assert leaderboard._paper_cell(row) == ("76.9 % (gray-box PGD 0.1); this entry deviates: the AE term on the "
                                             "last 1 % of the steps")
     assert leaderboard._paper_cell({"deviation": "wider"}) == "-; this entry deviates: wider"
+
+
+def test_a_waiting_process_helps_with_the_chunks_of_a_held_cell_and_the_holder_gathers_them(
+        monkeypatch, cnn_run, tmp_path):
+    """A process left with a cell another running process holds attacks the chunks no one holds, through the
+    cell's chunk board; the holder (here: this process, once the other is gone) gathers them without attacking
+    again, and the cell equals one measured by a single process."""
+    from tfpurify.evaluation import run as evaluation_run
+
+    monkeypatch.setattr(leaderboard, "CHUNK_SECONDS", 1e-9)  # CHUNK_START images, then CHUNK_MIN at a time
+    entry, protocol = leaderboard.Entry("none", str(cnn_run)), dataclasses.replace(SMALL, eps=(0.1,))
+    whole = leaderboard.evaluate_entry(entry, tmp_path / "whole", protocol, log=lambda line: None)
+    attacked = []  # (phase, images) of every attack on a chunk
+    real_attack = evaluation_run.attack_and_score
+    monkeypatch.setattr(evaluation_run, "attack_and_score",
+                        lambda name, f, g, x, *a, **k: attacked.append((phase[0], len(x))) or real_attack(
+                            name, f, g, x, *a, **k))
+    other = subprocess.Popen(["sleep", "60"])
+    claimed = tmp_path / "shared" / "cache" / "none" / "none-0.1.claim"
+    _claim_by(other, claimed)
+    phase, lines = ["helping"], []
+
+    def the_other_is_gone(seconds):
+        other.kill()
+        other.wait()
+        phase[0] = "holding"
+    monkeypatch.setattr(leaderboard.time, "sleep", the_other_is_gone)
+    try:
+        row = leaderboard.evaluate_entry(entry, tmp_path / "shared", protocol, log=lines.append)
+    finally:
+        other.kill()
+        other.wait()
+    helped = [n for p, n in attacked if p == "helping"]
+    assert sum(helped) >= 24 and phase == ["holding"]  # FGSM's chunks at least, attacked while the other held
+    assert any("helps it with the chunks of its attacks" in line for line in lines)
+    assert not [n for p, n in attacked if p == "holding" and n > 0]  # gathered, not attacked again
+    assert row["whitebox 0.1"] == whole["whitebox 0.1"]
+    assert not (tmp_path / "shared" / "cache" / "none" / "none-0.1.chunks").exists()  # the board goes with the cell

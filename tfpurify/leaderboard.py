@@ -13,7 +13,9 @@ images, timed; it stops once its time alone puts 200 images over the budget) get
 least 200. Each (entry, eps, threat model) is a cell, cached as JSON in `<out>/cache/<entry>/` once finished,
 with the protocol and the runs it measured (paths, weights' SHA-256, runtime options): a rerun
 evaluates only the cells it lacks or whose protocol or weights changed (a killed cell, or pilot, resumes with
-its next attack, or next chunk of images of one: CHUNK_SECONDS; several processes on one `out` share the cells, each claiming one before it measures it);
+its next attack, or next chunk of images of one: CHUNK_SECONDS; several processes on one `out` share the cells,
+each claiming one before it measures it, and a process left with nothing but cells others hold helps them with
+the chunks of their attacks, through `<cell>.chunks/`);
 a zoo entry's cells count wherever the zoo lies (its files are checked against the manifest's
 SHA-256), a run folder's only at its path. Written: `<out>/<dataset>.json`
 (rows, protocol, machine), `.md` and a static `.html` (the table and the accuracy-vs-eps picture),
@@ -27,6 +29,7 @@ import json
 import operator
 import pathlib
 import platform
+import shutil
 import tempfile
 import time
 
@@ -35,6 +38,7 @@ import tensorflow as tf
 
 from tfpurify import adaptive, data, evaluation, export, metrics, reports
 from tfpurify.errors import InputValidationError, RunFolderError
+from tfpurify.evaluation.chunks import NothingToHelpWith
 from tfpurify.evaluation.report import KeptEvaluation, jsonable
 from tfpurify.runs import atomic_write_text, claim
 from tfpurify.training import load_defended
@@ -139,12 +143,15 @@ class _PilotLongEnough(Exception):
 
 
 def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress, white, grid=None,
-                   partial=None, stop_after=None):
+                   partial=None, stop_after=None, board=None, helper=False):
     """One (entry, eps, threat model) cell. `partial`: (path, key, same) where the unfinished report is kept
     after every attack, chunk of one (CHUNK_SECONDS) and sanity check (`KeptEvaluation`), and resumed from when
     `same` finds its key equal (the cell's runs, protocol and n; a zoo entry's runs without their paths, as its
     finished cells). `stop_after`: with `partial`, seconds (those of the processes before this one counted) after
-    which the evaluation stops at its next checkpoint: `_PilotLongEnough`, the partial report kept."""
+    which the evaluation stops at its next checkpoint: `_PilotLongEnough`, the partial report kept. `board`: a
+    folder through which processes share the chunks of the cell's attacks; `helper`: this process only helps the
+    one that holds the cell (from its partial report, keeping nothing): it returns None, or raises
+    `NothingToHelpWith` when every chunk of the attack it reached is done or held."""
     stochastic = bool(getattr(defended.purifier, "stochastic", False))
     start = time.perf_counter()
     kept = None if partial is None else KeptEvaluation(*partial)
@@ -155,6 +162,8 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
             raise _PilotLongEnough(seconds)
 
     def checkpoint(report):
+        if helper:
+            return  # the report is the holder's to keep
         kept.checkpoint(report)
         stop_if_long_enough()
 
@@ -168,7 +177,9 @@ def _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pip
         defense=info["defense"], classifier=info["classifier"], dataset=info["dataset"], progress=progress,
         detector=defended.detector, runs=info["runs"], cascade=True, score_draws=protocol.score_draws,
         sanity_queries=protocol.sanity_queries, checkpoint=None if kept is None else checkpoint,
-        resume=None if kept is None else kept.resume, chunk_seconds=CHUNK_SECONDS)
+        resume=None if kept is None else kept.resume, chunk_seconds=CHUNK_SECONDS, chunk_board=board, helper=helper)
+    if helper:
+        return None
     seconds = time.perf_counter() - start if kept is None else kept.seconds()
     if grid is not None:  # the entry's picture: clean test images and the white-box adversarial examples
         reports.save_report_grid(report, grid, data.dataset_info(protocol.dataset).class_names)
@@ -284,12 +295,32 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
         white = threat_model == models["whitebox"]  # the sanity checks run there (a bare classifier: `none`)
         grid = _grid_path(out, protocol, entry) if white and eps == protocol.eps[0] else None
         cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
-                                 white, grid, (partial, {"runs": runs, "n": len(x),
-                                                         "protocol": _cell_protocol(protocol.to_dict())}, same)),
+                                 white, grid, (partial, key(), same), board=path.with_suffix(".chunks")),
                 "protocol": protocol.to_dict(), "runs": runs}
         atomic_write_text(path, json.dumps(jsonable(cell)))
         partial.unlink(missing_ok=True)
+        shutil.rmtree(path.with_suffix(".chunks"), ignore_errors=True)
         return cell
+
+    def key():  # what makes a kept partial report this cell's
+        return {"runs": runs, "n": len(x), "protocol": _cell_protocol(protocol.to_dict())}
+
+    looked = {}  # cell -> its partial report's time stamp when this process last found nothing to help with
+
+    def help_with(path, threat_model, eps):
+        """Helps the process that holds the cell with the chunks of its attacks; whether it looked again."""
+        partial = path.with_suffix(".partial.npz")
+        stamp = partial.stat().st_mtime_ns if partial.is_file() else None
+        if CHUNK_SECONDS is None or looked.get(path, "never") == stamp:
+            return False  # no chunks to share, or nothing changed since the last look
+        try:
+            _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
+                           threat_model == models["whitebox"], None, (partial, key(), same),
+                           board=path.with_suffix(".chunks"), helper=True)
+        except NothingToHelpWith:
+            pass
+        looked[path] = stamp
+        return True
 
     jobs = {}
     for column, threat_model in models.items():
@@ -297,7 +328,8 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
             path = _cell_path(out, entry, threat_model, eps)
             jobs[column, eps] = (path.with_suffix(".claim"), functools.partial(finished, path),
                                  functools.partial(measure, path, threat_model, eps),
-                                 f"{entry.name}: {threat_model} at eps {eps:g}")
+                                 f"{entry.name}: {threat_model} at eps {eps:g}",
+                                 functools.partial(help_with, path, threat_model, eps))
     cells = _shared(jobs, log)
     serving = _cached(pathlib.Path(out) / "cache" / entry.name / "serving.json", info["runs"],
                       lambda: _serving_latency(defended, info, protocol, x), same)
@@ -313,14 +345,15 @@ _POLL_SECONDS = 30
 
 
 def _shared(jobs, log):
-    """{key: value} of `jobs` ({key: (claim path, finished, compute, what)}), each computed by whichever of
-    several `tfpurify leaderboard` processes claims it first (`runs.claim`); `finished()` is its kept value or
+    """{key: value} of `jobs` ({key: (claim path, finished, compute, what[, help])}), each computed by whichever
+    of several `tfpurify leaderboard` processes claims it first (`runs.claim`); `finished()` is its kept value or
     None. Work another running process holds is left to it: this process goes on with the rest, then waits for
-    it (polling), and takes it over if that process is gone."""
+    it (polling; `help()`, where given, meanwhile helps with it and says whether it did), and takes it over if
+    that process is gone."""
     values, told = {}, set()
     while True:
         progressed = False
-        for key, (claim_path, finished, compute, what) in jobs.items():
+        for key, (claim_path, finished, compute, what, *helper) in jobs.items():
             if key in values:
                 continue
             value = finished()
@@ -329,9 +362,12 @@ def _shared(jobs, log):
                     if holder is None:
                         value = finished()  # finished by another process between the look and the claim?
                         value = compute() if value is None else value
-                    elif key not in told:
-                        told.add(key)
-                        log(f"{what}: measured by {holder}; this process goes on with the rest, then waits for it")
+                    else:
+                        if key not in told:
+                            told.add(key)
+                            log(f"{what}: measured by {holder}; this process goes on with the rest, then waits for it"
+                                + (" and helps it with the chunks of its attacks" if helper else ""))
+                        progressed = any(h() for h in helper) or progressed
             if value is not None:
                 values[key], progressed = value, True
         if len(values) == len(jobs):

@@ -21,7 +21,7 @@ from tfpurify.errors import RunFolderError
 
 __all__ = ["atomic_write_text", "save_weights_atomic", "write_config", "read_config", "start_run",
            "holds_config", "run_state", "run_callbacks", "finish_run", "read_run", "restore_weights", "weights_digest",
-           "file_digest", "claim"]
+           "file_digest", "claim", "this_process", "still_running"]
 
 
 def atomic_write_text(path, text):
@@ -46,6 +46,17 @@ def _boot_id():
         return None
 
 
+def this_process():
+    """{host, pid, boot}: what a claim records of the process that writes it."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "boot": _boot_id()}
+
+
+def still_running(holder):
+    """Whether the process a `this_process()` record names still runs; a process on another host counts as
+    running (it cannot be checked from here)."""
+    return holder.get("host") != socket.gethostname() or _holder_alive(holder)
+
+
 def _holder_alive(holder):
     """Whether the process that wrote a claim on this host still runs."""
     if holder.get("boot") != _boot_id():
@@ -66,7 +77,7 @@ def claim(path):
     claim whose process is gone (killed, or the machine restarted) is taken over."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "boot": _boot_id()}
+    me = this_process()
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

@@ -1,9 +1,15 @@
-"""Attacks in chunks (`tfpurify.evaluation.chunks`): sized by time, kept, resumed, remembered."""
+"""Attacks in chunks (`tfpurify.evaluation.chunks`): sized by time, kept, resumed, remembered; shared between
+processes through a `ChunkBoard`: every range attacked once, gathered in order whoever attacked it, a helper
+never waits, a range whose process is gone or failed is free again."""
+
+import json
+import subprocess
 
 import numpy as np
+import pytest
 
 from tfpurify.evaluation import chunks as chunks_mod
-from tfpurify.evaluation.chunks import CHUNK_MIN, CHUNK_START, Chunks
+from tfpurify.evaluation.chunks import CHUNK_MIN, CHUNK_START, ChunkBoard, Chunks, NothingToHelpWith
 
 
 class _Clock:
@@ -82,3 +88,110 @@ def test_a_kept_part_resumes_with_its_next_chunk_and_kept_results_are_not_attack
     unchunked = Chunks({}, None, seconds=10)  # no checkpoint to keep a chunk with: all at once
     unchunked.run("pgd", _attack(clock, calls), 30)
     assert calls == [(0, 30)]
+
+
+# Shared between processes
+
+N = 11
+INPUTS = ("pgd {}", np.arange(N, dtype=np.float32), np.zeros(N, np.int64))
+
+
+def _recorded(calls):
+    def attack(lo, hi):  # a result per image that says which image it was
+        calls.append((lo, hi))
+        return np.arange(lo, hi) * 2, np.arange(lo, hi) % 2 == 0
+    return attack
+
+
+def _chunks(board, helper=False, kept=None):
+    checkpoints = kept if kept is not None else []
+    return Chunks({}, lambda: checkpoints.append(1), 1e-9, board, helper)  # CHUNK_START images, then CHUNK_MIN
+
+
+def _expected():
+    return np.arange(N) * 2, np.arange(N) % 2 == 0
+
+
+def _same(got):
+    for a, b in zip(got, _expected()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_helper_takes_the_ranges_the_owner_does_not_hold_and_the_owner_gathers_them(tmp_path):
+    board = ChunkBoard(tmp_path)
+    owner_calls, helper_calls, raised = [], [], []
+    helper_attack = _recorded(helper_calls)
+
+    def owner_attack(lo, hi):  # while the owner attacks its first range, the helper works on the board
+        try:
+            _chunks(board, helper=True).run("step 0", helper_attack, N, inputs=INPUTS)
+        except NothingToHelpWith:
+            raised.append(True)  # only the owner's range was left, and it holds it: the helper does not wait
+        return _recorded(owner_calls)(lo, hi)
+
+    kept = []
+    _same(_chunks(board, kept=kept).run("step 0", owner_attack, N, inputs=INPUTS))
+    assert owner_calls == [(0, 4)] and raised == [True]
+    assert helper_calls == [(4, 8), (8, 10), (10, 11)]  # its first chunk CHUNK_START images, then CHUNK_MIN
+    assert len(kept) >= 2  # the owner kept its report as it gathered the ranges
+
+
+def test_an_owner_gathers_a_finished_helper_s_ranges_without_attacking(tmp_path):
+    board = ChunkBoard(tmp_path)
+    helper_calls, owner_calls = [], []
+    _same(_chunks(board, helper=True).run("step 0", _recorded(helper_calls), N, inputs=INPUTS))
+    _same(_chunks(board).run("step 0", _recorded(owner_calls), N, inputs=INPUTS))
+    assert owner_calls == [] and sorted(helper_calls)[0][0] == 0 and sorted(helper_calls)[-1][1] == N
+
+
+def test_ranges_of_other_inputs_or_another_attack_are_never_mixed_in(tmp_path):
+    board = ChunkBoard(tmp_path)
+    _chunks(board, helper=True).run("step 0", lambda lo, hi: (np.full(hi - lo, -1), np.zeros(hi - lo, bool)), N,
+                                    inputs=("pgd {}", INPUTS[1] + 1, INPUTS[2]))  # other images
+    _chunks(board, helper=True).run("step 0", lambda lo, hi: (np.full(hi - lo, -1), np.zeros(hi - lo, bool)), N,
+                                    inputs=("fgsm {}", *INPUTS[1:]))  # another attack
+    calls = []
+    _same(_chunks(board).run("step 0", _recorded(calls), N, inputs=INPUTS))
+    assert sum(hi - lo for lo, hi in calls) == N
+
+
+def test_a_range_held_by_a_process_that_is_gone_is_taken_over(tmp_path):
+    board = ChunkBoard(tmp_path)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    first = board.attack("step 0", N, INPUTS)
+    first.take(0, 4)  # held by this process: make it the gone one's
+    ranges = json.loads((first.folder / "ranges.json").read_text())
+    ranges[0]["holder"]["pid"] = gone.pid
+    (first.folder / "ranges.json").write_text(json.dumps(ranges))
+    calls = []
+    _same(_chunks(board, helper=True).run("step 0", _recorded(calls), N, inputs=INPUTS))
+    assert calls[0] == (0, 4)
+
+
+def test_a_failed_attack_gives_its_range_back(tmp_path):
+    board = ChunkBoard(tmp_path)
+
+    def failing(lo, hi):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _chunks(board).run("step 0", failing, N, inputs=INPUTS)
+    calls = []
+    _same(_chunks(board, helper=True).run("step 0", _recorded(calls), N, inputs=INPUTS))  # nothing is left held
+    assert calls[0] == (0, 4)
+
+
+def test_without_a_board_or_inputs_chunks_run_as_before(tmp_path):
+    calls = []
+    _same(_chunks(None).run("step 0", _recorded(calls), N, inputs=INPUTS))
+    _same(_chunks(ChunkBoard(tmp_path)).run("step 1", _recorded(calls), N))
+    assert calls == [(0, 4), (4, 6), (6, 8), (8, 10), (10, 11)] * 2 and not any(tmp_path.iterdir())
+
+
+def test_an_owner_whose_kept_part_ends_inside_a_done_range_takes_the_rest_of_it(tmp_path):
+    board = ChunkBoard(tmp_path)
+    _chunks(board, helper=True).run("step 0", _recorded([]), N, inputs=INPUTS)  # ranges 0:4, 4:6, ...
+    state = {"part": {"key": "step 0", "n": N, "done": 5, "size": 2, "arrays": [a[:5] for a in _expected()]}}
+    calls = []
+    _same(Chunks(state, lambda: None, 1e-9, board).run("step 0", _recorded(calls), N, inputs=INPUTS))
+    assert calls == []

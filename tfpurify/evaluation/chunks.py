@@ -7,21 +7,128 @@ chunk of CHUNK_START images, sizes each next chunk by the time per image so far 
 calls the evaluation's checkpoint. Images are attacked independently, so a chunk is the attack on its
 images; only the random starts differ from one run over all of them (each chunk draws its own, from the
 same seed).
+
+Several processes can share one attack's chunks (`ChunkBoard`): each takes the next range of images no one
+holds, under a lock, and leaves its result on the board; the process that owns the evaluation gathers the
+ranges in order (its partial report keeps them as before), a helper only adds ranges. A range is named by the
+attack's key and a digest of its inputs, so that a helper whose evaluation reached other images than the
+owner's never mixes its results in.
 """
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
+import pathlib
+import tempfile
 import time
 
 import numpy as np
 
-__all__ = ["Chunks", "CHUNK_START", "CHUNK_MIN", "chunk_key"]
+from tfpurify.runs import atomic_write_text, still_running, this_process
+
+__all__ = ["Chunks", "ChunkBoard", "NothingToHelpWith", "CHUNK_START", "CHUNK_MIN", "chunk_key"]
 
 CHUNK_START, CHUNK_MIN = 4, 2
+
+# Seconds between two looks at a range another process holds.
+POLL_SECONDS = 5.0
 
 
 def chunk_key(label, **params):
     """A key naming an attack run: its label and its parameters (sorted, JSON)."""
     return f"{label} {json.dumps(params, sort_keys=True, default=str)}"
+
+
+class NothingToHelpWith(Exception):
+    """A helper's `Chunks.run` found every range of the attack done or held by another process."""
+
+
+class ChunkBoard:
+    """A folder that several processes share the chunks of an attack through.
+
+    Per attack (its key, n and a digest of its inputs) a subfolder holds `ranges.json` (each range's lo, hi,
+    holder and whether it is done), changed only under an exclusive lock, and each done range's arrays
+    (`<lo>-<hi>.npz`, written atomically). A range whose holder is gone (killed) is free again.
+    """
+
+    def __init__(self, folder):
+        self.folder = pathlib.Path(folder)
+
+    def attack(self, key, n, inputs):
+        digest = hashlib.sha256(json.dumps([key, int(n)]).encode())
+        for a in inputs:  # arrays, or text (an attack's name and parameters)
+            if isinstance(a, str):
+                digest.update(json.dumps(a).encode())
+                continue
+            a = np.ascontiguousarray(a)
+            digest.update(f"{a.dtype.str}{a.shape}".encode())
+            digest.update(a.tobytes())
+        return _BoardAttack(self.folder / digest.hexdigest()[:20], n)
+
+
+class _BoardAttack:
+    def __init__(self, folder, n):
+        self.folder, self.n, self.me = folder, n, this_process()
+
+    @contextlib.contextmanager
+    def _ranges(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            path = self.folder / "ranges.json"
+            ranges = json.loads(path.read_text()) if path.exists() else []
+            ranges = [r for r in ranges if r["done"] or r["holder"] == self.me or still_running(r["holder"])]
+            yield ranges
+            atomic_write_text(path, json.dumps(ranges))
+
+    def done_at(self, lo):
+        """The arrays from image `lo` on of the done range that holds it, and that range's hi; or None."""
+        path = self.folder / "ranges.json"
+        if not path.exists():
+            return None
+        for r in json.loads(path.read_text()):
+            if r["done"] and r["lo"] <= lo < r["hi"]:
+                with np.load(self.folder / f"{r['lo']}-{r['hi']}.npz") as f:
+                    return [f[f"a{i}"][lo - r["lo"]:] for i in range(len(f.files))], r["hi"]
+        return None
+
+    def take(self, lo, size):
+        """Claims the first range of at most `size` images at or after `lo` that no one holds or finished:
+        (lo, hi), or None where there is none."""
+        with self._ranges() as ranges:
+            start = lo
+            for r in sorted(ranges, key=lambda r: r["lo"]):
+                if r["hi"] <= start:
+                    continue
+                if r["lo"] > start:
+                    break
+                start = r["hi"]
+            if start >= self.n:
+                return None
+            hi = min([self.n, start + size] + [r["lo"] for r in ranges if r["lo"] > start])
+            ranges.append({"lo": start, "hi": hi, "holder": self.me, "done": False})
+            return start, hi
+
+    def put(self, lo, hi, arrays):
+        """Leaves the result of range lo:hi on the board and marks it done."""
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".range.", suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, **{f"a{i}": np.asarray(a) for i, a in enumerate(arrays)})
+            os.replace(tmp, self.folder / f"{lo}-{hi}.npz")
+        except BaseException:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+            raise
+        with self._ranges() as ranges:
+            ranges[:] = [r for r in ranges if not (r["lo"] == lo and r["hi"] == hi)]
+            ranges.append({"lo": lo, "hi": hi, "holder": self.me, "done": True})
+
+    def release(self, lo, hi):
+        """Gives up range lo:hi unfinished (its attack failed or was interrupted)."""
+        with self._ranges() as ranges:
+            ranges[:] = [r for r in ranges if r["done"] or not (r["lo"] == lo and r["hi"] == hi)]
 
 
 class Chunks:
@@ -32,26 +139,33 @@ class Chunks:
         (`state["done"]`) live.
       checkpoint: None, or a callable with no arguments that saves the report (the evaluation's checkpoint).
       seconds: about how long a chunk takes; None (or no checkpoint): every attack runs at once.
+      board: None, or a `ChunkBoard` whose ranges other processes share (for an attack `run` is given the
+        `inputs` of).
+      helper: this process only adds ranges to the board: where none is left to take, `run` raises
+        `NothingToHelpWith` instead of waiting for the others.
     """
 
-    def __init__(self, state, checkpoint=None, seconds=None):
-        self.state, self.checkpoint, self.seconds = state, checkpoint, seconds
+    def __init__(self, state, checkpoint=None, seconds=None, board=None, helper=False):
+        self.state, self.checkpoint, self.seconds, self.board, self.helper = state, checkpoint, seconds, board, helper
 
     @property
     def chunked(self):
         return self.checkpoint is not None and self.seconds is not None
 
-    def run(self, key, attack, n, keep=False):
+    def run(self, key, attack, n, keep=False, inputs=None):
         """`attack(lo, hi)` -> a tuple of arrays over images lo:hi; returns the tuple over all `n` images.
 
         Resumes the kept part of the attack named `key` where one was kept; `keep`: the finished result is
         kept under `key` (until `forget`) and returned without attacking again, for a caller that is itself
-        run again from its start when resumed (the sanity checks)."""
+        run again from its start when resumed (the sanity checks). `inputs`: the arrays the attack's result
+        depends on (its images, labels, verdicts so far), which name it on the board."""
         done = self.state.setdefault("done", {})
         if key in done:
             return tuple(done[key])
         if not self.chunked or n <= CHUNK_START:
             result = tuple(attack(0, n))
+        elif self.board is not None and inputs is not None:
+            result = self._on_board(key, attack, n, self.board.attack(key, n, inputs))
         else:
             result = self._in_chunks(key, attack, n)
         if keep:
@@ -59,9 +173,7 @@ class Chunks:
         return result
 
     def _in_chunks(self, key, attack, n):
-        part = self.state.get("part")
-        if not (isinstance(part, dict) and part.get("key") == key and part.get("n") == n):
-            part = {"key": key, "n": n, "done": 0, "size": CHUNK_START, "arrays": None}
+        part = self._part(key, n)
         while part["done"] < n:
             lo = part["done"]
             hi = min(n, lo + part["size"])
@@ -77,6 +189,45 @@ class Chunks:
                 self.checkpoint()
         self.state.pop("part", None)
         return tuple(part["arrays"])
+
+    def _on_board(self, key, attack, n, board):
+        part = self._part(key, n)
+        while part["done"] < n:
+            lo = part["done"]
+            found = board.done_at(lo)
+            if found is None:
+                took = board.take(lo, part["size"])
+                if took is None:  # the rest is held by other processes
+                    if self.helper:
+                        raise NothingToHelpWith(key)
+                    time.sleep(POLL_SECONDS)
+                    continue
+                a, b = took
+                start = time.perf_counter()
+                try:
+                    got = [np.asarray(v) for v in attack(a, b)]
+                except BaseException:
+                    board.release(a, b)
+                    raise
+                per_image = max(time.perf_counter() - start, 1e-9) / (b - a)
+                part["size"] = int(min(n, max(CHUNK_MIN, self.seconds / per_image)))
+                board.put(a, b, got)
+                continue  # gathered in order from the board
+            got, hi = found
+            arrays = part["arrays"]
+            part["arrays"] = got if arrays is None else [np.concatenate([a, b]) for a, b in zip(arrays, got)]
+            part["done"] = hi
+            if hi < n:
+                self.state["part"] = part
+                self.checkpoint()
+        self.state.pop("part", None)
+        return tuple(part["arrays"])
+
+    def _part(self, key, n):
+        part = self.state.get("part")
+        if not (isinstance(part, dict) and part.get("key") == key and part.get("n") == n):
+            part = {"key": key, "n": n, "done": 0, "size": CHUNK_START, "arrays": None}
+        return part
 
     def forget(self):
         """Drops the kept results (their caller finished; a part is dropped when its attack finishes)."""

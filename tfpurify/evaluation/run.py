@@ -22,7 +22,7 @@ from tfpurify.classifiers import predict_logits
 from tfpurify.data import validate_batch_size, validate_images
 from tfpurify.defenses.base import adversarial_scores
 from tfpurify.errors import AttackConfigError, InputValidationError
-from tfpurify.evaluation.chunks import Chunks
+from tfpurify.evaluation.chunks import ChunkBoard, Chunks, chunk_key
 from tfpurify.evaluation.report import AttackResult, RobustnessReport, jsonable
 from tfpurify.evaluation.sanity import GRADIENT_FREE_CHECK, attack_and_score, run_sanity_checks, skip_checks
 from tfpurify.metrics import detection_metrics
@@ -110,7 +110,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
              pipelines=None, batch_size=256, seed=0, sanity_checks=True, sanity_n=200,
              defense=None, classifier=None, dataset=None, progress=False, n_samples=10, detector=None,
              runs=None, cascade=True, score_draws=10, sanity_queries=None, checkpoint=None, resume=None,
-             chunk_seconds=None):
+             chunk_seconds=None, chunk_board=None, helper=False):
     """Measures clean and adversarial accuracy of `model_fn` under the named threat models.
 
     Args:
@@ -160,6 +160,11 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         in chunks of about this many seconds, the report kept after each, so that a killed evaluation resumes
         inside the attack (`tfpurify.evaluation.chunks`; each chunk draws its own random starts from `seed`).
         None: every attack runs on all its images at once.
+      chunk_board: with `chunk_seconds`, a folder through which several processes evaluating the same thing share
+        each attack's chunks (`tfpurify.evaluation.chunks.ChunkBoard`); None: this process attacks every chunk.
+      helper: with `chunk_board`, this process only helps another that owns the evaluation (its `checkpoint`
+        keeps nothing): once every chunk of an attack is done or held by others it raises
+        `NothingToHelpWith` instead of waiting.
 
     Returns:
       RobustnessReport
@@ -252,7 +257,7 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
         state = report.progress_state.setdefault(tm, {"steps": 0, "chains": {}, "sanity": False})
         chains = state["chains"]  # eps -> (robust so far, current adversarial images, attacks so far, plain correct)
         chunks = Chunks(state.setdefault("chunks", {}), None if checkpoint is None else lambda: checkpoint(report),
-                        chunk_seconds)
+                        chunk_seconds, None if chunk_board is None else ChunkBoard(chunk_board), helper)
         for step, (spec, variant_fn) in enumerate((spec, v) for spec in specs for v in variants):
             if step < state["steps"]:
                 continue  # finished before the evaluation was resumed
@@ -285,16 +290,20 @@ def evaluate(model_fn, x, y, attacks=("fgsm", "pgd"), threat_model="none", surro
                     spec.name, variant_fn, scored_fn, x[images[lo:hi]], y[images[lo:hi]], ok[images[lo:hi]],
                     batch_size, seed, progress, judge, **spec_params)
 
+            def inputs(images, ok):  # what names this attack on the chunk board
+                return (chunk_key(name, seed=seed, **spec_params), x[images], y[images], ok[images])
+
             if not before:
                 everything = np.arange(len(x))
-                x_adv, pred, correct, cost = chunks.run(f"step {step}", attack(everything, tm_clean), len(x))
+                x_adv, pred, correct, cost = chunks.run(f"step {step}", attack(everything, tm_clean), len(x),
+                                                        inputs=inputs(everything, tm_clean))
                 plain = pred == y
             else:  # only what the attacks before left robust; the rest keeps its adversarial image
                 x_adv, correct, cost, plain = x_cur.copy(), robust.copy(), np.zeros(len(x)), plain_cur.copy()
                 idx = np.flatnonzero(robust)
                 if len(idx):
                     x_adv[idx], pred_idx, correct[idx], cost[idx] = chunks.run(f"step {step}", attack(idx, robust),
-                                                                               len(idx))
+                                                                               len(idx), inputs=inputs(idx, robust))
                     plain[idx] = pred_idx == y[idx]
                     if np.all(np.isnan(cost[idx])):
                         cost[:] = np.nan  # this attack does not count its evaluations

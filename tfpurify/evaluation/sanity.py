@@ -87,7 +87,8 @@ def run_sanity_checks(report, tm, attacked_fn, scored_fn, x, y, clean_correct, b
             return attack_and_score(name, attacked_fn, scored_fn, x[lo:hi], y[lo:hi], clean_correct[lo:hi],
                                     batch_size, seed, progress, progress_label=f"[{tm}] check {check}: {name}",
                                     **params)
-        return chunks.run(chunk_key(f"[{tm}] check {check}: {name}", **params), attack, n, keep=True)[2]
+        key = chunk_key(f"[{tm}] check {check}: {name}", **params)
+        return chunks.run(key, attack, n, keep=True, inputs=(f"seed {seed}", x, y, clean_correct))[2]
 
     def record(check, passed, detail, warning):
         now = time.perf_counter()
@@ -218,7 +219,8 @@ def _gradient_free_check(report, tm, attacked_fn, scored_fn, x, y, clean_correct
                                         clean_correct[idx[lo:hi]], batch_size, seed, progress,
                                         progress_label=f"[{tm}] check 4: {name}", eps=eps, **params)
             after[robust] = chunks.run(chunk_key(f"[{tm}] check 4: {name}", eps=eps, n=len(idx), **params), attack,
-                                       len(idx), keep=True)[2]
+                                       len(idx), keep=True,
+                                       inputs=(f"seed {seed}", x[idx], y[idx], clean_correct[idx]))[2]
         fold(eps, f"{name} on the first {n}", after)
         acc_grad, acc_after = float(np.mean(robust)), float(np.mean(after))
         broken = int(robust.sum() - after.sum())
