@@ -364,6 +364,15 @@ def test_a_pilot_killed_after_an_attack_resumes_with_the_next_one(monkeypatch, c
     assert row["n"] == 10 and (tmp_path / "cache" / "none" / "pilot.json").is_file()
 
 
+def _measured_beside(other, entry, out, protocol, lines):
+    """The entry's row measured while process `other` runs (it is stopped afterwards)."""
+    try:
+        return leaderboard.evaluate_entry(entry, out, protocol, log=lines.append)
+    finally:
+        other.kill()
+        other.wait()
+
+
 def _claim_by(process, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"host": socket.gethostname(), "pid": process.pid, "boot": runs._boot_id()}))
@@ -389,11 +398,7 @@ def test_processes_share_an_entrys_cells_and_take_over_one_whose_process_is_gone
         looks.append(list(measured))
         shutil.copy(tmp_path / "whole" / "cache" / "none" / "none-0.1.json", claimed.with_suffix(".json"))
     monkeypatch.setattr(leaderboard.time, "sleep", the_other_finishes)
-    try:
-        row = leaderboard.evaluate_entry(entry, tmp_path / "shared", SMALL, log=lines.append)
-    finally:
-        other.kill()
-        other.wait()
+    row = _measured_beside(other, entry, tmp_path / "shared", SMALL, lines)
     assert measured == [0.1, 0.2, 0.2]  # eps 0.2 here, eps 0.1 by the other process
     assert looks == [[0.1, 0.2, 0.2]]  # it waited once, after measuring what it could
     assert any("none at eps 0.1: measured by process" in line for line in lines)
@@ -552,11 +557,7 @@ def test_a_waiting_process_helps_with_the_chunks_of_a_held_cell_and_the_holder_g
         other.wait()
         phase[0] = "holding"
     monkeypatch.setattr(leaderboard.time, "sleep", the_other_is_gone)
-    try:
-        row = leaderboard.evaluate_entry(entry, tmp_path / "shared", protocol, log=lines.append)
-    finally:
-        other.kill()
-        other.wait()
+    row = _measured_beside(other, entry, tmp_path / "shared", protocol, lines)
     helped = [n for p, n in attacked if p == "helping"]
     assert sum(helped) >= 24 and phase == ["holding"]  # FGSM's chunks at least, attacked while the other held
     assert any("helps it with the chunks of its attacks" in line for line in lines)
