@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from tfpurify import evaluation, leaderboard, metrics, runs
+from tfpurify import data, evaluation, leaderboard, metrics, runs
 from tfpurify.errors import InputValidationError
 from tfpurify.evaluation.report import jsonable
 
@@ -239,6 +239,28 @@ def test_a_cell_s_attacks_run_in_chunks_and_a_killed_cell_resumes_inside_one(mon
     leaderboard.evaluate_entry(entry, tmp_path, protocol, log=lambda line: None)
     cell = json.loads((tmp_path / "cache" / "none" / "none-0.1.json").read_text())
     assert not partial.exists() and cell["n"] == 24 and len(cell["robust"]) == 24
+
+
+def test_the_chunks_of_a_cell_killed_under_another_protocol_are_not_taken(monkeypatch, cnn_run, tmp_path):
+    """A killed cell's chunk board belongs to its weights and protocol: measured again under another protocol
+    (its partial report then discarded), the cell attacks its first chunk again instead of gathering it."""
+    from tfpurify.evaluation import run as evaluation_run
+
+    monkeypatch.setattr(leaderboard, "CHUNK_SECONDS", 1e-9)
+    entry, protocol = leaderboard.Entry("none", str(cnn_run)), dataclasses.replace(SMALL, eps=(0.1,))
+    monkeypatch.setattr(evaluation, "evaluate", _killed_at_first_checkpoint(evaluation.evaluate))
+    with pytest.raises(_Killed):
+        leaderboard.evaluate_entry(entry, tmp_path, protocol, log=lambda line: None)
+    monkeypatch.undo()
+    monkeypatch.setattr(leaderboard, "CHUNK_SECONDS", 1e-9)
+    monkeypatch.setattr(leaderboard, "_serving_latency", lambda *a: None)
+    attacked, real_attack = [], evaluation_run.attack_and_score
+    monkeypatch.setattr(evaluation_run, "attack_and_score",
+                        lambda name, f, g, x, *a, **k: attacked.append((name, np.asarray(x))) or real_attack(
+                            name, f, g, x, *a, **k))
+    leaderboard.evaluate_entry(entry, tmp_path, dataclasses.replace(protocol, score_draws=3), log=lambda line: None)
+    first = data.load_dataset(protocol.dataset, "test", limit=4)[0]
+    assert attacked[0][0] == "fgsm" and np.array_equal(attacked[0][1], first)  # FGSM's first chunk again
 
 
 def test_a_zoo_entrys_unfinished_cell_resumes_in_another_checkout(monkeypatch, dae_run, cnn_run, tmp_path):

@@ -24,6 +24,7 @@ sorted by the white-box worst case at the first eps. Every accuracy has its 95 %
 
 import dataclasses
 import functools
+import hashlib
 import html
 import json
 import operator
@@ -295,7 +296,7 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
         white = threat_model == models["whitebox"]  # the sanity checks run there (a bare classifier: `none`)
         grid = _grid_path(out, protocol, entry) if white and eps == protocol.eps[0] else None
         cell = {**_evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
-                                 white, grid, (partial, key(), same), board=path.with_suffix(".chunks")),
+                                 white, grid, (partial, key(), same), board=board(path)),
                 "protocol": protocol.to_dict(), "runs": runs}
         atomic_write_text(path, json.dumps(jsonable(cell)))
         partial.unlink(missing_ok=True)
@@ -304,6 +305,10 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
 
     def key():  # what makes a kept partial report this cell's
         return {"runs": runs, "n": len(x), "protocol": _cell_protocol(protocol.to_dict())}
+
+    def board(path):  # the cell's chunk board, for these weights and this protocol only (not a killed earlier one's)
+        digest = hashlib.sha256(json.dumps(jsonable(_without_paths(key())), sort_keys=True).encode()).hexdigest()
+        return path.with_suffix(".chunks") / digest[:12]
 
     looked = {}  # cell -> its partial report's time stamp when this process last found nothing to help with
 
@@ -315,8 +320,8 @@ def evaluate_entry(entry, out, protocol, progress=False, log=print):
             return False  # no chunks to share, or nothing changed since the last look
         try:
             _evaluate_cell(defended, info, entry, x, y, threat_model, eps, protocol, pipelines, progress,
-                           threat_model == models["whitebox"], None, (partial, key(), same),
-                           board=path.with_suffix(".chunks"), helper=True)
+                           threat_model == models["whitebox"], None, (partial, key(), same), board=board(path),
+                           helper=True)
         except NothingToHelpWith:
             pass
         looked[path] = stamp
