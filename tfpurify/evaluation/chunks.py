@@ -18,10 +18,9 @@ owner's never mixes its results in.
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
-import os
 import pathlib
-import tempfile
 import time
 
 import numpy as np
@@ -79,7 +78,7 @@ class _BoardAttack:
             fcntl.flock(lock, fcntl.LOCK_EX)
             path = self.folder / "ranges.json"
             ranges = json.loads(path.read_text()) if path.exists() else []
-            ranges = [r for r in ranges if r["done"] or r["holder"] == self.me or still_running(r["holder"])]
+            ranges = [r for r in ranges if r["done"] or still_running(r["holder"])]
             yield ranges
             atomic_write_text(path, json.dumps(ranges))
 
@@ -113,14 +112,9 @@ class _BoardAttack:
 
     def put(self, lo, hi, arrays):
         """Leaves the result of range lo:hi on the board and marks it done."""
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".range.", suffix=".npz")
-        os.close(fd)
-        try:
-            np.savez(tmp, **{f"a{i}": np.asarray(a) for i, a in enumerate(arrays)})
-            os.replace(tmp, self.folder / f"{lo}-{hi}.npz")
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        npz = io.BytesIO()
+        np.savez(npz, **{f"a{i}": np.asarray(a) for i, a in enumerate(arrays)})
+        atomic_write_text(self.folder / f"{lo}-{hi}.npz", npz.getvalue())
         with self._ranges() as ranges:
             ranges[:] = [r for r in ranges if not (r["lo"] == lo and r["hi"] == hi)]
             ranges.append({"lo": lo, "hi": hi, "holder": self.me, "done": True})
@@ -177,18 +171,26 @@ class Chunks:
         while part["done"] < n:
             lo = part["done"]
             hi = min(n, lo + part["size"])
-            start = time.perf_counter()
-            got = [np.asarray(a) for a in attack(lo, hi)]
-            per_image = max(time.perf_counter() - start, 1e-9) / (hi - lo)
-            arrays = part["arrays"]
-            part["arrays"] = got if arrays is None else [np.concatenate([a, b]) for a, b in zip(arrays, got)]
-            part["done"] = hi
-            part["size"] = int(min(n, max(CHUNK_MIN, self.seconds / per_image)))
-            if hi < n:
-                self.state["part"] = part
-                self.checkpoint()
+            self._gather(part, self._timed(part, attack, lo, hi, n), hi, n)
         self.state.pop("part", None)
         return tuple(part["arrays"])
+
+    def _timed(self, part, attack, lo, hi, n):
+        """The attack on images lo:hi; sizes the part's next chunk by the time per image it took."""
+        start = time.perf_counter()
+        got = [np.asarray(a) for a in attack(lo, hi)]
+        per_image = max(time.perf_counter() - start, 1e-9) / (hi - lo)
+        part["size"] = int(min(n, max(CHUNK_MIN, self.seconds / per_image)))
+        return got
+
+    def _gather(self, part, got, hi, n):
+        """Adds the arrays of the images up to `hi` to the part, and keeps it where more are to come."""
+        arrays = part["arrays"]
+        part["arrays"] = got if arrays is None else [np.concatenate([a, b]) for a, b in zip(arrays, got)]
+        part["done"] = hi
+        if hi < n:
+            self.state["part"] = part
+            self.checkpoint()
 
     def _on_board(self, key, attack, n, board):
         part = self._part(key, n)
@@ -203,23 +205,14 @@ class Chunks:
                     time.sleep(POLL_SECONDS)
                     continue
                 a, b = took
-                start = time.perf_counter()
                 try:
-                    got = [np.asarray(v) for v in attack(a, b)]
+                    got = self._timed(part, attack, a, b, n)
                 except BaseException:
                     board.release(a, b)
                     raise
-                per_image = max(time.perf_counter() - start, 1e-9) / (b - a)
-                part["size"] = int(min(n, max(CHUNK_MIN, self.seconds / per_image)))
                 board.put(a, b, got)
                 continue  # gathered in order from the board
-            got, hi = found
-            arrays = part["arrays"]
-            part["arrays"] = got if arrays is None else [np.concatenate([a, b]) for a, b in zip(arrays, got)]
-            part["done"] = hi
-            if hi < n:
-                self.state["part"] = part
-                self.checkpoint()
+            self._gather(part, *found, n)
         self.state.pop("part", None)
         return tuple(part["arrays"])
 
