@@ -83,7 +83,7 @@ def evaluate_model(model, defended, scored_name, role, x, y, eps, restarts=50, s
     clean = report.clean_by_threat_model[tm]
     cw_robust, cw_row = cw_rows(attacked, scored, x, y, clean, labels)
     rows = [dict(r, role=role, defense=model if model == "natural" else r["defense"]) for r in report.to_dict()["rows"]
-            if not (r["threat_model"] == "clean" and r["defense"] == "none" and model != "natural")]
+            if not (r["threat_model"] == "clean" and r["defense"] == "none")]  # the bare classifier: its own row
     columns = [r.correct for r in report.results if r.threat_model == tm]
     columns += [c for t, _, _, c in report.check_columns if t == tm]
     minimum = metrics.worst_case_accuracy([clean, *columns, cw_robust])
@@ -154,7 +154,7 @@ def main():
 
             kept = kept_json(folder / (f"aaa-eval-{model.replace(' ', '-').replace('+', '_')}-{scored_name}-n{len(x)}-"
                                        f"eps{args.eps:g}-pgd100x{args.restarts}-step{args.pgd_step:g}.json"), evaluate)
-            rows += kept["rows"]
+            rows += [r for r in kept["rows"] if r not in rows]  # a natural row kept before was written twice
             reports_out[f"{model} / {scored_name}"] = kept["report"]
             print(model, scored_name, [(r["attack"], r["threat_model"], r["accuracy"]) for r in kept["rows"]], flush=True)
 
