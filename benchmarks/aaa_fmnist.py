@@ -154,7 +154,7 @@ def main():
 
             kept = kept_json(folder / (f"aaa-eval-{model.replace(' ', '-').replace('+', '_')}-{scored_name}-n{len(x)}-"
                                        f"eps{args.eps:g}-pgd100x{args.restarts}-step{args.pgd_step:g}.json"), evaluate)
-            rows += [r for r in kept["rows"] if r not in rows]  # a natural row kept before was written twice
+            rows += [r for i, r in enumerate(kept["rows"]) if r not in kept["rows"][:i]]  # kept before: twice
             reports_out[f"{model} / {scored_name}"] = kept["report"]
             print(model, scored_name, [(r["attack"], r["threat_model"], r["accuracy"]) for r in kept["rows"]], flush=True)
 
