@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfpurify import attacks, classifiers, losses
+from tfpurify.defenses.base import make_optimizer
 from tfpurify.defenses.l2l_da import L2LDA, AttackGenerator, L2LDAConfig, attack_trajectory
 from tfpurify.errors import AttackConfigError, InputValidationError
 from tfpurify.layers import ConditionalBatchNorm
@@ -99,6 +100,39 @@ def test_config_rejects_bad_values(cnn_run):
         L2LDAConfig(generator_optimizer="rmsprop")
     assert L2LDAConfig(recursive=False).n_steps == 1 and L2LDAConfig(recursive=False).step_size == 0.1
     assert L2LDAConfig(classifier=str(cnn_run)).arch == "cnn"
+    for bad in (dict(clip_norm=-1.0), dict(lr_decay_at=1.0), dict(lr_decay_at=-0.1), dict(lr_gamma=0.0)):
+        with pytest.raises(InputValidationError, match=next(iter(bad))):
+            L2LDAConfig(**bad)
+
+
+def test_clip_norm_bounds_both_players_updates():
+    """The authors' code clips each player's gradient to global norm 1 before its step: `clip_norm`."""
+    variables = [tf.Variable([0.0, 0.0]), tf.Variable([0.0])]
+    optimizer = make_optimizer("sgd", 1.0, clip_norm=0.5)
+    optimizer.apply_gradients(zip([tf.constant([30.0, 40.0]), tf.constant([0.0])], variables))
+    np.testing.assert_allclose(variables[0].numpy(), [-0.3, -0.4], rtol=1e-5)  # norm 50 -> 0.5
+    model = build_defense("l2l_da", L2LDAConfig(**SMALL, clip_norm=1.0))
+    model.compile_for_training()
+    assert model.c_optimizer.global_clipnorm == 1.0 and model.g_optimizer.global_clipnorm == 1.0
+    assert build_defense("l2l_da", L2LDAConfig(**SMALL)).config.clip_norm == 0.0  # the paper states none
+
+
+def test_classifier_learning_rate_steps_at_the_planned_fraction(tmp_path):
+    """`lr_decay_at=0.5`: the classifier's rate is x`lr_gamma` from half of the planned updates on (the authors'
+    code), the generator's unchanged."""
+    seen = []
+
+    class Record(tf.keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append((float(self.model.c_optimizer.learning_rate), float(self.model.g_optimizer.learning_rate)))
+
+    config = L2LDAConfig(**{**SMALL, "limit": 400, "steps": 2}, epochs=2, learning_rate=0.01, lr_decay_at=0.5,
+                         lr_gamma=0.1)
+    train_defense("l2l_da", config, tmp_path / "run", callbacks=[Record()], verbose=0)
+    half = len(seen) // 2
+    assert len(seen) >= 8 and len(seen) % 2 == 0
+    np.testing.assert_allclose([c for c, _ in seen], [0.01] * half + [0.001] * half, rtol=1e-6)
+    np.testing.assert_allclose([g for _, g in seen], config.generator_learning_rate, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

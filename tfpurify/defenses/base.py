@@ -30,12 +30,13 @@ class DefenseConfig(TrainingConfig):
     """Fields every defense's config shares (data and training schedule)."""
 
 
-def make_optimizer(name, learning_rate, momentum=0.0, weight_decay=0.0):
-    """`sgd` (with `momentum`) or `adam`, with decoupled `weight_decay` (0: none), as a config names it."""
-    decay = weight_decay or None
+def make_optimizer(name, learning_rate, momentum=0.0, weight_decay=0.0, clip_norm=0.0):
+    """`sgd` (with `momentum`) or `adam`, with decoupled `weight_decay` (0: none) and the gradient clipped to
+    global norm `clip_norm` (0: not clipped; under `tf.distribute` after the replicas' sum), as a config names it."""
+    decay, clip = weight_decay or None, clip_norm or None
     if name == "sgd":
-        return tf.keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=decay)
-    return tf.keras.optimizers.Adam(learning_rate, weight_decay=decay)
+        return tf.keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=decay, global_clipnorm=clip)
+    return tf.keras.optimizers.Adam(learning_rate, weight_decay=decay, global_clipnorm=clip)
 
 
 def apply_gradients(optimizer, loss, tape, variables):
