@@ -204,15 +204,19 @@ def published_seeds(path, clf_run, args):
     if not path.exists():
         return {}
     published = json.loads(path.read_text())
-    wanted = {name: dataclasses.asdict(config) for name, config
-              in equal_update_configs(clf_run, args.eps, args.equal_updates, 0).items()}
+    configs = equal_update_configs(clf_run, args.eps, args.equal_updates, 0)
+    wanted = {name: dataclasses.asdict(config) for name, config in configs.items()}
+    # a config field added since the results were published counts with its default: what trained before it existed
+    defaults = {name: {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+                for name, config in configs.items()}
 
-    def same(a, b):
-        return {k: v for k, v in a.items() if k != "seed"} == {k: v for k, v in b.items() if k != "seed"}
+    def same(name, a, b):
+        return ({k: v for k, v in {**defaults[name], **a}.items() if k != "seed"}
+                == {k: v for k, v in b.items() if k != "seed"})
 
     if (published.get("updates"), published.get("eps"), published.get("n_examples")) != (
             args.equal_updates, args.eps, args.n) or published.get("configs", {}).keys() != wanted.keys() \
-            or not all(same(published["configs"][name], wanted[name]) for name in wanted):
+            or not all(same(name, published["configs"][name], wanted[name]) for name in wanted):
         return {}
     return {seed: {"training": {k: v for k, v in published["training"].items() if k.endswith(f" seed {seed}")},
                    "rows": [r for r in published["rows"] if r["seed"] == seed]} for seed in published["seeds"]}

@@ -106,6 +106,7 @@ def test_a_published_seed_is_kept_only_when_it_was_measured_as_asked(tmp_path, m
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     published = json.loads((ROOT / "benchmarks/results/l2l_da_fmnist_equal_updates540.json").read_text())
+    published["configs"]["l2l_da"].pop("clip_norm", None)  # published before the field existed: its default
     path = tmp_path / "results.json"
     path.write_text(json.dumps(published))
     monkeypatch.chdir(tmp_path)  # the configs name the classifier run relative to the working folder
@@ -121,6 +122,9 @@ def test_a_published_seed_is_kept_only_when_it_was_measured_as_asked(tmp_path, m
     other_n = argparse.Namespace(**{**vars(args), "n": 1000})
     assert bench.published_seeds(path, pathlib.Path("runs/bench-cnn"), other_n) == {}
     assert bench.published_seeds(path, pathlib.Path("runs/other-cnn"), args) == {}
+    published["configs"]["l2l_da"]["clip_norm"] = 1.0  # the field, but not as asked
+    path.write_text(json.dumps(published))
+    assert bench.published_seeds(path, pathlib.Path("runs/bench-cnn"), args) == {}
     published["configs"]["l2l_da"]["momentum"] = 0.5
     path.write_text(json.dumps(published))
     assert bench.published_seeds(path, pathlib.Path("runs/bench-cnn"), args) == {}
