@@ -119,20 +119,29 @@ def test_clip_norm_bounds_both_players_updates():
 
 def test_classifier_learning_rate_steps_at_the_planned_fraction(tmp_path):
     """`lr_decay_at=0.5`: the classifier's rate is x`lr_gamma` from half of the planned updates on (the authors'
-    code), the generator's unchanged."""
+    code), the generator's unchanged; a run killed at the half resumes with the stepped rate."""
     seen = []
 
     class Record(tf.keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
-            seen.append((float(self.model.c_optimizer.learning_rate), float(self.model.g_optimizer.learning_rate)))
+            optimizers = self.model.c_optimizer, self.model.g_optimizer
+            seen.append((int(optimizers[0].iterations), *(float(o.learning_rate) for o in optimizers)))
+
+    class Kill(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
 
     config = L2LDAConfig(**{**SMALL, "limit": 400, "steps": 2}, epochs=2, learning_rate=0.01, lr_decay_at=0.5,
                          lr_gamma=0.1)
+    with pytest.raises(KeyboardInterrupt):  # after the first epoch's backup
+        train_defense("l2l_da", config, tmp_path / "run", callbacks=[Record(), Kill()], verbose=0)
+    half = len(seen)
     train_defense("l2l_da", config, tmp_path / "run", callbacks=[Record()], verbose=0)
-    half = len(seen) // 2
-    assert len(seen) >= 8 and len(seen) % 2 == 0
-    np.testing.assert_allclose([c for c, _ in seen], [0.01] * half + [0.001] * half, rtol=1e-6)
-    np.testing.assert_allclose([g for _, g in seen], config.generator_learning_rate, rtol=1e-6)
+    assert half >= 4 and len(seen) == 2 * half
+    assert [u for u, _, _ in seen] == list(range(2 * half))  # the resumed run goes on from the kept updates
+    np.testing.assert_allclose([c for _, c, _ in seen], [0.01] * half + [0.001] * half, rtol=1e-6)
+    np.testing.assert_allclose([g for _, _, g in seen], config.generator_learning_rate, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
