@@ -127,14 +127,17 @@ def test_classifier_learning_rate_steps_at_the_planned_fraction(tmp_path):
             optimizers = self.model.c_optimizer, self.model.g_optimizer
             seen.append((int(optimizers[0].iterations), *(float(o.learning_rate) for o in optimizers)))
 
+    class Killed(Exception):
+        pass
+
     class Kill(tf.keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 1:
-                raise KeyboardInterrupt
+                raise Killed
 
     config = L2LDAConfig(**{**SMALL, "limit": 400, "steps": 2}, epochs=2, learning_rate=0.01, lr_decay_at=0.5,
                          lr_gamma=0.1)
-    with pytest.raises(KeyboardInterrupt):  # after the first epoch's backup
+    with pytest.raises(Killed):  # after the first epoch's backup
         train_defense("l2l_da", config, tmp_path / "run", callbacks=[Record(), Kill()], verbose=0)
     half = len(seen)
     train_defense("l2l_da", config, tmp_path / "run", callbacks=[Record()], verbose=0)
