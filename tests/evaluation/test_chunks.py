@@ -195,3 +195,34 @@ def test_an_owner_whose_kept_part_ends_inside_a_done_range_takes_the_rest_of_it(
     calls = []
     _same(Chunks(state, lambda: None, 1e-9, board).run("step 0", _recorded(calls), N, inputs=INPUTS))
     assert calls == []
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_the_owner_keeps_the_ranges_it_cannot_gather_yet_and_a_lost_board_gets_them_back(tmp_path, monkeypatch):
+    from tfpurify.evaluation.report import load_state, save_state
+
+    def stuck(seconds):  # the owner would wait for range 0:4 without keeping the others first
+        raise AssertionError("waited for a held range without keeping the done ones")
+    monkeypatch.setattr(chunks_mod.time, "sleep", stuck)
+    lost = ChunkBoard(tmp_path / "lost")
+    lost.attack("step 0", N, INPUTS).take(0, 4)  # held (by this process) while a helper does the rest
+    with pytest.raises(NothingToHelpWith):
+        _chunks(lost, helper=True).run("step 0", _recorded([]), N, inputs=INPUTS)
+    state, saved = {}, []
+
+    def killed_at_checkpoint():  # the owner is killed once it has kept its partial report
+        saved.append(save_state(state))
+        raise _Killed
+    with pytest.raises(_Killed):
+        Chunks(state, killed_at_checkpoint, 1e-9, lost).run("step 0", _recorded([]), N, inputs=INPUTS)
+    kept, _ = load_state(saved[-1])
+    assert sorted(kept["part"]["ahead"]) == [4, 8, 10] and kept["part"]["done"] == 0
+
+    parts, calls = [], []  # resumed on a new machine: the board is empty
+    resumed = Chunks(kept, lambda: parts.append(dict(kept["part"])), 1e-9, ChunkBoard(tmp_path / "new"))
+    _same(resumed.run("step 0", _recorded(calls), N, inputs=INPUTS))
+    assert calls == [(0, 4)]  # only the range that was in progress is attacked again
+    assert parts and all(min(p["ahead"], default=p["done"]) >= p["done"] for p in parts)  # gathered: dropped

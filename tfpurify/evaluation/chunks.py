@@ -12,7 +12,9 @@ Several processes can share one attack's chunks (`ChunkBoard`): each takes the n
 holds, under a lock, and leaves its result on the board; the process that owns the evaluation gathers the
 ranges in order (its partial report keeps them as before), a helper only adds ranges. A range is named by the
 attack's key and a digest of its inputs, so that a helper whose evaluation reached other images than the
-owner's never mixes its results in.
+owner's never mixes its results in. The owner's partial report also keeps the done ranges it cannot gather yet
+(one before them is still held), and puts them back on the board when it resumes: a board that is lost (a new
+machine) loses only the ranges in progress.
 """
 
 import contextlib
@@ -110,6 +112,26 @@ class _BoardAttack:
             ranges.append({"lo": start, "hi": hi, "holder": self.me, "done": False})
             return start, hi
 
+    def done_after(self, lo):
+        """{lo: hi} of the done ranges that start at or after image `lo`."""
+        path = self.folder / "ranges.json"
+        if not path.exists():
+            return {}
+        return {r["lo"]: r["hi"] for r in json.loads(path.read_text()) if r["done"] and r["lo"] >= lo}
+
+    def arrays(self, lo, hi):
+        """The arrays of the done range lo:hi."""
+        with np.load(self.folder / f"{lo}-{hi}.npz") as f:
+            return [f[f"a{i}"] for i in range(len(f.files))]
+
+    def restore(self, lo, hi, arrays):
+        """Puts a done range back (kept elsewhere) where no range on the board overlaps it; whether it did."""
+        with self._ranges() as ranges:
+            if any(r["lo"] < hi and lo < r["hi"] for r in ranges):
+                return False
+        self.put(lo, hi, arrays)
+        return True
+
     def put(self, lo, hi, arrays):
         """Leaves the result of range lo:hi on the board and marks it done."""
         npz = io.BytesIO()
@@ -188,16 +210,21 @@ class Chunks:
         arrays = part["arrays"]
         part["arrays"] = got if arrays is None else [np.concatenate([a, b]) for a, b in zip(arrays, got)]
         part["done"] = hi
+        if part.get("ahead"):  # kept until gathered
+            part["ahead"] = {lo: kept for lo, kept in part["ahead"].items() if lo >= hi}
         if hi < n:
             self.state["part"] = part
             self.checkpoint()
 
     def _on_board(self, key, attack, n, board):
         part = self._part(key, n)
+        for lo, (hi, arrays) in sorted(part.get("ahead", {}).items()):
+            board.restore(lo, hi, arrays)
         while part["done"] < n:
             lo = part["done"]
             found = board.done_at(lo)
             if found is None:
+                self._keep_ahead(part, board)
                 took = board.take(lo, part["size"])
                 if took is None:  # the rest is held by other processes
                     if self.helper:
@@ -215,6 +242,20 @@ class Chunks:
             self._gather(part, *found, n)
         self.state.pop("part", None)
         return tuple(part["arrays"])
+
+    def _keep_ahead(self, part, board):
+        """The owner keeps (in its part, saved at a checkpoint) the done ranges on the board after the images it
+        has gathered, so that they outlive the board; the ones it has gathered since are dropped."""
+        if self.helper:
+            return
+        ahead = part.get("ahead", {})
+        kept = {lo: v for lo, v in ahead.items() if lo >= part["done"]}
+        new = {lo: hi for lo, hi in board.done_after(part["done"]).items() if lo not in kept}
+        kept.update({lo: (hi, board.arrays(lo, hi)) for lo, hi in new.items()})
+        part["ahead"] = kept
+        if new or len(kept) != len(ahead):
+            self.state["part"] = part
+            self.checkpoint()
 
     def _part(self, key, n):
         part = self.state.get("part")
