@@ -253,6 +253,8 @@ EVERY_DEFENSE = {
                           "cleaning_seed": 0}),
     "cowboy_clean_only_detected": ("cowboy", {"base_filters": 8, "z_dim": 8, "clean_steps": 3, "clean_restarts": 2,
                                               "warm_start": 4, "cleaning_seed": 0, "clean_only_detected": True}),
+    "cowboy_defense_gan": ("cowboy", {"base_filters": 8, "z_dim": 8, "clean_steps": 3, "clean_restarts": 2,
+                                      "warm_start": 4, "cleaning_seed": 0, "mode": "defense_gan"}),
     "denoising_ae": ("denoising_ae", {"filters": 8}),
     "fbgan": ("fbgan", {"base_filters": 8}),
     "gcln": ("gcln", {"filters": 8, "residual_blocks": 1, "detector_filters": 8, "classifier": "CNN"}),
