@@ -226,3 +226,11 @@ def test_the_owner_keeps_the_ranges_it_cannot_gather_yet_and_a_lost_board_gets_t
     _same(resumed.run("step 0", _recorded(calls), N, inputs=INPUTS))
     assert calls == [(0, 4)]  # only the range that was in progress is attacked again
     assert parts and all(min(p["ahead"], default=p["done"]) >= p["done"] for p in parts)  # gathered: dropped
+
+
+def test_a_kept_range_is_put_back_only_where_no_range_on_the_board_overlaps_it(tmp_path):
+    board = ChunkBoard(tmp_path).attack("step 0", N, INPUTS)
+    board.take(2, 4)  # held by a process that is running (this one)
+    assert not board.restore(0, 4, [np.full(4, -1)]) and not (board.folder / "0-4.npz").exists()
+    assert board.restore(6, 8, [np.arange(6, 8)]) and board.done_after(5) == {6: 8}
+    np.testing.assert_array_equal(board.done_at(7)[0][0], [7])

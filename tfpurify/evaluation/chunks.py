@@ -126,17 +126,21 @@ class _BoardAttack:
 
     def restore(self, lo, hi, arrays):
         """Puts a done range back (kept elsewhere) where no range on the board overlaps it; whether it did."""
-        with self._ranges() as ranges:
+        with self._ranges() as ranges:  # checked, written and added under one lock: no one takes it in between
             if any(r["lo"] < hi and lo < r["hi"] for r in ranges):
                 return False
-        self.put(lo, hi, arrays)
+            self._write(lo, hi, arrays)
+            ranges.append({"lo": lo, "hi": hi, "holder": self.me, "done": True})
         return True
 
-    def put(self, lo, hi, arrays):
-        """Leaves the result of range lo:hi on the board and marks it done."""
+    def _write(self, lo, hi, arrays):
         npz = io.BytesIO()
         np.savez(npz, **{f"a{i}": np.asarray(a) for i, a in enumerate(arrays)})
         atomic_write_text(self.folder / f"{lo}-{hi}.npz", npz.getvalue())
+
+    def put(self, lo, hi, arrays):
+        """Leaves the result of range lo:hi on the board and marks it done."""
+        self._write(lo, hi, arrays)
         with self._ranges() as ranges:
             ranges[:] = [r for r in ranges if not (r["lo"] == lo and r["hi"] == hi)]
             ranges.append({"lo": lo, "hi": hi, "holder": self.me, "done": True})
