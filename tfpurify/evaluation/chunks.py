@@ -84,15 +84,16 @@ class _BoardAttack:
             yield ranges
             atomic_write_text(path, json.dumps(ranges))
 
+    def _done(self):
+        """The done ranges (read without the lock: a range is marked done only once its arrays are written)."""
+        path = self.folder / "ranges.json"
+        return [r for r in json.loads(path.read_text()) if r["done"]] if path.exists() else []
+
     def done_at(self, lo):
         """The arrays from image `lo` on of the done range that holds it, and that range's hi; or None."""
-        path = self.folder / "ranges.json"
-        if not path.exists():
-            return None
-        for r in json.loads(path.read_text()):
-            if r["done"] and r["lo"] <= lo < r["hi"]:
-                with np.load(self.folder / f"{r['lo']}-{r['hi']}.npz") as f:
-                    return [f[f"a{i}"][lo - r["lo"]:] for i in range(len(f.files))], r["hi"]
+        for r in self._done():
+            if r["lo"] <= lo < r["hi"]:
+                return [a[lo - r["lo"]:] for a in self.arrays(r["lo"], r["hi"])], r["hi"]
         return None
 
     def take(self, lo, size):
@@ -114,10 +115,7 @@ class _BoardAttack:
 
     def done_after(self, lo):
         """{lo: hi} of the done ranges that start at or after image `lo`."""
-        path = self.folder / "ranges.json"
-        if not path.exists():
-            return {}
-        return {r["lo"]: r["hi"] for r in json.loads(path.read_text()) if r["done"] and r["lo"] >= lo}
+        return {r["lo"]: r["hi"] for r in self._done() if r["lo"] >= lo}
 
     def arrays(self, lo, hi):
         """The arrays of the done range lo:hi."""
@@ -249,15 +247,13 @@ class Chunks:
 
     def _keep_ahead(self, part, board):
         """The owner keeps (in its part, saved at a checkpoint) the done ranges on the board after the images it
-        has gathered, so that they outlive the board; the ones it has gathered since are dropped."""
+        has gathered, so that they outlive the board (`_gather` drops each once gathered)."""
         if self.helper:
             return
-        ahead = part.get("ahead", {})
-        kept = {lo: v for lo, v in ahead.items() if lo >= part["done"]}
-        new = {lo: hi for lo, hi in board.done_after(part["done"]).items() if lo not in kept}
-        kept.update({lo: (hi, board.arrays(lo, hi)) for lo, hi in new.items()})
-        part["ahead"] = kept
-        if new or len(kept) != len(ahead):
+        ahead = part.setdefault("ahead", {})
+        new = {lo: hi for lo, hi in board.done_after(part["done"]).items() if lo not in ahead}
+        if new:
+            ahead.update({lo: (hi, board.arrays(lo, hi)) for lo, hi in new.items()})
             self.state["part"] = part
             self.checkpoint()
 
